@@ -1,0 +1,1 @@
+"""Cell features: GLCM texture of nucleus and cytoplasm, plus shape and colour measurements."""

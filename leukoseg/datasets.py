@@ -1,0 +1,307 @@
+"""Data sets on disk: ALL-IDB1, ALL-IDB2 and any one-folder-per-class collection.
+
+Nothing is ever downloaded. ALL-IDB is given out by its authors on request, for research use
+(https://scotti.di.unimi.it/all/); put it where :func:`resolve_data_dir` looks, or pass ``data_dir``.
+
+Cite: R. Donida Labati, V. Piuri, F. Scotti, "ALL-IDB: the acute lymphoblastic leukemia image database for
+image processing", Proc. 18th IEEE ICIP, Brussels, 2011, pp. 2045-2048, doi:10.1109/ICIP.2011.6115881.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LeukosegError
+from .io import IMAGE_EXTENSIONS
+
+__all__ = [
+    "Dataset",
+    "ImageRecord",
+    "load_dataset",
+    "parse_xyc",
+    "resolve_data_dir",
+]
+
+_OBTAIN = (
+    "ALL-IDB is given out by its authors on request for research use (https://scotti.di.unimi.it/all/); "
+    "nothing is downloaded by leukoseg"
+)
+_ALL_IDB_NAME = re.compile(r"^Im(\d{3})_([01])$")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a data set.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The image file.
+    name : str
+        Path relative to the data set's folder, with forward slashes (stable across machines).
+    label : str
+        Class name: ``'1'`` / ``'0'`` for ALL-IDB (ALL or blast / healthy or not), the subfolder name for
+        ``folder:`` data sets.
+    group : int
+        Images with identical content share a group, so that cross-validation keeps them in one fold.
+    points : (N, 2) ndarray of float
+        Annotated blast centroids ``(x, y)`` in pixels (ALL-IDB1 only; empty otherwise).
+    """
+
+    path: Path
+    name: str
+    label: str
+    group: int
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set: its name, folder, image records and class names (sorted)."""
+
+    name: str
+    root: Path
+    records: tuple[ImageRecord, ...]
+    classes: tuple[str, ...]
+    unit: str  # 'image' (whole smears to segment) or 'cell' (single-cell crops)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class labels of the records, as an array of str."""
+        return np.array([r.label for r in self.records])
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Group ids of the records (identical images share one)."""
+        return np.array([r.group for r in self.records], dtype=int)
+
+    def fingerprint(self) -> str:
+        """A SHA-256 over names and contents of all files: identifies the exact data used by an experiment."""
+        h = hashlib.sha256()
+        for r in self.records:
+            h.update(r.name.encode())
+            h.update(_file_digest(r.path).encode())
+        return h.hexdigest()
+
+
+def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where data set `name` is looked for.
+
+    ``data_dir`` if given, else ``$LEUKOSEG_DATA/<name>``, else ``~/.leukoseg/data/<name>``.
+
+    Parameters
+    ----------
+    name : str
+        Folder name of the data set, e.g. ``'ALL_IDB1'``.
+    data_dir : str or os.PathLike, optional
+        An explicit folder (wins over everything).
+    """
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("LEUKOSEG_DATA")
+    if env:
+        return Path(env).expanduser() / name
+    return Path.home() / ".leukoseg" / "data" / name
+
+
+def parse_xyc(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an ALL-IDB ``.xyc`` file of blast centroids.
+
+    Lines hold ``x y`` (column, row) separated by tabs or spaces; blank lines and CRLF endings are fine.
+
+    Returns
+    -------
+    (N, 2) ndarray of float64
+
+    Raises
+    ------
+    LeukosegError
+        If a line does not hold two numbers.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.xyc")
+    >>> _ = open(p, "wb").write(b"10\\t20\\r\\n\\n 30  40 \\r\\n")
+    >>> parse_xyc(p).tolist()
+    [[10.0, 20.0], [30.0, 40.0]]
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("latin-1")
+    except OSError as exc:
+        raise LeukosegError(path, f"cannot read annotation file ({exc.strerror or exc})") from None
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.replace(",", " ").split()
+        if not parts:
+            continue
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            rows.append((float(parts[0]), float(parts[1])))
+        except ValueError:
+            raise LeukosegError(path, f"line {lineno}: expected 'x<TAB>y', found {line.strip()!r}") from None
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """Find and check a data set on disk.
+
+    Parameters
+    ----------
+    spec : str
+        ``'all-idb1'``, ``'all-idb2'`` or ``'folder:PATH'``.
+    data_dir : str or os.PathLike, optional
+        The data set's folder; see :func:`resolve_data_dir` for where it is looked for otherwise.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    LeukosegError
+        For an unknown spec or a missing or malformed layout; the message says what was expected and what
+        was found.
+    """
+    key = spec.strip().lower()
+    if key == "all-idb1":
+        return _load_all_idb1(resolve_data_dir("ALL_IDB1", data_dir))
+    if key == "all-idb2":
+        return _load_all_idb2(resolve_data_dir("ALL_IDB2", data_dir))
+    if key.startswith("folder:"):
+        return _load_folder(Path(spec.strip()[len("folder:") :]).expanduser() if data_dir is None else Path(data_dir))
+    raise LeukosegError(None, f"unknown data set {spec!r}: expected 'all-idb1', 'all-idb2' or 'folder:PATH'")
+
+
+def _require_dir(root: Path, expected: str, obtain: bool = True) -> None:
+    if not root.is_dir():
+        found = "it is a file" if root.exists() else "it does not exist"
+        hint = f"; {_OBTAIN}, then pass --data-dir or set LEUKOSEG_DATA" if obtain else ""
+        raise LeukosegError(root, f"data set folder not found ({found}); expected {expected}{hint}")
+
+
+def _listing(folder: Path, limit: int = 5) -> str:
+    names = sorted(p.name for p in folder.iterdir())[:limit] if folder.is_dir() else []
+    return ", ".join(names) if names else "nothing"
+
+
+def _load_all_idb1(root: Path) -> Dataset:
+    expected = "im/ImXXX_Y.jpg and xyc/ImXXX_Y.xyc (Y = 1 ALL, 0 healthy)"
+    _require_dir(root, expected)
+    im_dir, xyc_dir = root / "im", root / "xyc"
+    if not im_dir.is_dir() or not xyc_dir.is_dir():
+        raise LeukosegError(root, f"not an ALL-IDB1 layout: expected {expected}; found {_listing(root)}")
+    records = []
+    for path in sorted(im_dir.iterdir()):
+        if path.suffix.lower() != ".jpg":
+            continue
+        m = _ALL_IDB_NAME.match(path.stem)
+        if not m:
+            raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.jpg ({expected})")
+        xyc = xyc_dir / f"{path.stem}.xyc"
+        if not xyc.is_file():
+            raise LeukosegError(xyc, "annotation file missing (every ALL-IDB1 image has one, empty for Y = 0)")
+        points = parse_xyc(xyc)
+        records.append((path, f"im/{path.name}", m.group(2), points))
+    if not records:
+        raise LeukosegError(im_dir, f"no ImXXX_Y.jpg images; expected {expected}; found {_listing(im_dir)}")
+    return Dataset("all-idb1", root, _with_groups(records), ("0", "1"), unit="image")
+
+
+def _load_all_idb2(root: Path) -> Dataset:
+    expected = "img/ImXXX_Y.tif single-cell crops (Y = 1 blast, 0 not)"
+    _require_dir(root, expected)
+    img_dir = root / "img"
+    if not img_dir.is_dir():
+        raise LeukosegError(root, f"not an ALL-IDB2 layout: expected {expected}; found {_listing(root)}")
+    records = []
+    for path in sorted(img_dir.iterdir()):
+        if path.suffix.lower() not in {".tif", ".tiff"}:
+            continue
+        m = _ALL_IDB_NAME.match(path.stem)
+        if not m:
+            raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.tif ({expected})")
+        records.append((path, f"img/{path.name}", m.group(2), None))
+    if not records:
+        raise LeukosegError(img_dir, f"no ImXXX_Y.tif images; expected {expected}; found {_listing(img_dir)}")
+    return Dataset("all-idb2", root, _with_groups(records), ("0", "1"), unit="cell")
+
+
+def _load_folder(root: Path) -> Dataset:
+    expected = "one subfolder per class, holding that class's images"
+    _require_dir(root, expected, obtain=False)
+    records = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(q for q in sub.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS):
+            records.append((path, path.relative_to(root).as_posix(), sub.name, None))
+    classes = tuple(sorted({r[2] for r in records}))
+    if len(classes) < 2:
+        raise LeukosegError(
+            root, f"expected {expected}, at least two classes; found {len(classes)} class folder(s) with images"
+        )
+    return Dataset(f"folder:{root}", root, _with_groups(records), classes, unit="image")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pixel_digest(path: Path) -> str | None:
+    from .io import read_image
+
+    try:
+        image = read_image(path)
+    except LeukosegError:
+        return None  # unreadable files get their own group; reading them later reports the problem
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+
+
+def _with_groups(records: list[tuple[Path, str, str, np.ndarray | None]]) -> tuple[ImageRecord, ...]:
+    """Give byte-identical and pixel-identical images one group id.
+
+    Pixel identity catches re-encoded or re-tagged copies that byte hashes miss; it costs one decode per
+    image (a few seconds for ALL-IDB1), paid once per experiment.
+    """
+    byte_keys = [_file_digest(p) for p, *_ in records]
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union_by(keys: list[str | None]) -> None:
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k is None:
+                continue
+            if k in first:
+                parent[find(i)] = find(first[k])
+            else:
+                first[k] = i
+
+    union_by(byte_keys)
+    union_by([_pixel_digest(p) for p, *_ in records])
+    roots = {}
+    out = []
+    for i, (path, name, label, points) in enumerate(records):
+        gid = roots.setdefault(find(i), len(roots))
+        pts = np.zeros((0, 2)) if points is None else points
+        out.append(ImageRecord(path, name, label, gid, pts))
+    return tuple(out)

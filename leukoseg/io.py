@@ -1,0 +1,231 @@
+"""Reading smear images and writing outputs atomically.
+
+Every image that enters leukoseg goes through :func:`read_image`, so that the same checks (size limit
+before decoding, colour required, 16-bit scaling, EXIF orientation) apply to the command line, the data
+sets and the Python API alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LeukosegError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "atomic_write",
+    "find_images",
+    "read_image",
+    "write_image",
+    "write_json",
+    "write_text",
+]
+
+#: Images above this many pixels are refused before decoding (a decompression bomb cannot fill memory).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+#: File name extensions that :func:`find_images` collects from folders.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+
+# Pillow modes that carry no colour: a stained smear needs its hue to find nuclei.
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"})
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a colour image file as an RGB array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A JPEG, PNG, TIFF or BMP file.
+    max_pixels : int, optional
+        Refuse images with more pixels than this, checked from the header before any decoding.
+
+    Returns
+    -------
+    image : (H, W, 3) ndarray of uint8
+        RGB, EXIF orientation applied, alpha dropped, 16-bit samples scaled to 8 bits.
+
+    Raises
+    ------
+    LeukosegError
+        If the file is missing, empty, not an image, truncated, grayscale or too large.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from PIL import Image
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.png")
+    >>> Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(p)
+    >>> read_image(p).shape
+    (4, 5, 3)
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise LeukosegError(path, "no such file")
+    if path.is_dir():
+        raise LeukosegError(path, "is a folder, not an image file")
+    try:
+        size = path.stat().st_size
+        data = path.read_bytes() if size else b""
+    except OSError as exc:
+        raise LeukosegError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise LeukosegError(path, "file is empty")
+
+    with warnings.catch_warnings():
+        # The pixel limit is ours (max_pixels); Pillow's own bomb warning would only repeat it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            pil = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise LeukosegError(path, "not a readable image (JPEG, PNG, TIFF or BMP expected)") from None
+        except Image.DecompressionBombError:
+            raise LeukosegError(path, f"image too large (over {max_pixels:,} pixels); refused before decoding") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise LeukosegError(path, f"not a readable image ({exc})") from None
+        width, height = pil.size
+        if width * height > max_pixels:
+            raise LeukosegError(
+                path,
+                f"image too large ({width}x{height} = {width * height:,} pixels, limit {max_pixels:,}); "
+                "refused before decoding",
+            )
+        if width < 1 or height < 1:
+            raise LeukosegError(path, f"image has no pixels ({width}x{height})")
+        if pil.mode in _GRAY_MODES or (pil.mode == "P" and _palette_is_gray(pil)):
+            raise LeukosegError(path, f"grayscale image (mode {pil.mode}); a colour (stained) smear is needed")
+        try:
+            pil.load()
+            pil = ImageOps.exif_transpose(pil)
+            rgb = pil.convert("RGB")  # drops alpha, expands palettes, scales 16-bit to 8-bit
+        except (OSError, ValueError, SyntaxError) as exc:
+            reason = str(exc)
+            if "truncated" in reason or "broken data stream" in reason:
+                reason = "truncated or corrupt image data"
+            raise LeukosegError(path, reason) from None
+    image = np.asarray(rgb, dtype=np.uint8)
+    if not image.flags.writeable:
+        image = image.copy()
+    return image
+
+
+def _palette_is_gray(pil: Any) -> bool:
+    palette = pil.getpalette() or []
+    triples = np.asarray(palette[: len(palette) // 3 * 3]).reshape(-1, 3)
+    return bool(triples.size) and bool(np.all(triples == triples[:, :1]))
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into a sorted list of image files.
+
+    Folders contribute only files with an image extension; a file named explicitly is kept whatever its
+    extension, so that reading it reports the real problem. A path that matches nothing is kept too, and
+    reading it then says "no such file".
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        Files, folders or glob patterns (``*``, ``?``, ``[``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        Unique paths in a stable order: the arguments' order, each folder sorted.
+    """
+    import glob
+
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+        elif not p.exists() and any(ch in str(raw) for ch in "*?["):
+            found.extend(sorted(Path(q) for q in glob.glob(str(raw), recursive=True) if Path(q).is_file()))
+        else:
+            found.append(p)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path` and move it into place only when the block succeeds.
+
+    An interrupt or an error leaves the old file (or none), never a half-written one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The final file name.
+    mode : {'wb', 'w'}
+        Binary or text (UTF-8, ``\\n`` newlines).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        if "b" in mode:
+            f = os.fdopen(fd, mode)
+        else:
+            f = os.fdopen(fd, mode, encoding="utf-8", newline="\n")
+        with f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 text atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write an object as indented JSON, atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def write_image(path: str | os.PathLike[str], array: np.ndarray, *, quality: int = 90) -> None:
+    """Encode an array as PNG or JPEG (by the file extension) and write it atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.png`` (uint8 RGB, uint8 or uint16 single channel) or ``.jpg`` (uint8 RGB).
+    array : ndarray
+        (H, W) or (H, W, 3); RGB channel order.
+    quality : int, optional
+        JPEG quality.
+    """
+    import cv2
+
+    ext = Path(path).suffix.lower()
+    arr = array[..., ::-1] if array.ndim == 3 else array  # OpenCV encodes BGR
+    # Fast PNG compression: the label images are mostly zeros and compress well even at level 1.
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, quality]
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr), params)
+    if not ok:
+        raise LeukosegError(path, "could not encode image")
+    with atomic_write(path, "wb") as f:
+        f.write(buf.tobytes())

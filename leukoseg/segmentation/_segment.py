@@ -1,0 +1,406 @@
+"""White-cell segmentation: nuclei by stain colour, touching nuclei split by watershed, cells around them.
+
+The pipeline (all sizes in micrometres, converted per image; no pixel size is fixed anywhere):
+
+1. A reduced copy of the smear gives the pixel size from its red cells (:mod:`._scale`), unless the user
+   gives one.
+2. The smear is resampled to a *working resolution* of ``working_um_per_px`` (0.35 um/px by default) so
+   that every later step sees cells at the same size in pixels, whatever the camera and magnification,
+   and the work is bounded for huge images.
+3. A median filter (about 0.7 um) removes JPEG noise and platelet speckle without rounding edges.
+4. Stain threshold, chosen per image on the blue-green excess (:func:`._color.stain_excess`): background
+   and red cells form the dominant mode of that feature; pixels above the mode by ``stain_sigmas`` robust
+   standard deviations (and at least ``min_stain_excess``) are *stained* (nuclei, basophilic cytoplasm,
+   platelets). Nuclei are the stained pixels above a second threshold, Otsu's split of the stained
+   pixels, kept between ``nucleus_excess_range`` (so an image made only of nuclei, or only of cytoplasm,
+   still gets a sensible split).
+5. Nuclear lobes closer than about 1 um are joined; nuclei smaller than ``min_nucleus_area_um2``
+   (platelets, debris) are dropped.
+6. Touching nuclei are split by a watershed on the distance transform from markers at its maxima that are
+   at least ``split_distance_um`` apart; fragments smaller than ``min_nucleus_area_um2`` merge back into
+   their neighbour (so a lobed neutrophil nucleus stays one cell).
+7. Each cell is its nucleus plus the stained cytoplasm around it, shared between touching cells by a
+   second watershed seeded with the nuclei, and never further than ``max_cytoplasm_um`` from its nucleus.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._color import background_level, stain_excess
+from ._scale import Scale, estimate_scale
+
+__all__ = ["Segmentation", "segment"]
+
+log = logging.getLogger(__name__)
+
+#: The coarse copy used for the red-cell ruler has at most this many pixels along its longer side.
+_RULER_SIDE = 768
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """White cells found in one smear.
+
+    Attributes
+    ----------
+    nuclei : (H, W) ndarray of int32
+        Nucleus labels at the input's size; 0 is background, the value is the cell id (1, 2, ...).
+    cells : (H, W) ndarray of int32
+        Whole-cell labels (nucleus + cytoplasm), same ids.
+    um_per_px : float
+        Micrometres per pixel of the input image.
+    scale_source : str
+        ``'red cells'``, ``'given'`` or ``'fallback'``.
+    n_red_cells : int
+        Red cells measured for the scale.
+    working_um_per_px : float
+        Resolution at which the segmentation (and every measurement) was made.
+    thresholds : Mapping[str, float]
+        The per-image stain thresholds (``stained``, ``nucleus``), in units of :func:`stain_excess`.
+    measurements : Mapping[str, ndarray]
+        One array per measurement, one row per cell in id order (see :func:`measure_cells`).
+    """
+
+    nuclei: np.ndarray = field(repr=False)
+    cells: np.ndarray = field(repr=False)
+    um_per_px: float
+    scale_source: str
+    n_red_cells: int
+    working_um_per_px: float
+    thresholds: Mapping[str, float]
+    measurements: Mapping[str, np.ndarray] = field(repr=False)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of white cells found."""
+        return int(len(self.measurements.get("cell_id", ())))
+
+    def rows(self) -> list[dict[str, float | int | bool]]:
+        """The measurements as one dict per cell, in id order."""
+        names = list(self.measurements)
+        return [{k: _py(self.measurements[k][i]) for k in names} for i in range(self.n_cells)]
+
+
+def _py(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def segment(
+    image: np.ndarray,
+    *,
+    pixel_size: float | None = None,
+    red_cell_diameter_um: float = 7.5,
+    fallback_nucleus_diameter_um: float = 9.0,
+    working_um_per_px: float = 0.35,
+    median_um: float = 0.7,
+    stain_sigmas: float = 6.0,
+    min_stain_excess: float = 12.0,
+    nucleus_excess_range: tuple[float, float] = (35.0, 70.0),
+    min_nucleus_area_um2: float = 14.0,
+    split_distance_um: float = 3.0,
+    max_cytoplasm_um: float = 6.0,
+) -> Segmentation:
+    """Find and measure the white cells of a stained blood smear.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB smear (Romanowsky-type stain: May-Grünwald-Giemsa, Wright, Leishman). Not modified.
+    pixel_size : float, optional
+        Micrometres per pixel, when known; otherwise measured from the red cells.
+    red_cell_diameter_um : float, optional
+        Diameter of a normal red cell, the ruler.
+    fallback_nucleus_diameter_um : float, optional
+        When fewer than 8 round red cells are visible (e.g. a single-cell crop), the scale is set so that
+        the median white-cell nucleus has this diameter; ``scale_source`` then says ``'fallback'``.
+    working_um_per_px : float, optional
+        Resolution of the segmentation; the input is never upsampled.
+    median_um : float, optional
+        Size of the median filter.
+    stain_sigmas, min_stain_excess : float, optional
+        A pixel is stained when its blue-green excess exceeds the background mode by this many robust
+        standard deviations, and by at least ``min_stain_excess``.
+    nucleus_excess_range : (float, float), optional
+        Bounds for the per-image nucleus threshold (blue-green excess, background-normalised).
+    min_nucleus_area_um2 : float, optional
+        Smaller nuclei are platelets or debris and are dropped.
+    split_distance_um : float, optional
+        Touching nuclei whose centres are at least this far apart are split.
+    max_cytoplasm_um : float, optional
+        Cytoplasm is looked for at most this far from its nucleus.
+
+    Returns
+    -------
+    Segmentation
+
+    Raises
+    ------
+    ValueError
+        If `image` is not an (H, W, 3) uint8 array or a parameter is out of range.
+
+    Examples
+    --------
+    >>> from leukoseg.synthetic import touching_discs
+    >>> image, truth = touching_discs()
+    >>> segment(image, pixel_size=0.35).n_cells
+    2
+    """
+    import cv2
+
+    _check_image(image)
+    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise ValueError(f"pixel_size must be a positive number of micrometres, got {pixel_size!r}")
+    if working_um_per_px <= 0:
+        raise ValueError(f"working_um_per_px must be positive, got {working_um_per_px!r}")
+    height, width = image.shape[:2]
+    background = background_level(image)
+
+    # 1. Scale from the red cells, on a coarse copy (a few ms even for a 5-megapixel smear).
+    coarse = min(1.0, _RULER_SIDE / max(height, width))
+    small = _resize(image, coarse) if coarse < 1 else image
+    if pixel_size is not None:
+        scale = Scale(float(pixel_size), "given")
+    else:
+        small_stained = stain_excess(small, background=background) > 2 * min_stain_excess
+        found = estimate_scale(small, stained=small_stained, red_cell_diameter_um=red_cell_diameter_um)
+        scale = None if found is None else Scale(found.um_per_px * coarse, found.source, found.n_red_cells)
+
+    # 2. Working resolution. Without a scale yet, work at the coarse copy's resolution and rescale later.
+    if scale is not None:
+        factor = min(1.0, scale.um_per_px / working_um_per_px)
+        work = _resize(image, factor) if factor < 1 else image
+        um = scale.um_per_px / factor
+    else:
+        factor, work, um = coarse, small, None
+
+    excess = _median_excess(work, background, median_um / um if um else 1.0)
+    t_stain, t_nucleus = _thresholds(excess, stain_sigmas, min_stain_excess, nucleus_excess_range)
+    stained = excess > t_stain
+    nuclear = excess > t_nucleus
+
+    if scale is None:
+        # Fallback ruler: the median nucleus found at the coarse resolution.
+        scale = _fallback_scale(nuclear, coarse, fallback_nucleus_diameter_um)
+        factor = min(1.0, scale.um_per_px / working_um_per_px)
+        if abs(factor - coarse) > 1e-9:
+            work = _resize(image, factor) if factor < 1 else image
+            excess = _median_excess(work, background, median_um * factor / scale.um_per_px)
+            stained, nuclear = excess > t_stain, excess > t_nucleus
+        um = scale.um_per_px / factor
+        log.info("too few red cells for a ruler; fallback scale %.4f um/px from nucleus size", scale.um_per_px)
+
+    nuclei = _split_nuclei(nuclear, um, min_nucleus_area_um2, split_distance_um)
+    cells = _grow_cells(nuclei, stained | (nuclei > 0), um, max_cytoplasm_um)
+    nuclei, cells = _relabel(nuclei, cells)
+
+    from ._measure import measure_cells
+
+    measurements = measure_cells(
+        work, nuclei, cells, um_per_px=um, excess=excess, to_input=1.0 / factor, input_shape=(height, width)
+    )
+    full_nuclei = _upscale_labels(nuclei, (height, width))
+    full_cells = _upscale_labels(cells, (height, width))
+    log.debug(
+        "%d cells; scale %.4f um/px (%s); thresholds %.1f / %.1f", len(measurements["cell_id"]),
+        scale.um_per_px, scale.source, t_stain, t_nucleus,
+    )
+    return Segmentation(
+        nuclei=full_nuclei,
+        cells=full_cells,
+        um_per_px=float(scale.um_per_px),
+        scale_source=scale.source,
+        n_red_cells=scale.n_red_cells,
+        working_um_per_px=float(um),
+        thresholds=types.MappingProxyType({"stained": float(t_stain), "nucleus": float(t_nucleus)}),
+        measurements=types.MappingProxyType(measurements),
+    )
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty, shape {image.shape}")
+
+
+def _resize(image: np.ndarray, factor: float) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _median_excess(work: np.ndarray, background: float, median_px: float) -> np.ndarray:
+    import cv2
+
+    k = max(3, int(round(median_px)) | 1)
+    k = min(k, 5 if min(work.shape[:2]) > 5 else 1) if k > 5 else k  # OpenCV's fast path is 3 and 5
+    filtered = cv2.medianBlur(np.ascontiguousarray(work), k) if k > 1 and min(work.shape[:2]) >= k else work
+    return stain_excess(filtered, background=background)
+
+
+def _thresholds(
+    excess: np.ndarray, sigmas: float, min_excess: float, nucleus_range: tuple[float, float]
+) -> tuple[float, float]:
+    """Per-image stain and nucleus thresholds on the blue-green excess."""
+    from skimage.filters import threshold_otsu
+
+    sample = excess[::2, ::2].ravel()
+    hist, edges = np.histogram(sample, bins=256, range=(-128.0, 256.0))
+    mode = 0.5 * (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1])
+    below = sample[sample <= mode] - mode
+    sigma = float(np.sqrt(np.mean(below**2))) if below.size > 10 else 1.0
+    t_stain = mode + max(sigmas * sigma, min_excess)
+    lo, hi = nucleus_range
+    lo = max(lo, t_stain)
+    stained = sample[sample > t_stain]
+    if stained.size > 50 and stained.max() > stained.min():
+        t_nucleus = float(np.clip(threshold_otsu(stained), lo, max(hi, lo)))
+    else:
+        t_nucleus = lo
+    return float(t_stain), t_nucleus
+
+
+def _fallback_scale(nuclear: np.ndarray, coarse: float, nucleus_diameter_um: float) -> Scale:
+    import cv2
+
+    n, _, stats, _ = cv2.connectedComponentsWithStats(nuclear.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(float)
+    areas = areas[areas >= 0.1 * areas.max()] if areas.size else areas
+    if areas.size == 0:
+        # Nothing to measure at all: assume a typical 100x-objective camera image, only so that
+        # empty images still produce (empty) outputs.
+        return Scale(0.1, "fallback", 0)
+    d_px = np.sqrt(4 * np.median(areas) / np.pi) / coarse
+    return Scale(float(nucleus_diameter_um / d_px), "fallback", 0)
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    import cv2
+
+    r = max(1, int(round(radius_px)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _split_nuclei(nuclear: np.ndarray, um: float, min_area_um2: float, split_um: float) -> np.ndarray:
+    """Label nuclei, joining close lobes and splitting touching nuclei by a distance watershed."""
+    import cv2
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    from ._scale import _fill_holes
+
+    mask = nuclear.astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(0.5 / um))  # lobes and nucleolus gaps
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(0.5 / um))  # speckle and thin strands of debris
+    min_area_px = min_area_um2 / um**2
+    mask = _fill_holes(mask, max_area_px=min_area_px / 2)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area_px
+    mask = keep[comp].astype(np.uint8)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    dist = cv2.GaussianBlur(dist, (0, 0), max(0.5, 0.5 / um))
+    comp = np.where(mask > 0, comp, 0)
+    peaks = peak_local_max(
+        dist, min_distance=max(1, int(round(split_um / 2 / um))), threshold_abs=1.0 / um, labels=comp,
+        exclude_border=False,
+    )
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    # Components without a peak (thin, elongated) still become one nucleus.
+    missing = np.setdiff1d(np.unique(comp[mask > 0]), np.unique(comp[markers > 0]))
+    if missing.size:
+        extra = np.isin(comp, missing)
+        markers[extra] = comp[extra] + len(peaks)
+    labels = watershed(-dist, markers, mask=mask.astype(bool))
+    return _merge_small(labels, min_area_px)
+
+
+def _merge_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Merge regions smaller than `min_area_px` into the neighbour they share the longest border with."""
+    from skimage.measure import regionprops
+
+    labels = labels.copy()
+    for _ in range(3):
+        areas = np.bincount(labels.ravel())
+        small = [i for i in np.nonzero((areas > 0) & (areas < min_area_px))[0] if i != 0]
+        if not small:
+            break
+        changed = False
+        props = {p.label: p for p in regionprops(labels)}
+        for lab in small:
+            p = props.get(lab)
+            if p is None:
+                continue
+            r0, c0, r1, c1 = p.bbox
+            r0, c0 = max(r0 - 1, 0), max(c0 - 1, 0)
+            window = labels[r0 : r1 + 1, c0 : c1 + 1]
+            region = window == lab
+            ring = _dilate(region) & ~region
+            neighbours = window[ring]
+            neighbours = neighbours[(neighbours != 0) & (neighbours != lab)]
+            if neighbours.size:
+                window[region] = np.bincount(neighbours).argmax()
+                changed = True
+        if not changed:
+            break
+    return labels
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def _grow_cells(nuclei: np.ndarray, stained: np.ndarray, um: float, max_cytoplasm_um: float) -> np.ndarray:
+    """Cells: each nucleus plus the stained cytoplasm nearest to it, within `max_cytoplasm_um`."""
+    import cv2
+    from skimage.segmentation import watershed
+
+    from ._scale import _fill_holes
+
+    if not nuclei.any():
+        return nuclei.copy()
+    region = cv2.morphologyEx(stained.astype(np.uint8), cv2.MORPH_CLOSE, _disk(0.5 / um))
+    region = cv2.morphologyEx(region, cv2.MORPH_OPEN, _disk(0.7 / um))
+    region = _fill_holes(region, max_area_px=20 / um**2).astype(bool) | (nuclei > 0)
+    dist_to_nucleus = cv2.distanceTransform((nuclei == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    region &= dist_to_nucleus <= max_cytoplasm_um / um
+    return watershed(dist_to_nucleus, nuclei, mask=region)
+
+
+def _relabel(nuclei: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive ids 1..n in raster order of the nuclei, the same in both label images."""
+    ids = np.unique(nuclei)
+    ids = ids[ids != 0]
+    lut = np.zeros(int(max(nuclei.max(), cells.max())) + 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[nuclei], lut[cells]
+
+
+def _upscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if labels.shape == shape:
+        return labels.astype(np.int32, copy=False)
+    if labels.max() < 65536:
+        small = labels.astype(np.uint16)
+        return cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    rows = (np.arange(shape[0]) * labels.shape[0] // shape[0]).clip(0, labels.shape[0] - 1)
+    cols = (np.arange(shape[1]) * labels.shape[1] // shape[1]).clip(0, labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)].astype(np.int32)
