@@ -65,7 +65,7 @@ def measure_cells(
     dict of str to ndarray
         The columns of :data:`MEASUREMENT_COLUMNS`, one row per cell id present, in id order.
     """
-    from skimage.measure import regionprops
+    from scipy import ndimage as ndi
 
     from ._color import stain_excess
 
@@ -77,11 +77,14 @@ def measure_cells(
     gray = image.astype(np.float32).mean(axis=2)
     area_px = um_per_px**2
     rows: list[dict[str, float]] = []
-    cell_props = {p.label: p for p in regionprops(cells)}
-    for nuc in regionprops(nuclei):
-        lab = nuc.label
-        cell = cell_props.get(lab)
-        r0, c0, r1, c1 = cell.bbox if cell is not None else nuc.bbox
+    cell_boxes = ndi.find_objects(cells)
+    for index, nbox in enumerate(ndi.find_objects(nuclei)):
+        if nbox is None:
+            continue
+        lab = index + 1
+        cbox = cell_boxes[index] if index < len(cell_boxes) and cell_boxes[index] is not None else nbox
+        r0, r1 = min(cbox[0].start, nbox[0].start), max(cbox[0].stop, nbox[0].stop)
+        c0, c1 = min(cbox[1].start, nbox[1].start), max(cbox[1].stop, nbox[1].stop)
         nmask = nuclei[r0:r1, c0:c1] == lab
         cmask = (cells[r0:r1, c0:c1] == lab) | nmask
         cyto = cmask & ~_dilate(nmask)
@@ -90,14 +93,14 @@ def measure_cells(
         win_exc = excess[r0:r1, c0:c1]
         n_area = float(nmask.sum())
         c_area = float(cmask.sum())
-        perim = max(float(nuc.perimeter), 1e-9)
-        hull_perim = _convex_perimeter(nuc)
-        cy, cx = nuc.centroid
+        shape = _shape(nmask)
+        ys, xs = np.nonzero(nmask)
+        cy, cx = ys.mean() + r0, xs.mean() + c0
         nucleoli_n, nucleoli_px = _spots(win_gray, _erode(nmask), um_per_px, (0.25, 6.0))
         vac_n, vac_px = _spots(win_gray, cyto, um_per_px, (0.2, 8.0))
-        cyto_rgb = win_rgb[cyto].mean(axis=0) if cyto.any() else np.full(3, np.nan)
+        has_cyto = bool(cyto.any())
         nuc_rgb = win_rgb[nmask].mean(axis=0)
-        solidity = float(nuc.solidity)
+        cyto_rgb = win_rgb[cyto].mean(axis=0) if has_cyto else nuc_rgb
         rows.append(
             {
                 "cell_id": lab,
@@ -112,14 +115,14 @@ def measure_cells(
                 "nucleus_diameter_um": float(np.sqrt(4 * n_area / np.pi)) * um_per_px,
                 "cell_diameter_um": float(np.sqrt(4 * c_area / np.pi)) * um_per_px,
                 "nc_ratio": n_area / max(c_area, 1.0),
-                "nucleus_solidity": solidity,
-                "nucleus_circularity": float(min(1.0, 4 * np.pi * n_area / perim**2)),
-                "nucleus_irregularity": float(max(0.0, perim / max(hull_perim, 1e-9) - 1.0)),
-                "nucleus_eccentricity": float(nuc.eccentricity),
+                "nucleus_solidity": shape["solidity"],
+                "nucleus_circularity": shape["circularity"],
+                "nucleus_irregularity": shape["irregularity"],
+                "nucleus_eccentricity": shape["eccentricity"],
                 "nucleoli_count": nucleoli_n,
                 "nucleoli_fraction": nucleoli_px / max(n_area, 1.0),
-                # Basophilia: blue-green excess of the cytoplasm relative to that of the nucleus.
-                "cytoplasm_basophilia": float(win_exc[cyto].mean()) if cyto.any() else 0.0,
+                # Basophilia: mean blue-green excess of the cytoplasm (deep blue cytoplasm scores high).
+                "cytoplasm_basophilia": float(win_exc[cyto].mean()) if has_cyto else 0.0,
                 "vacuole_count": vac_n,
                 "vacuole_fraction": vac_px / max(float(cyto.sum()), 1.0),
                 "nucleus_stain": float(win_exc[nmask].mean()),
@@ -127,14 +130,45 @@ def measure_cells(
                 "nucleus_g": float(nuc_rgb[1]),
                 "nucleus_b": float(nuc_rgb[2]),
                 "nucleus_texture_std": float(win_gray[nmask].std()),
-                "cytoplasm_r": float(cyto_rgb[0]) if cyto.any() else float(nuc_rgb[0]),
-                "cytoplasm_g": float(cyto_rgb[1]) if cyto.any() else float(nuc_rgb[1]),
-                "cytoplasm_b": float(cyto_rgb[2]) if cyto.any() else float(nuc_rgb[2]),
+                "cytoplasm_r": float(cyto_rgb[0]),
+                "cytoplasm_g": float(cyto_rgb[1]),
+                "cytoplasm_b": float(cyto_rgb[2]),
                 "touches_border": bool(r0 == 0 or c0 == 0 or r1 == h or c1 == w),
-                "smudge": bool(n_area * area_px > smudge_area_um2 and solidity < smudge_solidity),
+                "smudge": bool(n_area * area_px > smudge_area_um2 and shape["solidity"] < smudge_solidity),
             }
         )
     return _columns(rows)
+
+
+def _shape(mask: np.ndarray) -> dict[str, float]:
+    """Solidity, circularity, contour irregularity and eccentricity of one region, from its outer contour.
+
+    Circularity is ``4 pi area / perimeter**2`` (1 for a disc); irregularity is how much longer the contour
+    is than its convex hull (0 for a convex outline; a notched or cleft nucleus scores higher).
+    """
+    import cv2
+
+    contours, _ = cv2.findContours(np.pad(mask, 1).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    area = float(mask.sum())
+    perimeter = cv2.arcLength(contour, True)
+    hull = cv2.convexHull(contour)
+    hull_area = cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) + 1.0  # pixel-area convention
+    m = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    if m["m00"] > 0:
+        mu20, mu02, mu11 = m["mu20"] / m["m00"], m["mu02"] / m["m00"], m["mu11"] / m["m00"]
+        root = np.sqrt(4 * mu11**2 + (mu20 - mu02) ** 2)
+        l1, l2 = (mu20 + mu02 + root) / 2, (mu20 + mu02 - root) / 2
+        eccentricity = float(np.sqrt(1 - l2 / l1)) if l1 > 0 else 0.0
+    else:
+        eccentricity = 0.0
+    hull_perimeter = cv2.arcLength(hull, True)
+    return {
+        "solidity": float(min(1.0, area / hull_area)),
+        "circularity": float(min(1.0, 4 * np.pi * area / max(perimeter, 1e-9) ** 2)),
+        "irregularity": float(max(0.0, perimeter / max(hull_perimeter, 1e-9) - 1.0)),
+        "eccentricity": eccentricity,
+    }
 
 
 def _columns(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
@@ -143,12 +177,6 @@ def _columns(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
         dtype = np.int64 if name in _INT_COLUMNS else bool if name in _BOOL_COLUMNS else np.float64
         out[name] = np.array([r[name] for r in rows], dtype=dtype)
     return out
-
-
-def _convex_perimeter(region) -> float:
-    from skimage.measure import perimeter
-
-    return float(perimeter(np.pad(region.image_convex, 1)))
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

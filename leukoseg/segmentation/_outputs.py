@@ -4,7 +4,7 @@
 
 - ``cells.csv``: one row per cell, the columns of :data:`MEASUREMENT_COLUMNS`;
 - ``nuclei.png``, ``cells.png``: uint16 label images at the input's size, 0 background, value = cell_id;
-- ``overlay.jpg``: outlines and ids drawn on the smear (longer side at most 2000 px), for a person;
+- ``overlay.jpg``: outlines and ids drawn on the smear (halved until its longer side is at most 2000 px);
 - ``cells.geojson``: QuPath cell objects (cell polygon as geometry, ``nucleusGeometry``, measurements);
 - ``segmentation.json``: scale, its source, thresholds, counts, timings;
 - ``crops/cell_NNNN.png`` (native resolution box) and ``crops/cell_NNNN_patch.png`` (the scale-normalised
@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,12 @@ def draw_overlay(image: np.ndarray, seg: Segmentation, *, max_side: int = OVERLA
     """
     import cv2
 
+    from ._segment import _resize
+
     h, w = image.shape[:2]
-    f = min(1.0, max_side / max(h, w))
-    canvas = cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA) if f < 1 else image.copy()
+    halvings = max(0, int(np.ceil(np.log2(max(h, w) / max_side)))) if max(h, w) > max_side else 0
+    canvas = _resize(image, 0.5**halvings) if halvings else image.copy()  # halving: OpenCV's fast path
+    f = canvas.shape[1] / w
     thick = max(1, round(max(canvas.shape[:2]) / 800))
     for row in seg.rows():
         cid = row["cell_id"]
@@ -144,6 +148,7 @@ def write_segmentation(
     patch_size: int = 50,
     patch_um_per_px: float = 0.5,
     summary: Mapping[str, Any] | None = None,
+    threads: int = 2,
 ) -> Path:
     """Write the output folder of one image (see the module docstring), atomically.
 
@@ -161,6 +166,8 @@ def write_segmentation(
         Size and pixel size of the scale-normalised patches.
     summary : mapping, optional
         Extra entries for ``segmentation.json`` (e.g. the input path and timings).
+    threads : int, optional
+        Threads that encode the images (PNG and JPEG encoding runs outside Python's lock).
 
     Returns
     -------
@@ -171,32 +178,39 @@ def write_segmentation(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     try:
-        write_text(tmp / "cells.csv", cells_csv(seg))
-        write_image(tmp / "nuclei.png", seg.nuclei.astype(np.uint16))
-        write_image(tmp / "cells.png", seg.cells.astype(np.uint16))
-        write_image(tmp / "overlay.jpg", draw_overlay(image, seg))
-        write_text(tmp / "cells.geojson", json.dumps(cells_geojson(seg), separators=(",", ":")) + "\n")
-        info = {
-            "n_cells": seg.n_cells,
-            "um_per_px": seg.um_per_px,
-            "scale_source": seg.scale_source,
-            "n_red_cells": seg.n_red_cells,
-            "working_um_per_px": seg.working_um_per_px,
-            "thresholds": dict(seg.thresholds),
-            "image_shape": list(image.shape),
-            "patch": {"size": patch_size, "um_per_px": patch_um_per_px},
-        }
-        info.update(summary or {})
-        write_json(tmp / "segmentation.json", info)
+        images: list[tuple[Path, np.ndarray]] = [
+            (tmp / "nuclei.png", seg.nuclei.astype(np.uint16)),
+            (tmp / "cells.png", seg.cells.astype(np.uint16)),
+            (tmp / "overlay.jpg", draw_overlay(image, seg)),
+        ]
         if crops:
             (tmp / "crops").mkdir()
             for row in seg.rows():
                 cid = row["cell_id"]
                 box = image[row["bbox_y0"] : row["bbox_y1"], row["bbox_x0"] : row["bbox_x1"]]
-                write_image(tmp / "crops" / f"cell_{cid:04d}.png", box)
                 patch = extract_patch(image, row["x"], row["y"], um_per_px=seg.um_per_px, patch_size=patch_size,
                                       patch_um_per_px=patch_um_per_px)
-                write_image(tmp / "crops" / f"cell_{cid:04d}_patch.png", patch)
+                images += [(tmp / "crops" / f"cell_{cid:04d}.png", box),
+                           (tmp / "crops" / f"cell_{cid:04d}_patch.png", patch)]
+        # Encoding releases the GIL: a few threads overlap it with the text outputs below.
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            pending = [pool.submit(write_image, path, array) for path, array in images]
+            write_text(tmp / "cells.csv", cells_csv(seg))
+            write_text(tmp / "cells.geojson", json.dumps(cells_geojson(seg), separators=(",", ":")) + "\n")
+            info = {
+                "n_cells": seg.n_cells,
+                "um_per_px": seg.um_per_px,
+                "scale_source": seg.scale_source,
+                "n_red_cells": seg.n_red_cells,
+                "working_um_per_px": seg.working_um_per_px,
+                "thresholds": dict(seg.thresholds),
+                "image_shape": list(image.shape),
+                "patch": {"size": patch_size, "um_per_px": patch_um_per_px},
+            }
+            info.update(summary or {})
+            write_json(tmp / "segmentation.json", info)
+            for future in pending:
+                future.result()
         _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""The command line: fast help without heavy imports, exit codes, one-line errors, a batch that goes on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoseg.cli import main
+
+HEAVY = ("tensorflow", "keras", "sklearn", "torch", "jax")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["segment", "--help"], ["--version"]])
+def test_help_imports_nothing_heavy(args):
+    code = (
+        "import sys\n"
+        "from leukoseg.cli import main\n"
+        f"rc = main({args!r})\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "assert rc == 0, rc\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: leukoseg" in proc.stdout or "leukoseg " in proc.stdout
+
+
+def test_package_import_is_light():
+    code = f"import sys, leukoseg, leukoseg.features, leukoseg.classify, leukoseg.pipelines, leukoseg.segmentation\n" \
+           f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\nassert not heavy, heavy\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["segment"]) == 2
+    assert main(["segment", "x.jpg", "--workers", "0"]) == 2
+    assert main(["segment", "x.jpg", "--pixel-size", "-1"]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def _smear(path: Path, seed: int = 0) -> Path:
+    """A tiny smear: beige background, a few pink red cells and two purple nuclei."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[:] = (225, 215, 200)
+    for _ in range(25):
+        cv2.circle(image, (int(rng.integers(10, 310)), int(rng.integers(10, 230))), 14, (215, 160, 150), -1)
+    for x, y in [(90, 120), (220, 110)]:
+        cv2.circle(image, (x, y), 24, (170, 160, 215), -1)
+        cv2.circle(image, (x, y), 19, (110, 50, 160), -1)
+    Image.fromarray(image).save(path, quality=95)
+    return path
+
+
+@pytest.fixture
+def bad_batch(tmp_path, png_header_only) -> Path:
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image\n")
+    good = _smear(folder / "good.jpg")
+    (folder / "truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    Image.fromarray(np.zeros((50, 50), np.uint8)).save(folder / "gray.png")
+    rgba = np.dstack([np.asarray(Image.open(good)), np.full((240, 320), 255, np.uint8)])
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(folder / "tiny.png")
+    Image.fromarray(np.full((120, 160, 3), (225, 215, 200), np.uint8)).save(folder / "blank.png")
+    png_header_only(folder / "huge.png", 40000, 40000)
+    (folder / "dossier é ü").mkdir()
+    _smear(folder / "dossier é ü" / "frottis ñ 2.jpg", seed=1)
+    return folder
+
+
+def test_batch_with_bad_files(bad_batch, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["segment", str(bad_batch), "--out", str(out), "--workers", "1", "--json", "-q"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("leukoseg: error: ")]
+    failed = {Path(line.split(": ")[2]).name for line in errors}
+    assert failed == {"zero.jpg", "text.jpg", "truncated.jpg", "gray.png", "tiny.png", "huge.png"}
+    assert len(errors) == len(captured.err.splitlines())  # one line each, nothing else
+    results = {Path(r["image"]).name: r for r in map(json.loads, captured.out.splitlines())}
+    assert len(results) == 10
+    for name in ["good.jpg", "rgba.png", "blank.png", "frottis ñ 2.jpg"]:
+        assert "error" not in results[name], results[name]
+        assert (Path(results[name]["output"]) / "cells.csv").is_file()
+    assert results["blank.png"]["n_cells"] == 0
+    assert results["good.jpg"]["n_cells"] == 2
+    # No half-written folders left behind.
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    image = _smear(tmp_path / "a.jpg")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    rc = main(["segment", str(image), "--out", str(blocker / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("leukoseg: error: ") and "not writable" in err
+
+
+def test_no_images_found(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_workers_give_the_same_outputs(tmp_path):
+    for i in range(3):
+        _smear(tmp_path / f"s{i}.jpg", seed=i)
+    assert main(["segment", str(tmp_path), "--out", str(tmp_path / "o1"), "--workers", "1", "-q"]) == 0
+    assert main(["segment", str(tmp_path), "--out", str(tmp_path / "o2"), "--workers", "2", "-q"]) == 0
+    for i in range(3):
+        a = (tmp_path / "o1" / f"s{i}" / "cells.csv").read_text()
+        b = (tmp_path / "o2" / f"s{i}" / "cells.csv").read_text()
+        assert a == b
+
+
+def test_same_stem_in_two_folders(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _smear(tmp_path / "a" / "x.jpg")
+    _smear(tmp_path / "b" / "x.jpg", seed=3)
+    assert main(["segment", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "o"), "-q",
+                 "--workers", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x", "x-2"]
+
+
+def test_console_script_runs(tmp_path):
+    exe = Path(sys.executable).with_name("leukoseg")
+    if not exe.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("leukoseg ")

@@ -1,0 +1,149 @@
+"""Data-set layouts, annotation parsing, identical-image groups and layout errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoseg.datasets import load_dataset, parse_xyc, resolve_data_dir
+from leukoseg.errors import LeukosegError
+
+
+def _jpg(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+@pytest.fixture
+def fake_idb1(tmp_path) -> Path:
+    root = tmp_path / "ALL_IDB1"
+    for i, (name, xyc) in enumerate(
+        [("Im001_1", b"3\t4\r\n\r\n10 12\r\n"), ("Im002_0", b""), ("Im003_0", b"\n"), ("Im004_1", b" 5  6 \n")]
+    ):
+        _jpg(root / "im" / f"{name}.jpg", seed=i)
+        (root / "xyc").mkdir(exist_ok=True)
+        (root / "xyc" / f"{name}.xyc").write_bytes(xyc)
+    # A byte copy, as ALL-IDB1's Im108_0 is of Im093_0.
+    shutil.copy(root / "im" / "Im002_0.jpg", root / "im" / "Im005_0.jpg")
+    (root / "xyc" / "Im005_0.xyc").write_bytes(b"")
+    return root
+
+
+def test_parse_xyc_tolerant(tmp_path):
+    p = tmp_path / "a.xyc"
+    p.write_bytes(b"\r\n12\t34\r\n  56   78  \n\n9.5 10\n")
+    np.testing.assert_array_equal(parse_xyc(p), [[12, 34], [56, 78], [9.5, 10]])
+    p.write_bytes(b"")
+    assert parse_xyc(p).shape == (0, 2)
+
+
+def test_parse_xyc_bad_line_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.xyc"
+    p.write_text("1\t2\nthree four\n")
+    with pytest.raises(LeukosegError, match="line 2") as info:
+        parse_xyc(p)
+    assert "bad.xyc" in str(info.value)
+
+
+def test_all_idb1_layout(fake_idb1):
+    ds = load_dataset("all-idb1", fake_idb1)
+    assert [r.name for r in ds.records] == [f"im/Im00{i}_{y}.jpg" for i, y in [(1, 1), (2, 0), (3, 0), (4, 1), (5, 0)]]
+    assert list(ds.labels) == ["1", "0", "0", "1", "0"]
+    np.testing.assert_array_equal(ds.records[0].points, [[3, 4], [10, 12]])
+    assert ds.records[1].points.shape == (0, 2)
+    assert ds.unit == "image" and ds.classes == ("0", "1")
+
+
+def test_identical_images_share_a_group(fake_idb1):
+    groups = load_dataset("all-idb1", fake_idb1).groups
+    assert groups[1] == groups[4]  # byte copy
+    assert len(set(groups)) == 4
+
+
+def test_pixel_identical_images_share_a_group(tmp_path):
+    rng = np.random.default_rng(1)
+    pixels = (rng.random((10, 10, 3)) * 255).astype(np.uint8)
+    for cls, name, kw in [("a", "x.png", {}), ("a", "y.png", {"compress_level": 9}), ("b", "z.png", {})]:
+        (tmp_path / cls).mkdir(exist_ok=True)
+        Image.fromarray(pixels if name != "z.png" else 255 - pixels).save(tmp_path / cls / name, **kw)
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert (tmp_path / "a" / "x.png").read_bytes() != (tmp_path / "a" / "y.png").read_bytes()
+    assert ds.groups[0] == ds.groups[1] != ds.groups[2]
+
+
+def test_folder_dataset_any_number_of_classes(tmp_path):
+    for i, cls in enumerate(["blast", "lymphocyte", "neutrophil"]):
+        _jpg(tmp_path / cls / f"c{i}.jpg", seed=i)
+        _jpg(tmp_path / cls / "deeper" / f"d{i}.jpg", seed=10 + i)
+    (tmp_path / "blast" / "readme.txt").write_text("not an image")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.classes == ("blast", "lymphocyte", "neutrophil")
+    assert len(ds) == 6
+    assert ds.records[0].name == "blast/c0.jpg"
+
+
+def test_folder_dataset_needs_two_classes(tmp_path):
+    _jpg(tmp_path / "only" / "a.jpg", 0)
+    with pytest.raises(LeukosegError, match="at least two classes"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_all_idb2_layout(tmp_path):
+    root = tmp_path / "ALL_IDB2"
+    for name in ["Im001_1", "Im002_0"]:
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(root / "img" / f"{name}.tif")
+    ds = load_dataset("all-idb2", root)
+    assert ds.unit == "cell" and list(ds.labels) == ["1", "0"]
+    assert ds.groups[0] == ds.groups[1]  # identical pixels
+
+
+def test_missing_dataset_says_what_and_how(tmp_path):
+    with pytest.raises(LeukosegError) as info:
+        load_dataset("all-idb1", tmp_path / "nowhere")
+    msg = str(info.value)
+    assert "nowhere" in msg and "im/ImXXX_Y.jpg" in msg and "on request" in msg and "does not exist" in msg
+
+
+def test_wrong_layout_says_what_was_found(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(LeukosegError) as info:
+        load_dataset("all-idb1", tmp_path)
+    assert "expected im/ImXXX_Y.jpg" in str(info.value) and "found images" in str(info.value)
+
+
+def test_missing_annotation(fake_idb1):
+    (fake_idb1 / "xyc" / "Im003_0.xyc").unlink()
+    with pytest.raises(LeukosegError, match="annotation file missing"):
+        load_dataset("all-idb1", fake_idb1)
+
+
+def test_unknown_dataset():
+    with pytest.raises(LeukosegError, match="unknown data set"):
+        load_dataset("all-idb3")
+
+
+def test_data_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("LEUKOSEG_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_data_dir("ALL_IDB1") == Path(tmp_path) / ".leukoseg" / "data" / "ALL_IDB1"
+    monkeypatch.setenv("LEUKOSEG_DATA", str(tmp_path / "d"))
+    assert resolve_data_dir("ALL_IDB1") == tmp_path / "d" / "ALL_IDB1"
+    assert resolve_data_dir("ALL_IDB1", tmp_path / "x") == tmp_path / "x"
+
+
+@pytest.mark.data
+def test_real_all_idb1(all_idb1_dir):
+    ds = load_dataset("all-idb1", all_idb1_dir)
+    assert len(ds) == 108
+    assert sum(len(r.points) for r in ds.records) == 510
+    assert sorted(ds.labels).count("1") == 49
+    by_name = {r.name: r.group for r in ds.records}
+    assert by_name["im/Im093_0.jpg"] == by_name["im/Im108_0.jpg"]
+    assert len(set(ds.groups)) == 107

@@ -1,0 +1,200 @@
+"""Image reading: every format, every kind of bad file, one exception type with the file name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoseg.errors import LeukosegError
+from leukoseg.io import atomic_write, find_images, read_image, write_image
+
+
+def _save(path: Path, array: np.ndarray, **kw) -> Path:
+    Image.fromarray(array).save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".bmp"])
+def test_lossless_formats_round_trip(tmp_path, rgb_image, ext):
+    path = _save(tmp_path / f"a{ext}", rgb_image)
+    out = read_image(path)
+    assert out.dtype == np.uint8 and out.shape == rgb_image.shape
+    np.testing.assert_array_equal(out, rgb_image)
+
+
+def test_jpeg_reads_as_rgb(tmp_path, rgb_image):
+    big = np.kron(rgb_image, np.ones((8, 8, 1), np.uint8))
+    out = read_image(_save(tmp_path / "a.jpg", big, quality=98))
+    assert out.shape == big.shape
+    err = np.abs(out.astype(int) - big.astype(int)).mean()
+    swapped = np.abs(out[..., ::-1].astype(int) - big.astype(int)).mean()
+    assert err < 12  # JPEG chroma subsampling on random 8x8 blocks
+    assert swapped > 4 * err  # RGB, not BGR
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied(tmp_path, orientation):
+    base = np.kron((np.arange(12).reshape(3, 4) * 20).astype(np.uint8), np.ones((16, 16), np.uint8))
+    rgb = np.stack([base, 255 - base, np.full_like(base, 128)], axis=-1)
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    image.save(path, exif=exif, quality=95)
+    from PIL import ImageOps
+
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    out = read_image(path)
+    assert out.shape == expected.shape
+    assert out.shape[:2] == ((48, 64) if orientation < 5 else (64, 48))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_sixteen_bit_rgb_is_scaled(tmp_path):
+    rgb16 = np.zeros((8, 8, 3), np.uint16)
+    rgb16[..., 0] = 65535
+    rgb16[..., 1] = 257 * 100
+    path = tmp_path / "a16.png"
+    cv2.imwrite(str(path), rgb16[..., ::-1])  # OpenCV writes 16-bit colour PNGs (BGR order)
+    out = read_image(path)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, 0], [255, 100, 0])
+
+
+def test_alpha_is_dropped(tmp_path, rgb_image):
+    rgba = np.dstack([rgb_image, np.full(rgb_image.shape[:2], 7, np.uint8)])
+    out = read_image(_save(tmp_path / "a.png", rgba))
+    np.testing.assert_array_equal(out, rgb_image)
+
+
+def test_colour_palette_is_expanded(tmp_path, rgb_image):
+    path = tmp_path / "p.png"
+    Image.fromarray(rgb_image).quantize(16).save(path)
+    assert read_image(path).shape == rgb_image.shape
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: _save(p, np.zeros((8, 8), np.uint8)),  # 8-bit grayscale
+        lambda p: Image.fromarray(np.zeros((8, 8), np.uint16)).save(p) or p,  # 16-bit grayscale
+        lambda p: Image.fromarray(np.zeros((8, 8), np.uint8)).convert("1").save(p) or p,  # bilevel
+        lambda p: Image.fromarray(np.zeros((8, 8), np.uint8)).convert("P").save(p) or p,  # gray palette
+    ],
+    ids=["L", "I;16", "1", "gray-palette"],
+)
+def test_grayscale_is_refused(tmp_path, make):
+    path = tmp_path / "g.png"
+    make(path)
+    with pytest.raises(LeukosegError, match="grayscale") as info:
+        read_image(path)
+    assert info.value.path == str(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LeukosegError, match="no such file") as info:
+        read_image(tmp_path / "nope.jpg")
+    assert "nope.jpg" in str(info.value)
+
+
+def test_folder_is_not_an_image(tmp_path):
+    with pytest.raises(LeukosegError, match="folder"):
+        read_image(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(LeukosegError, match="empty"):
+        read_image(path)
+
+
+def test_text_file_named_jpg(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("these are not pixels\n")
+    with pytest.raises(LeukosegError, match="not a readable image"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
+def test_truncated_jpeg(tmp_path, rgb_image, keep):
+    full = tmp_path / "full.jpg"
+    _save(full, np.kron(rgb_image, np.ones((8, 8, 1), np.uint8)), quality=90)
+    data = full.read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(LeukosegError, match="truncated|corrupt|not a readable") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_png(tmp_path, rgb_image):
+    full = _save(tmp_path / "full.png", np.kron(rgb_image, np.ones((8, 8, 1), np.uint8)))
+    data = full.read_bytes()
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LeukosegError):
+        read_image(path)
+
+
+def test_huge_image_refused_before_decoding(tmp_path, png_header_only):
+    path = png_header_only(tmp_path / "bomb.png", 40000, 40000)
+    with pytest.raises(LeukosegError, match="too large"):
+        read_image(path)
+
+
+def test_pixel_limit_is_configurable(tmp_path, rgb_image):
+    path = _save(tmp_path / "a.png", rgb_image)
+    with pytest.raises(LeukosegError, match="too large"):
+        read_image(path, max_pixels=100)
+    assert read_image(path, max_pixels=rgb_image.shape[0] * rgb_image.shape[1]).shape == rgb_image.shape
+
+
+def test_one_pixel_image(tmp_path):
+    assert read_image(_save(tmp_path / "dot.png", np.full((1, 1, 3), 200, np.uint8))).shape == (1, 1, 3)
+
+
+def test_non_ascii_path_with_spaces(tmp_path, rgb_image):
+    folder = tmp_path / "frottis sanguin à étudier"
+    folder.mkdir()
+    path = _save(folder / "lâme 1 ü.png", rgb_image)
+    np.testing.assert_array_equal(read_image(path), rgb_image)
+    write_image(folder / "copie é.png", rgb_image)
+    np.testing.assert_array_equal(read_image(folder / "copie é.png"), rgb_image)
+
+
+def test_find_images(tmp_path, rgb_image):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ["a/x.jpg", "a/b/y.PNG", "a/b/z.tif", "a/notes.txt", "a/b/w.bmp"]:
+        (tmp_path / name).write_bytes(b"x")
+    found = find_images([tmp_path / "a"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/b/w.bmp", "a/b/y.PNG", "a/b/z.tif", "a/x.jpg"]
+    # Globs, explicit files of any extension, duplicates dropped, missing paths kept (reported later).
+    found = find_images([str(tmp_path / "a" / "*.jpg"), tmp_path / "a" / "notes.txt", tmp_path / "a" / "x.jpg",
+                         tmp_path / "missing.jpg"])
+    assert [p.name for p in found] == ["x.jpg", "notes.txt", "missing.jpg"]
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as f:
+        f.write("half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(target, "w") as f:
+        f.write("whole")
+    assert target.read_text() == "whole"
+
+
+def test_write_label_png_keeps_uint16(tmp_path):
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:5, 3:9] = 300
+    labels[10:12, 1:2] = 65535
+    write_image(tmp_path / "l.png", labels)
+    back = cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
