@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (already printed by argparse)
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
-    _configure_logging(args.verbose, args.quiet)
+    logger = logging.getLogger("leukoseg")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    _configure_logging(logger, args.verbose, args.quiet)
     try:
         return int(args.func(args))
     except LeukosegError as exc:
@@ -112,16 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted", 0)
         return 130
+    finally:
+        # main() may be called in-process (tests, notebooks): leave logging as it was found.
+        logger.handlers[:], logger.level, logger.propagate = saved
 
 
-def _configure_logging(verbose: int, quiet: bool) -> None:
+def _configure_logging(logger: logging.Logger, verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("leukoseg: %(levelname)s: %(message)s"))
-    root = logging.getLogger("leukoseg")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def _error(message: str, verbose: int) -> None:

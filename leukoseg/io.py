@@ -227,6 +227,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         if "b" in mode:
             f = os.fdopen(fd, mode)
         else:
@@ -238,6 +239,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    # Read without changing it for good: os.umask can only be read by setting it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

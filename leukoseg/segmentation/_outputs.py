@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import write_image, write_json, write_text
+from ..io import _umask, write_image, write_json, write_text
 from ._crops import extract_patch
 from ._measure import MEASUREMENT_COLUMNS
 from ._segment import Segmentation
@@ -178,6 +178,7 @@ def write_segmentation(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         images: list[tuple[Path, np.ndarray]] = [
             (tmp / "nuclei.png", seg.nuclei.astype(np.uint16)),
             (tmp / "cells.png", seg.cells.astype(np.uint16)),

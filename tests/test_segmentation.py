@@ -1,0 +1,213 @@
+"""Segmentation on synthetic smears with exact answers, scale invariance, and the output contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from leukoseg.segmentation import MEASUREMENT_COLUMNS, extract_patch, segment, write_segmentation
+from leukoseg.synthetic import make_smear, render_cell, touching_discs
+
+
+def _centroids(seg) -> np.ndarray:
+    return np.c_[seg.measurements["x"], seg.measurements["y"]]
+
+
+def _truth_centroids(smear) -> np.ndarray:
+    return np.array([(c.x, c.y) for c in smear.white_cells])
+
+
+def _matched(found: np.ndarray, truth: np.ndarray, radius: float) -> int:
+    if len(found) == 0 or len(truth) == 0:
+        return 0
+    d = cdist(truth, found)
+    r, c = linear_sum_assignment(d)
+    return int((d[r, c] <= radius).sum())
+
+
+@pytest.mark.parametrize("pixel_size", [0.35, 0.2, None])
+def test_two_touching_discs_give_two_cells(pixel_size):
+    image, truth = touching_discs()
+    seg = segment(image, pixel_size=pixel_size)
+    assert seg.n_cells == 2
+    expected = np.array([np.argwhere(truth == i).mean(axis=0)[::-1] for i in (1, 2)])
+    assert _matched(_centroids(seg), expected, radius=1.5) == 2
+    # The two nuclei share a border: they were split, not found apart.
+    grown = cv2.dilate((seg.nuclei == 1).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert (grown & (seg.nuclei == 2)).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_synthetic_smear_counts_and_centroids(seed):
+    smear = make_smear(seed=seed)
+    seg = segment(smear.image)
+    truth = _truth_centroids(smear)
+    assert seg.n_cells == len(truth)
+    assert _matched(_centroids(seg), truth, radius=1.0 / smear.um_per_px) == len(truth)  # within 1 um
+    assert seg.scale_source == "red cells"
+    assert seg.um_per_px == pytest.approx(smear.um_per_px, rel=0.08)
+
+
+def test_touching_white_cells_are_split():
+    smear = make_smear(seed=5, n_touching_pairs=2, kinds=("blast_L1", "blast_L1", "blast_L2", "lymphocyte"))
+    seg = segment(smear.image)
+    assert seg.n_cells == len(smear.white_cells)
+    assert _matched(_centroids(seg), _truth_centroids(smear), radius=1.5 / smear.um_per_px) == len(smear.white_cells)
+
+
+def test_scale_invariance():
+    smear = make_smear(seed=0, um_per_px=0.25, shape=(900, 1200))
+    small = cv2.resize(smear.image, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)
+    a, b = segment(smear.image), segment(small)
+    assert a.n_cells == b.n_cells == len(smear.white_cells)
+    assert b.um_per_px == pytest.approx(a.um_per_px / 0.75, rel=0.05)
+    order = linear_sum_assignment(cdist(_centroids(a) * 0.75, _centroids(b)))[1]
+    for name in ["nucleus_diameter_um", "cell_diameter_um", "nucleus_area_um2"]:
+        rel = np.abs(b.measurements[name][order] / a.measurements[name] - 1)
+        assert np.median(rel) <= 0.05, (name, rel)
+
+
+@pytest.mark.parametrize("jitter", [0.5, 1.0])
+def test_stain_and_illumination_jitter(jitter):
+    smear = make_smear(seed=11, stain_jitter=jitter, illumination=jitter)
+    seg = segment(smear.image)
+    truth = _truth_centroids(smear)
+    assert _matched(_centroids(seg), truth, radius=1.5 / smear.um_per_px) == len(truth)
+    assert seg.n_cells <= len(truth) + 1
+
+
+def test_single_cell_crop_uses_fallback_scale():
+    crop = render_cell("blast_L2", seed=0)
+    seg = segment(crop.image)
+    assert seg.n_cells == 1
+    assert seg.scale_source in {"fallback", "red cells"}
+    assert seg.um_per_px == pytest.approx(crop.um_per_px, rel=0.35)
+
+
+def test_given_pixel_size_wins():
+    smear = make_smear(seed=0)
+    seg = segment(smear.image, pixel_size=0.5)
+    assert seg.scale_source == "given" and seg.um_per_px == 0.5
+
+
+def test_input_not_modified():
+    smear = make_smear(seed=0)
+    before = smear.image.copy()
+    segment(smear.image)
+    np.testing.assert_array_equal(smear.image, before)
+
+
+def test_blank_image_has_no_cells():
+    image = np.full((120, 160, 3), (225, 215, 200), np.uint8)
+    seg = segment(image)
+    assert seg.n_cells == 0
+    assert seg.nuclei.shape == seg.cells.shape == (120, 160)
+    assert not seg.nuclei.any()
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8), np.zeros((10, 10, 3), np.float32)]
+)
+def test_bad_arrays_are_refused(bad):
+    with pytest.raises(ValueError, match="image"):
+        segment(bad)
+
+
+def test_labels_and_measurements_agree():
+    smear = make_smear(seed=2)
+    seg = segment(smear.image)
+    ids = seg.measurements["cell_id"]
+    np.testing.assert_array_equal(ids, np.arange(1, seg.n_cells + 1))
+    assert set(np.unique(seg.nuclei)) - {0} == set(ids) == set(np.unique(seg.cells)) - {0}
+    assert np.all(seg.cells[seg.nuclei > 0] == seg.nuclei[seg.nuclei > 0])  # nucleus inside its cell
+    m = seg.measurements
+    assert np.all(m["nc_ratio"] > 0) and np.all(m["nc_ratio"] <= 1)
+    assert np.all(m["cell_area_um2"] >= m["nucleus_area_um2"])
+    assert np.all((m["bbox_x0"] <= m["x"]) & (m["x"] < m["bbox_x1"]) & (m["bbox_y0"] <= m["y"]) & (m["y"] < m["bbox_y1"]))
+
+
+def test_blast_sizes_in_micrometres():
+    smear = make_smear(seed=3, kinds=("blast_L2", "lymphocyte"))
+    seg = segment(smear.image)
+    truth = {c.kind: c for c in smear.white_cells}
+    found = _centroids(seg)
+    for kind, cell in truth.items():
+        i = int(np.argmin(np.hypot(*(found - (cell.x, cell.y)).T)))
+        assert seg.measurements["cell_diameter_um"][i] == pytest.approx(cell.cell_diameter_um, rel=0.2), kind
+
+
+def test_output_contract(tmp_path):
+    smear = make_smear(seed=1)
+    seg = segment(smear.image)
+    out = write_segmentation(tmp_path / "smear", smear.image, seg)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cells.csv", "cells.geojson", "cells.png", "crops", "nuclei.png", "overlay.jpg", "segmentation.json"]
+    with open(out / "cells.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(MEASUREMENT_COLUMNS)
+    assert [int(r["cell_id"]) for r in rows] == list(range(1, seg.n_cells + 1))
+    for name in ["nuclei.png", "cells.png"]:
+        labels = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint16 and labels.shape == smear.image.shape[:2]
+        assert set(np.unique(labels)) - {0} == {int(r["cell_id"]) for r in rows}
+    nuclei = cv2.imread(str(out / "nuclei.png"), cv2.IMREAD_UNCHANGED)
+    for r in rows:  # the csv centroid is that of its nucleus in the label image (within the upscaling step)
+        ys, xs = np.nonzero(nuclei == int(r["cell_id"]))
+        assert abs(xs.mean() - float(r["x"])) < 1.0 and abs(ys.mean() - float(r["y"])) < 1.0
+    gj = json.loads((out / "cells.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == seg.n_cells
+    for feat in gj["features"]:
+        for geom in (feat["geometry"], feat["nucleusGeometry"]):
+            ring = geom["coordinates"][0]
+            assert geom["type"] == "Polygon" and len(ring) >= 4 and ring[0] == ring[-1]
+        assert feat["properties"]["objectType"] == "cell"
+        assert set(feat["properties"]["measurements"]) == set(MEASUREMENT_COLUMNS)
+    info = json.loads((out / "segmentation.json").read_text())
+    assert info["n_cells"] == seg.n_cells and info["scale_source"] == "red cells"
+    crops = sorted(p.name for p in (out / "crops").iterdir())
+    assert len(crops) == 2 * seg.n_cells
+    patch = cv2.imread(str(out / "crops" / "cell_0001_patch.png"))
+    assert patch.shape == (50, 50, 3)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_rewrite_replaces_atomically(tmp_path):
+    smear = make_smear(seed=1)
+    seg = segment(smear.image)
+    write_segmentation(tmp_path / "s", smear.image, seg)
+    (tmp_path / "s" / "stale.txt").write_text("from an older run")
+    write_segmentation(tmp_path / "s", smear.image, seg, crops=False)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "cells.csv", "cells.geojson", "cells.png", "nuclei.png", "overlay.jpg", "segmentation.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_patch_is_scale_normalised():
+    a = make_smear(seed=0, um_per_px=0.2, shape=(800, 1000))
+    cell = a.white_cells[0]
+    p1 = extract_patch(a.image, cell.x, cell.y, um_per_px=0.2)
+    small = cv2.resize(a.image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    p2 = extract_patch(small, (cell.x + 0.5) * 0.5 - 0.5, (cell.y + 0.5) * 0.5 - 0.5, um_per_px=0.4)
+    assert p1.shape == p2.shape == (50, 50, 3)
+    assert np.abs(p1.astype(float) - p2).mean() < 6  # same field at the same um per pixel
+
+
+@pytest.mark.data
+def test_blast_recall_on_all_idb1_subset(all_idb1_dir):
+    from leukoseg.datasets import load_dataset
+    from leukoseg.io import read_image
+
+    ds = load_dataset("all-idb1", all_idb1_dir)
+    records = [r for r in ds.records if r.label == "1"][::4]
+    total = matched = 0
+    for r in records:
+        seg = segment(read_image(r.path))
+        total += len(r.points)
+        matched += _matched(_centroids(seg), r.points, radius=50)
+    assert matched / total >= 0.95, (matched, total)
