@@ -14,7 +14,17 @@ Importing the package is cheap: heavy libraries (scikit-learn, Keras, TensorFlow
 functions that need them.
 """
 
+from pathlib import Path as _Path
+
 from ._version import __version__
 from .errors import LeukosegError
+
+# Imported straight from a source checkout (``python -m leukoseg`` in the repository root), the stage
+# folders beside this one are not yet mapped into the namespace as an install maps them
+# (pyproject's package-dir): let ``leukoseg.features`` and friends resolve there too.
+_root = _Path(__file__).resolve().parent.parent
+if (_root / "pyproject.toml").is_file() and (_root / "features" / "__init__.py").is_file():
+    __path__.append(str(_root))  # noqa: F821  (__path__ is defined for packages)
+del _Path, _root
 
 __all__ = ["LeukosegError", "__version__"]

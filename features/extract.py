@@ -1,0 +1,241 @@
+"""Feature matrix of segmented cells: measurements from the segmentation plus GLCM texture."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, cell_texture_features, texture_feature_names
+
+__all__ = ["BOOKKEEPING_MEASUREMENTS", "CELL_KEYS", "CellFeatures"]
+
+log = logging.getLogger(__name__)
+
+#: Keys every cell mapping must have.
+CELL_KEYS = ("image", "nucleus", "cell", "um_per_px", "measurements")
+
+#: Numeric measurements that identify or locate a cell rather than describe it; never chosen by default.
+BOOKKEEPING_MEASUREMENTS = frozenset({"cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"})
+
+
+class CellFeatures(TransformerMixin, BaseEstimator):
+    """Turn segmented cells into a feature matrix with named columns.
+
+    Each row holds a cell's chosen measurements (morphometry and colour from the segmentation), then the
+    GLCM texture of its nucleus (``nuc_...``) and of its cytoplasm (``cyto_...``), computed on the green
+    channel by :func:`~leukoseg.features.glcm.cell_texture_features`.
+
+    The transformer learns nothing from the data except which columns to produce: ``fit`` fixes the
+    column list, and ``transform`` produces exactly these columns, in this order, for any cells.
+
+    Parameters
+    ----------
+    measurements : sequence of str or None, optional
+        Measurement names to include, in this order. ``None`` (default): every real-valued, non-boolean
+        measurement of the first cell passed to ``fit``, sorted by name, except the bookkeeping columns
+        of :data:`BOOKKEEPING_MEASUREMENTS` (ids, centroids, boxes). ``()`` for texture only.
+    texture : bool, optional
+        Include the GLCM texture of nucleus and cytoplasm.
+    distances_um, levels, angles_deg
+        Texture settings of :func:`~leukoseg.features.glcm.glcm_features`.
+
+    Attributes
+    ----------
+    measurement_names_ : list of str
+        Measurement columns, in order.
+    feature_names_out_ : ndarray of str
+        All columns, in order: measurements, then nucleus texture, then cytoplasm texture.
+
+    Notes
+    -----
+    The input is a sequence of cells, each a mapping with the keys of :data:`CELL_KEYS`:
+
+    - ``image``: (h, w, 3) uint8 RGB crop around the cell;
+    - ``nucleus``, ``cell``: (h, w) bool masks;
+    - ``um_per_px``: pixel size of the crop, in micrometres;
+    - ``measurements``: mapping of measurement name to number.
+
+    Measurements are copied as floats; a NaN measurement stays NaN (impute it or drop the cell before a
+    classifier that rejects NaN).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.full((12, 12, 3), 180, dtype=np.uint8)
+    >>> cell = np.zeros((12, 12), dtype=bool); cell[1:11, 1:11] = True
+    >>> nucleus = np.zeros((12, 12), dtype=bool); nucleus[3:9, 3:9] = True
+    >>> cells = [dict(image=image, nucleus=nucleus, cell=cell, um_per_px=0.35,
+    ...               measurements={"cell_id": 1, "nc_ratio": 0.36, "nucleus_area_um2": 4.4})]
+    >>> features = CellFeatures(distances_um=(1.0,)).fit(cells)
+    >>> list(features.get_feature_names_out()[:3])
+    ['nc_ratio', 'nucleus_area_um2', 'nuc_glcm_contrast_d1.0um']
+    >>> features.transform(cells).shape
+    (1, 16)
+    """
+
+    def __init__(
+        self,
+        *,
+        measurements: Sequence[str] | None = None,
+        texture: bool = True,
+        distances_um: Sequence[float] = _DEFAULT_DISTANCES_UM,
+        levels: int = 32,
+        angles_deg: Sequence[float] = _DEFAULT_ANGLES_DEG,
+    ) -> None:
+        self.measurements = measurements
+        self.texture = texture
+        self.distances_um = distances_um
+        self.levels = levels
+        self.angles_deg = angles_deg
+
+    def fit(self, X: Sequence[Mapping], y=None) -> CellFeatures:
+        """Fix the columns.
+
+        Parameters
+        ----------
+        X : sequence of mapping
+            Cells (see Notes of the class). With ``measurements=None`` the first cell chooses the
+            measurement columns; every cell must have them.
+        y : ignored
+
+        Returns
+        -------
+        self : CellFeatures
+
+        Raises
+        ------
+        ValueError
+            If `X` is empty, a cell lacks a key or a chosen measurement, or a setting is invalid.
+        """
+        cells = _as_cells(X)
+        if not cells:
+            raise ValueError("CellFeatures.fit needs at least one cell; got an empty sequence")
+        if self.measurements is None:
+            first = _measurements_of(cells[0], 0)
+            names = sorted(
+                name for name, value in first.items()
+                if _is_real(value) and name not in BOOKKEEPING_MEASUREMENTS
+            )  # fmt: skip
+        else:
+            if isinstance(self.measurements, str):
+                raise ValueError(f"measurements must be a sequence of names, not the string {self.measurements!r}")
+            names = list(self.measurements)
+            if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+                raise ValueError(f"measurements must be distinct names (str); got {self.measurements!r}")
+        for i, cell in enumerate(cells):
+            _measurement_row(_measurements_of(cell, i), names, i)
+        texture = self._texture_names() if self.texture else []
+        self.measurement_names_ = names
+        self.feature_names_out_ = np.asarray(names + texture, dtype=object)
+        log.debug("CellFeatures: %d measurement and %d texture columns", len(names), len(texture))
+        return self
+
+    def transform(self, X: Sequence[Mapping]) -> np.ndarray:
+        """Compute the feature matrix.
+
+        Parameters
+        ----------
+        X : sequence of mapping
+            Cells (see Notes of the class).
+
+        Returns
+        -------
+        (n_cells, n_features) ndarray of float64
+            Columns as in :meth:`get_feature_names_out`.
+
+        Raises
+        ------
+        ValueError
+            If a cell lacks a key or a measurement, or its arrays are invalid; the message names the
+            cell's index.
+        """
+        check_is_fitted(self, "feature_names_out_")
+        cells = _as_cells(X)
+        names = self.measurement_names_
+        n_meas = len(names)
+        out = np.empty((len(cells), len(self.feature_names_out_)), dtype=np.float64)
+        glcm_kw = {"distances_um": self.distances_um, "levels": self.levels, "angles_deg": self.angles_deg}
+        for i, cell in enumerate(cells):
+            out[i, :n_meas] = _measurement_row(_measurements_of(cell, i), names, i)
+            if self.texture:
+                for key in ("image", "nucleus", "cell", "um_per_px"):
+                    if key not in cell:
+                        raise ValueError(f"cell {i} has no {key!r}; every cell needs the keys {CELL_KEYS}")
+                try:
+                    texture = cell_texture_features(
+                        cell["image"], cell["nucleus"], cell["cell"], um_per_px=cell["um_per_px"], **glcm_kw
+                    )
+                except ValueError as error:
+                    raise ValueError(f"cell {i}: {error}") from None
+                out[i, n_meas:] = list(texture.values())
+        return out
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names of the output columns.
+
+        Parameters
+        ----------
+        input_features : ignored
+            Present for scikit-learn API compatibility (the input is cells, not columns).
+
+        Returns
+        -------
+        ndarray of str
+        """
+        check_is_fitted(self, "feature_names_out_")
+        return self.feature_names_out_.copy()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.dict = True
+        return tags
+
+    def _texture_names(self) -> list[str]:
+        kw = {"distances_um": self.distances_um, "levels": self.levels, "angles_deg": self.angles_deg}
+        return texture_feature_names(prefix="nuc_", **kw) + texture_feature_names(prefix="cyto_", **kw)
+
+
+def _as_cells(X) -> list:
+    if isinstance(X, Mapping) or isinstance(X, (str, bytes)) or not isinstance(X, (Sequence, np.ndarray)):
+        raise ValueError(
+            f"X must be a sequence of cell mappings (keys {CELL_KEYS}); got {type(X).__name__}"
+        )
+    cells = list(X)
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, Mapping):
+            raise ValueError(f"cell {i} must be a mapping with the keys {CELL_KEYS}; got {type(cell).__name__}")
+    return cells
+
+
+def _measurements_of(cell: Mapping, index: int) -> Mapping:
+    measurements = cell.get("measurements")
+    if not isinstance(measurements, Mapping):
+        raise ValueError(
+            f"cell {index} has no 'measurements' mapping (name -> number); got {type(measurements).__name__}"
+        )
+    return measurements
+
+
+def _measurement_row(measurements: Mapping, names: Sequence[str], index: int) -> list[float]:
+    row = []
+    for name in names:
+        if name not in measurements:
+            raise ValueError(
+                f"cell {index} has no measurement {name!r}; it has {sorted(measurements)}. "
+                "Pass measurements=[...] to choose the columns, or drop cells measured differently"
+            )
+        value = measurements[name]
+        if not _is_real(value):
+            raise ValueError(f"measurement {name!r} of cell {index} is not a number: {value!r}")
+        row.append(float(value))
+    return row
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))

@@ -1,0 +1,177 @@
+"""Tests of leukoseg.classify: GkNN, SVM and kNN reference as scikit-learn estimators."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.datasets import make_classification
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from leukoseg.classify import GeneticKNNClassifier, SVMClassifier, make_knn, make_svm
+from leukoseg.classify._cv import inner_cv_splits
+
+SMALL_GA = {"population_size": 6, "n_generations": 2}
+
+
+@parametrize_with_checks(
+    [
+        GeneticKNNClassifier(**SMALL_GA, random_state=0),
+        SVMClassifier(C_grid=(1.0,), gamma_grid=("scale",), random_state=0),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _informative_problem(n_samples=300, n_informative=3, n_noise=17, seed=0):
+    """A few informative features first (shuffle=False), then pure noise."""
+    X, y = make_classification(
+        n_samples=n_samples,
+        n_features=n_informative + n_noise,
+        n_informative=n_informative,
+        n_redundant=0,
+        n_repeated=0,
+        class_sep=1.0,
+        shuffle=False,
+        random_state=seed,
+    )
+    return X, y
+
+
+def test_ga_improves_fitness_and_finds_informative_features():
+    X, y = _informative_problem()
+    clf = GeneticKNNClassifier(population_size=20, n_generations=10, random_state=0).fit(X, y)
+    best, mean = clf.fitness_history_["best"], clf.fitness_history_["mean"]
+    assert best.shape == mean.shape == (11,)
+    assert best[-1] > best[0]
+    assert np.all(np.diff(best) >= 0)  # elitism
+    assert mean[-1] > mean[0]
+    assert clf.weights_[:3].mean() > clf.weights_[3:].mean()
+    assert clf.best_fitness_ == best[-1]
+    assert clf.k_ % 2 == 1 and 1 <= clf.k_ <= 15
+    assert clf.weights_.shape == (20,) and np.all((clf.weights_ == 0) | (clf.weights_ >= 0.05))
+    assert_array_equal(clf.support_, clf.weights_ > 0)
+
+
+def test_gknn_is_deterministic_and_leaves_global_state_alone():
+    from deap import creator
+
+    X, y = _informative_problem(n_samples=150, seed=1)
+    creator_names = set(vars(creator))
+    python_random_state = random.getstate()
+    numpy_random_state = np.random.get_state()[1].copy()
+    a = GeneticKNNClassifier(**SMALL_GA, random_state=42).fit(X, y)
+    b = GeneticKNNClassifier(**SMALL_GA, random_state=42).fit(X, y)
+    assert_array_equal(a.weights_, b.weights_)
+    assert a.k_ == b.k_
+    assert_array_equal(a.fitness_history_["best"], b.fitness_history_["best"])
+    assert_array_equal(a.fitness_history_["mean"], b.fitness_history_["mean"])
+    assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert set(vars(creator)) == creator_names
+    assert random.getstate() == python_random_state
+    assert_array_equal(np.random.get_state()[1], numpy_random_state)
+
+
+@pytest.mark.parametrize("vote", ["uniform", "distance"])
+def test_gknn_probabilities(vote):
+    X, y = _informative_problem(n_samples=120, seed=2)
+    y = np.array(["normal", "blast", "other"])[np.arange(len(y)) % 3]  # three string classes
+    clf = GeneticKNNClassifier(**SMALL_GA, vote=vote, random_state=0).fit(X, y)
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 3)
+    assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert_array_equal(clf.classes_, ["blast", "normal", "other"])
+    assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(axis=1)])
+
+
+def test_gknn_fitness_matches_sklearn_knn():
+    # The GA's own blocked neighbour search must give sklearn's kNN votes.
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from leukoseg.classify.gknn import _neighbour_votes
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(700, 5))
+    y = rng.integers(0, 3, 700)
+    for k, vote in ((1, "uniform"), (7, "uniform"), (15, "distance")):
+        votes = _neighbour_votes(
+            X[:500].astype(np.float32), X[500:].astype(np.float32), y[:500], k, 3, vote == "distance"
+        )
+        knn = KNeighborsClassifier(n_neighbors=k, weights=vote, algorithm="brute").fit(X[:500], y[:500])
+        assert_allclose(votes / votes.sum(axis=1, keepdims=True), knn.predict_proba(X[500:]), rtol=0, atol=1e-5)
+    # Exact ties (duplicated points) share the last votes: always k votes in all.
+    grid = rng.integers(0, 3, size=(300, 2)).astype(np.float32)
+    votes = _neighbour_votes(grid[:200], grid[200:], y[:200], 5, 3, False)
+    assert_allclose(votes.sum(axis=1), 5.0, rtol=0, atol=1e-5)
+
+
+def test_groups_stay_in_one_inner_fold():
+    y = np.tile([0, 1], 30)
+    groups = np.repeat(np.arange(12), 5)
+    for train, test in inner_cv_splits(y, groups, 3, seed=0):
+        assert not set(groups[train]) & set(groups[test])
+    X, y = _informative_problem(n_samples=60, seed=4)
+    GeneticKNNClassifier(**SMALL_GA, random_state=0).fit(X, y, groups=groups)
+    SVMClassifier(C_grid=(1.0,), gamma_grid=("scale",), random_state=0).fit(X, y, groups=groups)
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        GeneticKNNClassifier(**SMALL_GA).fit(X, y, groups=np.zeros(60))
+    with pytest.raises(ValueError, match="one entry per sample"):
+        GeneticKNNClassifier(**SMALL_GA).fit(X, y, groups=groups[:-1])
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"population_size": 1}, "population_size"),
+        ({"n_generations": -1}, "n_generations"),
+        ({"k_max": 0}, "k_max"),
+        ({"crossover_prob": 1.5}, "crossover_prob"),
+        ({"min_weight": -0.1}, "min_weight"),
+        ({"vote": "majority"}, "vote"),
+        ({"inner_cv": 1}, "inner_cv"),
+    ],
+)
+def test_gknn_bad_parameters(params, match):
+    X, y = _informative_problem(n_samples=40, seed=5)
+    with pytest.raises(ValueError, match=match):
+        GeneticKNNClassifier(**{**SMALL_GA, **params}).fit(X, y)
+
+
+def test_svm_bad_parameters():
+    X, y = _informative_problem(n_samples=40, seed=5)
+    with pytest.raises(ValueError, match="calibration"):
+        SVMClassifier(calibration="platt").fit(X, y)
+    with pytest.raises(ValueError, match="at least one value"):
+        SVMClassifier(C_grid=()).fit(X, y)
+
+
+def test_separable_problem_auc():
+    X, y = make_classification(
+        n_samples=600, n_features=20, n_informative=5, n_redundant=2, class_sep=2.0, weights=[0.7], random_state=6
+    )
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.5, stratify=y, random_state=0)
+    models = {
+        "gknn": GeneticKNNClassifier(population_size=10, n_generations=5, random_state=0),
+        "svm": make_svm(random_state=0),
+        "knn": make_knn(),
+    }
+    for name, model in models.items():
+        proba = model.fit(X_train, y_train).predict_proba(X_test)
+        assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+        auc = roc_auc_score(y_test, proba[:, 1])
+        assert auc >= 0.95, (name, auc)
+
+
+def test_svm_probabilities_are_calibrated_ensemble():
+    X, y = _informative_problem(n_samples=150, seed=7)
+    clf = SVMClassifier(C_grid=(0.1, 1.0), gamma_grid=("scale", 0.1), inner_cv=3, random_state=0).fit(X, y)
+    assert set(clf.best_params_) == {"svc__C", "svc__gamma"}
+    assert len(clf.calibrated_.calibrated_classifiers_) == 3
+    assert_array_equal(clf.predict(X), clf.classes_[clf.predict_proba(X).argmax(axis=1)])
+    again = SVMClassifier(C_grid=(0.1, 1.0), gamma_grid=("scale", 0.1), inner_cv=3, random_state=0).fit(X, y)
+    assert_array_equal(clf.predict_proba(X), again.predict_proba(X))
