@@ -5,10 +5,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__all__ = ["GeneticKNNClassifier", "SVMClassifier", "make_knn", "make_svm"]
+__all__ = [
+    "CNNClassifier",
+    "GeneticKNNClassifier",
+    "SVMClassifier",
+    "build_thanh_cnn",
+    "export_numpy",
+    "make_knn",
+    "make_svm",
+    "numpy_predict_proba",
+]
 
 # Public name -> submodule, imported on first use: importing leukoseg.classify loads no scikit-learn.
 _SUBMODULE = {
+    "CNNClassifier": "cnn",
+    "build_thanh_cnn": "cnn",
+    "export_numpy": "cnn",
+    "numpy_predict_proba": "cnn",
     "GeneticKNNClassifier": "gknn",
     "SVMClassifier": "svm",
     "make_knn": "knn",
@@ -16,6 +29,7 @@ _SUBMODULE = {
 }
 
 if TYPE_CHECKING:
+    from .cnn import CNNClassifier, build_thanh_cnn, export_numpy, numpy_predict_proba
     from .gknn import GeneticKNNClassifier
     from .knn import make_knn
     from .svm import SVMClassifier, make_svm

@@ -1,0 +1,115 @@
+"""Training-time augmentation of cell patches, in plain NumPy.
+
+Used by :class:`leukoseg.classify.cnn.CNNClassifier` on training batches only; validation and prediction
+batches are never augmented. Every random draw comes from the `rng` passed in, so a seeded generator gives
+the same batch every time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["DIHEDRAL_SQUARE", "DIHEDRAL_RECT", "augment_batch", "dihedral"]
+
+#: The 8 symmetries of a square as (quarter turns, flip left-right): rotations by 0/90/180/270 degrees, each
+#: with and without a mirror.
+DIHEDRAL_SQUARE: tuple[tuple[int, bool], ...] = tuple((k, f) for f in (False, True) for k in range(4))
+
+#: The 4 symmetries that keep a non-square patch's shape: identity, mirror, 180 degree turn, both.
+DIHEDRAL_RECT: tuple[tuple[int, bool], ...] = ((0, False), (0, True), (2, False), (2, True))
+
+
+def dihedral(patches: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate patches by `k` quarter turns (counter-clockwise), after an optional left-right mirror.
+
+    Parameters
+    ----------
+    patches : (n, H, W, C) ndarray
+        A batch of patches.
+    k : int
+        Quarter turns, 0 to 3. Odd `k` swaps H and W.
+    flip : bool
+        Mirror left-right before turning.
+
+    Returns
+    -------
+    (n, H, W, C) or (n, W, H, C) ndarray
+        A view where possible (no copy is promised either way); the input is not modified.
+
+    Examples
+    --------
+    >>> x = np.arange(4).reshape(1, 2, 2, 1)
+    >>> dihedral(x, 1, False)[0, :, :, 0]
+    array([[1, 3],
+           [0, 2]])
+    """
+    out = patches[:, :, ::-1] if flip else patches
+    return np.rot90(out, k=k, axes=(1, 2))
+
+
+def augment_batch(
+    patches: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    stain_jitter: float = 0.05,
+    brightness_jitter: float = 0.1,
+) -> np.ndarray:
+    """Randomly flip/rotate each patch and jitter its stain colour and brightness.
+
+    Each patch independently gets one of the 8 dihedral symmetries (4 when the patch is not square), each
+    colour channel multiplied by a factor drawn uniformly from ``[1 - stain_jitter, 1 + stain_jitter]``
+    (a mild change of stain hue and strength), then a brightness offset drawn uniformly from
+    ``[-brightness_jitter, brightness_jitter] * 255`` added to all channels; values are clipped to
+    ``[0, 255]``.
+
+    Parameters
+    ----------
+    patches : (n, H, W, C) ndarray
+        Patches on the 0-255 scale (uint8 or float).
+    rng : numpy.random.Generator
+        Source of every random draw.
+    stain_jitter : float, optional
+        Largest relative change of each channel, in ``[0, 1)``. 0 switches it off.
+    brightness_jitter : float, optional
+        Largest brightness offset as a fraction of 255, in ``[0, 1)``. 0 switches it off.
+
+    Returns
+    -------
+    (n, H, W, C) ndarray of float32
+        A new array; `patches` is not modified.
+
+    Raises
+    ------
+    ValueError
+        If `patches` is not 4-D or a jitter is out of range.
+
+    Examples
+    --------
+    >>> x = np.full((2, 4, 4, 3), 100, np.uint8)
+    >>> y = augment_batch(x, rng=np.random.default_rng(0), stain_jitter=0.0, brightness_jitter=0.0)
+    >>> y.dtype, bool((y == 100).all())
+    (dtype('float32'), True)
+    """
+    patches = np.asarray(patches)
+    if patches.ndim != 4:
+        raise ValueError(f"patches must be a 4-D array (n, H, W, C); got shape {patches.shape}")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, e.g. np.random.default_rng(0); got {type(rng)}")
+    for name, value in (("stain_jitter", stain_jitter), ("brightness_jitter", brightness_jitter)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1); got {value}")
+    n, height, width, channels = patches.shape
+    ops = DIHEDRAL_SQUARE if height == width else DIHEDRAL_RECT
+    choice = rng.integers(0, len(ops), size=n)
+    out = np.empty(patches.shape, np.float32)
+    for i, (k, flip) in enumerate(ops):
+        sel = np.flatnonzero(choice == i)
+        if sel.size:
+            out[sel] = dihedral(patches[sel], k, flip)
+    if stain_jitter or brightness_jitter:
+        gain = rng.uniform(1.0 - stain_jitter, 1.0 + stain_jitter, size=(n, 1, 1, channels)).astype(np.float32)
+        offset = rng.uniform(-brightness_jitter, brightness_jitter, size=(n, 1, 1, 1)).astype(np.float32) * 255
+        out *= gain
+        out += offset
+        np.clip(out, 0.0, 255.0, out=out)
+    return out

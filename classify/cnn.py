@@ -1,0 +1,1346 @@
+"""The convolutional neural network of Thanh et al. (2017) for lymphoblast / normal cell patches.
+
+Reference
+---------
+T.T.P. Thanh, C. Vununu, S. Atoev, S.-H. Lee, K.-R. Kwon, "Acute leukemia classification using convolution
+neural network in clinical decision support system", CS & IT-CSCP 2017, pp. 49-53.
+(An index of that paper, leukaemiamedtechresearch.org.uk, lists its authors as T.T.P. Thanh, G.N. Pham,
+J.-H. Park, K.-S. Moon, S.-H. Lee and K.-R. Kwon: check the author list against the paper before citing.)
+
+Network
+-------
+:func:`build_thanh_cnn` with its defaults builds exactly these layers (channels last):
+
+====  =========================================================  ==========  ==================================
+ #    layer                                                      output      parameters
+====  =========================================================  ==========  ==================================
+ 0    input: RGB cell patch                                      50x50x3     0
+ 1    ``conv1``: 5x5 convolution, stride 1, zero padding 2,      50x50x30    5*5*3*30 + 30 = 2,280
+      30 maps (see note)
+ 2    ``conv2``: 5x5 convolution, stride 1, zero padding 2,      50x50x30    5*5*30*30 + 30 = 22,530
+      30 maps
+ 3    ``relu2``: ReLU                                            50x50x30    0
+ 4    ``pool``: max-pooling 2x2, stride 2                        25x25x30    0
+ 5    ``flatten``                                                18750       0
+ 6    ``logits``: fully connected                                2           18,750*2 + 2 = 37,502
+ 7    ``softmax``                                                2           0
+====  =========================================================  ==========  ==================================
+
+62,312 trainable parameters in all. As in the paper, the two convolutions follow each other with no
+non-linearity between them (``activate_every_conv=False``); set ``activate_every_conv=True`` to put the
+activation after every convolution, which deeper variants (``filters=(32, 32, 64)``) want.
+
+Note on the first layer: the paper gives the second convolution 30 feature maps; the number of maps of the
+first convolution could not be checked against the text available to us, so 30 is used for it too
+(``filters=(30, 30)``). Change it with `filters`.
+
+Other parts
+-----------
+- :class:`CNNClassifier`: a scikit-learn estimator around the network: per-channel normalisation,
+  augmentation of training batches only (:func:`leukoseg.classify.augment.augment_batch`), class weights,
+  early stopping on a validation split of whole groups (images), seeded; ``save``/``load`` a folder with
+  ``model.keras`` and ``config.json``.
+- :func:`export_numpy` and :func:`numpy_predict_proba`: the same forward pass in NumPy alone, for
+  inference without TensorFlow (cold start, small installs).
+- :func:`resolve_device`: 'auto' / 'cpu' / 'gpu' for the active Keras backend.
+
+The model code uses ``keras`` and ``keras.ops`` only (no backend import outside :func:`resolve_device` and the
+TensorFlow determinism switch, each guarded by the active backend's name), so it is meant to run under
+``KERAS_BACKEND=tensorflow``, ``jax`` or ``torch``; only TensorFlow is tested. Importing this module does not
+import Keras or any backend; they load inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from leukoseg.errors import LeukosegError
+from leukoseg.io import write_json
+
+from .augment import augment_batch
+
+__all__ = [
+    "ACTIVATIONS",
+    "CNNClassifier",
+    "FORMAT_VERSION",
+    "augment_batch",
+    "build_thanh_cnn",
+    "export_numpy",
+    "numpy_predict_proba",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Activations that :func:`build_thanh_cnn` accepts and :func:`numpy_predict_proba` reproduces.
+ACTIVATIONS = ("relu", "selu", "elu", "tanh", "sigmoid", "linear")
+
+#: Version of the saved-model folder layout (``config.json``) and of the :func:`export_numpy` arrays.
+FORMAT_VERSION = 1
+
+_FORMAT_NAME = "leukoseg-cnn"
+_MODEL_FILE = "model.keras"
+_CONFIG_FILE = "config.json"
+_DEVICES = ("auto", "cpu", "gpu")
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_PREDICT_CHUNK = 1024  # patches normalised and passed to Keras at a time
+_IM2COL_FLOATS = 1 << 18  # size of the im2col block of the NumPy convolution (1 MiB of float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_thanh_cnn(
+    *,
+    input_shape: Sequence[int] = (50, 50, 3),
+    filters: Sequence[int] = (30, 30),
+    kernel_size: int = 5,
+    activation: str = "relu",
+    pool_size: int = 2,
+    dense_units: Sequence[int] = (),
+    dropout: float = 0.0,
+    n_classes: int = 2,
+    seed: int | None = None,
+    activate_every_conv: bool = False,
+):
+    """Build the CNN of Thanh et al. (2017), or a variant of it, as an uncompiled Keras model.
+
+    Layers: one "same"-padded stride-1 convolution per entry of `filters`, the activation (after the last
+    convolution only, as in the paper, or after each with `activate_every_conv`), max-pooling, flatten,
+    optional hidden dense layers (`dense_units`, each followed by the activation), optional dropout before
+    each dense layer, a dense layer to `n_classes` and a softmax. See the module docstring for the default
+    layer table.
+
+    Parameters
+    ----------
+    input_shape : tuple of 3 int, optional
+        Patch height, width and channels.
+    filters : sequence of int, optional
+        Feature maps of each convolution; its length is the number of convolutions.
+    kernel_size : int, optional
+        Odd side of the square kernels; zero padding ``kernel_size // 2`` keeps the size.
+    activation : {'relu', 'selu', 'elu', 'tanh', 'sigmoid', 'linear'}, optional
+        Non-linearity. With 'selu' the kernels start LeCun-normal (self-normalising nets), otherwise
+        Glorot-uniform.
+    pool_size : int, optional
+        Side and stride of the max-pooling window; 1 means no pooling.
+    dense_units : sequence of int, optional
+        Hidden fully connected layers between the pooling and the output layer (none in the paper).
+    dropout : float, optional
+        Dropout rate before each fully connected layer, in ``[0, 1)``; 0 (the paper) adds no dropout layer.
+    n_classes : int, optional
+        Outputs of the softmax.
+    seed : int or None, optional
+        Seed of the weight initialisers and of dropout; None draws fresh weights.
+    activate_every_conv : bool, optional
+        Put the activation after every convolution instead of only after the last.
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, *input_shape)`` float32, output ``(None, n_classes)`` class probabilities.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range.
+
+    Examples
+    --------
+    >>> model = build_thanh_cnn(seed=0)
+    >>> model.output_shape, model.count_params()
+    ((None, 2), 62312)
+    >>> tiny = build_thanh_cnn(input_shape=(16, 16, 3), filters=(4, 4), seed=0)
+    """
+    arch = _check_architecture(
+        input_shape=input_shape,
+        filters=filters,
+        kernel_size=kernel_size,
+        activation=activation,
+        pool_size=pool_size,
+        dense_units=dense_units,
+        dropout=dropout,
+        n_classes=n_classes,
+        activate_every_conv=activate_every_conv,
+    )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an int or None; got {seed!r}")
+
+    import keras
+    from keras import layers
+
+    def kernel_init(offset: int):
+        layer_seed = None if seed is None else int(seed) + offset
+        if arch["activation"] == "selu":
+            return keras.initializers.LecunNormal(seed=layer_seed)
+        return keras.initializers.GlorotUniform(seed=layer_seed)
+
+    def dropout_seed(offset: int) -> int | None:
+        return None if seed is None else int(seed) + 1000 + offset
+
+    act = arch["activation"]
+    inputs = keras.Input(shape=arch["input_shape"], name="patch")
+    x = inputs
+    n_conv = len(arch["filters"])
+    for i, maps in enumerate(arch["filters"], start=1):
+        x = layers.Conv2D(
+            maps,
+            arch["kernel_size"],
+            strides=1,
+            padding="same",
+            kernel_initializer=kernel_init(i),
+            name=f"conv{i}",
+        )(x)
+        if arch["activate_every_conv"] or i == n_conv:
+            x = layers.Activation(act, name=f"{act}{i}")(x)
+    if arch["pool_size"] > 1:
+        x = layers.MaxPooling2D(arch["pool_size"], strides=arch["pool_size"], padding="valid", name="pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for j, units in enumerate(arch["dense_units"], start=1):
+        if arch["dropout"]:
+            x = layers.Dropout(arch["dropout"], seed=dropout_seed(j), name=f"dropout{j}")(x)
+        x = layers.Dense(units, kernel_initializer=kernel_init(100 + j), name=f"fc{j}")(x)
+        x = layers.Activation(act, name=f"fc{j}_{act}")(x)
+    if arch["dropout"]:
+        x = layers.Dropout(arch["dropout"], seed=dropout_seed(0), name="dropout_out")(x)
+    x = layers.Dense(arch["n_classes"], kernel_initializer=kernel_init(99), name="logits")(x)
+    outputs = layers.Softmax(name="softmax")(x)
+    return keras.Model(inputs, outputs, name="thanh2017_cnn")
+
+
+def _check_architecture(
+    *,
+    input_shape: Sequence[int],
+    filters: Sequence[int],
+    kernel_size: int,
+    activation: str,
+    pool_size: int,
+    dense_units: Sequence[int],
+    dropout: float,
+    n_classes: int,
+    activate_every_conv: bool,
+) -> dict[str, Any]:
+    """Validate architecture parameters; return them as plain Python values (JSON-ready)."""
+
+    def ints(name: str, value: Any, *, allow_empty: bool) -> tuple[int, ...]:
+        try:
+            out = tuple(value)
+        except TypeError:
+            raise ValueError(f"{name} must be a sequence of positive ints; got {value!r}") from None
+        if (not out and not allow_empty) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in out
+        ):
+            kind = "sequence" if allow_empty else "non-empty sequence"
+            raise ValueError(f"{name} must be a {kind} of positive ints; got {value!r}")
+        return tuple(int(v) for v in out)
+
+    shape = ints("input_shape", input_shape, allow_empty=False)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels); got {input_shape!r}")
+    filt = ints("filters", filters, allow_empty=False)
+    dense = ints("dense_units", dense_units, allow_empty=True)
+    if not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int (zero padding kernel_size // 2); got {kernel_size!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+    if not isinstance(pool_size, (int, np.integer)) or pool_size < 1:
+        raise ValueError(f"pool_size must be a positive int; got {pool_size!r}")
+    if shape[0] < pool_size or shape[1] < pool_size:
+        raise ValueError(f"input_shape {shape} is smaller than the pooling window {pool_size}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2; got {n_classes!r}")
+    return {
+        "input_shape": list(shape),
+        "filters": list(filt),
+        "kernel_size": int(kernel_size),
+        "activation": str(activation),
+        "activate_every_conv": bool(activate_every_conv),
+        "pool_size": int(pool_size),
+        "dense_units": list(dense),
+        "dropout": float(dropout),
+        "n_classes": int(n_classes),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Devices
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Choose the device for the active Keras backend.
+
+    Only the active backend (``keras.config.backend()``) is asked about GPUs; no other backend is imported.
+
+    Parameters
+    ----------
+    device : {'auto', 'cpu', 'gpu'}
+        'auto' picks the GPU when the backend sees one, else the CPU.
+
+    Returns
+    -------
+    {'cpu', 'gpu'}
+
+    Raises
+    ------
+    ValueError
+        If `device` is unknown, or is 'gpu' and the backend sees no GPU.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if device not in _DEVICES:
+        raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    import keras
+
+    backend = keras.config.backend()
+    has_gpu = _backend_sees_gpu(backend)
+    if device == "gpu" and not has_gpu:
+        raise ValueError(
+            f"device='gpu' but the {backend} backend sees no GPU; use device='cpu' or 'auto', or install a GPU "
+            "build (for TensorFlow: pip install 'leukoseg[gpu]' in a fresh environment)"
+        )
+    return "gpu" if has_gpu else "cpu"
+
+
+def _backend_sees_gpu(backend: str) -> bool:
+    if backend == "tensorflow":
+        tf = importlib.import_module("tensorflow")
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "torch":
+        torch = importlib.import_module("torch")
+        return bool(torch.cuda.is_available())
+    if backend == "jax":
+        jax = importlib.import_module("jax")
+        return any(d.platform in ("gpu", "cuda", "rocm") for d in jax.devices())
+    return False
+
+
+def _enable_determinism(backend: str) -> None:
+    """Deterministic kernels where the backend offers them cheaply (TensorFlow only; process-wide)."""
+    if backend != "tensorflow":
+        return
+    tf = importlib.import_module("tensorflow")
+    enable = getattr(getattr(tf.config, "experimental", None), "enable_op_determinism", None)
+    if enable is not None:
+        enable()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The estimator
+# ----------------------------------------------------------------------------------------------------------
+
+
+class CNNClassifier(ClassifierMixin, BaseEstimator):
+    """Scikit-learn classifier of cell patches with the CNN of Thanh et al. (2017).
+
+    Parameters
+    ----------
+    filters, kernel_size, activation, activate_every_conv, pool_size, dense_units, dropout
+        Architecture, passed to :func:`build_thanh_cnn`; the defaults are the paper's network.
+    epochs : int, optional
+        Most passes over the training patches.
+    batch_size : int, optional
+        Patches per gradient step (and per prediction batch).
+    learning_rate : float, optional
+        Adam step size.
+    validation_fraction : float, optional
+        Share of the training data held out for early stopping, in ``[0, 1)``; whole groups when `groups` is
+        given to :meth:`fit`. 0 trains for `epochs` without validation.
+    patience : int, optional
+        Epochs without a lower validation loss before training stops; the weights of the best epoch are kept.
+    augment : bool, optional
+        Augment training batches with :func:`augment_batch` (dihedral flips/turns, stain and brightness
+        jitter). Validation and prediction batches are never augmented.
+    stain_jitter, brightness_jitter : float, optional
+        Strength of the colour augmentation (see :func:`augment_batch`).
+    class_weight : 'balanced', dict or None, optional
+        Loss weight of each class: 'balanced' weighs classes inversely to their training frequency.
+    device : {'auto', 'cpu', 'gpu'}, optional
+        Where to train and predict (see :func:`resolve_device`).
+    random_state : int or None, optional
+        Seed of the split, the weights, the batch order and the augmentation. With an int, two fits on the
+        same data and machine give the same model; ``keras.utils.set_random_seed`` is called and, under
+        TensorFlow, ``tf.config.experimental.enable_op_determinism()`` (both process-wide).
+    verbose : int, optional
+        Keras progress output (0 silent). Per-epoch metrics also go to the ``logging`` logger of this module.
+
+    Attributes
+    ----------
+    model_ : keras.Model
+        The trained network.
+    classes_ : ndarray
+        Class labels, sorted; column ``j`` of :meth:`predict_proba` is ``classes_[j]``.
+    mean_, std_ : ndarray of float32, shape (channels,)
+        Per-channel normalisation, fitted on the training part (validation part excluded).
+    input_shape_ : tuple of int
+        Patch shape ``(height, width, channels)`` seen in fit (the analogue of ``n_features_in_``).
+    history_ : dict of str to list of float
+        Per-epoch loss and accuracy (``val_`` prefixed for the validation split).
+    n_iter_ : int
+        Epochs run.
+    best_epoch_ : int
+        Epoch (1-based) whose weights were kept.
+    train_indices_, validation_indices_ : ndarray of int
+        Rows of the `X` given to fit used for training and for early stopping.
+    device_ : str
+        Device used: 'cpu' or 'gpu'.
+    backend_ : str
+        Keras backend used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    >>> y = np.arange(40) % 2
+    >>> clf = CNNClassifier(filters=(4, 4), epochs=1, random_state=0)
+    >>> clf.fit(X, y).predict_proba(X[:3]).shape
+    (3, 2)
+    >>> clf.predict(X[:3]).shape
+    (3,)
+
+    Save and reload (a folder with ``model.keras`` and ``config.json``):
+
+    >>> import tempfile
+    >>> folder = clf.save(tempfile.mkdtemp(), metadata={"um_per_px": 0.12})  # doctest: +SKIP
+    >>> CNNClassifier.load(folder).predict_proba(X[:3]).shape  # doctest: +SKIP
+    (3, 2)
+    """
+
+    def __init__(
+        self,
+        *,
+        filters: Sequence[int] = (30, 30),
+        kernel_size: int = 5,
+        activation: str = "relu",
+        activate_every_conv: bool = False,
+        pool_size: int = 2,
+        dense_units: Sequence[int] = (),
+        dropout: float = 0.0,
+        epochs: int = 30,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        validation_fraction: float = 0.15,
+        patience: int = 5,
+        augment: bool = True,
+        stain_jitter: float = 0.05,
+        brightness_jitter: float = 0.1,
+        class_weight: str | Mapping[Any, float] | None = "balanced",
+        device: str = "auto",
+        random_state: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.activation = activation
+        self.activate_every_conv = activate_every_conv
+        self.pool_size = pool_size
+        self.dense_units = dense_units
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.augment = augment
+        self.stain_jitter = stain_jitter
+        self.brightness_jitter = brightness_jitter
+        self.class_weight = class_weight
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False  # X is a stack of (H, W, C) patches
+        return tags
+
+    # -- fitting -------------------------------------------------------------------------------------------
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None) -> CNNClassifier:
+        """Train the network on labelled patches.
+
+        Parameters
+        ----------
+        X : (n, H, W, C) ndarray of uint8
+            Cell patches, 0-255 (float arrays on that scale are accepted too).
+        y : (n,) array
+            Labels, at least two classes (e.g. 0 normal, 1 lymphoblast).
+        groups : (n,) array or None, optional
+            Group of each patch, e.g. its image id. The validation split takes whole groups, so no image
+            has patches on both sides. Without groups the split is by patch (stratified by class).
+
+        Returns
+        -------
+        self : CNNClassifier
+
+        Raises
+        ------
+        ValueError
+            If the inputs or parameters are invalid.
+        """
+        X = _check_patches(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X):
+            raise ValueError(f"y must be 1-D with one label per patch ({len(X)}); got shape {y.shape}")
+        classes, y_enc = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"y has a single class ({classes[0]!r}); at least two are needed")
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.ndim != 1 or len(groups) != len(X):
+                raise ValueError(f"groups must be 1-D with one entry per patch ({len(X)}); got shape {groups.shape}")
+        self._check_training_params()
+        arch = self._architecture(X.shape[1:], len(classes))
+
+        seed = self._seed()
+        train_idx, val_idx = _validation_split(y_enc, groups, self.validation_fraction, seed)
+        mean, std = _channel_stats(X, train_idx)
+        weights = _class_weights(self.class_weight, classes, y_enc[train_idx])
+
+        import keras
+
+        backend = keras.config.backend()
+        device = resolve_device(self.device)
+        if self.random_state is not None:
+            keras.utils.set_random_seed(seed)
+            _enable_determinism(backend)
+        logger.info(
+            "training CNN on %d patches (%d held out for early stopping), %s backend on %s",
+            len(train_idx),
+            len(val_idx),
+            backend,
+            device,
+        )
+        with keras.device(f"{device}:0"):
+            model = build_thanh_cnn(**arch, seed=seed)
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+                metrics=["accuracy"],
+            )
+            batches = _training_batches(
+                X,
+                y_enc.astype(np.int32),
+                weights[y_enc].astype(np.float32),
+                train_idx,
+                mean,
+                std,
+                batch_size=self.batch_size,
+                seed=seed,
+                augment=self.augment,
+                stain_jitter=self.stain_jitter,
+                brightness_jitter=self.brightness_jitter,
+            )
+            callbacks: list[Any] = [_logging_callback()]
+            validation_data = None
+            if len(val_idx):
+                validation_data = (_normalise(X[val_idx], mean, std), y_enc[val_idx].astype(np.int32))
+                callbacks.append(
+                    keras.callbacks.EarlyStopping(
+                        monitor="val_loss", patience=self.patience, restore_best_weights=True
+                    )
+                )
+            fit_history = model.fit(
+                batches,
+                epochs=self.epochs,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                shuffle=False,  # the batches shuffle themselves, seeded
+                verbose=self.verbose,
+            )
+
+        self.model_ = model
+        self.classes_ = classes
+        self.mean_ = mean
+        self.std_ = std
+        self.input_shape_ = tuple(int(s) for s in X.shape[1:])
+        self.history_ = {k: [float(v) for v in vals] for k, vals in fit_history.history.items()}
+        self.n_iter_ = len(self.history_.get("loss", []))
+        if "val_loss" in self.history_ and self.history_["val_loss"]:
+            self.best_epoch_ = int(np.argmin(self.history_["val_loss"])) + 1
+        else:
+            self.best_epoch_ = self.n_iter_
+        self.train_indices_ = train_idx
+        self.validation_indices_ = val_idx
+        self.device_ = device
+        self.backend_ = backend
+        return self
+
+    def _check_training_params(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+        positive_int("epochs")
+        positive_int("batch_size")
+        if not (isinstance(self.patience, (int, np.integer)) and self.patience >= 0):
+            raise ValueError(f"patience must be an int >= 0; got {self.patience!r}")
+        if not float(self.learning_rate) > 0:
+            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
+        if not 0.0 <= float(self.validation_fraction) < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
+        for name in ("stain_jitter", "brightness_jitter"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
+        if self.device not in _DEVICES:
+            raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {self.device!r}")
+
+    def _architecture(self, input_shape: Sequence[int], n_classes: int) -> dict[str, Any]:
+        return _check_architecture(
+            input_shape=input_shape,
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            activation=self.activation,
+            pool_size=self.pool_size,
+            dense_units=self.dense_units,
+            dropout=self.dropout,
+            n_classes=n_classes,
+            activate_every_conv=self.activate_every_conv,
+        )
+
+    def _seed(self) -> int:
+        rs = self.random_state
+        if rs is None:
+            return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        if isinstance(rs, bool) or not isinstance(rs, (int, np.integer)) or not 0 <= rs < 2**31:
+            raise ValueError(f"random_state must be None or an int in [0, 2**31); got {rs!r}")
+        return int(rs)
+
+    # -- prediction ----------------------------------------------------------------------------------------
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities of patches.
+
+        Parameters
+        ----------
+        X : (n, H, W, C) ndarray of uint8
+            Patches of the shape seen in :meth:`fit`.
+
+        Returns
+        -------
+        (n, n_classes) ndarray of float64
+            Rows sum to 1; column ``j`` is the probability of ``classes_[j]``.
+        """
+        check_is_fitted(self, "model_")
+        X = self._check_predict_input(X)
+        import keras
+
+        out = np.empty((len(X), len(self.classes_)), np.float64)
+        with keras.device(f"{self.device_}:0"):
+            for start in range(0, len(X), _PREDICT_CHUNK):
+                chunk = _normalise(X[start : start + _PREDICT_CHUNK], self.mean_, self.std_)
+                probs = self.model_.predict(chunk, batch_size=max(int(self.batch_size), 256), verbose=0)
+                out[start : start + len(chunk)] = keras.ops.convert_to_numpy(probs)
+        out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Most probable class of each patch.
+
+        Parameters
+        ----------
+        X : (n, H, W, C) ndarray of uint8
+            Patches of the shape seen in :meth:`fit`.
+
+        Returns
+        -------
+        (n,) ndarray
+            Labels from ``classes_``.
+        """
+        check_is_fitted(self, "model_")
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def _check_predict_input(self, X: np.ndarray) -> np.ndarray:
+        X = _check_patches(X, allow_empty=True)
+        if tuple(X.shape[1:]) != tuple(self.input_shape_):
+            raise ValueError(
+                f"patches must have the shape seen in fit, {tuple(self.input_shape_)}; got {tuple(X.shape[1:])}"
+            )
+        return X
+
+    # -- saving --------------------------------------------------------------------------------------------
+
+    def save(
+        self,
+        path_dir: str | os.PathLike[str],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        data_hash: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write the trained model to a folder: ``model.keras`` and ``config.json``.
+
+        Each file is written to a temporary name in the folder and moved into place; ``config.json`` comes
+        last and records the SHA-256 of ``model.keras``, so a half-updated folder is detected by :meth:`load`.
+
+        Parameters
+        ----------
+        path_dir : str or os.PathLike
+            Folder, created if missing; existing model files in it are replaced.
+        metadata : mapping, optional
+            JSON-serialisable facts about the training data, e.g. ``{"um_per_px": 0.1, "dataset": "ALL-IDB1"}``;
+            ``um_per_px`` is also copied to the top level of the config.
+        data_hash : str, optional
+            Hash of the training data, for provenance.
+        metrics : mapping, optional
+            JSON-serialisable evaluation results, e.g. cross-validated accuracy.
+
+        Returns
+        -------
+        pathlib.Path
+            The folder.
+
+        Raises
+        ------
+        ValueError
+            If `metadata` or `metrics` cannot be written as JSON.
+        """
+        check_is_fitted(self, "model_")
+        import keras
+
+        folder = Path(path_dir)
+        metadata = dict(metadata or {})
+        metrics = dict(metrics or {})
+        for name, value in (("metadata", metadata), ("metrics", metrics)):
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} must be JSON-serialisable: {exc}") from None
+        folder.mkdir(parents=True, exist_ok=True)
+
+        model_path = folder / _MODEL_FILE
+        fd, tmp = tempfile.mkstemp(prefix=f".{_MODEL_FILE}.", suffix=".part.keras", dir=folder)
+        os.close(fd)
+        try:
+            self.model_.save(tmp, overwrite=True)
+            digest = _sha256(tmp)
+            os.replace(tmp, model_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+        from leukoseg import __version__
+
+        params = self.get_params()
+        config = {
+            "format": _FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "model_file": _MODEL_FILE,
+            "model_sha256": digest,
+            "architecture": self._architecture(self.input_shape_, len(self.classes_)),
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
+            "patch_size": list(self.input_shape_[:2]),
+            "input_shape": list(self.input_shape_),
+            "um_per_px": metadata.get("um_per_px"),
+            "metadata": metadata,
+            "normalisation": {"mean": [float(v) for v in self.mean_], "std": [float(v) for v in self.std_]},
+            "classes": self.classes_.tolist(),
+            "training_data_hash": data_hash,
+            "metrics": metrics,
+            "history": self.history_,
+            "best_epoch": self.best_epoch_,
+            "keras_version": keras.__version__,
+            "backend": self.backend_,
+            "leukoseg_version": __version__,
+        }
+        try:
+            write_json(folder / _CONFIG_FILE, config)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot write {_CONFIG_FILE}: {exc}") from None
+        logger.info("saved CNN model to %s", folder)
+        return folder
+
+    @classmethod
+    def load(cls, path_dir: str | os.PathLike[str], *, device: str = "auto") -> CNNClassifier:
+        """Read a model folder written by :meth:`save`.
+
+        Parameters
+        ----------
+        path_dir : str or os.PathLike
+            Folder with ``model.keras`` and ``config.json``.
+        device : {'auto', 'cpu', 'gpu'}, optional
+            Where to predict; becomes the estimator's `device` parameter.
+
+        Returns
+        -------
+        CNNClassifier
+            Fitted (``predict``/``predict_proba`` ready); ``metadata_``, ``metrics_`` and
+            ``training_data_hash_`` hold what was saved. The optimizer state is not restored.
+
+        Raises
+        ------
+        LeukosegError
+            If the folder or a file is missing, corrupt, of another format version, or inconsistent.
+        """
+        folder = Path(path_dir)
+        if not folder.is_dir():
+            raise LeukosegError(folder, "no such model folder")
+        config = _read_config(folder / _CONFIG_FILE)
+        model_path = folder / _MODEL_FILE
+        if not model_path.is_file():
+            raise LeukosegError(model_path, "model file missing; the folder is incomplete")
+        if _sha256(model_path) != config["model_sha256"]:
+            raise LeukosegError(
+                model_path,
+                "checksum differs from config.json: the file is corrupt or was replaced; save the model again",
+            )
+
+        params = dict(config["params"])
+        params["device"] = device
+        try:
+            for key in ("filters", "dense_units"):
+                params[key] = tuple(params[key])
+            est = cls(**params)
+        except (TypeError, KeyError) as exc:
+            raise LeukosegError(folder / _CONFIG_FILE, f"invalid estimator parameters ({exc})") from None
+
+        import keras
+
+        resolved = resolve_device(device)
+        try:
+            with keras.device(f"{resolved}:0"):
+                model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+        except Exception as exc:  # keras raises many types for a damaged archive
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise LeukosegError(model_path, f"not a readable Keras model ({first_line})") from None
+
+        shape = tuple(config["input_shape"])
+        classes = np.asarray(config["classes"])
+        if tuple(model.input_shape[1:]) != shape or model.output_shape[-1] != len(classes):
+            raise LeukosegError(
+                model_path,
+                f"model shape {model.input_shape} -> {model.output_shape} does not match config.json "
+                f"(input {shape}, {len(classes)} classes)",
+            )
+        est.model_ = model
+        est.classes_ = classes
+        est.mean_ = np.asarray(config["normalisation"]["mean"], np.float32)
+        est.std_ = np.asarray(config["normalisation"]["std"], np.float32)
+        est.input_shape_ = shape
+        est.history_ = {k: list(v) for k, v in config.get("history", {}).items()}
+        est.n_iter_ = len(est.history_.get("loss", []))
+        est.best_epoch_ = config.get("best_epoch")
+        est.train_indices_ = np.empty(0, np.intp)  # not saved: they index the original training array
+        est.validation_indices_ = np.empty(0, np.intp)
+        est.device_ = resolved
+        est.backend_ = keras.config.backend()
+        est.metadata_ = config["metadata"]
+        est.metrics_ = config["metrics"]
+        est.training_data_hash_ = config["training_data_hash"]
+        return est
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """Read and validate ``config.json``; every problem becomes a one-line LeukosegError."""
+    if not path.is_file():
+        raise LeukosegError(path, "missing; not a leukoseg CNN model folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LeukosegError(path, f"corrupt JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LeukosegError(path, f"cannot read ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != _FORMAT_NAME:
+        raise LeukosegError(path, f"not a leukoseg CNN config (expected \"format\": \"{_FORMAT_NAME}\")")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise LeukosegError(path, "missing or invalid format_version")
+    if version > FORMAT_VERSION:
+        raise LeukosegError(
+            path, f"format version {version} is newer than this leukoseg reads ({FORMAT_VERSION}); upgrade leukoseg"
+        )
+    if version < 1:
+        raise LeukosegError(path, f"unknown format version {version}")
+    required = {
+        "model_sha256": str,
+        "params": dict,
+        "input_shape": list,
+        "normalisation": dict,
+        "classes": list,
+        "metadata": dict,
+        "metrics": dict,
+    }
+    for key, kind in required.items():
+        if not isinstance(config.get(key), kind):
+            raise LeukosegError(path, f"field {key!r} missing or not a {kind.__name__}")
+    config.setdefault("training_data_hash", None)
+    shape = config["input_shape"]
+    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise LeukosegError(path, f"invalid input_shape {shape!r}")
+    norm = config["normalisation"]
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if (
+            not isinstance(values, list)
+            or len(values) != shape[2]
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        ):
+            raise LeukosegError(path, f"normalisation {key} must be {shape[2]} finite numbers")
+    if not all(v > 0 for v in norm["std"]):
+        raise LeukosegError(path, "normalisation std must be positive")
+    if len(config["classes"]) < 2:
+        raise LeukosegError(path, "fewer than two classes")
+    unknown = set(config["params"]) - set(CNNClassifier().get_params())
+    if unknown:
+        raise LeukosegError(path, f"unknown parameters {sorted(unknown)}")
+    return config
+
+
+def _sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_patches(X: Any, *, allow_empty: bool = False) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 4:
+        raise ValueError(f"X must be a 4-D array of patches (n, height, width, channels); got shape {X.shape}")
+    if not allow_empty and len(X) == 0:
+        raise ValueError("X has no patches")
+    if X.dtype.kind not in "uif":
+        raise ValueError(f"X must hold numbers (uint8 0-255 expected); got dtype {X.dtype}")
+    if X.dtype.kind == "f" and X.size and not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite values")
+    return X
+
+
+def _validation_split(
+    y: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and the early-stopping part; whole groups when `groups` is given."""
+    n = len(y)
+    everything = np.arange(n)
+    none = np.empty(0, np.intp)
+    if fraction == 0:
+        return everything, none
+    from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit, StratifiedShuffleSplit
+
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        if n_groups < 2:
+            logger.warning("only %d group: no validation split, training for all epochs", n_groups)
+            return everything, none
+        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        train, val = next(splitter.split(np.zeros(n), y, groups))
+    else:
+        if n < 2:
+            return everything, none
+        try:
+            splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+            train, val = next(splitter.split(np.zeros(n), y))
+        except ValueError:  # too few patches of a class to stratify
+            splitter = ShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+            train, val = next(splitter.split(np.zeros(n)))
+    if len(np.unique(y[train])) < 2:
+        logger.warning("the validation split would leave a single class for training; training without it")
+        return everything, none
+    return np.sort(train).astype(np.intp), np.sort(val).astype(np.intp)
+
+
+def _channel_stats(X: np.ndarray, idx: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of ``X[idx]``, in float64 chunks (no full-size copy)."""
+    channels = X.shape[-1]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    count = 0
+    for start in range(0, len(idx), chunk):
+        part = X[idx[start : start + chunk]].reshape(-1, channels).astype(np.float64)
+        total += part.sum(axis=0)
+        total_sq += np.square(part).sum(axis=0)
+        count += len(part)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    std = np.where(std < 1e-6, 1.0, std)  # a constant channel is centred, not blown up
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _normalise(patches: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    out = patches.astype(np.float32)
+    out -= mean
+    out /= std
+    return out
+
+
+def _class_weights(class_weight: Any, classes: np.ndarray, y_train: np.ndarray) -> np.ndarray:
+    """Loss weight per encoded class."""
+    k = len(classes)
+    if class_weight is None:
+        return np.ones(k)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be 'balanced', a dict or None; got {class_weight!r}")
+        counts = np.bincount(y_train, minlength=k).astype(np.float64)
+        return np.where(counts > 0, len(y_train) / (k * np.maximum(counts, 1)), 1.0)
+    if isinstance(class_weight, Mapping):
+        missing = [c for c in classes.tolist() if c not in class_weight]
+        if missing:
+            raise ValueError(f"class_weight has no weight for classes {missing}")
+        return np.array([float(class_weight[c]) for c in classes.tolist()])
+    raise ValueError(f"class_weight must be 'balanced', a dict or None; got {class_weight!r}")
+
+
+def _training_batches(
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    idx: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    augment: bool,
+    stain_jitter: float,
+    brightness_jitter: float,
+):
+    """A ``keras.utils.PyDataset`` of (patches, labels, sample weights) training batches.
+
+    The batch order of epoch ``e`` and the augmentation of batch ``b`` in it depend only on
+    ``(seed, e, b)``, so batches are the same whatever order or thread Keras asks for them in.
+    """
+    import keras
+
+    class TrainingBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return math.ceil(len(idx) / batch_size)
+
+        def _order(self) -> np.ndarray:
+            return np.random.default_rng([seed, self.epoch]).permutation(idx)
+
+        def __getitem__(self, b: int):
+            rows = self._order()[b * batch_size : (b + 1) * batch_size]
+            patches = X[rows]
+            if augment:
+                rng = np.random.default_rng([seed, self.epoch, b, 1])
+                # looked up in this module at call time, so it can be wrapped (tests do)
+                patches = augment_batch(
+                    patches, rng=rng, stain_jitter=stain_jitter, brightness_jitter=brightness_jitter
+                )
+            return _normalise(patches, mean, std), y[rows], w[rows]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+
+    return TrainingBatches()
+
+
+def _logging_callback():
+    import keras
+
+    class LogEpochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            text = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+            logger.info("epoch %d: %s", epoch + 1, text)
+
+    return LogEpochs()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NumPy inference
+# ----------------------------------------------------------------------------------------------------------
+
+
+def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
+    """Export a network (or a fitted :class:`CNNClassifier`) as plain arrays for :func:`numpy_predict_proba`.
+
+    Parameters
+    ----------
+    model_or_estimator : keras.Model or CNNClassifier
+        A network made of the layers :func:`build_thanh_cnn` uses. A bare model gets identity normalisation
+        and classes ``0..n-1``.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``format_version``, ``layers`` (one descriptor string per layer, e.g. ``'conv2d/linear'``,
+        ``'activation/relu'``, ``'maxpool2d/2,2/2,2'``, ``'flatten'``, ``'dense/linear'``, ``'softmax'``),
+        ``input_shape``, ``mean``, ``std``, ``classes`` and ``layer{i}_kernel`` / ``layer{i}_bias``.
+        No object arrays: ``np.savez`` then ``np.load(..., allow_pickle=False)`` round-trips it.
+
+    Raises
+    ------
+    NotImplementedError
+        If the network has a layer or setting the NumPy forward pass does not reproduce.
+
+    Examples
+    --------
+    >>> params = export_numpy(build_thanh_cnn(seed=0))
+    >>> [str(s) for s in params["layers"]]
+    ['conv2d/linear', 'conv2d/linear', 'activation/relu', 'maxpool2d/2,2/2,2', 'flatten', 'dense/linear', 'softmax']
+    """
+    if isinstance(model_or_estimator, CNNClassifier):
+        check_is_fitted(model_or_estimator, "model_")
+        model = model_or_estimator.model_
+        mean = np.asarray(model_or_estimator.mean_, np.float32)
+        std = np.asarray(model_or_estimator.std_, np.float32)
+        classes = np.asarray(model_or_estimator.classes_)
+    else:
+        model = model_or_estimator
+        mean = std = classes = None
+    if not hasattr(model, "layers") or not hasattr(model, "input_shape"):
+        raise TypeError(f"expected a keras.Model or a fitted CNNClassifier; got {type(model_or_estimator).__name__}")
+    input_shape = tuple(model.input_shape[1:])
+    if len(input_shape) != 3 or any(s is None for s in input_shape):
+        raise NotImplementedError(f"NumPy inference needs a fixed (H, W, C) input; the model takes {input_shape}")
+    channels = input_shape[2]
+    n_out = model.output_shape[-1]
+    if mean is None:
+        mean = np.zeros(channels, np.float32)
+        std = np.ones(channels, np.float32)
+        classes = np.arange(n_out)
+    if classes.dtype.kind == "O":
+        classes = classes.astype(str)
+
+    out: dict[str, np.ndarray] = {}
+    descriptors: list[str] = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        cfg = layer.get_config()
+        i = len(descriptors)
+        if kind == "InputLayer" or kind == "Dropout":
+            continue
+        if kind == "Conv2D":
+            if cfg.get("data_format", "channels_last") != "channels_last":
+                raise NotImplementedError(f"layer {layer.name}: only channels_last convolutions are supported")
+            if cfg["padding"] != "same" or tuple(cfg["strides"]) != (1, 1) or tuple(cfg["dilation_rate"]) != (1, 1):
+                raise NotImplementedError(
+                    f"layer {layer.name}: only stride-1, undilated, 'same'-padded convolutions are supported"
+                )
+            if cfg.get("groups", 1) != 1:
+                raise NotImplementedError(f"layer {layer.name}: grouped convolutions are not supported")
+            descriptors.append(f"conv2d/{_activation_name(cfg['activation'], layer.name)}")
+            _export_weights(layer, i, out)
+        elif kind == "Dense":
+            descriptors.append(f"dense/{_activation_name(cfg['activation'], layer.name)}")
+            _export_weights(layer, i, out)
+        elif kind == "Activation":
+            descriptors.append(f"activation/{_activation_name(cfg['activation'], layer.name)}")
+        elif kind == "MaxPooling2D":
+            if cfg["padding"] != "valid" or cfg.get("data_format", "channels_last") != "channels_last":
+                raise NotImplementedError(f"layer {layer.name}: only 'valid' channels_last max-pooling is supported")
+            pool = ",".join(str(int(v)) for v in cfg["pool_size"])
+            strides = ",".join(str(int(v)) for v in (cfg["strides"] or cfg["pool_size"]))
+            descriptors.append(f"maxpool2d/{pool}/{strides}")
+        elif kind == "Flatten":
+            descriptors.append("flatten")
+        elif kind == "Softmax":
+            if cfg.get("axis", -1) not in (-1, [-1]):
+                raise NotImplementedError(f"layer {layer.name}: softmax over axis {cfg['axis']} is not supported")
+            descriptors.append("softmax")
+        else:
+            raise NotImplementedError(
+                f"layer {layer.name} ({kind}) has no NumPy implementation; supported: Conv2D, Dense, Activation, "
+                "MaxPooling2D, Flatten, Dropout, Softmax"
+            )
+    out["format_version"] = np.array(FORMAT_VERSION, np.int64)
+    out["layers"] = np.array(descriptors, dtype=str)
+    out["input_shape"] = np.array(input_shape, np.int64)
+    out["mean"] = mean
+    out["std"] = std
+    out["classes"] = classes
+    return out
+
+
+def _activation_name(activation: Any, layer_name: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise NotImplementedError(
+            f"layer {layer_name}: activation {activation!r} has no NumPy implementation; "
+            f"supported: {', '.join(ACTIVATIONS)}"
+        )
+    return str(activation)
+
+
+def _export_weights(layer: Any, i: int, out: dict[str, np.ndarray]) -> None:
+    weights = [np.asarray(w, np.float32) for w in layer.get_weights()]
+    out[f"layer{i}_kernel"] = weights[0]
+    if len(weights) > 1:
+        out[f"layer{i}_bias"] = weights[1]
+
+
+def numpy_predict_proba(params: Mapping[str, np.ndarray], X: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+    """Class probabilities from the arrays of :func:`export_numpy`, with NumPy only.
+
+    Same-padded convolutions run as im2col (one column block per few patches) and a float32 matrix
+    product, so memory stays small and the BLAS does the work.
+
+    Parameters
+    ----------
+    params : mapping of str to ndarray
+        From :func:`export_numpy`, or the ``np.load`` of its ``np.savez`` file.
+    X : (n, H, W, C) ndarray of uint8
+        Patches of the model's input shape, 0-255, not yet normalised.
+    chunk : int, optional
+        Patches pushed through the network at a time.
+
+    Returns
+    -------
+    (n, n_classes) ndarray of float64
+        Rows sum to 1; column ``j`` is the probability of ``params['classes'][j]``.
+
+    Raises
+    ------
+    ValueError
+        If `X` does not match the model's input shape or `params` is incomplete.
+    NotImplementedError
+        If `params` describes a layer or activation this function does not implement.
+
+    Examples
+    --------
+    >>> params = export_numpy(build_thanh_cnn(input_shape=(8, 8, 3), filters=(2,), seed=0))
+    >>> numpy_predict_proba(params, np.zeros((1, 8, 8, 3), np.uint8)).shape
+    (1, 2)
+    """
+    for key in ("format_version", "layers", "input_shape", "mean", "std"):
+        if key not in params:
+            raise ValueError(f"params lacks {key!r}; make it with export_numpy")
+    if int(params["format_version"]) != FORMAT_VERSION:
+        raise ValueError(f"params have format version {int(params['format_version'])}; this reads {FORMAT_VERSION}")
+    X = _check_patches(X, allow_empty=True)
+    shape = tuple(int(s) for s in params["input_shape"])
+    if tuple(X.shape[1:]) != shape:
+        raise ValueError(f"patches must have shape {shape}; got {tuple(X.shape[1:])}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    layers = [str(s) for s in params["layers"]]
+    mean = np.asarray(params["mean"], np.float32)
+    std = np.asarray(params["std"], np.float32)
+    results = []
+    for start in range(0, len(X), chunk):
+        x = _normalise(X[start : start + chunk], mean, std)
+        for i, desc in enumerate(layers):
+            x = _numpy_layer(desc, x, params, i)
+        results.append(x)
+    if not results:
+        n_out = len(params["classes"]) if "classes" in params else 0
+        return np.empty((0, n_out), np.float64)
+    out = np.concatenate(results).astype(np.float64)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def _numpy_layer(desc: str, x: np.ndarray, params: Mapping[str, np.ndarray], i: int) -> np.ndarray:
+    op, _, arg = desc.partition("/")
+    if op == "conv2d":
+        x = _conv2d_same(x, np.asarray(params[f"layer{i}_kernel"], np.float32), params.get(f"layer{i}_bias"))
+        return _numpy_activation(arg, x)
+    if op == "dense":
+        x = x @ np.asarray(params[f"layer{i}_kernel"], np.float32)
+        bias = params.get(f"layer{i}_bias")
+        if bias is not None:
+            x += np.asarray(bias, np.float32)
+        return _numpy_activation(arg, x)
+    if op == "activation":
+        return _numpy_activation(arg, x)
+    if op == "maxpool2d":
+        pool, _, strides = arg.partition("/")
+        return _maxpool2d(x, tuple(int(v) for v in pool.split(",")), tuple(int(v) for v in strides.split(",")))
+    if op == "flatten":
+        return x.reshape(len(x), -1)
+    if op == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    raise NotImplementedError(f"layer {i} ({desc!r}) has no NumPy implementation")
+
+
+def _numpy_activation(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "linear":
+        return x
+    if name == "relu":
+        return np.maximum(x, 0, out=x)
+    if name == "selu":
+        return (_SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0)))).astype(np.float32)
+    if name == "elu":
+        return np.where(x > 0, x, np.expm1(np.minimum(x, 0))).astype(np.float32)
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "sigmoid":
+        from scipy.special import expit
+
+        return expit(x)
+    raise NotImplementedError(f"activation {name!r} has no NumPy implementation; supported: {', '.join(ACTIVATIONS)}")
+
+
+def _conv2d_same(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """Stride-1 'same' convolution (Keras/TensorFlow padding) of channels-last `x` with a (kh, kw, cin, cout) kernel."""
+    from numpy.lib.stride_tricks import as_strided
+
+    n, height, width, cin = x.shape
+    kh, kw, kcin, cout = kernel.shape
+    if kcin != cin:
+        raise ValueError(f"kernel expects {kcin} input channels; the layer gets {cin}")
+    top, left = (kh - 1) // 2, (kw - 1) // 2  # TensorFlow puts the odd extra pixel at the end
+    padded = np.zeros((n, height + kh - 1, width + kw - 1, cin), np.float32)
+    padded[:, top : top + height, left : left + width] = x
+    depth = kh * kw * cin
+    weights = kernel.reshape(depth, cout)
+    # The window of output pixel (y, x) is kh rows of kw * cin contiguous values of `padded`: a strided view
+    # lists them in the (dy, dx, c) order of the reshaped kernel, and one copy per block makes the columns.
+    s_n, s_y, s_x, s_c = padded.strides
+    windows = as_strided(
+        padded, shape=(n, height, width, kh, kw * cin), strides=(s_n, s_y, s_x, s_y, s_c), writeable=False
+    )
+    block = max(1, min(n, _IM2COL_FLOATS // (height * width * depth)))  # patches per column block
+    cols = np.empty((block, height, width, kh, kw * cin), np.float32)
+    out = np.empty((n, height, width, cout), np.float32)
+    for s in range(0, n, block):
+        m = min(block, n - s)
+        np.copyto(cols[:m], windows[s : s + m])
+        np.matmul(cols[:m].reshape(-1, depth), weights, out=out[s : s + m].reshape(-1, cout))
+    if bias is not None:
+        out += np.asarray(bias, np.float32)
+    return out
+
+
+def _maxpool2d(x: np.ndarray, pool: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    n, height, width, channels = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    if (ph, pw) == (sh, sw):
+        oh, ow = height // ph, width // pw
+        out = x[:, 0 : oh * ph : ph, 0 : ow * pw : pw].copy()
+        for dy in range(ph):
+            for dx in range(pw):
+                if dy or dx:
+                    np.maximum(out, x[:, dy : oh * ph : ph, dx : ow * pw : pw], out=out)
+        return out
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    windows = sliding_window_view(x, (ph, pw), axis=(1, 2))[:, ::sh, ::sw]
+    return windows.max(axis=(-2, -1))

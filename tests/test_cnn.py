@@ -1,0 +1,491 @@
+"""Tests of leukoseg.classify.cnn (the CNN of Thanh et al. 2017) and leukoseg.classify.augment.
+
+A tiny network (4 + 4 feature maps) on 16x16 synthetic patches keeps the file fast; only the shape,
+parameter-count and NumPy-equivalence tests build the full-size 50x50 network.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras loads TensorFlow
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from leukoseg.classify import cnn
+from leukoseg.classify.augment import DIHEDRAL_SQUARE, augment_batch, dihedral
+from leukoseg.errors import LeukosegError
+
+keras = pytest.importorskip("keras")
+
+TINY = dict(filters=(4, 4), kernel_size=5)
+
+# Keras 3.15 saving under TensorFlow 2.21 with NumPy 2 calls np.array(tf.Variable), which NumPy warns about;
+# the warning is theirs (keras/src/backend/tensorflow/core.py, convert_to_numpy), not leukoseg's.
+KERAS_SAVE_WARNING = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+
+def _disc_patches(n_per_class=40, size=16, n_images=10, seed=0):
+    """Bright purple large discs (class 1) and small dark discs (class 0) on a pink background, with noise.
+
+    Every patch is distinct (noise), so a patch identifies its row. Patches of the same image share a group.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    X, y = [], []
+    for label, radius, colour in ((1, 6.0, (170, 90, 200)), (0, 2.5, (60, 30, 70))):
+        for _ in range(n_per_class):
+            cy, cx = size / 2 - 0.5 + rng.uniform(-1.5, 1.5, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+            patch = np.empty((size, size, 3))
+            patch[:] = (235, 205, 215)
+            patch[disc] = colour
+            patch += rng.normal(0, 6, patch.shape)
+            X.append(np.clip(patch, 0, 255).astype(np.uint8))
+            y.append(label)
+    X, y = np.stack(X), np.array(y)
+    order = rng.permutation(len(y))
+    X, y = X[order], y[order]
+    groups = np.arange(len(y)) % n_images
+    return X, y, groups
+
+
+def _row_lookup(X):
+    lookup = {patch.tobytes(): i for i, patch in enumerate(X)}
+    assert len(lookup) == len(X)  # every patch distinct
+    return lookup
+
+
+@pytest.fixture(scope="module")
+def discs():
+    return _disc_patches()
+
+
+@pytest.fixture(scope="module")
+def trained(discs):
+    """A tiny CNN fitted with groups, recording every batch that went through augment_batch."""
+    X, y, groups = discs
+    received = []
+    original = cnn.augment_batch
+
+    def recording(patches, **kwargs):
+        received.append(np.array(patches, copy=True))
+        return original(patches, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cnn, "augment_batch", recording)
+        clf = cnn.CNNClassifier(
+            **TINY,
+            epochs=15,
+            batch_size=16,
+            learning_rate=1e-2,
+            validation_fraction=0.2,
+            patience=5,
+            random_state=0,
+            device="cpu",
+        ).fit(X, y, groups=groups)
+    return clf, received
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_default_network_layer_shapes_and_parameter_count():
+    model = cnn.build_thanh_cnn(seed=0)
+    table = [(layer.name, tuple(layer.output.shape[1:]), layer.count_params()) for layer in model.layers]
+    assert table == [
+        ("patch", (50, 50, 3), 0),
+        ("conv1", (50, 50, 30), 5 * 5 * 3 * 30 + 30),
+        ("conv2", (50, 50, 30), 5 * 5 * 30 * 30 + 30),
+        ("relu2", (50, 50, 30), 0),
+        ("pool", (25, 25, 30), 0),
+        ("flatten", (25 * 25 * 30,), 0),
+        ("logits", (2,), 25 * 25 * 30 * 2 + 2),
+        ("softmax", (2,), 0),
+    ]
+    assert model.count_params() == 2280 + 22530 + 37502 == 62312
+    conv1, conv2 = model.get_layer("conv1"), model.get_layer("conv2")
+    for conv in (conv1, conv2):
+        assert conv.kernel_size == (5, 5) and conv.strides == (1, 1) and conv.padding == "same"
+    assert model.get_layer("pool").pool_size == (2, 2) and model.get_layer("pool").strides == (2, 2)
+
+
+def test_variants_need_no_new_code_path():
+    model = cnn.build_thanh_cnn(
+        input_shape=(20, 20, 3),
+        filters=(6, 8, 8),
+        activation="selu",
+        activate_every_conv=True,
+        dense_units=(16,),
+        dropout=0.25,
+        n_classes=3,
+        seed=1,
+    )
+    names = [layer.name for layer in model.layers]
+    assert names == [
+        "patch", "conv1", "selu1", "conv2", "selu2", "conv3", "selu3", "pool", "flatten",
+        "dropout1", "fc1", "fc1_selu", "dropout_out", "logits", "softmax",
+    ]  # fmt: skip
+    assert model.output_shape == (None, 3)
+    assert model.get_layer("pool").output.shape[1:] == (10, 10, 8)
+    assert type(model.get_layer("conv1").kernel_initializer).__name__ == "LecunNormal"
+
+
+def test_same_seed_same_weights():
+    a = cnn.build_thanh_cnn(input_shape=(8, 8, 3), filters=(2,), seed=3).get_weights()
+    b = cnn.build_thanh_cnn(input_shape=(8, 8, 3), filters=(2,), seed=3).get_weights()
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"filters": ()},
+        {"filters": (0, 3)},
+        {"kernel_size": 4},
+        {"activation": "gelu"},
+        {"pool_size": 0},
+        {"dropout": 1.0},
+        {"n_classes": 1},
+        {"input_shape": (50, 50)},
+        {"input_shape": (1, 1, 3)},
+    ],
+)
+def test_build_rejects_bad_parameters(kwargs):
+    with pytest.raises(ValueError):
+        cnn.build_thanh_cnn(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The estimator
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_tiny_cnn_learns_separable_patches(trained, discs):
+    clf, _ = trained
+    X, y, _ = discs
+    assert np.mean(clf.predict(X) == y) >= 0.95
+    assert clf.device_ == "cpu"
+    assert clf.backend_ == keras.config.backend()
+    assert 1 <= clf.best_epoch_ <= clf.n_iter_ <= 15
+    assert set(clf.history_) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert clf.input_shape_ == (16, 16, 3)
+    assert clf.classes_.tolist() == [0, 1]
+
+
+def test_predict_proba_rows_sum_to_one(trained, discs):
+    clf, _ = trained
+    X, _, _ = discs
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 2)
+    assert proba.min() >= 0.0 and proba.max() <= 1.0
+    assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-6)
+    assert_allclose(clf.predict_proba(X[:0]).shape, (0, 2))
+
+
+def test_normalisation_is_fitted_on_training_part_only(trained, discs):
+    clf, _ = trained
+    X, _, _ = discs
+    part = X[clf.train_indices_].reshape(-1, 3).astype(np.float64)
+    assert_allclose(clf.mean_, part.mean(axis=0), rtol=0, atol=1e-3)
+    assert_allclose(clf.std_, part.std(axis=0), rtol=0, atol=1e-3)
+    assert len(clf.validation_indices_) > 0
+
+
+def test_validation_split_keeps_groups_whole(trained, discs):
+    clf, _ = trained
+    _, _, groups = discs
+    train, val = clf.train_indices_, clf.validation_indices_
+    assert not set(groups[train]) & set(groups[val])
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(groups)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_validation_split_never_puts_a_group_on_both_sides(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 200))
+    groups = rng.integers(0, int(rng.integers(2, 15)), n)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    train, val = cnn._validation_split(y, groups, 0.2, seed)
+    assert not set(groups[train]) & set(groups[val])
+    assert len(train) + len(val) == n
+
+
+def test_augmentation_sees_only_training_patches(trained, discs):
+    clf, received = trained
+    X, _, _ = discs
+    lookup = _row_lookup(X)
+    seen = {lookup[patch.tobytes()] for batch in received for patch in batch}
+    assert seen == set(clf.train_indices_.tolist())  # every training patch, nothing else
+    assert not seen & set(clf.validation_indices_.tolist())
+
+
+def test_prediction_is_never_augmented(trained, discs, monkeypatch):
+    clf, _ = trained
+    X, _, _ = discs
+    calls = []
+    monkeypatch.setattr(cnn, "augment_batch", lambda *a, **k: calls.append(1))
+    clf.predict_proba(X)
+    clf.predict(X[:5])
+    assert calls == []
+
+
+def test_class_weights():
+    classes = np.array([0, 1])
+    assert_allclose(cnn._class_weights("balanced", classes, np.array([0, 0, 0, 1])), [4 / 6, 2.0], rtol=1e-12)
+    assert_allclose(cnn._class_weights(None, classes, np.array([0, 1])), [1.0, 1.0])
+    assert_allclose(cnn._class_weights({0: 1.0, 1: 3.0}, classes, np.array([0, 1])), [1.0, 3.0])
+    with pytest.raises(ValueError, match="no weight"):
+        cnn._class_weights({0: 1.0}, classes, np.array([0, 1]))
+
+
+def test_same_random_state_same_model(discs):
+    X, y, _ = discs
+    kwargs = dict(**TINY, epochs=2, batch_size=32, validation_fraction=0.0, random_state=7, device="cpu")
+    p1 = cnn.CNNClassifier(**kwargs).fit(X, y).predict_proba(X)
+    p2 = cnn.CNNClassifier(**kwargs).fit(X, y).predict_proba(X)
+    assert_allclose(p1, p2, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "X, y, groups",
+    [
+        (np.zeros((4, 8, 8), np.uint8), [0, 1, 0, 1], None),
+        (np.zeros((4, 8, 8, 3), np.uint8), [1, 1, 1, 1], None),
+        (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0], None),
+        (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], [0, 1]),
+        (np.full((4, 8, 8, 3), np.nan), [0, 1, 0, 1], None),
+    ],
+)
+def test_fit_rejects_bad_input(X, y, groups):
+    with pytest.raises(ValueError):
+        cnn.CNNClassifier(**TINY).fit(X, y, groups=groups)
+
+
+def test_estimator_clones_and_checks_fitted():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    clf = cnn.CNNClassifier(filters=(4, 4), activation="selu", random_state=3)
+    assert clone(clf).get_params() == clf.get_params()
+    with pytest.raises(NotFittedError):
+        clf.predict(np.zeros((1, 16, 16, 3), np.uint8))
+
+
+def test_resolve_device():
+    assert cnn.resolve_device("cpu") == "cpu"
+    assert cnn.resolve_device("auto") in ("cpu", "gpu")
+    with pytest.raises(ValueError, match="device must be"):
+        cnn.resolve_device("tpu")
+    if cnn.resolve_device("auto") == "cpu":
+        with pytest.raises(ValueError, match="sees no GPU"):
+            cnn.resolve_device("gpu")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving and loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+@KERAS_SAVE_WARNING
+def test_save_load_gives_identical_predictions(trained, discs, tmp_path):
+    clf, _ = trained
+    X, _, _ = discs
+    folder = clf.save(
+        tmp_path / "model",
+        metadata={"um_per_px": 0.12, "dataset": "synthetic"},
+        data_hash="abc123",
+        metrics={"acc": 1.0},
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.keras"]  # no temporary files left
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format_version"] == cnn.FORMAT_VERSION
+    assert config["um_per_px"] == 0.12 and config["training_data_hash"] == "abc123"
+    assert config["patch_size"] == [16, 16] and config["classes"] == [0, 1]
+    assert config["architecture"]["filters"] == [4, 4]
+    assert config["keras_version"] == keras.__version__ and config["backend"] == keras.config.backend()
+
+    loaded = cnn.CNNClassifier.load(folder)
+    assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=0, atol=1e-6)
+    assert_allclose(loaded.mean_, clf.mean_, rtol=0, atol=0)
+    assert loaded.get_params()["filters"] == (4, 4)
+    assert loaded.metadata_["um_per_px"] == 0.12 and loaded.metrics_ == {"acc": 1.0}
+
+
+def _corrupt(folder, how):
+    config_path, model_path = folder / "config.json", folder / "model.keras"
+    config = json.loads(config_path.read_text())
+    if how == "model bytes":
+        data = bytearray(model_path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model_path.write_bytes(bytes(data))
+    elif how == "model not keras":  # consistent checksum, so Keras itself must reject it
+        model_path.write_bytes(b"not a zip archive")
+        config["model_sha256"] = cnn._sha256(model_path)
+        config_path.write_text(json.dumps(config))
+    elif how == "model missing":
+        model_path.unlink()
+    elif how == "config truncated":
+        config_path.write_text(config_path.read_text()[:50])
+    elif how == "config missing":
+        config_path.unlink()
+    elif how == "newer version":
+        config["format_version"] = cnn.FORMAT_VERSION + 1
+        config_path.write_text(json.dumps(config))
+    elif how == "bad normalisation":
+        config["normalisation"]["std"] = [1.0]
+        config_path.write_text(json.dumps(config))
+    elif how == "folder missing":
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+
+
+@KERAS_SAVE_WARNING
+@pytest.mark.parametrize(
+    "how",
+    [
+        "model bytes",
+        "model not keras",
+        "model missing",
+        "config truncated",
+        "config missing",
+        "newer version",
+        "bad normalisation",
+        "folder missing",
+    ],
+)
+def test_load_broken_folder_raises_leukoseg_error(trained, tmp_path, how):
+    clf, _ = trained
+    folder = clf.save(tmp_path / "model")
+    _corrupt(folder, how)
+    with pytest.raises(LeukosegError) as info:
+        cnn.CNNClassifier.load(folder)
+    assert "\n" not in str(info.value) and info.value.reason
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Augmentation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_augment_batch_is_seeded_and_leaves_input_alone():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 6, 6, 3), dtype=np.uint8)
+    before = x.copy()
+    a = augment_batch(x, rng=np.random.default_rng(1), stain_jitter=0.05, brightness_jitter=0.1)
+    b = augment_batch(x, rng=np.random.default_rng(1), stain_jitter=0.05, brightness_jitter=0.1)
+    c = augment_batch(x, rng=np.random.default_rng(2), stain_jitter=0.05, brightness_jitter=0.1)
+    assert np.array_equal(x, before)
+    assert a.dtype == np.float32 and a.shape == x.shape
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() <= 255
+
+
+def test_augment_batch_geometry_is_dihedral():
+    x = np.random.default_rng(0).integers(0, 256, (200, 5, 5, 3), dtype=np.uint8)
+    out = augment_batch(x, rng=np.random.default_rng(0), stain_jitter=0.0, brightness_jitter=0.0)
+    used = set()
+    for i in range(len(x)):
+        matches = [op for op in DIHEDRAL_SQUARE if np.array_equal(out[i], dihedral(x[i : i + 1], *op)[0])]
+        assert matches
+        used.update(matches)
+    assert used == set(DIHEDRAL_SQUARE)  # all 8 symmetries occur
+
+
+def test_augment_batch_colour_jitter_is_bounded():
+    x = np.full((500, 2, 2, 3), 128, np.uint8)
+    out = augment_batch(x, rng=np.random.default_rng(0), stain_jitter=0.05, brightness_jitter=0.1)
+    assert np.all(np.abs(out - 128) <= 128 * 0.05 + 255 * 0.1 + 1e-3)
+    assert out.std() > 1  # it does jitter
+
+
+def test_augment_batch_keeps_non_square_shape():
+    x = np.zeros((50, 4, 6, 3), np.uint8)
+    assert augment_batch(x, rng=np.random.default_rng(0)).shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "patches, kwargs",
+    [
+        (np.zeros((4, 4, 3)), {}),
+        (np.zeros((1, 4, 4, 3)), {"stain_jitter": 1.5}),
+        (np.zeros((1, 4, 4, 3)), {"brightness_jitter": -0.1}),
+    ],
+)
+def test_augment_batch_rejects_bad_input(patches, kwargs):
+    with pytest.raises(ValueError):
+        augment_batch(patches, rng=np.random.default_rng(0), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NumPy inference
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {},  # the paper's network, 50x50, random weights
+        {"filters": (6, 8), "activation": "selu", "activate_every_conv": True, "dense_units": (5,), "dropout": 0.1},
+        {"filters": (3, 4, 5), "activation": "tanh", "activate_every_conv": True, "pool_size": 3},
+        {"filters": (5,), "activation": "elu", "kernel_size": 3, "dense_units": (4, 3)},
+        {"filters": (4, 4), "activation": "sigmoid", "pool_size": 1, "n_classes": 3},
+    ],
+)
+def test_numpy_forward_matches_keras(arch, tmp_path):
+    shape = (50, 50, 3) if not arch else (15, 15, 3)
+    model = cnn.build_thanh_cnn(input_shape=shape, seed=0, **arch)
+    X = np.random.default_rng(1).integers(0, 256, (8, *shape), dtype=np.uint8)
+    params = cnn.export_numpy(model)
+    params["mean"] = np.array([180.0, 140.0, 170.0], np.float32)
+    params["std"] = np.array([60.0, 70.0, 50.0], np.float32)
+    expected = model.predict((X - params["mean"]) / params["std"], verbose=0)
+    assert 0.001 < expected.max(axis=1).min() < 0.999  # not saturated: the comparison means something
+
+    np.savez(tmp_path / "cnn.npz", **params)
+    with np.load(tmp_path / "cnn.npz", allow_pickle=False) as f:
+        reloaded = dict(f)
+    assert_allclose(cnn.numpy_predict_proba(reloaded, X), expected, rtol=0, atol=1e-5)
+
+
+def test_numpy_forward_of_fitted_estimator(trained, discs):
+    clf, _ = trained
+    X, _, _ = discs
+    params = cnn.export_numpy(clf)
+    assert params["classes"].tolist() == [0, 1]
+    assert_allclose(cnn.numpy_predict_proba(params, X), clf.predict_proba(X), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        cnn.numpy_predict_proba(params, np.zeros((1, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("layer", ["batchnorm", "gelu", "valid conv"])
+def test_numpy_export_refuses_what_it_cannot_compute(layer):
+    inputs = keras.Input((8, 8, 3))
+    if layer == "batchnorm":
+        x = keras.layers.BatchNormalization()(inputs)
+    elif layer == "gelu":
+        x = keras.layers.Conv2D(2, 3, padding="same", activation="gelu")(inputs)
+    else:
+        x = keras.layers.Conv2D(2, 3, padding="valid")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x))
+    with pytest.raises(NotImplementedError):
+        cnn.export_numpy(keras.Model(inputs, outputs))
+
+
+def test_import_does_not_load_keras_or_a_backend():
+    code = (
+        "import sys, leukoseg.classify.cnn, leukoseg.classify.augment\n"
+        "heavy = [m for m in ('keras', 'tensorflow', 'torch', 'jax') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
