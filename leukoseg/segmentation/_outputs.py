@@ -133,9 +133,10 @@ def draw_overlay(image: np.ndarray, seg: Segmentation, *, max_side: int = OVERLA
             scaled = [np.round((c.astype(float) + (x0, y0)) * f).astype(np.int32) for c in contours]
             cv2.drawContours(canvas, scaled, -1, col, thick, lineType=cv2.LINE_AA)
         label = str(cid) + ("*" if row["smudge"] else "")
-        org = (int(x1 * f) + 2, max(12, int(y0 * f) + 12))
-        cv2.putText(canvas, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), thick + 1, cv2.LINE_AA)
-        cv2.putText(canvas, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (255, 255, 255), thick, cv2.LINE_AA)
+        org = (min(int(x1 * f) + 2, canvas.shape[1] - 12 * thick), max(14 * thick, int(y0 * f) + 14 * thick))
+        scale = 0.55 * thick
+        cv2.putText(canvas, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(canvas, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return canvas
 
 
