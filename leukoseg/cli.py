@@ -67,6 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--max-pixels", type=_positive_int, default=None,
                      help="refuse images with more pixels (default: 100 million)")
     seg.set_defaults(func=_cmd_segment)
+
+    cls = sub.add_parser(
+        "classify", parents=[common], help="cross-validated ALL detection experiment on a data set",
+        description="Segment every image once (cached), label cells from the blast annotations, and "
+        "cross-validate GkNN, SVM and kNN cell classifiers over image folds. Writes RUN/ with folds.csv, "
+        "cells.csv, images.csv and metrics.json.",
+    )
+    cls.add_argument("--dataset", required=True, help="data set: all-idb1")
+    cls.add_argument("--data-dir", type=Path, default=None,
+                     help="the data set's folder (default: $LEUKOSEG_DATA/<NAME> or ~/.leukoseg/data/<NAME>)")
+    cls.add_argument("--out", type=Path, default=Path("leukoseg-classify"),
+                     help="run folder (default: %(default)s)")
+    cls.add_argument("--folds", type=_positive_int, default=5, help="outer folds (default: %(default)s)")
+    cls.add_argument("--repeats", type=_positive_int, default=1, help="repeats of the folds (default: %(default)s)")
+    cls.add_argument("--seed", type=int, default=0, help="seed; repeat r uses seed + r (default: %(default)s)")
+    cls.add_argument("--cache", type=Path, default=None,
+                     help="segmentation cache folder (default: $XDG_CACHE_HOME/leukoseg or ~/.cache/leukoseg)")
+    cls.add_argument("--workers", type=_positive_int, default=None,
+                     help="processes for segmenting (default: the number of CPUs)")
+    cls.set_defaults(func=_cmd_classify)
     return parser
 
 
@@ -239,6 +259,30 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not args.json and not args.quiet:
         sys.stderr.write(f"leukoseg: {len(tasks) - failed} of {len(tasks)} images segmented into {args.out}\n")
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .pipelines.experiment import run_experiment
+
+    if args.folds < 2:
+        raise LeukosegError(None, f"--folds must be at least 2, got {args.folds}")
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if dataset.name != "all-idb1":
+        raise LeukosegError(None, f"classify supports --dataset all-idb1 only, got {args.dataset!r}")
+    _check_writable(args.out)
+    result = run_experiment(
+        dataset, args.out, n_folds=args.folds, repeats=args.repeats, seed=args.seed, cache_dir=args.cache,
+        workers=args.workers or os.cpu_count() or 1, progress=not args.quiet,
+    )  # fmt: skip
+    if not args.quiet:
+        base = result.metrics["models"]["baseline"]["summary"]["all"]
+        sys.stderr.write(
+            f"leukoseg: baseline image accuracy {base['accuracy']['mean']:.3f}, AUC "
+            f"{base['auc']['mean'] if base['auc']['mean'] is not None else float('nan'):.3f}; "
+            f"results in {result.out_dir}\n"
+        )
+    return EXIT_OK
 
 
 def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str):

@@ -16,7 +16,7 @@ from leukoseg.cli import main
 HEAVY = ("tensorflow", "keras", "sklearn", "torch", "jax")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["segment", "--help"], ["--version"]])
+@pytest.mark.parametrize("args", [["--help"], ["segment", "--help"], ["classify", "--help"], ["--version"]])
 def test_help_imports_nothing_heavy(args):
     code = (
         "import sys\n"

@@ -1,0 +1,147 @@
+"""Image scores from cell scores, decision thresholds, and binary metrics with confidence intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["binary_metrics", "choose_threshold", "image_score", "roc_auc", "wilson_interval"]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion.
+
+    Parameters
+    ----------
+    successes : int
+        Number of successes, ``0 <= successes <= n``.
+    n : int
+        Number of trials; ``n = 0`` gives ``(0.0, 1.0)`` (nothing is known).
+    z : float, optional
+        Standard normal quantile (1.96: 95 %).
+
+    Returns
+    -------
+    (low, high) : tuple of float
+
+    Examples
+    --------
+    >>> [round(v, 4) for v in wilson_interval(8, 10)]
+    [0.4902, 0.9433]
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n; got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def image_score(cell_scores, top_k: int = 3) -> float:
+    """Score of an image from the blast probabilities of its cells: the mean of its `top_k` highest.
+
+    Missing cells count as 0: an image with fewer than `top_k` cells is scored ``sum / top_k``, and an
+    image with no cell scores 0 (it is kept, and called healthy, never dropped). Averaging several cells
+    makes the score robust to one false-positive cell, which a maximum or a noisy-OR is not; an ALL smear
+    holds many blasts, so its top three are all high.
+
+    Parameters
+    ----------
+    cell_scores : array-like of float
+        Blast probabilities of the image's cells, in [0, 1].
+    top_k : int, optional
+        How many of the highest cells are averaged.
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Examples
+    --------
+    >>> image_score([0.9, 0.1, 0.8, 0.7, 0.2])
+    0.8
+    >>> image_score([0.9]), image_score([])
+    (0.3, 0.0)
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1; got {top_k}")
+    s = np.sort(np.asarray(cell_scores, dtype=np.float64).ravel())[::-1][:top_k]
+    return float(round(s.sum() / top_k, 12))
+
+
+def choose_threshold(scores, labels) -> float:
+    """The image-score threshold that maximises the balanced accuracy of ``score >= threshold``.
+
+    Candidates are the midpoints between consecutive distinct scores (and 0.5 when all scores are on one
+    side); ties in balanced accuracy go to the candidate nearest 0.5, then the lower one.
+
+    Parameters
+    ----------
+    scores : (n,) array-like of float
+    labels : (n,) array-like of {0, 1}
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> choose_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])
+    0.25
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
+    values = np.unique(scores)
+    candidates = np.concatenate([[0.5], (values[:-1] + values[1:]) / 2]) if len(values) > 1 else np.array([0.5])
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    best, best_key = 0.5, None
+    for t in candidates:
+        pred = scores >= t
+        bacc = 0.5 * (pred[labels == 1].mean() + (~pred[labels == 0]).mean())
+        key = (round(bacc, 12), -abs(t - 0.5), -t)
+        if best_key is None or key > best_key:
+            best, best_key = float(t), key
+    return float(round(best, 12))
+
+
+def roc_auc(labels, scores) -> float | None:
+    """Area under the ROC curve, or None when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).astype(int)
+    if len(np.unique(labels)) < 2:
+        return None
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
+def binary_metrics(labels, pred, scores=None) -> dict:
+    """Accuracy, sensitivity, specificity (each with its Wilson 95 % interval) and the AUC of `scores`.
+
+    Parameters
+    ----------
+    labels, pred : (n,) array-like of {0, 1}
+        Truth and decisions.
+    scores : (n,) array-like of float, optional
+        For the AUC.
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, ``accuracy_ci``, ``sensitivity``, ``sensitivity_ci``, ``specificity``,
+        ``specificity_ci``, ``auc`` (None without both classes or without scores). A rate with no case
+        (e.g. sensitivity without positives) is None.
+    """
+    labels, pred = np.asarray(labels).astype(int), np.asarray(pred).astype(int)
+    out: dict = {"n": int(len(labels))}
+    for name, mask in (("accuracy", np.ones(len(labels), bool)), ("sensitivity", labels == 1),
+                       ("specificity", labels == 0)):  # fmt: skip
+        n = int(mask.sum())
+        k = int((labels[mask] == pred[mask]).sum())
+        out[name] = k / n if n else None
+        out[f"{name}_ci"] = list(wilson_interval(k, n)) if n else None
+    out["auc"] = roc_auc(labels, scores) if scores is not None else None
+    return out

@@ -1,0 +1,244 @@
+"""The cross-validated experiment: folds, leak guard, reproducibility, metrics, image scores, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from PIL import Image
+
+from leukoseg.cli import main
+from leukoseg.datasets import load_dataset
+from leukoseg.pipelines.experiment import match_blasts, run_experiment
+from leukoseg.pipelines.folds import assign_folds, check_no_leak
+from leukoseg.pipelines.metrics import binary_metrics, choose_threshold, image_score, wilson_interval
+from leukoseg.synthetic import make_smear
+
+# Small GA and grid: the tests check the plumbing, not the classifiers.
+FAST = dict(
+    gknn_params={"population_size": 4, "n_generations": 1, "k_max": 5},
+    svm_params={"C_grid": (1.0,), "gamma_grid": ("scale",)},
+)
+
+_ALL_KINDS = ("blast_L1", "blast_L2", "lymphocyte", "blast_L3")
+_HEALTHY_KINDS = ("lymphocyte", "neutrophil", "lymphocyte")
+
+
+def _write_fake_all_idb1(root: Path, n_per_class: int = 5, copy: bool = True) -> Path:
+    """A tiny ALL-IDB1-like folder of synthetic smears: im/ImXXX_Y.jpg and xyc/ImXXX_Y.xyc."""
+    (root / "im").mkdir(parents=True)
+    (root / "xyc").mkdir()
+    number = 30  # straddles Im034, so both strata have images
+    for i in range(2 * n_per_class):
+        label = i % 2
+        smear = make_smear(shape=(360, 480), kinds=_ALL_KINDS if label else _HEALTHY_KINDS,
+                           n_touching_pairs=0, seed=100 + i)  # fmt: skip
+        number += 1
+        stem = f"Im{number:03d}_{label}"
+        Image.fromarray(smear.image).save(root / "im" / f"{stem}.jpg", quality=95)
+        lines = [f"{c.x:.0f}\t{c.y:.0f}\n" for c in smear.white_cells if c.is_blast]
+        (root / "xyc" / f"{stem}.xyc").write_text("".join(lines))
+    if copy:  # an identical copy under another name, as Im108_0 of Im093_0
+        number += 1
+        src = root / "im" / "Im031_0.jpg"
+        (root / "im" / f"Im{number:03d}_0.jpg").write_bytes(src.read_bytes())
+        (root / "xyc" / f"Im{number:03d}_0.xyc").write_text("")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fake_all_idb1(tmp_path_factory) -> Path:
+    return _write_fake_all_idb1(tmp_path_factory.mktemp("data") / "ALL_IDB1")
+
+
+@pytest.fixture(scope="module")
+def fake_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+# --- metrics and rules on hand-made numbers -------------------------------------------------------------
+
+
+def test_wilson_interval_known_value():
+    # 8 of 10: the textbook Wilson 95 % interval is (0.4902, 0.9433).
+    low, high = wilson_interval(8, 10)
+    assert_allclose([low, high], [0.4902, 0.9433], rtol=0, atol=5e-5)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(10, 10)
+    assert high == 1.0 and low == pytest.approx(10 / (10 + 1.96**2))  # all successes: n / (n + z^2)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_image_score_rule():
+    assert image_score([0.9, 0.1, 0.8, 0.7, 0.2]) == pytest.approx(0.8)
+    assert image_score([0.9]) == pytest.approx(0.3)  # missing cells count as 0
+    assert image_score([]) == 0.0  # an image without cells is scored, not dropped
+    assert image_score([1.0, 0.0, 0.0, 0.0]) == pytest.approx(1 / 3)  # one false positive is damped
+    assert image_score([0.6, 0.2], top_k=1) == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        image_score([0.5], top_k=0)
+
+
+def test_choose_threshold_maximises_balanced_accuracy():
+    assert choose_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1]) == pytest.approx(0.25)
+    assert choose_threshold([0.1, 0.2, 0.6, 0.9], [0, 0, 1, 1]) == 0.5  # ties: the candidate nearest 0.5
+    # Imbalanced: 1 positive among 5; balanced accuracy, not accuracy, decides.
+    t = choose_threshold([0.1, 0.2, 0.3, 0.35, 0.32], [0, 0, 0, 1, 0])
+    assert 0.32 < t <= 0.35
+    assert choose_threshold([0.2, 0.3], [1, 1]) == 0.5  # one class: no information
+
+
+def test_binary_metrics():
+    m = binary_metrics([1, 1, 0, 0], [1, 0, 0, 0], [0.9, 0.4, 0.3, 0.1])
+    assert (m["accuracy"], m["sensitivity"], m["specificity"], m["auc"]) == (0.75, 0.5, 1.0, 1.0)
+    assert_allclose(m["accuracy_ci"], wilson_interval(3, 4))
+    assert binary_metrics([0, 0], [0, 1])["sensitivity"] is None
+
+
+def test_match_blasts_is_one_to_one_within_radius():
+    points = [[100, 100], [104, 100], [500, 500]]
+    xs, ys = [101, 300, 103], [100, 300, 101]
+    # Two points near two cells: each gets one; the far point and the far cell stay unmatched.
+    assert match_blasts(points, xs, ys, radius=50).tolist() == [True, False, True]
+    assert match_blasts(points[:1], xs[:1], ys[:1], radius=0.5).tolist() == [False]
+    assert match_blasts(np.zeros((0, 2)), xs, ys).tolist() == [False] * 3
+
+
+# --- folds -----------------------------------------------------------------------------------------------
+
+
+def test_folds_keep_groups_together_and_stratify():
+    labels = np.array([1] * 40 + [0] * 30)
+    groups = np.arange(70)
+    groups[[50, 51, 52]] = 500  # three identical healthy images
+    folds = assign_folds(labels, groups, n_folds=5, repeats=3, seed=7)
+    assert folds.shape == (3, 70) and folds.min() == 0 and folds.max() == 4
+    for r in range(3):
+        assert len(set(folds[r, [50, 51, 52]])) == 1
+        for g in np.unique(groups):
+            assert len(set(folds[r, groups == g])) == 1
+        for k in range(5):
+            frac = labels[folds[r] == k].mean()
+            assert abs(frac - labels.mean()) < 0.15
+    assert not np.array_equal(folds[0], folds[1])  # repeats reshuffle
+    assert np.array_equal(folds, assign_folds(labels, groups, n_folds=5, repeats=3, seed=7))
+    with pytest.raises(ValueError, match="fewer than"):
+        assign_folds([0, 0, 1, 1], [0, 1, 2, 3], n_folds=3)
+
+
+def test_check_no_leak():
+    check_no_leak(["a", "a", "b"], ["c"], [0, 0, 1], [2])
+    with pytest.raises(AssertionError, match="test images"):
+        check_no_leak(["a", "c"], ["c"], [0, 2], [2])
+    with pytest.raises(AssertionError, match="identical"):
+        check_no_leak(["a"], ["b"], [3], [3])
+
+
+# --- the experiment on synthetic smears ------------------------------------------------------------------
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_experiment_outputs_reproducible_and_leak_free(fake_all_idb1, fake_cache, tmp_path):
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    a = run_experiment(dataset, tmp_path / "a", n_folds=3, repeats=2, seed=1, cache_dir=fake_cache, **FAST)
+    start = time.perf_counter()
+    b = run_experiment(dataset, tmp_path / "b", n_folds=3, repeats=2, seed=1, cache_dir=fake_cache, **FAST)
+    assert b.metrics["cache"]["reused"] == len(dataset)  # the second run segments nothing
+    assert b.metrics["cache"]["computed"] == 0
+    for name in ("folds.csv", "cells.csv", "images.csv"):
+        assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
+    assert time.perf_counter() - start < 60
+
+    folds = _read(a.out_dir / "folds.csv")
+    images = _read(a.out_dir / "images.csv")
+    cells = _read(a.out_dir / "cells.csv")
+    assert len(folds) == len(images) == 2 * len(dataset)
+    # Identical images (the copy) share a fold in every repeat.
+    fold_of = {(f["image"], f["repeat"]): f["fold"] for f in folds}
+    copy = sorted(f["image"] for f in folds)[-1]
+    for r in ("0", "1"):
+        assert fold_of[(copy, r)] == fold_of[("im/Im031_0.jpg", r)]
+    # Every cell scored out of fold, in the fold of its image; blasts only in ALL images.
+    label_of = {i["image"]: i["label"] for i in images}
+    for c in cells:
+        assert c["fold"] == fold_of[(c["image"], c["repeat"])]
+        assert all(c[f"p_blast_{m}"] != "" for m in ("gknn", "svm", "knn", "baseline"))
+        p = [float(c[f"p_blast_{m}"]) for m in ("gknn", "svm", "baseline")]
+        assert p[2] == pytest.approx((p[0] + p[1]) / 2, abs=2e-6)
+        if c["label"] == "1":
+            assert label_of[c["image"]] == "1"
+    assert sum(c["label"] == "1" for c in cells) > 0
+    metrics = json.loads((a.out_dir / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"gknn", "svm", "knn", "baseline"}
+    base = metrics["models"]["baseline"]["repeats"][0]["all"]
+    assert base["n"] == len(dataset) and len(base["accuracy_ci"]) == 2
+    assert metrics["dataset"]["fingerprint"] == dataset.fingerprint()
+    assert {"numpy", "scikit-learn", "scikit-image", "opencv", "deap"} <= set(metrics["versions"])
+    assert metrics["models"]["baseline"]["repeats"][0]["one_camera"]["n"] == sum(
+        int(Path(i["image"]).stem[2:5]) >= 34 for i in images if i["repeat"] == "0")
+
+
+def test_experiment_guard_catches_a_leak(fake_all_idb1, fake_cache, tmp_path, monkeypatch):
+    """The in-code guard fires when folds put a copy of a test image in training."""
+    import leukoseg.pipelines.experiment as experiment
+
+    def leaky(labels, groups, **kw):
+        folds = np.arange(len(labels))[None, :] % kw["n_folds"]
+        folds[0, -1] = (folds[0, -1] + 1) % kw["n_folds"]  # the copy goes to another fold than its original
+        same = np.flatnonzero(groups == groups[-1])
+        folds[0, same[0]] = (folds[0, -1] + 1) % kw["n_folds"]
+        return folds
+
+    monkeypatch.setattr(experiment, "assign_folds", leaky)
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    with pytest.raises(AssertionError, match="identical"):
+        run_experiment(dataset, tmp_path / "run", n_folds=3, cache_dir=fake_cache, **FAST)
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+
+def test_cli_classify(fake_all_idb1, fake_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(fake_cache))
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--workers", "1"])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("cells.csv", "images.csv", "metrics.json", "folds.csv"):
+        assert (tmp_path / "leukoseg-classify" / name).is_file()
+    assert not list((tmp_path / "leukoseg-classify").glob(".*.part"))
+
+
+def test_cli_classify_bad_layout(tmp_path, capsys):
+    (tmp_path / "nothing-here").mkdir()
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(tmp_path / "nothing-here"),
+               "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("leukoseg: error:") and "ALL-IDB1" in lines[0]
+
+
+# --- the real data set -----------------------------------------------------------------------------------
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_all_idb1_experiment(all_idb1_dir, tmp_path_factory):
+    """End to end on ALL-IDB1, cold cache (about 70 s on 2 cores)."""
+    dataset = load_dataset("all-idb1", all_idb1_dir)
+    out = tmp_path_factory.mktemp("run")
+    result = run_experiment(dataset, out, cache_dir=tmp_path_factory.mktemp("cache"), workers=2)
+    base = result.metrics["models"]["baseline"]["summary"]
+    assert base["all"]["accuracy"]["mean"] >= 0.93
+    assert abs(base["one_camera"]["accuracy"]["mean"] - base["all"]["accuracy"]["mean"]) <= 0.05
+    assert result.metrics["dataset"]["n_points_matched"] >= 450
