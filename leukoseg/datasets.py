@@ -23,6 +23,7 @@ from .io import IMAGE_EXTENSIONS
 __all__ = [
     "Dataset",
     "ImageRecord",
+    "file_sha256",
     "load_dataset",
     "parse_xyc",
     "resolve_data_dir",
@@ -89,7 +90,7 @@ class Dataset:
         h = hashlib.sha256()
         for r in self.records:
             h.update(r.name.encode())
-            h.update(_file_digest(r.path).encode())
+            h.update(file_sha256(r.path).encode())
         return h.hexdigest()
 
 
@@ -253,7 +254,8 @@ def _load_folder(root: Path) -> Dataset:
     return Dataset(f"folder:{root}", root, _with_groups(records), classes, unit="image")
 
 
-def _file_digest(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, as hex (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -277,7 +279,7 @@ def _with_groups(records: list[tuple[Path, str, str, np.ndarray | None]]) -> tup
     Pixel identity catches re-encoded or re-tagged copies that byte hashes miss; it costs one decode per
     image (a few seconds for ALL-IDB1), paid once per experiment.
     """
-    byte_keys = [_file_digest(p) for p, *_ in records]
+    byte_keys = [file_sha256(p) for p, *_ in records]
     parent = list(range(len(records)))
 
     def find(i: int) -> int:

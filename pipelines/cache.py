@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets import file_sha256
+
 __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 
 log = logging.getLogger(__name__)
@@ -101,14 +103,6 @@ def cache_key(content_hash: str, segment_kw: Mapping | None = None, feature_kw: 
     settings = _settings(segment_kw or {}, feature_kw or {})
     text = json.dumps([content_hash, settings], sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cells_for_features(image: np.ndarray, seg) -> list[dict]:
@@ -238,7 +232,7 @@ def load_or_compute(
     segment_kw, feature_kw = dict(segment_kw or {}), dict(feature_kw or {})
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    targets = [cache_dir / f"{cache_key(_file_hash(Path(p)), segment_kw, feature_kw)}.npz" for p in paths]
+    targets = [cache_dir / f"{cache_key(file_sha256(Path(p)), segment_kw, feature_kw)}.npz" for p in paths]
     missing = [(str(p), str(t), segment_kw, feature_kw) for p, t in zip(paths, targets) if not t.is_file()]
     seconds = 0.0
     if missing:
