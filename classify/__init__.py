@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from leukoseg._lazy import lazy_exports
 
 __all__ = [
     "CNNClassifier",
@@ -34,12 +35,4 @@ if TYPE_CHECKING:
     from .knn import make_knn
     from .svm import SVMClassifier, make_svm
 
-
-def __getattr__(name: str):
-    if name in _SUBMODULE:
-        return getattr(importlib.import_module(f".{_SUBMODULE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _SUBMODULE)

@@ -52,7 +52,6 @@ import Keras or any backend; they load inside the functions.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -67,6 +66,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
 from leukoseg.io import write_json
 
@@ -738,7 +738,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         os.close(fd)
         try:
             self.model_.save(tmp, overwrite=True)
-            digest = _sha256(tmp)
+            digest = file_sha256(tmp)
             os.replace(tmp, model_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -804,7 +804,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         model_path = folder / _MODEL_FILE
         if not model_path.is_file():
             raise LeukosegError(model_path, "model file missing; the folder is incomplete")
-        if _sha256(model_path) != config["model_sha256"]:
+        if file_sha256(model_path) != config["model_sha256"]:
             raise LeukosegError(
                 model_path,
                 "checksum differs from config.json: the file is corrupt or was replaced; save the model again",
@@ -909,14 +909,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     if unknown:
         raise LeukosegError(path, f"unknown parameters {sorted(unknown)}")
     return config
-
-
-def _sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._color import background_level, stain_excess
+from ._measure import _dilate, measure_cells
 from ._scale import Scale, estimate_scale
 
 __all__ = ["Segmentation", "segment"]
@@ -198,8 +199,6 @@ def segment(
     nuclei = _split_nuclei(nuclear, um, min_nucleus_area_um2, split_distance_um)
     cells = _grow_cells(nuclei, stained | (nuclei > 0), um, max_cytoplasm_um)
     nuclei, cells = _relabel(nuclei, cells)
-
-    from ._measure import measure_cells
 
     measurements = measure_cells(
         work, nuclei, cells, um_per_px=um, excess=excess, to_input=1.0 / factor, input_shape=(height, width)
@@ -369,12 +368,6 @@ def _merge_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
         if not changed:
             break
     return labels
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
 
 def _grow_cells(nuclei: np.ndarray, stained: np.ndarray, um: float, max_cytoplasm_um: float) -> np.ndarray:
