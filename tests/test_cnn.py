@@ -18,6 +18,7 @@ from numpy.testing import assert_allclose
 
 from leukoseg.classify import cnn
 from leukoseg.classify.augment import DIHEDRAL_SQUARE, augment_batch, dihedral
+from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
 
 keras = pytest.importorskip("keras")
@@ -330,7 +331,7 @@ def _corrupt(folder, how):
         model_path.write_bytes(bytes(data))
     elif how == "model not keras":  # consistent checksum, so Keras itself must reject it
         model_path.write_bytes(b"not a zip archive")
-        config["model_sha256"] = cnn._sha256(model_path)
+        config["model_sha256"] = file_sha256(model_path)
         config_path.write_text(json.dumps(config))
     elif how == "model missing":
         model_path.unlink()
