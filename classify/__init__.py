@@ -10,8 +10,10 @@ __all__ = [
     "CNNClassifier",
     "GeneticKNNClassifier",
     "SVMClassifier",
+    "StackingFusion",
     "build_thanh_cnn",
     "export_numpy",
+    "fuse_numpy",
     "make_knn",
     "make_svm",
     "numpy_predict_proba",
@@ -23,14 +25,29 @@ _SUBMODULE = {
     "build_thanh_cnn": "cnn",
     "export_numpy": "cnn",
     "numpy_predict_proba": "cnn",
+    "FAB_CRITERIA": "fab",
+    "FABResult": "fab",
+    "FABSettings": "fab",
+    "fab_classify": "fab",
     "GeneticKNNClassifier": "gknn",
     "SVMClassifier": "svm",
     "make_knn": "knn",
     "make_svm": "svm",
+    "ModelBundle": "bundle",
+    "export_gknn": "bundle",
+    "export_knn": "bundle",
+    "export_svm": "bundle",
+    "knn_predict_proba": "bundle",
+    "load_bundle": "bundle",
+    "save_bundle": "bundle",
+    "svm_predict_proba": "bundle",
+    "StackingFusion": "fusion",
+    "fuse_numpy": "fusion",
 }
 
 if TYPE_CHECKING:
     from .cnn import CNNClassifier, build_thanh_cnn, export_numpy, numpy_predict_proba
+    from .fusion import StackingFusion, fuse_numpy
     from .gknn import GeneticKNNClassifier
     from .knn import make_knn
     from .svm import SVMClassifier, make_svm

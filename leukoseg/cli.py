@@ -70,11 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cls = sub.add_parser(
         "classify", parents=[common], help="cross-validated ALL detection experiment on a data set",
-        description="Segment every image once (cached), label cells from the blast annotations, and "
-        "cross-validate GkNN, SVM and kNN cell classifiers over image folds. Writes RUN/ with folds.csv, "
-        "cells.csv, images.csv and metrics.json.",
+        description="Segment every image once (cached), label cells, and cross-validate over image folds: "
+        "plain kNN, GkNN and SVM on texture, shape and colour features (their mean is the baseline), the CNN of "
+        "Thanh et al. on 50x50 cell patches, and their fusion; image decisions and the FAB subtype. Writes RUN/ "
+        "with folds.csv, cells.csv, images.csv and metrics.json.",
     )
-    cls.add_argument("--dataset", required=True, help="data set: all-idb1")
+    cls.add_argument("--dataset", required=True, metavar="NAME",
+                     help="data set: all-idb1, all-idb2, or folder:PATH (one subfolder per class)")
     cls.add_argument("--data-dir", type=Path, default=None,
                      help="the data set's folder (default: $LEUKOSEG_DATA/<NAME> or ~/.leukoseg/data/<NAME>)")
     cls.add_argument("--out", type=Path, default=Path("leukoseg-classify"),
@@ -86,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="segmentation cache folder (default: $XDG_CACHE_HOME/leukoseg or ~/.cache/leukoseg)")
     cls.add_argument("--workers", type=_positive_int, default=None,
                      help="processes for segmenting (default: the number of CPUs)")
+    cls.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                     help="where the CNN and the fusion run; auto: the GPU when one is visible (default: auto)")
+    cls.add_argument("--no-cnn", dest="cnn", action="store_false",
+                     help="baseline models only (no CNN, no fusion): a run of seconds")
     cls.set_defaults(func=_cmd_classify)
     return parser
 
@@ -123,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (already printed by argparse)
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    if args.verbose < 2:
+        # TensorFlow's C++ start-up chatter (oneDNN notes, tf.data attribute notices) is not for users;
+        # -vv shows it. Only a default: a value the user set wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logger = logging.getLogger("leukoseg")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     _configure_logging(logger, args.verbose, args.quiet)
@@ -268,21 +278,36 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.folds < 2:
         raise LeukosegError(None, f"--folds must be at least 2, got {args.folds}")
     dataset = load_dataset(args.dataset, args.data_dir)
-    if dataset.name != "all-idb1":
-        raise LeukosegError(None, f"classify supports --dataset all-idb1 only, got {args.dataset!r}")
     _check_writable(args.out)
+    if args.device == "gpu":
+        _check_gpu()
     result = run_experiment(
         dataset, args.out, n_folds=args.folds, repeats=args.repeats, seed=args.seed, cache_dir=args.cache,
-        workers=args.workers or os.cpu_count() or 1, progress=not args.quiet,
+        workers=args.workers or os.cpu_count() or 1, cnn=args.cnn, device=args.device, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
-        base = result.metrics["models"]["baseline"]["summary"]["all"]
-        sys.stderr.write(
-            f"leukoseg: baseline image accuracy {base['accuracy']['mean']:.3f}, AUC "
-            f"{base['auc']['mean'] if base['auc']['mean'] is not None else float('nan'):.3f}; "
-            f"results in {result.out_dir}\n"
-        )
+        m = result.metrics
+        lines = []
+        for model, res in m["models"].items():
+            s = res["summary"]["all"]
+            auc = s.get("auc", {}).get("mean")
+            lines.append(f"  {model:<9} image accuracy {s['accuracy']['mean']:.3f}"
+                         + (f", AUC {auc:.3f}" if auc is not None else "")
+                         + (f", balanced accuracy {s['balanced_accuracy']['mean']:.3f}" if "balanced_accuracy" in s
+                            else ""))  # fmt: skip
+        sys.stderr.write("leukoseg: " + dataset.name + f", {len(dataset)} images\n" + "\n".join(lines)
+                         + f"\nleukoseg: decision model {m['primary_model']}; results in {result.out_dir}\n")
     return EXIT_OK
+
+
+def _check_gpu() -> None:
+    """``--device gpu`` without a visible GPU: a one-line error before any work."""
+    from .classify.cnn import resolve_device
+
+    try:
+        resolve_device("gpu")
+    except ValueError as exc:
+        raise LeukosegError(None, str(exc)) from None
 
 
 def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str):
@@ -290,9 +315,12 @@ def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str):
 
     Results are yielded in the order of `tasks`, so outputs and logs are reproducible.
     """
-    from tqdm import tqdm
+    if quiet or not sys.stderr.isatty():
+        bar: Any = _NoBar()  # no bar to show: spare the batch tqdm's import
+    else:
+        from tqdm import tqdm
 
-    bar = tqdm(total=len(tasks), unit=unit, disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+        bar = tqdm(total=len(tasks), unit=unit, file=sys.stderr)
     try:
         if workers <= 1:
             for task in tasks:
@@ -309,6 +337,16 @@ def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str):
                 bar.update()
     finally:
         bar.close()
+
+
+class _NoBar:
+    """The progress bar's interface, doing nothing."""
+
+    def update(self, n: int = 1) -> None:
+        """Count `n` more done (ignored)."""
+
+    def close(self) -> None:
+        """Close the bar (nothing to close)."""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,9 @@ An entry holds:
 - ``m_<column>`` for each measurement column of :data:`~leukoseg.segmentation.MEASUREMENT_COLUMNS`, one
   row per cell in id order;
 - ``features`` (n_cells, n_features) float64 and ``feature_names``: the :class:`~leukoseg.features.CellFeatures`
-  rows of the cells. ``CellFeatures.transform`` is a function of one cell alone (its ``fit`` only fixes the
+  rows of the cells.
+- ``patches`` (n_cells, 50, 50, 3) uint8: the scale-normalised patch of every cell (0.5 um per pixel,
+  centred on the nucleus; :func:`~leukoseg.segmentation.extract_patches`), the input of the CNN. ``CellFeatures.transform`` is a function of one cell alone (its ``fit`` only fixes the
   column list), so a row computed once serves every fold.
 
 The crops themselves (native-resolution box, nucleus and cell masks) are used to compute the texture
@@ -37,7 +39,7 @@ __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of a cache entry or the way it is computed changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,15 @@ class CachedImage:
         CellFeatures rows.
     feature_names : tuple of str
         Their columns.
+    patches : (n_cells, 50, 50, 3) ndarray of uint8
+        Scale-normalised cell patches, the CNN's input.
     """
 
     um_per_px: float
     measurements: Mapping[str, np.ndarray] = field(repr=False)
     features: np.ndarray = field(repr=False)
     feature_names: tuple[str, ...]
+    patches: np.ndarray = field(repr=False)
 
     @property
     def n_cells(self) -> int:
@@ -129,7 +134,7 @@ def _number(value):
 def _compute(path: Path, segment_kw: Mapping, feature_kw: Mapping) -> CachedImage:
     from leukoseg.features import CellFeatures
     from leukoseg.io import read_image
-    from leukoseg.segmentation import MEASUREMENT_COLUMNS, segment
+    from leukoseg.segmentation import MEASUREMENT_COLUMNS, extract_patches, segment
 
     image = read_image(path)
     seg = segment(image, **segment_kw)
@@ -142,7 +147,8 @@ def _compute(path: Path, segment_kw: Mapping, feature_kw: Mapping) -> CachedImag
     else:
         names = _feature_names_without_cells(feature_kw)
         features = np.zeros((0, len(names)))
-    return CachedImage(float(seg.um_per_px), measurements, features, names)
+    patches = extract_patches(image, measurements["x"], measurements["y"], um_per_px=seg.um_per_px)
+    return CachedImage(float(seg.um_per_px), measurements, features, names, patches)
 
 
 def _feature_names_without_cells(feature_kw: Mapping) -> tuple[str, ...]:
@@ -165,6 +171,7 @@ def _save(path: Path, entry: CachedImage) -> None:
         "columns": np.array(list(entry.measurements), dtype=str),
         "features": entry.features,
         "feature_names": np.array(entry.feature_names, dtype=str),
+        "patches": entry.patches,
     }
     for k, v in entry.measurements.items():
         arrays[f"m_{k}"] = v
@@ -180,6 +187,7 @@ def _load(path: Path) -> CachedImage:
             {c: z[f"m_{c}"] for c in columns},
             z["features"].astype(np.float64),
             tuple(str(n) for n in z["feature_names"]),
+            z["patches"],
         )
 
 

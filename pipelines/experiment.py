@@ -1,61 +1,87 @@
-"""Cross-validated ALL detection on ALL-IDB1: cell classifiers (GkNN, SVM, kNN) and image decisions.
+"""The cross-validated experiment behind ``leukoseg classify --dataset``: cell classifiers, the CNN, their
+fusion, image decisions and the FAB subtype.
 
-The experiment behind ``leukoseg classify --dataset all-idb1``.
+Data sets and what is classified
+--------------------------------
+Every image is segmented once (:func:`~leukoseg.segmentation.segment`); every cell becomes a
+:class:`~leukoseg.features.CellFeatures` row and a 50x50 scale-normalised patch. Both are cached by image
+content and settings (:mod:`.cache`), so re-runs skip them. Three kinds of data set share the machinery:
 
-Cells
------
-Every image is segmented once (:func:`~leukoseg.segmentation.segment`) and every cell turned into a
-:class:`~leukoseg.features.CellFeatures` row; both are cached by image content and settings
-(:mod:`.cache`), so re-runs skip them.
+``all-idb1`` (whole smears, blast centroids annotated)
+    ALL-IDB1 annotates blasts by their centroids only (``xyc/ImXXX_Y.xyc``). A detected cell is a **blast**
+    when it is matched to an annotated centroid: points and cell centroids (the nucleus centroid, ``x, y``
+    of the measurements) are matched one-to-one by the Hungarian algorithm on their distances, and a pair
+    counts only within ``match_radius_px`` (50 px). Every other cell is a **non-blast**: all cells of
+    healthy images, and the cells of ALL images matched to no point. These labels are noisy:
 
-Cell labels
------------
-ALL-IDB1 annotates blasts by their centroids only (``xyc/ImXXX_Y.xyc``). A detected cell is a **blast**
-when it is matched to an annotated centroid: annotated points and cell centroids (the nucleus centroid,
-``x, y`` of the measurements) are matched one-to-one by the Hungarian algorithm on their distances, and a
-pair counts only within ``match_radius_px`` (50 px). Every other cell is a **non-blast**: all cells of
-healthy images, and the cells of ALL images matched to no point. These labels are noisy:
+    - blasts that the annotators did not mark become negatives (ALL-IDB1's annotations are not exhaustive);
+    - a blast split into two cells gives one positive and one negative; two blasts merged into one cell
+      give one positive and leave a point unmatched;
+    - the 50 px radius is in pixels of images from two cameras and several magnifications (about 2-7 um);
+      a point near two cells goes to the nearer one in the global assignment, not necessarily the right one;
+    - annotated blasts that the segmentation missed have no cell and are not scored at all.
 
-- blasts that the annotators did not mark become negatives (ALL-IDB1's annotations are not exhaustive);
-- a blast split into two cells gives one positive and one negative; two blasts merged into one cell give
-  one positive and leave a point unmatched;
-- the 50 px radius is in pixels of images from two cameras and several magnifications (about 2-7 um);
-  a point near two cells goes to the nearer one in the global assignment, not necessarily the right one;
-- annotated blasts that the segmentation missed have no cell and are not scored at all.
+    Cell-level figures therefore measure agreement with these labels, not with the truth; the image-level
+    figures (ALL / healthy, from the file name) are exact. An image's score is the mean of its ``top_k``
+    (3) highest cell blast probabilities, missing cells counting as 0 (:func:`.metrics.image_score`):
+    robust to one false-positive cell, and an image without cells scores 0 instead of being dropped.
 
-Cell-level figures therefore measure agreement with these labels, not with the truth; the image-level
-figures (ALL / healthy, from the file name) are exact.
+``all-idb2`` (single-cell crops, label = blast or not)
+    Each crop is one image with one cell: the detected cell nearest the crop's centre, labelled with the
+    crop's label; other (partial) cells at the crop's border are ignored. The image score is that cell's
+    blast probability (a crop where no cell was found scores 0).
+
+``folder:PATH`` (one subfolder per class, any number of classes)
+    Every cell of an image inherits the image's class (a weak label: a smear of a class also holds normal
+    cells); the cell models are multi-class, an image's class probabilities are the mean of its cells'
+    (an image without cells gets the training images' class frequencies) and the prediction is the most
+    probable class.
 
 Folds
 -----
 Images, not cells, are split: :func:`.folds.assign_folds` (stratified by image label, grouped by
 identical images, shuffled with ``seed + repeat``). Every model sees the same assignment (``folds.csv``).
-Everything learnt (feature columns, GA weights and k, SVM C and gamma and its calibration, kNN, the image
-threshold) is learnt from the training images of the fold only; the classifiers' own inner
-cross-validations get the image group of every cell, so they are grouped too. The code asserts that no
-cell of a test image is in a training set.
+Everything learnt (feature columns, GA weights and k, SVM C and gamma and its calibration, kNN, the CNN and
+its normalisation, the fusion weights, the image threshold) is learnt from the training images of the fold
+only; inner cross-validations are grouped by image too. The code asserts that no cell of a test image is in
+a training set; augmentation happens inside :class:`~leukoseg.classify.CNNClassifier` training batches only.
 
 Models and scores
 -----------------
-Per fold: :class:`~leukoseg.classify.GeneticKNNClassifier` (``gknn``), :class:`~leukoseg.classify.SVMClassifier`
-(``svm``) and the plain kNN of :func:`~leukoseg.classify.make_knn` (``knn``), on the same feature matrix
-(missing values filled with the training median). The **baseline** cell score is the mean of the GkNN and
-SVM blast probabilities (``p_blast_baseline``): two different learners, a local vote and a smooth margin,
-average out each other's errors.
+Per fold, on the same cells:
 
-An image's score is the mean of its three highest cell scores, missing cells counting as 0
-(:func:`.metrics.image_score`): robust to one false-positive cell, and an image without cells scores 0
-(healthy) instead of being dropped. It is called ALL when the score reaches a threshold chosen on the
-training images only: the threshold maximising their balanced accuracy
-(:func:`.metrics.choose_threshold`), computed on *inner out-of-fold* scores. For that, the training
-images are split again into ``inner_folds`` stratified grouped folds; on each, models with the
-hyper-parameters already chosen for the fold (GkNN weights and k, SVM C and gamma; the search is not
-re-run, which keeps the cost low and biases the threshold very slightly) are refitted on the inner
-training images and score the cells of the inner held-out images. Scoring training images with the
-outer model itself would be optimistic: a kNN remembers its training cells.
+- ``knn``: the plain kNN of :func:`~leukoseg.classify.make_knn` (reference row);
+- ``gknn``: :class:`~leukoseg.classify.GeneticKNNClassifier`;
+- ``svm``: :class:`~leukoseg.classify.SVMClassifier`;
+- ``baseline``: the mean of the GkNN and SVM probabilities (a local vote and a smooth margin average out
+  each other's errors);
+- ``cnn``: the network of Thanh et al. (:class:`~leukoseg.classify.CNNClassifier`) on the patches,
+  **cross-fitted**: the fold's training images are split into ``cnn_inner_folds`` (2) grouped stratified
+  parts; one CNN is trained on the other parts for each part and scores that part's cells (out of fold),
+  and the test cells get the mean of these CNNs (an ensemble). This costs about one CNN fit per fold and
+  gives every training cell an honest CNN score for the fusion;
+- ``fused``: :class:`~leukoseg.classify.StackingFusion`, a logistic stacking of the baseline and CNN
+  probabilities in ``keras.ops`` (on the GPU when there is one), fitted on the training cells' inner
+  out-of-fold scores.
 
-Outputs (under the run folder, written atomically; the CSVs are byte-identical for the same seed, data
-and library versions): ``folds.csv``, ``cells.csv``, ``images.csv``, ``metrics.json``.
+Image thresholds (binary data sets) are chosen on the training images only, maximising the balanced
+accuracy (:func:`.metrics.choose_threshold`) of *inner out-of-fold* image scores: the training images are
+split again into ``inner_folds`` folds, on which models with the fold's hyper-parameters (GkNN weights and
+k, SVM C and gamma; the search is not re-run, which keeps the cost low and biases the threshold very
+slightly) are refitted and score the held-out training images. Scoring training images with the outer model
+itself would be optimistic: a kNN remembers its training cells.
+
+The primary model, whose decision is ``pred`` in ``images.csv``, is ``fused`` (``baseline`` without CNN).
+
+FAB subtype
+-----------
+For every image called ALL by the primary model, the cells with a blast probability of at least 0.5 (at
+least its most probable cell) are scored with :func:`~leukoseg.classify.fab_classify` (FAB L1 / L2 / L3 of
+Bennett et al. 1981 from the micrometre measurements). FAB is a historical morphological classification,
+reported for research only.
+
+Outputs (under the run folder, written atomically; the CSVs are byte-identical for the same seed, data,
+device and library versions): ``folds.csv``, ``cells.csv``, ``images.csv``, ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -67,7 +93,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,17 +103,21 @@ from leukoseg.errors import LeukosegError
 
 from .cache import default_cache_dir, load_or_compute
 from .folds import assign_folds, check_no_leak
-from .metrics import binary_metrics, choose_threshold, image_score, roc_auc
+from .metrics import binary_metrics, choose_threshold, image_score, multiclass_metrics, roc_auc
 
 __all__ = ["MODELS", "ExperimentResult", "match_blasts", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
-#: Cell models, in output order; ``baseline`` is the mean of ``gknn`` and ``svm``.
-MODELS = ("gknn", "svm", "knn", "baseline")
+#: Models, in output order; ``cnn`` and ``fused`` only when the CNN is on.
+MODELS = ("knn", "gknn", "svm", "baseline", "cnn", "fused")
+_BASELINE_MODELS = ("knn", "gknn", "svm", "baseline")
 
 _ONE_CAMERA_FIRST = 34  # Im034-Im108: one camera; Im001-Im033 another one, all ALL
 _IMAGE_NUMBER = re.compile(r"Im(\d+)_")
+
+#: CNN training settings of the experiment (the paper's architecture; see CNNClassifier for each).
+CNN_DEFAULTS = {"epochs": 25, "patience": 4, "batch_size": 64, "learning_rate": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -160,6 +190,71 @@ class _Timer(dict):
         self[stage] = self.get(stage, 0.0) + seconds
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """The cell table of a data set: one row per classified cell."""
+
+    image: np.ndarray  # (n,) index of the cell's image
+    label: np.ndarray  # (n,) class code
+    rows: list  # (n,) dict of measurements
+    X: np.ndarray  # (n, f) features
+    patches: np.ndarray  # (n, 50, 50, 3) uint8
+    n_points: int
+    n_matched: int
+
+
+def _mode(dataset) -> str:
+    """'points' (ALL-IDB1-like smears), 'crop' (ALL-IDB2-like crops) or 'classes' (folder of classes)."""
+    if dataset.name == "all-idb1":
+        return "points"
+    if dataset.name == "all-idb2":
+        return "crop"
+    return "classes"
+
+
+def _cell_table(records, entries, classes, mode, match_radius_px) -> _Cells:
+    image, label, rows, X, patches = [], [], [], [], []
+    n_points = n_matched = 0
+    for i, (r, e) in enumerate(zip(records, entries)):
+        m = e.measurements
+        take = np.arange(e.n_cells)
+        if mode == "points":
+            y = (match_blasts(r.points, m["x"], m["y"], radius=match_radius_px) if r.label == "1"
+                 else np.zeros(e.n_cells, bool)).astype(int)  # fmt: skip
+            n_matched += int(y.sum())
+            n_points += len(r.points)
+        else:
+            if mode == "crop" and e.n_cells:
+                take = _central_cell(e, r)
+            y = np.full(len(take), classes.index(r.label))
+        image.append(np.full(len(take), i))
+        label.append(y[take] if mode == "points" else y)
+        rows.extend({k: m[k][j] for k in m} for j in take)
+        X.append(e.features[take])
+        patches.append(e.patches[take])
+    n_features = entries[0].features.shape[1] if entries else 0
+    return _Cells(
+        np.concatenate(image) if image else np.zeros(0, int),
+        np.concatenate(label).astype(int) if label else np.zeros(0, int),
+        rows,
+        np.concatenate(X) if X else np.zeros((0, n_features)),
+        np.concatenate(patches) if patches else np.zeros((0, 50, 50, 3), np.uint8),
+        n_points,
+        n_matched,
+    )
+
+
+def _central_cell(entry, record) -> np.ndarray:
+    """Index of the cell nearest the crop's centre (ALL-IDB2 crops are centred on their cell)."""
+    from PIL import Image
+
+    with Image.open(record.path) as im:
+        w, h = im.size
+    m = entry.measurements
+    d = np.hypot(np.asarray(m["x"], float) - (w - 1) / 2, np.asarray(m["y"], float) - (h - 1) / 2)
+    return np.array([int(np.argmin(d))])
+
+
 def run_experiment(
     dataset,
     out_dir,
@@ -169,23 +264,28 @@ def run_experiment(
     seed: int = 0,
     cache_dir=None,
     workers: int = 1,
+    cnn: bool = True,
+    device: str = "auto",
     match_radius_px: float = 50.0,
     top_k: int = 3,
     inner_folds: int = 3,
+    cnn_inner_folds: int = 2,
     gknn_params: Mapping | None = None,
     svm_params: Mapping | None = None,
     knn_params: Mapping | None = None,
+    cnn_params: Mapping | None = None,
+    fusion_params: Mapping | None = None,
+    fab_settings=None,
     segment_params: Mapping | None = None,
     feature_params: Mapping | None = None,
     progress: bool = False,
 ) -> ExperimentResult:
-    """Run the cross-validated experiment on an ALL-IDB1-like data set and write its outputs.
+    """Run the cross-validated experiment on a data set and write its outputs.
 
     Parameters
     ----------
     dataset : Dataset
-        From :func:`~leukoseg.datasets.load_dataset` (``'all-idb1'``: image labels ``'0'``/``'1'`` and
-        annotated blast points).
+        From :func:`~leukoseg.datasets.load_dataset`: ``all-idb1``, ``all-idb2`` or ``folder:PATH``.
     out_dir : path
         Run folder (created).
     n_folds, repeats, seed : int, optional
@@ -194,14 +294,23 @@ def run_experiment(
         Segmentation cache; default :func:`.cache.default_cache_dir`.
     workers : int, optional
         Processes for segmenting images not yet cached.
+    cnn : bool, optional
+        Train the CNN and the fusion (``False``: the baseline models only, in seconds).
+    device : {'auto', 'cpu', 'gpu'}, optional
+        Where the CNN and the fusion run (recorded in ``metrics.json``).
     match_radius_px : float, optional
-        Radius of the blast matching.
+        Radius of the blast matching (``all-idb1``).
     top_k : int, optional
-        Cells averaged into the image score.
+        Cells averaged into the image score (``all-idb1``).
     inner_folds : int, optional
-        Folds of the inner cross-validation that gives the training images' scores for the threshold.
-    gknn_params, svm_params, knn_params : mapping, optional
-        Keyword arguments of the classifiers (e.g. small GA settings in tests).
+        Folds of the inner cross-validation that scores the training images for the thresholds and the fusion.
+    cnn_inner_folds : int, optional
+        Parts of the CNN's cross-fitting (at least 2).
+    gknn_params, svm_params, knn_params, cnn_params, fusion_params : mapping, optional
+        Keyword arguments of the models (e.g. small settings in tests); ``cnn_params`` update
+        :data:`CNN_DEFAULTS`.
+    fab_settings : FABSettings, optional
+        Cut-offs of the FAB scoring (default: :class:`~leukoseg.classify.FABSettings`).
     segment_params, feature_params : mapping, optional
         Keyword arguments of ``segment`` and ``CellFeatures`` (part of the cache key).
     progress : bool, optional
@@ -214,15 +323,22 @@ def run_experiment(
     Raises
     ------
     LeukosegError
-        If the data set is not an image data set with labels ``'0'``/``'1'``, or too small for the folds.
+        If the data set is too small for the folds or a fold has training cells of one class only.
     """
     from tqdm import tqdm
 
     timer = _Timer()
     t0 = time.perf_counter()
     records = list(dataset.records)
-    if getattr(dataset, "unit", "image") != "image" or set(r.label for r in records) - {"0", "1"}:
-        raise LeukosegError(dataset.root, "the experiment needs whole smears labelled '0' / '1' (all-idb1)")
+    mode = _mode(dataset)
+    binary = mode in ("points", "crop")
+    if binary and set(r.label for r in records) - {"0", "1"}:
+        raise LeukosegError(dataset.root, "labels must be '0' / '1'")
+    classes = ["0", "1"] if binary else [str(c) for c in dataset.classes]
+    if cnn_inner_folds < 2:
+        raise LeukosegError(None, f"cnn_inner_folds must be at least 2; got {cnn_inner_folds}")
+    models = MODELS if cnn else _BASELINE_MODELS
+    primary = "fused" if cnn else "baseline"
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +346,7 @@ def run_experiment(
         raise LeukosegError(out_dir, f"cannot create the run folder ({exc.strerror or exc})") from None
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
-    # 1. Segmentation and features, cached.
+    # 1. Segmentation, features and patches, cached.
     t = time.perf_counter()
     entries, cache_info = load_or_compute(
         [r.path for r in records], cache_dir, segment_kw=segment_params, feature_kw=feature_params,
@@ -242,28 +358,17 @@ def run_experiment(
     # 2. The cell table.
     t = time.perf_counter()
     names = [r.name for r in records]
-    image_label = np.array([int(r.label) for r in records])
+    image_label = np.array([classes.index(r.label) for r in records])
     image_group = np.array([r.group for r in records])
-    feature_names = entries[0].feature_names
+    feature_names = entries[0].feature_names if entries else ()
     if any(e.feature_names != feature_names for e in entries):
         raise LeukosegError(cache_dir, "cache entries with different feature columns; clear the cache folder")
-    cell_image, cell_label, cell_rows, n_matched, n_points = [], [], [], 0, 0
-    for i, (r, e) in enumerate(zip(records, entries)):
-        m = e.measurements
-        blast = match_blasts(r.points, m["x"], m["y"], radius=match_radius_px) if r.label == "1" else np.zeros(
-            e.n_cells, bool)
-        n_matched += int(blast.sum())
-        n_points += len(r.points)
-        cell_image.append(np.full(e.n_cells, i))
-        cell_label.append(blast.astype(int))
-        cell_rows.extend({k: m[k][j] for k in m} for j in range(e.n_cells))
-    cell_image = np.concatenate(cell_image) if cell_image else np.zeros(0, int)
-    cell_label = np.concatenate(cell_label) if cell_label else np.zeros(0, int)
-    X_all = np.concatenate([e.features for e in entries]) if entries else np.zeros((0, len(feature_names)))
-    cell_id = np.array([int(row["cell_id"]) for row in cell_rows], dtype=int)
+    cells = _cell_table(records, entries, classes, mode, match_radius_px)
+    cell_image, cell_label = cells.image, cells.label
+    cell_id = np.array([int(row["cell_id"]) for row in cells.rows], dtype=int)
     timer.add("labels", time.perf_counter() - t)
-    log.info("%d images, %d cells, %d blast cells (%d of %d annotated points matched)",
-             len(records), len(cell_label), int(cell_label.sum()), n_matched, n_points)
+    log.info("%d images, %d cells (%s)", len(records), len(cell_label),
+             ", ".join(f"{c}: {int((cell_label == j).sum())}" for j, c in enumerate(classes)))  # fmt: skip
 
     # 3. Folds.
     try:
@@ -272,10 +377,12 @@ def run_experiment(
         raise LeukosegError(dataset.root, str(exc)) from None
 
     # 4. Cross-validation.
-    scores = {m: np.full((repeats, len(cell_label)), np.nan) for m in MODELS}
-    img_scores = {m: np.full((repeats, len(records)), np.nan) for m in MODELS}
-    img_pred = {m: np.zeros((repeats, len(records)), dtype=int) for m in MODELS}
-    thresholds = {m: np.full((repeats, n_folds), np.nan) for m in MODELS}
+    K = len(classes)
+    cell_p = {m: np.full((repeats, len(cell_label), K), np.nan) for m in models}
+    img_p = {m: np.full((repeats, len(records), K), np.nan) for m in models}
+    img_pred = {m: np.zeros((repeats, len(records)), dtype=int) for m in models}
+    thresholds = {m: np.full((repeats, n_folds), np.nan) for m in models}
+    run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
     bar = tqdm(total=repeats * n_folds, unit="fold", desc="classify", file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()))
     try:
@@ -291,79 +398,109 @@ def run_experiment(
                 )  # fmt: skip
                 assert not set(zip(cell_image[train_cells], cell_id[train_cells])) & set(
                     zip(cell_image[test_cells], cell_id[test_cells]))
-                cols = _feature_columns([cell_rows[j] for j in np.flatnonzero(train_cells)], feature_names,
-                                        feature_params)
-                X_train, X_test = _impute(X_all[train_cells][:, cols], X_all[test_cells][:, cols])
                 y_train = cell_label[train_cells]
-                g_train = image_group[cell_image[train_cells]]
-                if len(np.unique(y_train)) < 2:
-                    raise LeukosegError(dataset.root, f"repeat {r} fold {k}: training cells of one class only")
-                fold_seed = _seed(seed, r, k)
-                fitted = _fit_models(X_train, y_train, g_train, fold_seed, gknn_params, svm_params, knn_params,
-                                     timer)
-                p = _predict(fitted, X_test)
-                for m in MODELS:
-                    scores[m][r, test_cells] = p[m]
+                if len(np.unique(y_train)) < K:
+                    raise LeukosegError(dataset.root, f"repeat {r} fold {k}: training cells lack a class")
+                fold = _Fold(
+                    cells=cells, train=train_cells, test=test_cells, train_img=np.flatnonzero(~test_img),
+                    image_label=image_label, image_group=image_group, K=K, seed=_seed(seed, r, k),
+                )  # fmt: skip
+                p_test, p_inner = _fit_baseline(fold, feature_names, feature_params, inner_folds, gknn_params,
+                                                svm_params, knn_params, timer)
+                if cnn:
+                    p_test["cnn"], p_inner["cnn"] = _fit_cnn(fold, cnn_inner_folds, cnn_params, device, timer,
+                                                             run_info)
+                    p_test["fused"], p_inner["fused"] = _fit_fusion(fold, p_test, p_inner, fusion_params, device,
+                                                                    timer, run_info)
+                for m in models:
+                    cell_p[m][r, test_cells] = p_test[m]
 
-                # Thresholds from inner out-of-fold scores of the training images.
+                # Image scores, thresholds from the inner out-of-fold scores of the training images.
                 t = time.perf_counter()
-                train_img = np.flatnonzero(~test_img)
-                inner = _inner_oof(fitted, X_train, y_train, cell_image[train_cells], train_img, image_label,
-                                   image_group, inner_folds, _seed(seed, r, k, 1), knn_params)
-                for m in MODELS:
-                    s = [image_score(inner[m][cell_image[train_cells] == i], top_k) for i in train_img]
-                    thresholds[m][r, k] = choose_threshold(s, image_label[train_img])
+                train_cell_img = cell_image[train_cells]
+                prior = np.bincount(image_label[fold.train_img], minlength=K) / len(fold.train_img)
+                for m in models:
                     for i in np.flatnonzero(test_img):
-                        img_scores[m][r, i] = image_score(scores[m][r, cell_image == i], top_k)
-                        img_pred[m][r, i] = int(img_scores[m][r, i] >= thresholds[m][r, k])
+                        img_p[m][r, i] = _image_proba(cell_p[m][r, cell_image == i], binary, top_k, prior)
+                    if binary:
+                        s = [_image_proba(p_inner[m][train_cell_img == i], True, top_k, prior)[1]
+                             for i in fold.train_img]  # fmt: skip
+                        thresholds[m][r, k] = choose_threshold(s, image_label[fold.train_img])
+                        img_pred[m][r, test_img] = img_p[m][r, test_img, 1] >= thresholds[m][r, k]
+                    else:
+                        img_pred[m][r, test_img] = np.argmax(img_p[m][r, test_img], axis=1)
                 timer.add("thresholds", time.perf_counter() - t)
                 bar.update()
     finally:
         bar.close()
 
-    # 5. Outputs.
+    # 5. FAB subtype of the images called ALL.
     t = time.perf_counter()
-    stratum = np.array([_one_camera(n) for n in names])
+    fab = _fab(cells, img_pred[primary], cell_p[primary], len(records), fab_settings) if mode == "points" else None
+    timer.add("fab", time.perf_counter() - t)
+
+    # 6. Metrics and outputs.
+    t = time.perf_counter()
+    stratum = np.array([_one_camera(n) for n in names]) if mode == "points" else None
     metrics = {
+        "task": "binary" if binary else "multiclass",
+        "classes": classes,
+        "primary_model": primary,
         "dataset": {
-            "name": dataset.name, "fingerprint": dataset.fingerprint(), "n_images": len(records),
-            "n_images_all": int(image_label.sum()), "n_cells": int(len(cell_label)),
-            "n_blast_cells": int(cell_label.sum()), "n_annotated_points": n_points,
-            "n_points_matched": n_matched, "n_images_one_camera": int(stratum.sum()),
-        },
+            "name": dataset.name, "root": str(dataset.root), "fingerprint": dataset.fingerprint(),
+            "n_images": len(records), "n_images_per_class": {c: int((image_label == j).sum())
+                                                              for j, c in enumerate(classes)},
+            "n_cells": int(len(cell_label)), "n_cells_per_class": {c: int((cell_label == j).sum())
+                                                                   for j, c in enumerate(classes)},
+        },  # fmt: skip
         "seed": seed,
-        "settings": {
-            "n_folds": n_folds, "repeats": repeats, "match_radius_px": match_radius_px, "top_k": top_k,
-            "inner_folds": inner_folds, "gknn": dict(gknn_params or {}), "svm": dict(svm_params or {}),
-            "knn": dict(knn_params or {}), "segment": dict(segment_params or {}),
-            "features": dict(feature_params or {}), "n_features": len(feature_names),
-            "image_score": f"mean of the {top_k} highest cell probabilities, missing cells = 0",
-            "baseline": "mean of the gknn and svm cell probabilities",
-            "threshold": "maximises balanced accuracy of inner out-of-fold scores of the training images",
-        },
+        "settings": _settings(locals()),
         "models": {},
+        "device": run_info["device"],
         "timings_s": {},
         "cache": {"folder": str(cache_dir), "computed": cache_info["computed"], "reused": cache_info["reused"]},
-        "versions": _versions(),
+        "versions": _versions(cnn),
     }
-    for m in MODELS:
+    if mode == "points":
+        metrics["dataset"].update({
+            "n_images_all": int(image_label.sum()), "n_blast_cells": int(cell_label.sum()),
+            "n_annotated_points": cells.n_points, "n_points_matched": cells.n_matched,
+            "n_images_one_camera": int(stratum.sum()),
+        })  # fmt: skip
+    for m in models:
         per_repeat = []
         for r in range(repeats):
             entry = {"repeat": r}
-            for key, mask in (("all", np.ones(len(records), bool)), ("one_camera", stratum)):
-                res = binary_metrics(image_label[mask], img_pred[m][r, mask], img_scores[m][r, mask])
-                cmask = mask[cell_image]
-                res["cell_auc"] = roc_auc(cell_label[cmask], scores[m][r, cmask])
-                # Against clean negatives only: blasts vs the cells of healthy images (no unannotated blasts).
-                clean = cmask & ((cell_label == 1) | (image_label[cell_image] == 0))
-                res["cell_auc_clean"] = roc_auc(cell_label[clean], scores[m][r, clean])
+            strata = [("all", np.ones(len(records), bool))] + ([("one_camera", stratum)] if stratum is not None else [])
+            for key, mask in strata:
+                if binary:
+                    res = binary_metrics(image_label[mask], img_pred[m][r, mask], img_p[m][r, mask, 1])
+                    cmask = mask[cell_image]
+                    res["cell_auc"] = roc_auc(cell_label[cmask], cell_p[m][r, cmask, 1])
+                    if mode == "points":
+                        # Against clean negatives only: blasts vs the cells of healthy images.
+                        clean = cmask & ((cell_label == 1) | (image_label[cell_image] == 0))
+                        res["cell_auc_clean"] = roc_auc(cell_label[clean], cell_p[m][r, clean, 1])
+                else:
+                    res = multiclass_metrics(np.array(classes)[image_label[mask]],
+                                             np.array(classes)[img_pred[m][r, mask]], classes)  # fmt: skip
                 entry[key] = res
-            entry["thresholds"] = [float(v) for v in thresholds[m][r]]
+            if binary:
+                entry["thresholds"] = [float(v) for v in thresholds[m][r]]
             per_repeat.append(entry)
         metrics["models"][m] = {"repeats": per_repeat, "summary": _summary(per_repeat)}
+    if cnn and timer.get("fit_cnn"):
+        metrics["cnn"] = {
+            "settings": {**CNN_DEFAULTS, **dict(cnn_params or {})},
+            "train_patches_per_s": round(run_info["cnn_patch_epochs"] / timer["fit_cnn"], 1),
+            "patch_epochs": run_info["cnn_patch_epochs"],
+        }
+        metrics["fusion"] = run_info["fusion"]
+    if fab is not None:
+        metrics["fab"] = fab["summary"]
 
-    files = _write_outputs(out_dir, names, image_label, folds, cell_image, cell_rows, cell_label, scores,
-                           img_scores, img_pred, thresholds, top_k)
+    files = _write_outputs(out_dir, names, classes, binary, image_label, folds, cells, cell_p, img_p, img_pred,
+                           thresholds, models, primary, fab)
     timer.add("write", time.perf_counter() - t)
     timer["total"] = time.perf_counter() - t0
     metrics["timings_s"] = {k: round(v, 3) for k, v in timer.items()}
@@ -372,6 +509,133 @@ def run_experiment(
     write_json(out_dir / "metrics.json", metrics)
     files.append(out_dir / "metrics.json")
     return ExperimentResult(out_dir, metrics, tuple(files))
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """One outer fold: which cells train and test, and what the inner splits need."""
+
+    cells: _Cells
+    train: np.ndarray  # bool over cells
+    test: np.ndarray  # bool over cells
+    train_img: np.ndarray  # indices of the training images
+    image_label: np.ndarray
+    image_group: np.ndarray
+    K: int
+    seed: int
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return self.cells.label[self.train]
+
+    @property
+    def train_cell_img(self) -> np.ndarray:
+        return self.cells.image[self.train]
+
+    def inner_splits(self, n: int, seed: int):
+        """Grouped stratified splits of the training images: (inner-train cells, inner-test cells) masks."""
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        labels, groups = self.image_label[self.train_img], self.image_group[self.train_img]
+        n = min(n, *(len(np.unique(groups[labels == c])) for c in np.unique(labels)))
+        if n < 2:
+            return []
+        splitter = StratifiedGroupKFold(n, shuffle=True, random_state=seed)
+        out = []
+        for tr, te in splitter.split(np.zeros((len(self.train_img), 1)), labels, groups):
+            out.append((np.isin(self.train_cell_img, self.train_img[tr]), np.isin(self.train_cell_img, self.train_img[te])))
+        return out
+
+
+def _image_proba(p: np.ndarray, binary: bool, top_k: int, prior: np.ndarray) -> np.ndarray:
+    """Image class probabilities from its cells' (n, K): the top-k rule (binary) or the cell mean."""
+    if binary:
+        s = image_score(p[:, 1], top_k)
+        return np.array([1.0 - s, s])
+    return p.mean(axis=0) if len(p) else prior
+
+
+def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_params, svm_params, knn_params,
+                  timer) -> tuple[dict, dict]:
+    """GkNN, SVM, kNN and their mean on the fold: test probabilities and inner out-of-fold training ones."""
+    cells = fold.cells
+    cols = _feature_columns([cells.rows[j] for j in np.flatnonzero(fold.train)], feature_names, feature_params)
+    X_train, X_test = _impute(cells.X[fold.train][:, cols], cells.X[fold.test][:, cols])
+    y_train, g_train = fold.y_train, fold.image_group[fold.train_cell_img]
+    fitted = _fit_models(X_train, y_train, g_train, fold.seed, gknn_params, svm_params, knn_params, timer)
+    p_test = _predict(fitted, X_test, fold.K)
+    t = time.perf_counter()
+    p_inner = {m: np.full((len(y_train), fold.K), 1.0 / fold.K) for m in _BASELINE_MODELS}
+    splits = fold.inner_splits(inner_folds, _seed(fold.seed, 1))
+    if not splits:
+        log.warning("too few training images for an inner split; image thresholds from uninformed scores")
+    for j, (tr, te) in enumerate(splits):
+        if not te.any():
+            continue
+        models = _fixed_models(fitted, _seed(fold.seed, 1, j), knn_params)
+        try:
+            models["gknn"].fit(X_train[tr], y_train[tr])
+            models["svm"].fit(X_train[tr], y_train[tr], groups=g_train[tr])
+            models["knn"].fit(X_train[tr], y_train[tr])
+            p = _predict(models, X_train[te], fold.K)
+        except ValueError as exc:  # a tiny inner training set: one class only, fewer cells than k
+            log.warning("inner fold %d skipped (%s)", j, exc)
+            continue
+        for m in _BASELINE_MODELS:
+            p_inner[m][te] = p[m]
+    timer.add("inner_baseline", time.perf_counter() - t)
+    return p_test, p_inner
+
+
+def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-fitted CNNs: out-of-fold probabilities of the training cells, ensemble mean on the test cells."""
+    from leukoseg.classify import CNNClassifier
+
+    cells = fold.cells
+    X_train, X_test = cells.patches[fold.train], cells.patches[fold.test]
+    y_train, g_train = fold.y_train, fold.image_group[fold.train_cell_img]
+    p_inner = np.full((len(y_train), fold.K), 1.0 / fold.K)
+    p_test = np.zeros((len(X_test), fold.K))
+    splits = fold.inner_splits(n_parts, _seed(fold.seed, 2))
+    if not splits:
+        raise LeukosegError(None, "too few training images to cross-fit the CNN; use fewer folds or --no-cnn")
+    for j, (tr, te) in enumerate(splits):
+        params = {**CNN_DEFAULTS, **dict(cnn_params or {}), "device": device, "random_state": _seed(fold.seed, 2, j)}
+        t = time.perf_counter()
+        model = CNNClassifier(**params).fit(X_train[tr], y_train[tr], groups=g_train[tr])
+        timer.add("fit_cnn", time.perf_counter() - t)
+        run_info["cnn_patch_epochs"] += len(model.train_indices_) * model.n_iter_
+        run_info["device"].update({"cnn": model.device_, "backend": model.backend_})
+        t = time.perf_counter()
+        p_inner[te] = _columns(model, model.predict_proba(X_train[te]), fold.K)
+        if len(X_test):
+            p_test += _columns(model, model.predict_proba(X_test), fold.K) / len(splits)
+        timer.add("predict_cnn", time.perf_counter() - t)
+    return p_test, p_inner
+
+
+def _fit_fusion(fold: _Fold, p_test, p_inner, fusion_params, device, timer, run_info):
+    """Logistic stacking of the baseline and the CNN, fitted on the training cells' inner out-of-fold scores."""
+    from leukoseg.classify import StackingFusion
+
+    t = time.perf_counter()
+    inputs = ("baseline", "cnn")
+    fusion = StackingFusion(**{"n_inputs": len(inputs), "device": device, **dict(fusion_params or {})})
+    fusion.fit(np.hstack([p_inner[m] for m in inputs]), fold.y_train)
+    fused_inner = fusion.predict_proba(np.hstack([p_inner[m] for m in inputs]))
+    fused_test = (fusion.predict_proba(np.hstack([p_test[m] for m in inputs])) if len(p_test["cnn"])
+                  else np.zeros((0, fold.K)))  # fmt: skip
+    run_info["device"]["fusion"] = fusion.device_
+    run_info["fusion"].append(fusion.to_dict(list(inputs)))
+    timer.add("fusion", time.perf_counter() - t)
+    return fused_test, fused_inner
+
+
+def _columns(model, proba: np.ndarray, K: int) -> np.ndarray:
+    """Probabilities in class-code order 0..K-1 (a model may have seen fewer classes)."""
+    out = np.zeros((len(proba), K))
+    out[:, np.asarray(model.classes_, dtype=int)] = proba
+    return out
 
 
 def _feature_columns(train_rows, feature_names, feature_params) -> list[int]:
@@ -418,15 +682,9 @@ def _fit_models(X, y, groups, seed, gknn_params, svm_params, knn_params, timer) 
     return out
 
 
-def _blast_proba(model, X) -> np.ndarray:
-    if len(X) == 0:
-        return np.zeros(0)
-    classes = list(model.classes_)
-    return model.predict_proba(X)[:, classes.index(1)] if 1 in classes else np.zeros(len(X))
-
-
-def _predict(models: Mapping, X) -> dict[str, np.ndarray]:
-    p = {m: _blast_proba(models[m], X) for m in ("gknn", "svm", "knn")}
+def _predict(models: Mapping, X, K: int) -> dict[str, np.ndarray]:
+    p = {m: (_columns(models[m], models[m].predict_proba(X), K) if len(X) else np.zeros((0, K)))
+         for m in ("gknn", "svm", "knn")}  # fmt: skip
     p["baseline"] = (p["gknn"] + p["svm"]) / 2
     return p
 
@@ -452,44 +710,63 @@ def _fixed_models(fitted: Mapping, seed: int, knn_params) -> dict:
     return {"gknn": gknn, "svm": svm, "knn": make_knn(**dict(knn_params or {}))}
 
 
-def _inner_oof(fitted, X, y, cell_img, train_img, image_label, image_group, inner_folds, seed, knn_params):
-    """Inner out-of-fold cell scores of the training cells (NaN where no inner model could be fitted)."""
-    from sklearn.model_selection import StratifiedGroupKFold
+def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, settings) -> dict:
+    """FAB subtype of every image called ALL, per repeat, from its predicted blasts' measurements."""
+    from leukoseg.classify import FABSettings, fab_classify
 
-    out = {m: np.zeros(len(y)) for m in MODELS}
-    labels, groups = image_label[train_img], image_group[train_img]
-    n = min(inner_folds, *(len(np.unique(groups[labels == c])) for c in np.unique(labels)))
-    if n < 2:
-        log.warning("too few training images for an inner split; image threshold 0.5")
-        return {m: np.full(len(y), 0.5) for m in MODELS}
-    splitter = StratifiedGroupKFold(n, shuffle=True, random_state=seed)
-    for j, (tr, te) in enumerate(splitter.split(np.zeros((len(train_img), 1)), labels, groups)):
-        tr_cells = np.isin(cell_img, train_img[tr])
-        te_cells = np.isin(cell_img, train_img[te])
-        if not te_cells.any():
-            continue
-        models = _fixed_models(fitted, _seed(seed, j), knn_params)
-        try:
-            models["gknn"].fit(X[tr_cells], y[tr_cells])
-            models["svm"].fit(X[tr_cells], y[tr_cells], groups=image_group[cell_img[tr_cells]])
-            models["knn"].fit(X[tr_cells], y[tr_cells])
-        except ValueError as exc:  # e.g. one class only in a tiny inner training set
-            log.warning("inner fold %d skipped (%s)", j, exc)
-            for m in MODELS:
-                out[m][te_cells] = 0.5
-            continue
-        p = _predict(models, X[te_cells])
-        for m in MODELS:
-            out[m][te_cells] = p[m]
+    settings = settings if settings is not None else FABSettings()
+    per_image: dict[tuple[int, int], dict] = {}
+    counts: dict[str, int] = {}
+    for r in range(pred.shape[0]):
+        for i in np.flatnonzero(pred[r] == 1):
+            in_image = np.flatnonzero(cells.image == i)
+            if not len(in_image):
+                continue
+            p = cell_p[r, in_image, 1]
+            blasts = in_image[p >= 0.5] if (p >= 0.5).any() else in_image[[int(np.argmax(p))]]
+            table = {k: np.array([cells.rows[j][k] for j in blasts]) for k in cells.rows[blasts[0]]}
+            res = fab_classify(table, settings=settings).to_dict()
+            per_image[(r, int(i))] = res
+            if r == 0:
+                counts[str(res["fab_subtype"])] = counts.get(str(res["fab_subtype"]), 0) + 1
+    return {
+        "per_image": per_image,
+        "summary": {
+            "settings": settings.to_dict(),
+            "distribution_repeat0": dict(sorted(counts.items())),
+            "note": "FAB (Bennett et al. 1981) is a historical morphological classification; research use only.",
+        },
+    }
+
+
+def _settings(args: Mapping) -> dict:
+    keys = ("n_folds", "repeats", "cnn", "device", "match_radius_px", "top_k", "inner_folds", "cnn_inner_folds")
+    out = {k: args[k] for k in keys}
+    for k in ("gknn_params", "svm_params", "knn_params", "cnn_params", "fusion_params", "segment_params",
+              "feature_params"):  # fmt: skip
+        out[k.removesuffix("_params")] = dict(args[k] or {})
+    out.update({
+        "n_features": len(args["feature_names"]),
+        "image_score": (f"mean of the {args['top_k']} highest cell blast probabilities, missing cells = 0"
+                        if args["mode"] == "points" else "the probability of the cell nearest the centre"
+                        if args["mode"] == "crop" else "mean of the cells' class probabilities"),
+        "baseline": "mean of the gknn and svm cell probabilities",
+        "cnn": "cross-fitted over the training images; test cells get the mean of the fold's CNNs",
+        "fusion": "logistic stacking of baseline and cnn, fitted on inner out-of-fold training scores (keras.ops)",
+        "threshold": "maximises balanced accuracy of inner out-of-fold scores of the training images",
+        "cnn_enabled": bool(args["cnn"]),
+    })  # fmt: skip
     return out
 
 
 def _summary(per_repeat: list[dict]) -> dict:
     out = {}
-    for stratum in ("all", "one_camera"):
+    for stratum in [s for s in ("all", "one_camera") if s in per_repeat[0]]:
         out[stratum] = {}
-        for key in ("accuracy", "sensitivity", "specificity", "auc", "cell_auc", "cell_auc_clean"):
-            values = [e[stratum][key] for e in per_repeat if e[stratum][key] is not None]
+        keys = [k for k, v in per_repeat[0][stratum].items()
+                if k != "n" and (v is None or isinstance(v, (int, float)))]  # fmt: skip
+        for key in keys:
+            values = [e[stratum][key] for e in per_repeat if e[stratum].get(key) is not None]
             out[stratum][key] = {
                 "mean": float(np.mean(values)) if values else None,
                 "std": float(np.std(values)) if values else None,
@@ -497,17 +774,20 @@ def _summary(per_repeat: list[dict]) -> dict:
     return out
 
 
-def _versions() -> dict:
+def _versions(cnn: bool) -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for label, dist in (("leukoseg", "leukoseg"), ("numpy", "numpy"), ("scipy", "scipy"),
-                        ("scikit-learn", "scikit-learn"), ("scikit-image", "scikit-image"),
-                        ("opencv", "opencv-python-headless"), ("deap", "deap")):  # fmt: skip
+    dists = [("leukoseg", "leukoseg"), ("numpy", "numpy"), ("scipy", "scipy"), ("scikit-learn", "scikit-learn"),
+             ("scikit-image", "scikit-image"), ("opencv", "opencv-python-headless"), ("deap", "deap")]
+    if cnn:
+        dists += [("keras", "keras"), ("tensorflow", "tensorflow-cpu"), ("tensorflow", "tensorflow"),
+                  ("torch", "torch")]  # fmt: skip
+    for label, dist in dists:
         try:
             out[label] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            out[label] = None
+            out.setdefault(label, None)
     return out
 
 
@@ -523,35 +803,72 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def _write_outputs(out_dir, names, image_label, folds, cell_image, cell_rows, cell_label, scores, img_scores,
-                   img_pred, thresholds, top_k) -> list[Path]:
+def _write_outputs(out_dir, names, classes, binary, image_label, folds, cells: _Cells, cell_p, img_p, img_pred,
+                   thresholds, models: Sequence[str], primary: str, fab) -> list[Path]:
     from leukoseg.io import write_text
 
     repeats = folds.shape[0]
+    cls = np.array(classes)
     order = sorted(range(len(names)), key=lambda i: names[i])
     fold_rows = [[names[i], r, int(folds[r, i])] for r in range(repeats) for i in order]
     write_text(out_dir / "folds.csv", _csv(["image", "repeat", "fold"], fold_rows))
 
-    cell_order = sorted(range(len(cell_label)), key=lambda j: (names[cell_image[j]], int(cell_rows[j]["cell_id"])))
+    cell_image = cells.image
+    cell_order = sorted(range(len(cells.label)), key=lambda j: (names[cell_image[j]], int(cells.rows[j]["cell_id"])))
+    if binary:
+        header = ["image", "cell_id", "x", "y", "repeat", "fold", "label", *(f"p_blast_{m}" for m in models)]
+    else:
+        header = ["image", "cell_id", "x", "y", "repeat", "fold", "label", *(f"p_{c}" for c in classes),
+                  *(f"pred_{m}" for m in models)]  # fmt: skip
     rows = []
     for r in range(repeats):
         for j in cell_order:
-            i = cell_image[j]
-            row = cell_rows[j]
-            rows.append([names[i], int(row["cell_id"]), f"{float(row['x']):.2f}", f"{float(row['y']):.2f}", r,
-                         int(folds[r, i]), int(cell_label[j]), *(_fmt(scores[m][r, j]) for m in MODELS)])
-    write_text(out_dir / "cells.csv", _csv(
-        ["image", "cell_id", "x", "y", "repeat", "fold", "label", *(f"p_blast_{m}" for m in MODELS)], rows))
+            i, row = cell_image[j], cells.rows[j]
+            head = [names[i], int(row["cell_id"]), f"{float(row['x']):.2f}", f"{float(row['y']):.2f}", r,
+                    int(folds[r, i])]  # fmt: skip
+            if binary:
+                rows.append([*head, int(cells.label[j]), *(_fmt(cell_p[m][r, j, 1]) for m in models)])
+            else:
+                rows.append([*head, cls[cells.label[j]], *(_fmt(v) for v in cell_p[primary][r, j]),
+                             *(cls[int(np.argmax(cell_p[m][r, j]))] for m in models)])  # fmt: skip
+    write_text(out_dir / "cells.csv", _csv(header, rows))
 
+    fab_cols = sorted({k for res in (fab["per_image"].values() if fab else []) for k in res}
+                      - {"fab_subtype", "fab_score"})  # fmt: skip
+    fab_cols = ["fab_subtype", "fab_score", *fab_cols] if fab else []
+    if binary:
+        header = ["image", "label", "repeat", "fold", "n_cells"]
+        for m in models:
+            header += [f"p_{m}", f"pred_{m}"]
+        header += ["pred", "n_blasts_predicted", "threshold", *fab_cols]
+    else:
+        header = ["image", "label", "repeat", "fold", "n_cells", *(f"p_{c}" for c in classes), "pred",
+                  *(f"pred_{m}" for m in models)]  # fmt: skip
     rows = []
     for r in range(repeats):
         for i in order:
             in_image = cell_image == i
-            p = scores["baseline"][r, in_image]
-            rows.append([names[i], int(image_label[i]), r, int(folds[r, i]), _fmt(img_scores["baseline"][r, i]),
-                         int(img_pred["baseline"][r, i]), int(in_image.sum()), int((p >= 0.5).sum()),
-                         _fmt(thresholds["baseline"][r, folds[r, i]])])
-    write_text(out_dir / "images.csv", _csv(
-        ["image", "label", "repeat", "fold", "p_baseline", "pred", "n_cells", "n_blasts_predicted", "threshold"],
-        rows))
+            head = [names[i], cls[image_label[i]] if not binary else int(image_label[i]), r, int(folds[r, i]),
+                    int(in_image.sum())]  # fmt: skip
+            if binary:
+                row = head[:]
+                for m in models:
+                    row += [_fmt(img_p[m][r, i, 1]), int(img_pred[m][r, i])]
+                res = fab["per_image"].get((r, i), {}) if fab else {}
+                row += [int(img_pred[primary][r, i]), int((cell_p[primary][r, in_image, 1] >= 0.5).sum()),
+                        _fmt(thresholds[primary][r, folds[r, i]]),
+                        *(_fab_value(res.get(c)) for c in fab_cols)]  # fmt: skip
+            else:
+                row = [*head, *(_fmt(v) for v in img_p[primary][r, i]), cls[img_pred[primary][r, i]],
+                       *(cls[img_pred[m][r, i]] for m in models)]  # fmt: skip
+            rows.append(row)
+    write_text(out_dir / "images.csv", _csv(header, rows))
     return [out_dir / "folds.csv", out_dir / "cells.csv", out_dir / "images.csv"]
+
+
+def _fab_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)

@@ -6,7 +6,14 @@ import math
 
 import numpy as np
 
-__all__ = ["binary_metrics", "choose_threshold", "image_score", "roc_auc", "wilson_interval"]
+__all__ = [
+    "binary_metrics",
+    "choose_threshold",
+    "image_score",
+    "multiclass_metrics",
+    "roc_auc",
+    "wilson_interval",
+]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -132,8 +139,8 @@ def binary_metrics(labels, pred, scores=None) -> dict:
     -------
     dict
         ``n``, ``accuracy``, ``accuracy_ci``, ``sensitivity``, ``sensitivity_ci``, ``specificity``,
-        ``specificity_ci``, ``auc`` (None without both classes or without scores). A rate with no case
-        (e.g. sensitivity without positives) is None.
+        ``specificity_ci``, ``auc`` (None without both classes or without scores) and ``confusion``
+        (``[[tn, fp], [fn, tp]]``). A rate with no case (e.g. sensitivity without positives) is None.
     """
     labels, pred = np.asarray(labels).astype(int), np.asarray(pred).astype(int)
     out: dict = {"n": int(len(labels))}
@@ -144,4 +151,46 @@ def binary_metrics(labels, pred, scores=None) -> dict:
         out[name] = k / n if n else None
         out[f"{name}_ci"] = list(wilson_interval(k, n)) if n else None
     out["auc"] = roc_auc(labels, scores) if scores is not None else None
+    out["confusion"] = [[int(((labels == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+    return out
+
+
+def multiclass_metrics(labels, pred, classes) -> dict:
+    """Accuracy, balanced accuracy, per-class recall (Wilson 95 % intervals) and the confusion matrix.
+
+    Parameters
+    ----------
+    labels, pred : (n,) array-like
+        Truth and decisions, values among `classes`.
+    classes : sequence
+        Class order of the recall keys and of the confusion matrix.
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, ``accuracy_ci``, ``balanced_accuracy`` (mean recall over the classes present),
+        ``recall`` and ``recall_ci`` (class name -> value; None for a class with no image) and ``confusion``
+        (rows: truth, columns: prediction, in the order of `classes`).
+
+    Examples
+    --------
+    >>> m = multiclass_metrics(["a", "b", "c", "c"], ["a", "c", "c", "c"], ["a", "b", "c"])
+    >>> m["accuracy"], m["recall"]["b"], m["confusion"][1]
+    (0.75, 0.0, [0, 0, 1])
+    """
+    labels, pred = np.asarray(labels).astype(str), np.asarray(pred).astype(str)
+    names = [str(c) for c in classes]
+    n = len(labels)
+    k = int((labels == pred).sum())
+    out: dict = {"n": n, "accuracy": k / n if n else None, "accuracy_ci": list(wilson_interval(k, n)) if n else None}
+    recall, recall_ci = {}, {}
+    for c in names:
+        mask = labels == c
+        hits, total = int((pred[mask] == c).sum()), int(mask.sum())
+        recall[c] = hits / total if total else None
+        recall_ci[c] = list(wilson_interval(hits, total)) if total else None
+    present = [v for v in recall.values() if v is not None]
+    out["balanced_accuracy"] = float(np.mean(present)) if present else None
+    out["recall"], out["recall_ci"] = recall, recall_ci
+    out["confusion"] = [[int(((labels == t) & (pred == p)).sum()) for p in names] for t in names]
     return out

@@ -19,11 +19,15 @@ from leukoseg.pipelines.folds import assign_folds, check_no_leak
 from leukoseg.pipelines.metrics import binary_metrics, choose_threshold, image_score, wilson_interval
 from leukoseg.synthetic import make_smear
 
-# Small GA and grid: the tests check the plumbing, not the classifiers.
+# Small GA, grid and CNN: the tests check the plumbing, not the classifiers.
 FAST = dict(
     gknn_params={"population_size": 4, "n_generations": 1, "k_max": 5},
     svm_params={"C_grid": (1.0,), "gamma_grid": ("scale",)},
+    cnn_params={"filters": (4, 4), "epochs": 2, "patience": 1, "batch_size": 16},
+    fusion_params={"n_iter": 50},
+    device="cpu",
 )
+ALL_MODELS = ("knn", "gknn", "svm", "baseline", "cnn", "fused")
 
 _ALL_KINDS = ("blast_L1", "blast_L2", "lymphocyte", "blast_L3")
 _HEALTHY_KINDS = ("lymphocyte", "neutrophil", "lymphocyte")
@@ -157,7 +161,7 @@ def test_experiment_outputs_reproducible_and_leak_free(fake_all_idb1, fake_cache
     assert b.metrics["cache"]["computed"] == 0
     for name in ("folds.csv", "cells.csv", "images.csv"):
         assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
-    assert time.perf_counter() - start < 60
+    assert time.perf_counter() - start < 120
 
     folds = _read(a.out_dir / "folds.csv")
     images = _read(a.out_dir / "images.csv")
@@ -172,14 +176,25 @@ def test_experiment_outputs_reproducible_and_leak_free(fake_all_idb1, fake_cache
     label_of = {i["image"]: i["label"] for i in images}
     for c in cells:
         assert c["fold"] == fold_of[(c["image"], c["repeat"])]
-        assert all(c[f"p_blast_{m}"] != "" for m in ("gknn", "svm", "knn", "baseline"))
+        assert all(c[f"p_blast_{m}"] != "" for m in ALL_MODELS)
         p = [float(c[f"p_blast_{m}"]) for m in ("gknn", "svm", "baseline")]
         assert p[2] == pytest.approx((p[0] + p[1]) / 2, abs=2e-6)
         if c["label"] == "1":
             assert label_of[c["image"]] == "1"
     assert sum(c["label"] == "1" for c in cells) > 0
     metrics = json.loads((a.out_dir / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"gknn", "svm", "knn", "baseline"}
+    assert set(metrics["models"]) == set(ALL_MODELS)
+    assert metrics["primary_model"] == "fused" and metrics["task"] == "binary"
+    assert metrics["device"] == {"cnn": "cpu", "fusion": "cpu", "backend": metrics["device"]["backend"]}
+    assert metrics["cnn"]["train_patches_per_s"] > 0
+    assert len(metrics["fusion"]) == 2 * 3  # one fitted fusion per fold and repeat
+    # images.csv: every model's score and decision; pred is the fused one; FAB only for images called ALL.
+    for i in images:
+        assert i["pred"] == i["pred_fused"]
+        assert all(i[f"p_{m}"] != "" for m in ALL_MODELS)
+        assert (i["fab_subtype"] in ("L1", "L2", "L3")) == (i["pred"] == "1" and int(i["n_cells"]) > 0)
+    assert "L1" in metrics["fab"]["settings"] or metrics["fab"]["settings"]
+    assert "research" in metrics["fab"]["note"]
     base = metrics["models"]["baseline"]["repeats"][0]["all"]
     assert base["n"] == len(dataset) and len(base["accuracy_ci"]) == 2
     assert metrics["dataset"]["fingerprint"] == dataset.fingerprint()
@@ -205,13 +220,76 @@ def test_experiment_guard_catches_a_leak(fake_all_idb1, fake_cache, tmp_path, mo
         run_experiment(dataset, tmp_path / "run", n_folds=3, cache_dir=fake_cache, **FAST)
 
 
+def test_experiment_without_cnn(fake_all_idb1, fake_cache, tmp_path):
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    fast = {k: v for k, v in FAST.items() if k not in ("cnn_params", "fusion_params")}
+    result = run_experiment(dataset, tmp_path / "run", n_folds=3, cnn=False, cache_dir=fake_cache, **fast)
+    assert set(result.metrics["models"]) == {"knn", "gknn", "svm", "baseline"}
+    assert result.metrics["primary_model"] == "baseline"
+    images = _read(tmp_path / "run" / "images.csv")
+    assert all(i["pred"] == i["pred_baseline"] for i in images)
+    assert "p_cnn" not in images[0]
+
+
+def _write_class_folder(root: Path) -> Path:
+    """Three classes of synthetic smears in subfolders (one with a space in its name)."""
+    kinds = {"blasts": ("blast_L1", "blast_L2", "blast_L1"), "lymph ocytes": ("lymphocyte",) * 3,
+             "neutrophils": ("neutrophil",) * 3}  # fmt: skip
+    for c, (name, k) in enumerate(kinds.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            smear = make_smear(shape=(300, 400), kinds=k, n_touching_pairs=0, seed=500 + 10 * c + i)
+            Image.fromarray(smear.image).save(root / name / f"s{i}.png")
+    return root
+
+
+def test_experiment_on_a_folder_of_classes(tmp_path):
+    root = _write_class_folder(tmp_path / "three")
+    dataset = load_dataset(f"folder:{root}")
+    result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **FAST)
+    m = result.metrics
+    assert m["task"] == "multiclass" and m["classes"] == ["blasts", "lymph ocytes", "neutrophils"]
+    fused = m["models"]["fused"]["repeats"][0]["all"]
+    assert set(fused["recall"]) == set(m["classes"])
+    assert np.array(fused["confusion"]).shape == (3, 3) and np.sum(fused["confusion"]) == 12
+    images = _read(tmp_path / "run" / "images.csv")
+    assert len(images) == 12
+    for i in images:
+        assert i["image"].split("/")[0] == i["label"]  # the path starts with the class folder
+        assert i["pred"] in m["classes"]
+        assert sum(float(i[f"p_{c}"]) for c in m["classes"]) == pytest.approx(1.0, abs=1e-5)
+    # The three kinds of cell are easy: the baseline gets most images right even with tiny models.
+    assert m["models"]["baseline"]["summary"]["all"]["accuracy"]["mean"] >= 0.75
+
+
+def test_experiment_on_single_cell_crops(tmp_path):
+    """ALL-IDB2 layout: img/ImXXX_Y.tif crops; one cell (the central one) per image."""
+    root = tmp_path / "ALL_IDB2" / "img"
+    root.mkdir(parents=True)
+    for i in range(12):
+        label = i % 2
+        crop = make_smear(shape=(200, 200), kinds=("blast_L2",) if label else ("neutrophil",), n_touching_pairs=0,
+                          seed=700 + i).image  # fmt: skip
+        Image.fromarray(crop).save(root / f"Im{i + 1:03d}_{label}.tif")
+    dataset = load_dataset("all-idb2", root.parent)
+    result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **FAST)
+    cells = _read(tmp_path / "run" / "cells.csv")
+    per_image = {}
+    for c in cells:
+        per_image[c["image"]] = per_image.get(c["image"], 0) + 1
+    assert max(per_image.values()) == 1  # never more than one cell per crop
+    assert result.metrics["task"] == "binary" and "one_camera" not in result.metrics["models"]["fused"]["summary"]
+    images = _read(tmp_path / "run" / "images.csv")
+    assert {i["label"] for i in images} == {"0", "1"} and {i["pred"] for i in images} <= {"0", "1"}
+
+
 # --- command line ----------------------------------------------------------------------------------------
 
 
 def test_cli_classify(fake_all_idb1, fake_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(fake_cache))
-    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--workers", "1"])
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--workers", "1", "--no-cnn"])
     assert rc == 0, capsys.readouterr().err
     for name in ("cells.csv", "images.csv", "metrics.json", "folds.csv"):
         assert (tmp_path / "leukoseg-classify" / name).is_file()
@@ -234,10 +312,10 @@ def test_cli_classify_bad_layout(tmp_path, capsys):
 @pytest.mark.data
 @pytest.mark.slow
 def test_all_idb1_experiment(all_idb1_dir, tmp_path_factory):
-    """End to end on ALL-IDB1, cold cache (about 70 s on 2 cores)."""
+    """End to end on ALL-IDB1 without the CNN, cold cache (about 70 s on 2 cores)."""
     dataset = load_dataset("all-idb1", all_idb1_dir)
     out = tmp_path_factory.mktemp("run")
-    result = run_experiment(dataset, out, cache_dir=tmp_path_factory.mktemp("cache"), workers=2)
+    result = run_experiment(dataset, out, cache_dir=tmp_path_factory.mktemp("cache"), workers=2, cnn=False)
     base = result.metrics["models"]["baseline"]["summary"]
     assert base["all"]["accuracy"]["mean"] >= 0.93
     assert abs(base["one_camera"]["accuracy"]["mean"] - base["all"]["accuracy"]["mean"]) <= 0.05

@@ -1,0 +1,80 @@
+"""Score fusion: logistic stacking in keras.ops, its NumPy twin, and the estimator contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from leukoseg.classify import StackingFusion, fuse_numpy
+
+
+def _two_models(n: int = 400, seed: int = 0):
+    """Model A informative, model B noise: the fusion must lean on A."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    a = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.2, n), 0.001, 0.999)
+    b = rng.uniform(0.001, 0.999, n)
+    return np.column_stack([1 - a, a, 1 - b, b]), y
+
+
+def test_fusion_weights_the_informative_model_and_beats_it():
+    from sklearn.metrics import roc_auc_score
+
+    X, y = _two_models()
+    fusion = StackingFusion(device="cpu").fit(X, y)
+    coef = fusion.binary_coef()
+    assert coef[0] > 5 * abs(coef[1])
+    p = fusion.predict_proba(X)
+    assert p.shape == (len(y), 2)
+    assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    # Stacking a noise input costs at most a sliver of ranking quality.
+    assert roc_auc_score(y, p[:, 1]) >= roc_auc_score(y, X[:, 1]) - 0.005
+    assert fusion.device_ == "cpu" and fusion.backend_ in ("tensorflow", "torch", "jax", "numpy")
+
+
+def test_fusion_matches_sklearn_logistic_regression():
+    """Gradient descent in keras.ops converges to the penalised maximum-likelihood solution."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _two_models(seed=1)
+    fusion = StackingFusion(device="cpu", n_iter=3000, l2=1e-2, class_weight=None).fit(X, y)
+    F = np.log(np.clip(X[:, [1, 3]], 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(X[:, [1, 3]], 1e-6, 1 - 1e-6))
+    mean, std = F.mean(0), F.std(0)
+    # Same objective: mean log-loss + l2/2 (|W0|^2 + |W1|^2) = l2/4 |w|^2 with w = W1 - W0 at the optimum.
+    ref = LogisticRegression(C=2 / (1e-2 * len(y)), tol=1e-10, max_iter=10000).fit((F - mean) / std, y)
+    assert_allclose(fusion.predict_proba(X)[:, 1], ref.predict_proba((F - mean) / std)[:, 1], atol=0.01)
+
+
+def test_to_dict_and_fuse_numpy_agree_with_keras():
+    X, y = _two_models(seed=2)
+    fusion = StackingFusion(device="cpu").fit(X, y)
+    saved = fusion.to_dict(["baseline", "cnn"])
+    assert set(saved) == {"inputs", "coef", "intercept", "eps"}
+    p = fuse_numpy(saved, {"baseline": X[:, 1], "cnn": X[:, 3]})
+    assert_allclose(p, fusion.predict_proba(X)[:, 1], atol=1e-6)
+
+
+def test_multiclass_fusion():
+    rng = np.random.default_rng(3)
+    y = np.arange(300) % 3
+    good = np.eye(3)[y] * 0.7 + rng.dirichlet(np.ones(3), 300) * 0.3
+    noise = rng.dirichlet(np.ones(3), 300)
+    X = np.hstack([good, noise])
+    fusion = StackingFusion(device="cpu").fit(X, y)
+    assert (fusion.predict(X) == y).mean() > 0.9
+    saved = fusion.to_dict(["a", "b"])
+    assert_allclose(fuse_numpy(saved, {"a": good, "b": noise}), fusion.predict_proba(X), atol=1e-6)
+
+
+def test_fusion_validates_and_does_not_mutate():
+    X, y = _two_models(n=40)
+    before = X.copy()
+    StackingFusion(device="cpu", n_iter=5).fit(X, y)
+    assert_allclose(X, before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="columns"):
+        StackingFusion(n_inputs=3, device="cpu").fit(X, y)
+    with pytest.raises(ValueError, match="2 classes"):
+        StackingFusion(device="cpu").fit(X, np.zeros(len(y)))
+    with pytest.raises(ValueError, match="class_weight"):
+        StackingFusion(class_weight="auto", device="cpu").fit(X, y)
