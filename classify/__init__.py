@@ -24,7 +24,7 @@ _SUBMODULE = {
     "CNNClassifier": "cnn",
     "build_thanh_cnn": "cnn",
     "export_numpy": "cnn",
-    "numpy_predict_proba": "cnn",
+    "numpy_predict_proba": "_cnn_numpy",
     "FAB_CRITERIA": "fab",
     "FABResult": "fab",
     "FABSettings": "fab",

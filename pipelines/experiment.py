@@ -556,13 +556,18 @@ def _image_proba(p: np.ndarray, binary: bool, top_k: int, prior: np.ndarray) -> 
 
 
 def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_params, svm_params, knn_params,
-                  timer) -> tuple[dict, dict]:
-    """GkNN, SVM, kNN and their mean on the fold: test probabilities and inner out-of-fold training ones."""
+                  timer, fitted_out: dict | None = None) -> tuple[dict, dict]:
+    """GkNN, SVM, kNN and their mean on the fold: test probabilities and inner out-of-fold training ones.
+
+    `fitted_out`, when given, receives the fitted models, the feature columns and the imputation medians.
+    """
     cells = fold.cells
     cols = _feature_columns([cells.rows[j] for j in np.flatnonzero(fold.train)], feature_names, feature_params)
-    X_train, X_test = _impute(cells.X[fold.train][:, cols], cells.X[fold.test][:, cols])
+    X_train, X_test, medians = _impute(cells.X[fold.train][:, cols], cells.X[fold.test][:, cols])
     y_train, g_train = fold.y_train, fold.image_group[fold.train_cell_img]
     fitted = _fit_models(X_train, y_train, g_train, fold.seed, gknn_params, svm_params, knn_params, timer)
+    if fitted_out is not None:
+        fitted_out.update(models=fitted, columns=[feature_names[c] for c in cols], medians=medians)
     p_test = _predict(fitted, X_test, fold.K)
     t = time.perf_counter()
     p_inner = {m: np.full((len(y_train), fold.K), 1.0 / fold.K) for m in _BASELINE_MODELS}
@@ -614,7 +619,7 @@ def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info) -> tuple
     return p_test, p_inner
 
 
-def _fit_fusion(fold: _Fold, p_test, p_inner, fusion_params, device, timer, run_info):
+def _fit_fusion(fold: _Fold, p_test, p_inner, fusion_params, device, timer, run_info, fitted_out=None):
     """Logistic stacking of the baseline and the CNN, fitted on the training cells' inner out-of-fold scores."""
     from leukoseg.classify import StackingFusion
 
@@ -627,6 +632,8 @@ def _fit_fusion(fold: _Fold, p_test, p_inner, fusion_params, device, timer, run_
                   else np.zeros((0, fold.K)))  # fmt: skip
     run_info["device"]["fusion"] = fusion.device_
     run_info["fusion"].append(fusion.to_dict(list(inputs)))
+    if fitted_out is not None:
+        fitted_out["fusion"] = fusion.to_dict(list(inputs))
     timer.add("fusion", time.perf_counter() - t)
     return fused_test, fused_inner
 
@@ -652,18 +659,17 @@ def _feature_columns(train_rows, feature_names, feature_params) -> list[int]:
     return [feature_names.index(n) for n in wanted]
 
 
-def _impute(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-finite values -> the training median of the column (0 when the column has none)."""
+def _impute(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-finite values -> the training median of the column (0 when the column has none); and the medians."""
     X_train, X_test = X_train.copy(), X_test.copy()
     X_train[~np.isfinite(X_train)] = np.nan
     X_test[~np.isfinite(X_test)] = np.nan
-    if np.isnan(X_train).any() or np.isnan(X_test).any():
-        with np.errstate(all="ignore"):
-            med = np.array([np.median(c[~np.isnan(c)]) if (~np.isnan(c)).any() else 0.0 for c in X_train.T])
-        for X in (X_train, X_test):
-            rows, cols = np.nonzero(np.isnan(X))
-            X[rows, cols] = med[cols]
-    return X_train, X_test
+    with np.errstate(all="ignore"):
+        med = np.array([np.median(c[~np.isnan(c)]) if (~np.isnan(c)).any() else 0.0 for c in X_train.T])
+    for X in (X_train, X_test):
+        rows, cols = np.nonzero(np.isnan(X))
+        X[rows, cols] = med[cols]
+    return X_train, X_test, med
 
 
 def _fit_models(X, y, groups, seed, gknn_params, svm_params, knn_params, timer) -> dict:

@@ -1,0 +1,573 @@
+"""Tests of leukoseg.classify.bundle: exporters, NumPy predictors, and the pickle-free bundle on disk.
+
+Agreement with scikit-learn is checked to 1e-9 (absolute, on probabilities); the CNN (float32) to 1e-5.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras loads TensorFlow
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from leukoseg.classify import bundle as B
+from leukoseg.datasets import file_sha256
+from leukoseg.errors import LeukosegError
+
+ATOL = 1e-9
+CNN_ATOL = 1e-5
+N_FEATURES = 5
+
+
+def _blobs(n=90, n_features=N_FEATURES, n_classes=2, seed=0):
+    """Overlapping Gaussian classes: continuous features, no exact ties."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    X = rng.normal(size=(n, n_features)) + 1.2 * y[:, None] * rng.normal(size=n_features)
+    return X, y
+
+
+def _tied(n_distinct=12, n=150, n_features=3, seed=0):
+    """Few distinct rows repeated with conflicting labels: many exact distance and vote ties."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(-2, 3, size=(n_distinct, n_features)).astype(float)
+    X = base[rng.integers(n_distinct, size=n)]
+    y = rng.integers(0, 2, size=n)
+    queries = np.vstack([base, base[:4] + 0.5, rng.integers(-2, 3, size=(20, n_features)) * 0.5])
+    return X, y, queries
+
+
+def _queries(n_features=N_FEATURES, seed=1):
+    rng = np.random.default_rng(seed)
+    return np.vstack([rng.normal(size=(60, n_features)) * 2, rng.normal(size=(3, n_features)) * 100])
+
+
+def _patches(y, size=16, seed=0):
+    """Discs on a pink background, large and purple for class 1, small and dark for class 0."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((len(y), size, size, 3))
+    for i, label in enumerate(y):
+        radius, colour = ((6.0, (170, 90, 200)), (2.5, (60, 30, 70)))[1 - int(label)]
+        out[i] = (235, 205, 215)
+        out[i][(yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius**2] = colour
+    out += rng.normal(0, 6, out.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = _blobs()
+    return X, y, _patches(y)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    from leukoseg.classify import GeneticKNNClassifier, SVMClassifier, make_knn
+
+    X, y, _ = data
+    return {
+        "gknn": GeneticKNNClassifier(population_size=6, n_generations=2, random_state=0).fit(X, y),
+        "svm": SVMClassifier(C_grid=(1.0, 10.0), gamma_grid=("scale", 0.3), random_state=0).fit(X, y),
+        "knn": make_knn(n_neighbors=5).fit(X, y),
+    }
+
+
+@pytest.fixture(scope="module")
+def cnn_model(data):
+    pytest.importorskip("keras")
+    from leukoseg.classify import CNNClassifier
+
+    _, y, patches = data
+    return CNNClassifier(filters=(4, 4), epochs=1, random_state=0, device="cpu").fit(patches, y)
+
+
+FUSION = {"inputs": ["baseline", "cnn"], "coef": [1.5, 0.5], "intercept": -0.25, "eps": 1e-6}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, fitted, cnn_model):
+    """A bundle with all four models, the fusion, feature names and medians."""
+    path = tmp_path_factory.mktemp("bundles") / "model"
+    B.save_bundle(
+        path,
+        models={**fitted, "cnn": cnn_model},
+        fusion=FUSION,
+        config={"positive_class": 1, "patch_size": 16},
+        provenance={"dataset": "synthetic", "seed": 0},
+        feature_names=[f"f{i}" for i in range(N_FEATURES)],
+        feature_medians=np.arange(N_FEATURES, dtype=float) / 10,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_features_only(tmp_path_factory, fitted):
+    path = tmp_path_factory.mktemp("bundles") / "features_only"
+    B.save_bundle(path, models=fitted, config={}, provenance={})
+    return path
+
+
+def _copy(src, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite_manifest(path, edit):
+    manifest = json.loads((path / "bundle.json").read_text())
+    edit(manifest)
+    (path / "bundle.json").write_text(json.dumps(manifest))
+
+
+def _fix_checksum(path, name):
+    _rewrite_manifest(path, lambda m: m["files"].__setitem__(name, file_sha256(path / name)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exporters and NumPy predictors against scikit-learn
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+@pytest.mark.parametrize("algorithm", ["brute", "auto"])
+@pytest.mark.parametrize("n", [40, 300])
+def test_knn_matches_sklearn_on_random_data(weights, algorithm, n):
+    from leukoseg.classify import make_knn
+
+    X, y = _blobs(n=n, seed=n)
+    pipe = make_knn(n_neighbors=7, weights=weights).set_params(knn__algorithm=algorithm).fit(X, y)
+    params = B.export_knn(pipe)
+    for queries in (_queries(), X, X[:1]):
+        assert_allclose(B.knn_predict_proba(params, queries), pipe.predict_proba(queries), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+@pytest.mark.parametrize("k", [1, 4, 7])
+def test_knn_matches_sklearn_with_ties(weights, k):
+    # Duplicated rows with conflicting labels: distance ties across the k-th neighbour (kept as
+    # scikit-learn's heap keeps them), vote ties (even k), and queries at distance 0 (distance votes).
+    from leukoseg.classify import make_knn
+
+    X, y, queries = _tied()
+    pipe = make_knn(n_neighbors=k, weights=weights).set_params(knn__algorithm="brute").fit(X, y)
+    params = B.export_knn(pipe)
+    proba, ambiguous = B._knn_proba(params, queries)
+    assert ambiguous.any()  # the test does exercise ties at the k-th neighbour
+    assert_allclose(proba, pipe.predict_proba(queries), rtol=0, atol=ATOL)
+    assert_allclose(B.knn_predict_proba(params, X), pipe.predict_proba(X), rtol=0, atol=ATOL)
+
+
+def test_knn_export_refuses_what_it_cannot_reproduce():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    X, y = _blobs()
+    with pytest.raises(NotImplementedError, match="metric"):
+        B.export_knn(KNeighborsClassifier(metric="manhattan").fit(X, y))
+    with pytest.raises(NotImplementedError, match="weights"):
+        B.export_knn(KNeighborsClassifier(weights=lambda d: 1 / (1 + d)).fit(X, y))
+
+
+@pytest.mark.parametrize("vote", ["uniform", "distance"])
+def test_gknn_matches_sklearn(vote):
+    from leukoseg.classify import GeneticKNNClassifier
+
+    X, y = _blobs(seed=3)
+    clf = GeneticKNNClassifier(population_size=6, n_generations=2, vote=vote, random_state=0).fit(X, y)
+    params = B.export_gknn(clf)
+    assert_array_equal(params["columns"], np.flatnonzero(clf.support_))
+    assert int(params["n_neighbors"]) == clf.k_ and str(params["weights"]) == vote
+    for queries in (_queries(), X):
+        assert_allclose(B.knn_predict_proba(params, queries), clf.predict_proba(queries), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("vote", ["uniform", "distance"])
+def test_gknn_matches_sklearn_with_ties(vote):
+    from leukoseg.classify import GeneticKNNClassifier
+
+    X, y, queries = _tied(seed=2)
+    clf = GeneticKNNClassifier(population_size=6, n_generations=2, vote=vote, random_state=1).fit(X, y)
+    params = B.export_gknn(clf)
+    for q in (queries, X):
+        assert_allclose(B.knn_predict_proba(params, q), clf.predict_proba(q), rtol=0, atol=ATOL)
+
+
+def test_gknn_export_catches_a_changed_predict_proba(fitted):
+    # A GkNN whose scoring differs from its knn_ (e.g. kernel-weighted votes) must not be exported as if
+    # it were a plain kNN: the exporter's own check refuses it.
+    from leukoseg.classify import GeneticKNNClassifier
+
+    class KernelVotes(GeneticKNNClassifier):
+        def predict_proba(self, X):
+            proba = super().predict_proba(X)
+            return 0.9 * proba + 0.1 / proba.shape[1]
+
+    changed = KernelVotes(population_size=4, n_generations=1, random_state=0).fit(*_blobs())
+    with pytest.raises(ValueError, match="does not reproduce"):
+        B.export_gknn(changed)
+
+
+@pytest.mark.parametrize("calibration", ["sigmoid", "isotonic"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_svm_matches_sklearn(calibration, n_classes):
+    from leukoseg.classify import SVMClassifier
+
+    X, y = _blobs(n=120, n_classes=n_classes, seed=n_classes)
+    clf = SVMClassifier(C_grid=(1.0, 10.0), gamma_grid=("scale", 0.3), calibration=calibration, random_state=0)
+    clf.fit(X, y)
+    params = B.export_svm(clf)
+    assert int(params["n_folds"]) == len(clf.calibrated_.calibrated_classifiers_) == 3
+    for queries in (_queries(), X):  # _queries() has rows far outside the calibration range (clipping)
+        assert_allclose(B.svm_predict_proba(params, queries), clf.predict_proba(queries), rtol=0, atol=ATOL)
+
+
+def test_svm_export_refuses_other_kernels():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    X, y = _blobs()
+    with pytest.raises(NotImplementedError, match="kernel"):
+        B.export_svm(CalibratedClassifierCV(SVC(kernel="linear"), cv=3).fit(X, y))
+
+
+def test_predictors_do_not_modify_inputs(fitted):
+    X = _queries()
+    before = X.copy()
+    B.knn_predict_proba(B.export_gknn(fitted["gknn"]), X)
+    B.svm_predict_proba(B.export_svm(fitted["svm"]), X)
+    assert_array_equal(X, before)
+
+
+def test_predictors_take_no_rows(fitted):
+    params = B.export_knn(fitted["knn"])
+    assert B.knn_predict_proba(params, np.empty((0, N_FEATURES))).shape == (0, 2)
+    assert B.svm_predict_proba(B.export_svm(fitted["svm"]), np.empty((0, N_FEATURES))).shape == (0, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The bundle: round trip
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_manifest_layout(saved):
+    manifest = json.loads((saved / "bundle.json").read_text())
+    assert manifest["format"] == "leukoseg-bundle"
+    assert manifest["format_version"] == B.BUNDLE_FORMAT_VERSION
+    assert isinstance(manifest["leukoseg_version"], str)
+    assert sorted(manifest["files"]) == ["cnn.npz", "features.npz", "gknn.npz", "knn.npz", "svm.npz"]
+    assert sorted(p.name for p in saved.iterdir()) == ["bundle.json", *sorted(manifest["files"])]
+    for name, digest in manifest["files"].items():
+        assert file_sha256(saved / name) == digest
+        with np.load(saved / name, allow_pickle=False) as npz:  # no object arrays anywhere
+            assert all(npz[key].dtype.kind != "O" for key in npz.files)
+    assert manifest["config"] == {"positive_class": 1, "patch_size": 16}
+    assert manifest["provenance"] == {"dataset": "synthetic", "seed": 0}
+    assert manifest["fusion"] == FUSION
+    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_round_trip_predictions(saved, data, fitted, cnn_model):
+    from leukoseg.classify.cnn import export_numpy, numpy_predict_proba
+
+    X, _, patches = data
+    X, patches = X[:40], patches[:40]
+    bundle = B.load_bundle(saved)
+    assert sorted(bundle.models) == ["cnn", "gknn", "knn", "svm"]
+    assert bundle.feature_names == tuple(f"f{i}" for i in range(N_FEATURES))
+    out = bundle.predict_cells(X, patches, feature_names=bundle.feature_names)
+    assert sorted(out) == ["baseline", "cnn", "fused", "gknn", "knn", "svm"]
+    for name in ("gknn", "svm", "knn"):
+        assert_allclose(out[name], fitted[name].predict_proba(X)[:, 1], rtol=0, atol=ATOL)
+    assert_allclose(out["cnn"], numpy_predict_proba(export_numpy(cnn_model), patches)[:, 1], rtol=0, atol=1e-12)
+    assert_allclose(out["cnn"], cnn_model.predict_proba(patches)[:, 1], rtol=0, atol=CNN_ATOL)
+    assert_allclose(out["baseline"], (out["gknn"] + out["svm"]) / 2, rtol=0, atol=1e-15)
+
+    def logit(p):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    z = -0.25 + 1.5 * logit(out["baseline"]) + 0.5 * logit(out["cnn"])
+    assert_allclose(out["fused"], 1 / (1 + np.exp(-z)), rtol=1e-12, atol=1e-15)
+
+
+def test_missing_features_take_the_medians_and_inputs_are_not_modified(saved, data):
+    X, _, patches = data
+    X, patches = X[:10].copy(), patches[:10].copy()
+    X[0, 1], X[3, 4], X[5, 0] = np.nan, np.inf, -np.inf
+    X_before, patches_before = X.copy(), patches.copy()
+    bundle = B.load_bundle(saved)
+    out = bundle.predict_cells(X, patches)
+    assert_array_equal(X, X_before)
+    assert_array_equal(patches, patches_before)
+    imputed = X.copy()
+    for i, j in ((0, 1), (3, 4), (5, 0)):
+        imputed[i, j] = bundle.feature_medians[j]
+    expected = bundle.predict_cells(imputed, patches)
+    for name in out:
+        assert_allclose(out[name], expected[name], rtol=0, atol=0)
+
+
+def test_feature_order_is_checked(saved, data):
+    bundle = B.load_bundle(saved)
+    X, _, patches = data
+    names = list(bundle.feature_names)
+    names[1], names[2] = names[2], names[1]
+    with pytest.raises(ValueError, match="column 1"):
+        bundle.predict_cells(X[:2], patches[:2], feature_names=names)
+    with pytest.raises(ValueError, match="shape"):
+        bundle.predict_cells(X[:2, :3], patches[:2])
+    with pytest.raises(ValueError, match="patches"):
+        bundle.predict_cells(X[:2])
+
+
+def test_loaded_arrays_are_read_only(saved):
+    bundle = B.load_bundle(saved)
+    with pytest.raises(ValueError):
+        bundle.models["gknn"]["fit_X"][0, 0] = 1.0
+    with pytest.raises(TypeError):
+        bundle.models["gknn"]["fit_X"] = None
+
+
+def test_features_only_bundle(saved_features_only, data, fitted):
+    X, _, _ = data
+    out = B.load_bundle(saved_features_only).predict_cells(X[:5])
+    assert sorted(out) == ["baseline", "gknn", "knn", "svm"]
+    with pytest.raises(ValueError, match="medians"):
+        B.load_bundle(saved_features_only).predict_cells(np.full((1, N_FEATURES), np.nan))
+
+
+def test_string_positive_class(tmp_path):
+    from leukoseg.classify import make_knn
+
+    X, y = _blobs()
+    labels = np.array(["normal", "blast"])[y]
+    pipe = make_knn(n_neighbors=5).fit(X, labels)
+    path = B.save_bundle(tmp_path / "m", models={"knn": pipe}, config={"positive_class": "blast"})
+    out = B.load_bundle(path).predict_cells(X[:7])
+    assert_allclose(out["knn"], pipe.predict_proba(X[:7])[:, list(pipe.classes_).index("blast")], rtol=0, atol=ATOL)
+    with pytest.raises(ValueError, match="positive class"):
+        B.save_bundle(tmp_path / "m2", models={"knn": pipe}, config={"positive_class": 1})
+
+
+def test_save_is_atomic_and_does_not_overwrite(tmp_path, fitted):
+    path = B.save_bundle(tmp_path / "m", models={"knn": fitted["knn"]})
+    with pytest.raises(FileExistsError):
+        B.save_bundle(path, models={"knn": fitted["knn"]})
+    with pytest.raises(ValueError, match="fusion"):  # fails after nothing was written
+        B.save_bundle(tmp_path / "bad", models={"knn": fitted["knn"]}, fusion={**FUSION})
+    with pytest.raises(TypeError, match="JSON"):
+        B.save_bundle(tmp_path / "bad", models={"knn": fitted["knn"]}, provenance={"when": object()})
+    B.save_bundle(path, models={"svm": fitted["svm"]}, overwrite=True)
+    assert sorted(B.load_bundle(path).models) == ["svm"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The bundle: every corruption is a one-line LeukosegError naming the file
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _truncate(path):
+    data = (path / "svm.npz").read_bytes()
+    (path / "svm.npz").write_bytes(data[: len(data) // 2])
+    return "svm.npz", "checksum mismatch"
+
+
+def _truncate_with_checksum(path):
+    _truncate(path)
+    _fix_checksum(path, "svm.npz")
+    return "svm.npz", "not a readable .npz"
+
+
+def _flip_byte(path):
+    data = bytearray((path / "gknn.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (path / "gknn.npz").write_bytes(bytes(data))
+    return "gknn.npz", "checksum mismatch"
+
+
+def _newer_version(path):
+    _rewrite_manifest(path, lambda m: m.__setitem__("format_version", B.BUNDLE_FORMAT_VERSION + 1))
+    return "bundle.json", "newer leukoseg"
+
+
+def _bad_version(path):
+    _rewrite_manifest(path, lambda m: m.__setitem__("format_version", "1"))
+    return "bundle.json", "invalid format_version"
+
+
+def _wrong_format(path):
+    _rewrite_manifest(path, lambda m: m.__setitem__("format", "something-else"))
+    return "bundle.json", "not a leukoseg model bundle"
+
+
+def _bad_json(path):
+    (path / "bundle.json").write_text('{"format": "leukoseg-bundle", ')
+    return "bundle.json", "not valid JSON"
+
+
+def _remove_file(path):
+    (path / "knn.npz").unlink()
+    return "knn.npz", "missing"
+
+
+def _remove_manifest(path):
+    (path / "bundle.json").unlink()
+    return "bundle.json", "missing"
+
+
+def _pickled_object_array(path):
+    with np.load(path / "gknn.npz", allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["classes"] = np.array([0, 1], dtype=object)
+    np.savez(path / "gknn.npz", **arrays)  # np.savez pickles object arrays
+    _fix_checksum(path, "gknn.npz")
+    return "gknn.npz", "pickled object array"
+
+
+def _unlisted_file(path):
+    _rewrite_manifest(path, lambda m: m["files"].pop("svm.npz"))
+    return "bundle.json", "not in its 'files'"
+
+
+def _path_traversal(path):
+    _rewrite_manifest(path, lambda m: m["files"].__setitem__("../evil.npz", "0" * 64))
+    return "bundle.json", "invalid file name"
+
+
+def _wrong_shape(path):
+    with np.load(path / "knn.npz", allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["y"] = arrays["y"][:-1]
+    np.savez(path / "knn.npz", **arrays)
+    _fix_checksum(path, "knn.npz")
+    return "knn.npz", "'y' must hold"
+
+
+def _missing_array(path):
+    with np.load(path / "svm.npz", allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files if key != "fold1_dual_coef"}
+    np.savez(path / "svm.npz", **arrays)
+    _fix_checksum(path, "svm.npz")
+    return "svm.npz", "lacks the array 'fold1_dual_coef'"
+
+
+def _not_a_zip(path):
+    (path / "knn.npz").write_bytes(b"PK\x03\x04 this is no zip file")
+    _fix_checksum(path, "knn.npz")
+    return "knn.npz", "not a readable .npz"
+
+
+CORRUPTIONS = [
+    _truncate,
+    _truncate_with_checksum,
+    _flip_byte,
+    _newer_version,
+    _bad_version,
+    _wrong_format,
+    _bad_json,
+    _remove_file,
+    _remove_manifest,
+    _pickled_object_array,
+    _unlisted_file,
+    _path_traversal,
+    _wrong_shape,
+    _missing_array,
+    _not_a_zip,
+]
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
+def test_corrupt_bundle_is_refused_naming_the_file(saved_features_only, tmp_path, corrupt):
+    path = _copy(saved_features_only, tmp_path)
+    name, reason = corrupt(path)
+    with pytest.raises(LeukosegError) as info:
+        B.load_bundle(path)
+    err = info.value
+    assert err.path == str(path / name)
+    assert reason in err.reason
+    assert "\n" not in str(err)
+
+
+def test_missing_bundle_folder(tmp_path):
+    with pytest.raises(LeukosegError, match="no such model bundle"):
+        B.load_bundle(tmp_path / "nowhere")
+
+
+def test_pickle_is_never_loaded(saved_features_only, tmp_path, monkeypatch):
+    # An object array is refused before anything is unpickled.
+    import pickle
+
+    path = _copy(saved_features_only, tmp_path)
+    _pickled_object_array(path)
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("unpickled")
+
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    with pytest.raises(LeukosegError, match="pickled object array"):
+        B.load_bundle(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inference imports NumPy only
+# ----------------------------------------------------------------------------------------------------------
+
+_COLD_START = textwrap.dedent(
+    """
+    import sys, time
+    t = time.perf_counter()
+    import numpy as np
+    from leukoseg.classify.bundle import load_bundle
+    bundle = load_bundle(sys.argv[1])
+    X = np.load(sys.argv[2])
+    patches = np.load(sys.argv[3]) if len(sys.argv) > 3 else None
+    out = bundle.predict_cells(X, patches)
+    heavy = sorted(m for m in ("sklearn", "keras", "tensorflow") if m in sys.modules)
+    print(f"{sorted(out)} {heavy} {time.perf_counter() - t:.2f}s")
+    assert not heavy, heavy
+    """
+)
+
+
+def _cold_start(bundle_path, tmp_path, data, with_patches):
+    X, _, patches = data
+    np.save(tmp_path / "X.npy", X[:20])
+    np.save(tmp_path / "P.npy", patches[:20])
+    args = [str(bundle_path), str(tmp_path / "X.npy")] + ([str(tmp_path / "P.npy")] if with_patches else [])
+    return subprocess.run(
+        [sys.executable, "-c", _COLD_START, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_inference_imports_no_sklearn_keras_or_tensorflow(saved_features_only, tmp_path, data):
+    result = _cold_start(saved_features_only, tmp_path, data, with_patches=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "['baseline', 'gknn', 'knn', 'svm'] []" in result.stdout
+
+
+def test_cnn_inference_imports_no_sklearn_keras_or_tensorflow(saved, tmp_path, data):
+    result = _cold_start(saved, tmp_path, data, with_patches=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bundle_files_hold_no_pickles(saved):
+    # Independent of numpy.load: no member of any .npz is a pickle stream (protocol 2+ starts with 0x80).
+    for npz_path in saved.glob("*.npz"):
+        with zipfile.ZipFile(npz_path) as zf:
+            for member in zf.namelist():
+                raw = zf.read(member)
+                header_len = int.from_bytes(raw[8:10], "little") + 10  # .npy v1 header
+                assert b"'descr': '|O'" not in raw[:header_len], (npz_path.name, member)
+                assert np.load(io.BytesIO(raw), allow_pickle=False) is not None

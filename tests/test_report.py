@@ -1,0 +1,458 @@
+"""The HTML and Markdown report of a run folder: content, self-containment, tolerance, errors, browser."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoseg.errors import LeukosegError
+from leukoseg.pipelines.metrics import binary_metrics, wilson_interval
+from leukoseg.pipelines.report import MODEL_ORDER, ReportFiles, write_report
+
+ALL_MODELS = ("fused", "svm", "knn", "cnn", "baseline", "gknn")  # deliberately not in display order
+LABELS = {"knn": "kNN", "gknn": "GkNN", "svm": "SVM", "baseline": "Baseline", "cnn": "CNN", "fused": "Fused"}
+CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "report_check.py"
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake run folders
+
+
+def _csv_text(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _summary(per_repeat: list[dict], keys, strata) -> dict:
+    out = {}
+    for st in strata:
+        out[st] = {}
+        for k in keys:
+            vals = [r[st][k] for r in per_repeat if r[st].get(k) is not None]
+            out[st][k] = {"mean": float(np.mean(vals)) if vals else None, "std": float(np.std(vals)) if vals else None}
+    return out
+
+
+def make_binary_run(root: Path, *, models=ALL_MODELS, repeats: int = 2, fab: bool = True, extras: bool = True,
+                    fused_best: bool = True, data_root: Path | None = None, n_images: int = 10) -> Path:
+    """A tiny ALL-IDB1-like binary run: images Im030-Im039 (straddling the one-camera stratum)."""
+    rng = np.random.default_rng(1)
+    run = root / "run"
+    run.mkdir(parents=True)
+    names = [f"im/Im{30 + i:03d}_{i % 2}.jpg" for i in range(n_images)]
+    labels = np.array([i % 2 for i in range(n_images)])
+    one_cam = np.array([30 + i >= 34 for i in range(n_images)])
+    n_cells = 3
+    scores, cell_scores = {}, {}
+    for m in models:
+        noise = 0.15 if (m == "fused") == fused_best else 0.45
+        scores[m] = np.clip(labels * 0.6 + 0.2 + rng.normal(0, noise, (repeats, n_images)), 0, 1)
+        cell_scores[m] = rng.random((repeats, n_images, n_cells))
+    model_json = {}
+    for m in models:
+        per_repeat = []
+        for r in range(repeats):
+            pred = (scores[m][r] >= 0.5).astype(int)
+            entry = {"repeat": r}
+            for st, mask in (("all", np.ones(n_images, bool)), ("one_camera", one_cam)):
+                res = binary_metrics(labels[mask], pred[mask], scores[m][r, mask])
+                res["cell_auc"] = float(rng.uniform(0.8, 0.95))
+                res["cell_auc_clean"] = None if st == "one_camera" else float(rng.uniform(0.85, 0.99))
+                entry[st] = res
+            entry["thresholds"] = [0.5] * 5
+            per_repeat.append(entry)
+        model_json[m] = {"repeats": per_repeat, "summary": _summary(
+            per_repeat, ("accuracy", "sensitivity", "specificity", "auc", "cell_auc", "cell_auc_clean"),
+            ("all", "one_camera"))}
+    metrics = {
+        "task": "binary", "classes": ["0", "1"], "primary_model": "fused" if "fused" in models else "baseline",
+        "dataset": {"name": "all-idb1", "n_images": n_images, "n_cells": n_images * n_cells, "fingerprint": "abc"},
+        "seed": 0,
+        "settings": {"n_folds": 5, "repeats": repeats, "image_score": "mean of the 3 highest",
+                     "threshold": "maximises balanced accuracy"},
+        "models": model_json,
+    }
+    if data_root is not None:
+        metrics["dataset"]["root"] = str(data_root)
+    if extras:
+        metrics["timings_s"] = {"segment_and_features": 1.2, "fit_gknn": 13.5, "fit_cnn": 40.0, "total": 60.0}
+        metrics["device"] = {"cnn": "cpu", "fusion": "cpu", "backend": "tensorflow"}
+        metrics["versions"] = {"python": "3.11", "leukoseg": "0.1.0"}
+    primary = metrics["primary_model"]
+    if fab:
+        metrics["fab"] = {"settings": {"min_blasts": 3}, "distribution": {"L1": 3, "L2": 1, "L3": 0},
+                          "note": "research only"}
+    header = ["image", "label", "repeat", "fold", "n_cells", *(f"p_{m}" for m in models),
+              *(f"pred_{m}" for m in models), "pred", "n_blasts_predicted", "threshold"]
+    if fab:
+        header += ["fab_subtype", "fab_score", "fab_pct_large_cells", "fab_pct_prominent_nucleoli"]
+    rows = []
+    for r in range(repeats):
+        for i, name in enumerate(names):
+            pred = int(scores[primary][r, i] >= 0.5)
+            row = [name, int(labels[i]), r, i % 5, n_cells, *(f"{scores[m][r, i]:.6f}" for m in models),
+                   *(int(scores[m][r, i] >= 0.5) for m in models), pred, 1, "0.5"]
+            if fab:
+                row += ([("L1", "L2")[i % 4 == 3], "0.7", "40.0", "12.5"] if pred else ["", "", "", ""])
+            rows.append(row)
+    (run / "images.csv").write_text(_csv_text(header, rows))
+    cell_models = [m for m in models if m != "fused"]  # the fused model has no cell probability
+    rows = [[name, c + 1, 20 + 40 * c, 30 + 20 * c, r, i % 5, int(c == 0 and labels[i]),
+             *(f"{cell_scores[m][r, i, c]:.6f}" for m in cell_models)]
+            for r in range(repeats) for i, name in enumerate(names) for c in range(n_cells)]
+    (run / "cells.csv").write_text(_csv_text(
+        ["image", "cell_id", "x", "y", "repeat", "fold", "label", *(f"p_blast_{m}" for m in cell_models)], rows))
+    (run / "folds.csv").write_text(_csv_text(["image", "repeat", "fold"],
+                                             [[n, r, i % 5] for r in range(repeats) for i, n in enumerate(names)]))
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return run
+
+
+def make_data_folder(root: Path, n_images: int = 10) -> Path:
+    """Small colour JPEGs at the paths of make_binary_run's images."""
+    data = root / "data"
+    (data / "im").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i in range(n_images):
+        arr = (rng.random((120, 160, 3)) * 80 + 150).astype(np.uint8)
+        Image.fromarray(arr).save(data / "im" / f"Im{30 + i:03d}_{i % 2}.jpg", quality=90)
+    return data
+
+
+def make_multiclass_run(root: Path, *, classes=("a", "b", "c"), models=("svm", "cnn", "fused")) -> Path:
+    """A 3-class `folder:` run: 12 images, one repeat, each model with a few errors."""
+    rng = np.random.default_rng(3)
+    run = root / "mc-run"
+    run.mkdir(parents=True)
+    names = [f"{classes[i % 3]}/img{i:02d}.png" for i in range(12)]
+    truth = [classes[i % 3] for i in range(12)]
+    preds, probs = {}, rng.dirichlet(np.ones(3), 12)
+    for k, m in enumerate(models):
+        preds[m] = [t if (i + k) % 5 else classes[(classes.index(t) + 1) % 3] for i, t in enumerate(truth)]
+    model_json = {}
+    for m in models:
+        p = preds[m]
+        conf = [[sum(1 for t, q in zip(truth, p) if t == ct and q == cp) for cp in classes] for ct in classes]
+        hits = sum(conf[i][i] for i in range(3))
+        recall = {c: conf[i][i] / sum(conf[i]) for i, c in enumerate(classes)}
+        entry = {"n": 12, "accuracy": hits / 12, "accuracy_ci": list(wilson_interval(hits, 12)),
+                 "balanced_accuracy": float(np.mean(list(recall.values()))), "recall": recall,
+                 "recall_ci": {c: list(wilson_interval(conf[i][i], sum(conf[i]))) for i, c in enumerate(classes)},
+                 "confusion": conf}
+        model_json[m] = {"repeats": [{"repeat": 0, "all": entry}]}
+    metrics = {"task": "multiclass", "classes": list(classes), "primary_model": models[-1],
+               "dataset": {"name": "folder", "n_images": 12}, "seed": 0,
+               "settings": {"n_folds": 3, "repeats": 1}, "models": model_json}
+    header = ["image", "label", "repeat", "fold", "n_cells", *(f"p_{c}" for c in classes),
+              *(f"pred_{m}" for m in models), "pred"]
+    rows = [[n, truth[i], 0, i % 3, 2, *(f"{v:.4f}" for v in probs[i]), *(preds[m][i] for m in models),
+             preds[models[-1]][i]] for i, n in enumerate(names)]
+    (run / "images.csv").write_text(_csv_text(header, rows))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[str] = []
+        self.styles: list[str] = []
+        self._style = False
+
+    def handle_starttag(self, tag, attrs):
+        self._style = tag == "style"
+        for k, v in attrs:
+            if k in ("src", "href", "srcset", "poster", "data", "action") and v is not None:
+                self.refs.append(v)
+            if k == "style" and v:
+                self.styles.append(v)
+
+    def handle_data(self, data):
+        if self._style:
+            self.styles.append(data)
+
+    def handle_endtag(self, tag):
+        self._style = False
+
+
+def assert_self_contained(text: str) -> None:
+    for bad in ("http://", "https://", 'src="//', "href=\"//", "@import", "<script"):
+        assert bad not in text, bad
+    parser = _Refs()
+    parser.feed(text)
+    for ref in parser.refs:
+        assert ref.startswith(("data:", "#")), ref
+    for css in parser.styles:
+        for url in re.findall(r"url\(([^)]*)\)", css):
+            assert url.strip("'\" ").startswith("data:"), url
+
+
+def section(text: str, sid: str) -> str:
+    start = text.index(f'<section id="{sid}">')
+    return text[start:text.index("</section>", start)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_binary_report_files_and_content(tmp_path):
+    run = make_binary_run(tmp_path)
+    files = write_report(run)
+    assert isinstance(files, ReportFiles)
+    assert files == ReportFiles(html=run / "report.html", markdown=run / "report.md")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        files.html = Path("x")  # type: ignore[misc]
+    text = files.html.read_text(encoding="utf-8")
+    md = files.markdown.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert_self_contained(text)
+    # Every model, in the display order, in the table and in the Markdown.
+    table = section(text, "models")
+    positions = [table.index(f"<td>{LABELS[m]}</td>") for m in MODEL_ORDER]
+    assert positions == sorted(positions)
+    for m in MODEL_ORDER:
+        assert f"| {LABELS[m]}" in md
+    for title in ("Accuracy", "Sensitivity", "Specificity", "AUC", "Cell AUC", "Cell AUC (clean)"):
+        assert f">{title}</th>" in table
+    assert "Wilson" in table and "±" in table  # two repeats: spread and intervals
+    assert 'class="num best"' in table
+    # The winner is said in words.
+    assert "Fused beats the best other model" in text and "Fused beats the best other model" in md
+    # Curves, confusion matrices, stratum, FAB, timings, device, published figures.
+    assert text.count("data:image/png;base64,") == 1
+    assert "Fused ★" in section(text, "confusion")
+    assert "Im034–108" in section(text, "stratum")
+    fab = section(text, "fab")
+    assert "historical morphological classification" in fab and "research only" in fab
+    assert "large_cells" in fab and "40.0%" in fab
+    timings = section(text, "timings")
+    assert "fit_cnn" in timings and "tensorflow" in timings
+    published = section(text, "published")
+    for figure in ("96.43%", "96.57%", "92.8%", "28 test images", "not comparable one to one"):
+        assert figure in published
+    assert "not comparable one to one" in md
+    assert not list(run.glob(".*.part"))  # atomic writes leave nothing behind
+
+
+def test_md_numbers_are_aligned_and_rounded(tmp_path):
+    md = write_report(make_binary_run(tmp_path, repeats=1)).markdown.read_text(encoding="utf-8")
+    header = next(line for line in md.splitlines() if line.startswith("| Model | Accuracy"))
+    sep = md.splitlines()[md.splitlines().index(header) + 1]
+    assert sep.startswith("|---|---:|")
+    # Percentages with one decimal, AUCs with three; no long floats anywhere.
+    assert not re.search(r"\d\.\d{4,}", md)
+    assert re.search(r"\d+\.\d%", md) and re.search(r"0\.\d{3}\b", md)
+
+
+def test_fused_not_best_is_said_honestly(tmp_path):
+    md = write_report(make_binary_run(tmp_path, fused_best=False)).markdown.read_text(encoding="utf-8")
+    assert "Fused does not beat the best other model" in md
+
+
+def test_thumbnails_from_data_dir_and_dataset_root(tmp_path):
+    data = make_data_folder(tmp_path)
+    run = make_binary_run(tmp_path, fused_best=False)
+    # Without a data folder: a table of the misclassified images.
+    text = write_report(run).html.read_text(encoding="utf-8")
+    gallery = section(text, "errors")
+    assert "data:image/jpeg" not in gallery and "im/Im0" in gallery and "pass data_dir" in gallery
+    # With data_dir: overlay thumbnails coloured by a cell model (the fused one has no cell scores).
+    text = write_report(run, data_dir=data).html.read_text(encoding="utf-8")
+    gallery = section(text, "errors")
+    n_wrong = gallery.count('class="card"')
+    assert n_wrong >= 1 and gallery.count("data:image/jpeg;base64,") == n_wrong
+    assert "baseline model's blast probability" in gallery
+    assert_self_contained(text)
+    # The data folder recorded in metrics.json is used when it exists.
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["dataset"]["root"] = str(data)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert "data:image/jpeg;base64," in section(write_report(run).html.read_text(encoding="utf-8"), "errors")
+
+
+def test_thumbnail_is_about_400_px_wide(tmp_path):
+    import base64
+
+    data = tmp_path / "big"
+    (data / "im").mkdir(parents=True)
+    for i in range(10):
+        arr = np.full((600, 800, 3), (200, 150, 180), np.uint8)
+        Image.fromarray(arr).save(data / "im" / f"Im{30 + i:03d}_{i % 2}.jpg")
+    text = write_report(make_binary_run(tmp_path, fused_best=False), data_dir=data).html.read_text(encoding="utf-8")
+    b64 = re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", text).group(1)
+    thumb = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert thumb.size == (400, 300) and thumb.format == "JPEG"
+
+
+def test_out_dir(tmp_path):
+    run = make_binary_run(tmp_path)
+    files = write_report(run, out_dir=tmp_path / "elsewhere" / "reports")
+    assert files.html.parent == tmp_path / "elsewhere" / "reports" and files.html.is_file() and files.markdown.is_file()
+    assert not (run / "report.html").exists()
+
+
+def test_multiclass_report(tmp_path):
+    run = make_multiclass_run(tmp_path, classes=("a", "b", "c<x>"))
+    files = write_report(run)
+    text = files.html.read_text(encoding="utf-8")
+    md = files.markdown.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    models = section(text, "models")
+    assert ">Balanced accuracy</th>" in models and "Recall per class" in models
+    assert "c&lt;x&gt;" in models and "c<x>" not in text  # class names are escaped
+    for m in ("svm", "cnn", "fused"):
+        assert f"<td>{LABELS[m]}</td>" in models
+        assert f"<h3>{LABELS[m]}" in section(text, "confusion")
+    assert section(text, "confusion").count("<table>") == 3
+    assert 'id="stratum"' not in text  # no one-camera stratum for a folder data set
+    assert "data:image/png;base64," in section(text, "curves")  # one-vs-rest from p_<class>
+    assert "Balanced accuracy" in md and "### Recall per class" in md and "c<x>" in md
+    assert "misclassified by Fused" in section(text, "errors")
+    assert 'id="published"' not in text  # ALL-IDB1 figures are beside ALL-IDB1 runs only
+
+
+def test_missing_optional_parts(tmp_path):
+    """Old schema (like a run from before the CNN), no CSV files, nulls, no FAB/timings/device."""
+    run = tmp_path / "old"
+    run.mkdir()
+    metrics = {"models": {
+        "baseline": {"repeats": [{"repeat": 0, "all": {"n": 4, "accuracy": 0.75, "accuracy_ci": [0.3, 0.95],
+                                                       "sensitivity": None, "auc": None}}]},
+        "gknn": {"summary": {"all": {"accuracy": {"mean": 0.5, "std": 0.0}}}},
+        "broken": "not a dict",
+    }}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    files = write_report(run)
+    text = files.html.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert "<td>GkNN</td>" in text and "<td>Baseline</td>" in text and "broken" not in section(text, "models")
+    assert "No timings recorded" in text and "No readable images.csv" in text
+    assert 'id="fab"' not in text and 'id="stratum"' not in text
+    assert "Baseline beats the best other model, GkNN" in files.markdown.read_text(encoding="utf-8")
+
+    # images.csv of the old schema: p_baseline and pred only, no cells.csv.
+    (run / "images.csv").write_text(_csv_text(
+        ["image", "label", "repeat", "fold", "p_baseline", "pred", "n_cells", "n_blasts_predicted", "threshold"],
+        [["im/Im001_1.jpg", 1, 0, 1, "0.9", 1, 3, 2, "0.5"], ["im/Im040_0.jpg", 0, 0, 2, "0.6", 1, 3, 1, "0.5"],
+         ["im/Im041_0.jpg", 0, 0, 1, "", 0, 0, 0, "0.5"], ["im/Im002_1.jpg", 1, 0, 2, "nan", 0, 0, 0, "0.5"]]))
+    text = write_report(run).html.read_text(encoding="utf-8")
+    assert "data:image/png;base64," in section(text, "curves")
+    gallery = section(text, "errors")
+    assert "im/Im040_0.jpg" in gallery and "im/Im002_1.jpg" in gallery and "im/Im001_1.jpg" not in gallery
+
+
+def test_odd_values_are_tolerated(tmp_path):
+    """Strings, nulls, NaN-like values and wrong shapes anywhere in metrics.json: a report, not a crash."""
+    run = tmp_path / "odd"
+    run.mkdir()
+    odd = {"n": "many", "accuracy": "0.9", "accuracy_ci": [0.1], "sensitivity": None, "specificity": "x",
+           "auc": float("inf"), "confusion": [[1, 2], [3]]}
+    metrics = {"task": "binary", "classes": None, "primary_model": "nonexistent",
+               "dataset": ["not", "a", "dict"], "settings": "none", "timings_s": {"a": "slow", "total": None},
+               "device": None, "fab": {"distribution": {"L1": "two"}, "settings": None},
+               "models": {"svm": {"repeats": [{"all": odd, "one_camera": None}, "junk"], "summary": []},
+                          "cnn": {"repeats": None, "summary": {"all": {"accuracy": {"mean": "n/a"}}}}}}
+    (run / "metrics.json").write_text(json.dumps(metrics).replace("Infinity", "1e999"))
+    (run / "images.csv").write_text("image,label,pred,p_svm\n../../etc/passwd,1,0,0.2\n,x,y,z\n"
+                                    "im/a.jpg,0\nim/b.jpg,0,1,0.7,extra,cols\n")
+    files = write_report(run, data_dir=tmp_path)
+    text = files.html.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert "<td>SVM</td>" in text and "<td>CNN</td>" in text
+    assert "not a path inside the data folder" in section(text, "errors")
+
+
+def test_unreadable_csv_is_left_out(tmp_path):
+    run = make_binary_run(tmp_path)
+    (run / "images.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
+    (run / "cells.csv").write_text("image,cell_id,x\nim/a.jpg,1,notanumber\n")
+    text = write_report(run).html.read_text(encoding="utf-8")
+    assert "No readable images.csv" in section(text, "errors") and "Fused ★" in section(text, "confusion")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "no metrics.json"),
+        ("{not json", "not valid JSON"),
+        ('[1, 2]', "not hold a JSON object"),
+        ('{"models": {}}', "no \"models\""),
+        (b"\xff\xfe\xfa", "not UTF-8"),
+    ],
+)
+def test_bad_metrics_json_raises(tmp_path, content, reason):
+    run = tmp_path / "run"
+    run.mkdir()
+    if isinstance(content, bytes):
+        (run / "metrics.json").write_bytes(content)
+    elif content is not None:
+        (run / "metrics.json").write_text(content)
+    with pytest.raises(LeukosegError) as err:
+        write_report(run)
+    assert err.value.path == str(run / "metrics.json")
+    assert reason in err.value.reason and "\n" not in err.value.reason
+    assert not (run / "report.html").exists()
+
+
+def test_bad_run_and_data_folders_raise(tmp_path):
+    with pytest.raises(LeukosegError, match="no such run folder"):
+        write_report(tmp_path / "absent")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LeukosegError, match="not a folder"):
+        write_report(tmp_path / "file")
+    run = make_binary_run(tmp_path)
+    with pytest.raises(LeukosegError, match="no such data folder") as err:
+        write_report(run, data_dir=tmp_path / "nodata")
+    assert err.value.path == str(tmp_path / "nodata")
+
+
+def test_missing_images_in_data_folder_are_listed(tmp_path):
+    data = make_data_folder(tmp_path, n_images=0)
+    text = write_report(make_binary_run(tmp_path, fused_best=False), data_dir=data).html.read_text(encoding="utf-8")
+    gallery = section(text, "errors")
+    assert "no such file" in gallery and "data:image/jpeg" not in gallery
+
+
+def test_report_is_deterministic(tmp_path):
+    run = make_binary_run(tmp_path)
+    a = write_report(run).html.read_bytes()
+    b = write_report(run).html.read_bytes()
+    assert a == b
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("no chromium binary (Debian: apt-get install chromium)")
+    data = make_data_folder(tmp_path)
+    run = make_binary_run(tmp_path, fused_best=False, data_root=data)
+    write_report(run)
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([sys.executable, str(CHECK_SCRIPT), str(run), "--screenshot", str(shot)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "console errors and failed loads: 0" in done.stdout
+    assert "requests outside the file: 0" in done.stdout
+    assert "dom complete: True" in done.stdout
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2400)
