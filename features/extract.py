@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, cell_texture_features, texture_feature_names
+from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, texture_feature_names
+from .rows import CELL_KEYS, _as_cells, _is_real, _measurement_row, _measurements_of, feature_matrix
 
 __all__ = ["BOOKKEEPING_MEASUREMENTS", "CELL_KEYS", "CellFeatures"]
 
 log = logging.getLogger(__name__)
-
-#: Keys every cell mapping must have.
-CELL_KEYS = ("image", "nucleus", "cell", "um_per_px", "measurements")
 
 #: Numeric measurements that identify or locate a cell rather than describe it; never chosen by default.
 BOOKKEEPING_MEASUREMENTS = frozenset({"cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"})
@@ -155,25 +152,10 @@ class CellFeatures(TransformerMixin, BaseEstimator):
             cell's index.
         """
         check_is_fitted(self, "feature_names_out_")
-        cells = _as_cells(X)
-        names = self.measurement_names_
-        n_meas = len(names)
-        out = np.empty((len(cells), len(self.feature_names_out_)), dtype=np.float64)
-        glcm_kw = {"distances_um": self.distances_um, "levels": self.levels, "angles_deg": self.angles_deg}
-        for i, cell in enumerate(cells):
-            out[i, :n_meas] = _measurement_row(_measurements_of(cell, i), names, i)
-            if self.texture:
-                for key in ("image", "nucleus", "cell", "um_per_px"):
-                    if key not in cell:
-                        raise ValueError(f"cell {i} has no {key!r}; every cell needs the keys {CELL_KEYS}")
-                try:
-                    texture = cell_texture_features(
-                        cell["image"], cell["nucleus"], cell["cell"], um_per_px=cell["um_per_px"], **glcm_kw
-                    )
-                except ValueError as error:
-                    raise ValueError(f"cell {i}: {error}") from None
-                out[i, n_meas:] = list(texture.values())
-        return out
+        return feature_matrix(
+            X, self.measurement_names_, texture=self.texture, distances_um=self.distances_um, levels=self.levels,
+            angles_deg=self.angles_deg,
+        )  # fmt: skip
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """Names of the output columns.
@@ -199,43 +181,3 @@ class CellFeatures(TransformerMixin, BaseEstimator):
     def _texture_names(self) -> list[str]:
         kw = {"distances_um": self.distances_um, "levels": self.levels, "angles_deg": self.angles_deg}
         return texture_feature_names(prefix="nuc_", **kw) + texture_feature_names(prefix="cyto_", **kw)
-
-
-def _as_cells(X) -> list:
-    if isinstance(X, Mapping) or isinstance(X, (str, bytes)) or not isinstance(X, (Sequence, np.ndarray)):
-        raise ValueError(
-            f"X must be a sequence of cell mappings (keys {CELL_KEYS}); got {type(X).__name__}"
-        )
-    cells = list(X)
-    for i, cell in enumerate(cells):
-        if not isinstance(cell, Mapping):
-            raise ValueError(f"cell {i} must be a mapping with the keys {CELL_KEYS}; got {type(cell).__name__}")
-    return cells
-
-
-def _measurements_of(cell: Mapping, index: int) -> Mapping:
-    measurements = cell.get("measurements")
-    if not isinstance(measurements, Mapping):
-        raise ValueError(
-            f"cell {index} has no 'measurements' mapping (name -> number); got {type(measurements).__name__}"
-        )
-    return measurements
-
-
-def _measurement_row(measurements: Mapping, names: Sequence[str], index: int) -> list[float]:
-    row = []
-    for name in names:
-        if name not in measurements:
-            raise ValueError(
-                f"cell {index} has no measurement {name!r}; it has {sorted(measurements)}. "
-                "Pass measurements=[...] to choose the columns, or drop cells measured differently"
-            )
-        value = measurements[name]
-        if not _is_real(value):
-            raise ValueError(f"measurement {name!r} of cell {index} is not a number: {value!r}")
-        row.append(float(value))
-    return row
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
