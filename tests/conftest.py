@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from leukoseg.synthetic import make_smear
 
 
 def _all_idb1_dir() -> Path | None:
@@ -64,3 +67,56 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
                      + chunk(b"IEND", b""))
     return path
+
+
+# Small GA, grid and CNN: the tests check the plumbing, not the classifiers.
+_FAST = dict(
+    gknn_params={"population_size": 4, "n_generations": 1, "k_max": 5},
+    svm_params={"C_grid": (1.0,), "gamma_grid": ("scale",)},
+    cnn_params={"filters": (4, 4), "epochs": 2, "patience": 1, "batch_size": 16},
+    fusion_params={"n_iter": 50},
+    device="cpu",
+)
+
+_ALL_KINDS = ("blast_L1", "blast_L2", "lymphocyte", "blast_L3")
+_HEALTHY_KINDS = ("lymphocyte", "neutrophil", "lymphocyte")
+
+
+def _write_fake_all_idb1(root: Path, n_per_class: int = 5, copy: bool = True) -> Path:
+    """A tiny ALL-IDB1-like folder of synthetic smears: im/ImXXX_Y.jpg and xyc/ImXXX_Y.xyc."""
+    (root / "im").mkdir(parents=True)
+    (root / "xyc").mkdir()
+    number = 30  # straddles Im034, so both strata have images
+    for i in range(2 * n_per_class):
+        label = i % 2
+        smear = make_smear(shape=(360, 480), kinds=_ALL_KINDS if label else _HEALTHY_KINDS,
+                           n_touching_pairs=0, seed=100 + i)  # fmt: skip
+        number += 1
+        stem = f"Im{number:03d}_{label}"
+        Image.fromarray(smear.image).save(root / "im" / f"{stem}.jpg", quality=95)
+        lines = [f"{c.x:.0f}\t{c.y:.0f}\n" for c in smear.white_cells if c.is_blast]
+        (root / "xyc" / f"{stem}.xyc").write_text("".join(lines))
+    if copy:  # an identical copy under another name, as Im108_0 of Im093_0
+        number += 1
+        src = root / "im" / "Im031_0.jpg"
+        (root / "im" / f"Im{number:03d}_0.jpg").write_bytes(src.read_bytes())
+        (root / "xyc" / f"Im{number:03d}_0.xyc").write_text("")
+    return root
+
+
+@pytest.fixture
+def fast() -> dict:
+    """Tiny model settings for run_experiment / train_bundle: the tests check the plumbing."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _FAST.items()}
+
+
+@pytest.fixture(scope="session")
+def fake_all_idb1(tmp_path_factory) -> Path:
+    """A tiny ALL-IDB1-like folder of synthetic smears (with a byte copy, as Im108_0 of Im093_0)."""
+    return _write_fake_all_idb1(tmp_path_factory.mktemp("data") / "ALL_IDB1")
+
+
+@pytest.fixture(scope="session")
+def fake_cache(tmp_path_factory) -> Path:
+    """A segmentation cache shared by the tests on the fake ALL-IDB1."""
+    return tmp_path_factory.mktemp("cache")

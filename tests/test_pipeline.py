@@ -19,51 +19,7 @@ from leukoseg.pipelines.folds import assign_folds, check_no_leak
 from leukoseg.pipelines.metrics import binary_metrics, choose_threshold, image_score, wilson_interval
 from leukoseg.synthetic import make_smear
 
-# Small GA, grid and CNN: the tests check the plumbing, not the classifiers.
-FAST = dict(
-    gknn_params={"population_size": 4, "n_generations": 1, "k_max": 5},
-    svm_params={"C_grid": (1.0,), "gamma_grid": ("scale",)},
-    cnn_params={"filters": (4, 4), "epochs": 2, "patience": 1, "batch_size": 16},
-    fusion_params={"n_iter": 50},
-    device="cpu",
-)
 ALL_MODELS = ("knn", "gknn", "svm", "baseline", "cnn", "fused")
-
-_ALL_KINDS = ("blast_L1", "blast_L2", "lymphocyte", "blast_L3")
-_HEALTHY_KINDS = ("lymphocyte", "neutrophil", "lymphocyte")
-
-
-def _write_fake_all_idb1(root: Path, n_per_class: int = 5, copy: bool = True) -> Path:
-    """A tiny ALL-IDB1-like folder of synthetic smears: im/ImXXX_Y.jpg and xyc/ImXXX_Y.xyc."""
-    (root / "im").mkdir(parents=True)
-    (root / "xyc").mkdir()
-    number = 30  # straddles Im034, so both strata have images
-    for i in range(2 * n_per_class):
-        label = i % 2
-        smear = make_smear(shape=(360, 480), kinds=_ALL_KINDS if label else _HEALTHY_KINDS,
-                           n_touching_pairs=0, seed=100 + i)  # fmt: skip
-        number += 1
-        stem = f"Im{number:03d}_{label}"
-        Image.fromarray(smear.image).save(root / "im" / f"{stem}.jpg", quality=95)
-        lines = [f"{c.x:.0f}\t{c.y:.0f}\n" for c in smear.white_cells if c.is_blast]
-        (root / "xyc" / f"{stem}.xyc").write_text("".join(lines))
-    if copy:  # an identical copy under another name, as Im108_0 of Im093_0
-        number += 1
-        src = root / "im" / "Im031_0.jpg"
-        (root / "im" / f"Im{number:03d}_0.jpg").write_bytes(src.read_bytes())
-        (root / "xyc" / f"Im{number:03d}_0.xyc").write_text("")
-    return root
-
-
-@pytest.fixture(scope="module")
-def fake_all_idb1(tmp_path_factory) -> Path:
-    return _write_fake_all_idb1(tmp_path_factory.mktemp("data") / "ALL_IDB1")
-
-
-@pytest.fixture(scope="module")
-def fake_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
 
 # --- metrics and rules on hand-made numbers -------------------------------------------------------------
 
@@ -152,11 +108,11 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_experiment_outputs_reproducible_and_leak_free(fake_all_idb1, fake_cache, tmp_path):
+def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake_cache, tmp_path):
     dataset = load_dataset("all-idb1", fake_all_idb1)
-    a = run_experiment(dataset, tmp_path / "a", n_folds=3, repeats=2, seed=1, cache_dir=fake_cache, **FAST)
+    a = run_experiment(dataset, tmp_path / "a", n_folds=3, repeats=2, seed=1, cache_dir=fake_cache, **fast)
     start = time.perf_counter()
-    b = run_experiment(dataset, tmp_path / "b", n_folds=3, repeats=2, seed=1, cache_dir=fake_cache, **FAST)
+    b = run_experiment(dataset, tmp_path / "b", n_folds=3, repeats=2, seed=1, cache_dir=fake_cache, **fast)
     assert b.metrics["cache"]["reused"] == len(dataset)  # the second run segments nothing
     assert b.metrics["cache"]["computed"] == 0
     for name in ("folds.csv", "cells.csv", "images.csv"):
@@ -203,7 +159,7 @@ def test_experiment_outputs_reproducible_and_leak_free(fake_all_idb1, fake_cache
         int(Path(i["image"]).stem[2:5]) >= 34 for i in images if i["repeat"] == "0")
 
 
-def test_experiment_guard_catches_a_leak(fake_all_idb1, fake_cache, tmp_path, monkeypatch):
+def test_experiment_guard_catches_a_leak(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
     """The in-code guard fires when folds put a copy of a test image in training."""
     import leukoseg.pipelines.experiment as experiment
 
@@ -217,12 +173,12 @@ def test_experiment_guard_catches_a_leak(fake_all_idb1, fake_cache, tmp_path, mo
     monkeypatch.setattr(experiment, "assign_folds", leaky)
     dataset = load_dataset("all-idb1", fake_all_idb1)
     with pytest.raises(AssertionError, match="identical"):
-        run_experiment(dataset, tmp_path / "run", n_folds=3, cache_dir=fake_cache, **FAST)
+        run_experiment(dataset, tmp_path / "run", n_folds=3, cache_dir=fake_cache, **fast)
 
 
-def test_experiment_without_cnn(fake_all_idb1, fake_cache, tmp_path):
+def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path):
     dataset = load_dataset("all-idb1", fake_all_idb1)
-    fast = {k: v for k, v in FAST.items() if k not in ("cnn_params", "fusion_params")}
+    fast = {k: v for k, v in fast.items() if k not in ("cnn_params", "fusion_params")}
     result = run_experiment(dataset, tmp_path / "run", n_folds=3, cnn=False, cache_dir=fake_cache, **fast)
     assert set(result.metrics["models"]) == {"knn", "gknn", "svm", "baseline"}
     assert result.metrics["primary_model"] == "baseline"
@@ -243,10 +199,10 @@ def _write_class_folder(root: Path) -> Path:
     return root
 
 
-def test_experiment_on_a_folder_of_classes(tmp_path):
+def test_experiment_on_a_folder_of_classes(fast, tmp_path):
     root = _write_class_folder(tmp_path / "three")
     dataset = load_dataset(f"folder:{root}")
-    result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **FAST)
+    result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **fast)
     m = result.metrics
     assert m["task"] == "multiclass" and m["classes"] == ["blasts", "lymph ocytes", "neutrophils"]
     fused = m["models"]["fused"]["repeats"][0]["all"]
@@ -262,7 +218,7 @@ def test_experiment_on_a_folder_of_classes(tmp_path):
     assert m["models"]["baseline"]["summary"]["all"]["accuracy"]["mean"] >= 0.75
 
 
-def test_experiment_on_single_cell_crops(tmp_path):
+def test_experiment_on_single_cell_crops(fast, tmp_path):
     """ALL-IDB2 layout: img/ImXXX_Y.tif crops; one cell (the central one) per image."""
     root = tmp_path / "ALL_IDB2" / "img"
     root.mkdir(parents=True)
@@ -272,7 +228,7 @@ def test_experiment_on_single_cell_crops(tmp_path):
                           seed=700 + i).image  # fmt: skip
         Image.fromarray(crop).save(root / f"Im{i + 1:03d}_{label}.tif")
     dataset = load_dataset("all-idb2", root.parent)
-    result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **FAST)
+    result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **fast)
     cells = _read(tmp_path / "run" / "cells.csv")
     per_image = {}
     for c in cells:

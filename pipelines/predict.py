@@ -1,0 +1,226 @@
+"""Classify new smears with a model bundle: ``leukoseg classify IMAGE...``.
+
+Per image: segment, measure, compute the features and 50x50 patches of every cell, score each cell with
+the bundle's models (NumPy only: no scikit-learn, Keras or TensorFlow is imported, so one smear is classified
+within about a second of starting), turn the cell scores into the image's probability of ALL with the
+bundle's image rule and threshold, and score the FAB subtype of an image called ALL from its predicted blasts.
+
+The default bundle ships inside the package (``leukoseg/models/default``); it was trained by
+``leukoseg train --dataset all-idb1`` on ALL-IDB1 (see its ``bundle.json`` provenance for the data,
+versions and cross-validated metrics). Research use only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Classification", "classify_image", "default_model_dir", "load_model", "write_classification"]
+
+log = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    """Folder of the bundled default model (``leukoseg/models/default`` in the installed package)."""
+    from importlib import resources
+
+    return Path(str(resources.files("leukoseg") / "models" / "default"))
+
+
+def load_model(path: str | os.PathLike[str] | None = None):
+    """Load a model bundle (default: the bundled one), checked for version and integrity.
+
+    Parameters
+    ----------
+    path : path, optional
+        A bundle folder written by ``leukoseg train``.
+
+    Returns
+    -------
+    ModelBundle
+
+    Raises
+    ------
+    LeukosegError
+        If the folder is not a valid bundle (missing, corrupt, incompatible).
+    """
+    from leukoseg.classify.bundle import load_bundle
+
+    return load_bundle(default_model_dir() if path is None else path)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict on one smear.
+
+    Attributes
+    ----------
+    p_all : float
+        Image score: probability-like score of ALL (the bundle's image rule over cell blast probabilities).
+    decision : str
+        ``'ALL'`` or ``'normal'`` (``p_all >= threshold``).
+    threshold : float
+        The bundle's image threshold.
+    n_cells, n_blasts : int
+        Cells found, and cells with a blast probability of at least the bundle's cell threshold (0.5).
+    p_blast : ndarray of shape (n_cells,)
+        Blast probability of every cell (the bundle's primary model), in ``cell_id`` order.
+    p_blast_models : Mapping[str, ndarray]
+        Every model's cell probabilities.
+    fab : Mapping
+        FAB result (``fab_subtype``, ``fab_score``, ``fab_pct_<criterion>``...) for an image called ALL;
+        empty otherwise. FAB is a historical morphological classification, for research only.
+    model : str
+        Name of the primary model (``'fused'`` or ``'baseline'``).
+    """
+
+    p_all: float
+    decision: str
+    threshold: float
+    n_cells: int
+    n_blasts: int
+    p_blast: np.ndarray = field(repr=False)
+    p_blast_models: Mapping[str, np.ndarray] = field(repr=False)
+    fab: Mapping[str, Any] = field(repr=False)
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Image-level fields as plain JSON-able data."""
+        return {
+            "p_all": round(float(self.p_all), 6),
+            "decision": self.decision,
+            "threshold": round(float(self.threshold), 6),
+            "model": self.model,
+            "n_cells": self.n_cells,
+            "n_blasts": self.n_blasts,
+            **{k: v for k, v in self.fab.items()},
+        }
+
+
+def classify_image(image: np.ndarray, model, *, seg=None, pixel_size: float | None = None):
+    """Segment one smear and classify it.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB smear.
+    model : ModelBundle
+        From :func:`load_model`.
+    seg : Segmentation, optional
+        A segmentation of `image` already made (it is made otherwise).
+    pixel_size : float, optional
+        Micrometres per pixel, if known (default: measured from the red cells).
+
+    Returns
+    -------
+    seg : Segmentation
+    result : Classification
+    """
+    from leukoseg.classify.fab import FABSettings, fab_classify
+    from leukoseg.features.rows import feature_matrix
+    from leukoseg.segmentation import extract_patches, segment
+
+    from .cache import _cells_for_features
+    from .metrics import image_score
+
+    config = model.config
+    if seg is None:
+        seg = segment(image, pixel_size=pixel_size)
+    m = seg.measurements
+    feats = config["features"]
+    patch = config["patch"]
+    X = feature_matrix(
+        _cells_for_features(image, seg), feats["measurement_names"], texture=feats["texture"],
+        distances_um=feats["distances_um"], levels=feats["levels"], angles_deg=feats["angles_deg"],
+    )  # fmt: skip
+    patches = extract_patches(image, m["x"], m["y"], um_per_px=seg.um_per_px, patch_size=int(patch["size"]),
+                              patch_um_per_px=float(patch["um_per_px"]))  # fmt: skip
+    scores = model.predict_cells(X if model.n_features is not None else None,
+                                 patches if "cnn" in model.models else None)  # fmt: skip
+    primary = config["primary_model"]
+    p = np.asarray(scores[primary], np.float64)
+    rule = config["image_rule"]
+    p_all = image_score(p, int(rule["top_k"]))
+    threshold = float(rule["threshold"])
+    decision = "ALL" if p_all >= threshold else "normal"
+    cell_threshold = float(config.get("blast_cell_threshold", 0.5))
+    fab: dict[str, Any] = {}
+    if decision == "ALL" and len(p):
+        blasts = p >= cell_threshold if (p >= cell_threshold).any() else p == p.max()
+        fab = fab_classify(m, blasts=blasts, settings=FABSettings(**config["fab"])).to_dict()
+    result = Classification(
+        p_all=float(p_all), decision=decision, threshold=threshold, n_cells=int(len(p)),
+        n_blasts=int((p >= cell_threshold).sum()), p_blast=p, p_blast_models=dict(scores), fab=fab, model=primary,
+    )  # fmt: skip
+    return seg, result
+
+
+def blast_colors(cell_ids, p_blast) -> dict[int, tuple[int, int, int]]:
+    """Overlay colour of every cell from its blast probability: blue (0) through yellow to red (1).
+
+    Parameters
+    ----------
+    cell_ids : sequence of int
+    p_blast : sequence of float in [0, 1]
+
+    Returns
+    -------
+    dict of int to (r, g, b)
+
+    Examples
+    --------
+    >>> blast_colors([1, 2], [0.0, 1.0])
+    {1: (40, 120, 255), 2: (230, 20, 20)}
+    """
+    stops = np.array([[40, 120, 255], [250, 210, 30], [230, 20, 20]], np.float64)
+    out = {}
+    for cid, p in zip(cell_ids, p_blast):
+        t = float(np.clip(p, 0, 1)) * 2
+        i = min(int(t), 1)
+        rgb = stops[i] + (stops[i + 1] - stops[i]) * (t - i)
+        out[int(cid)] = tuple(int(round(v)) for v in rgb)
+    return out
+
+
+def write_classification(out_dir, image: np.ndarray, seg, result: Classification, *, crops: bool = True,
+                         summary: Mapping[str, Any] | None = None, threads: int = 1) -> Path:
+    """Write the segmentation outputs of one image plus its classification, atomically.
+
+    ``cells.csv`` and ``cells.geojson`` gain ``p_blast`` (the primary model) and ``p_blast_<model>``
+    columns; ``overlay.jpg`` colours each cell by its blast probability (blue 0, yellow 0.5, red 1);
+    ``classification.json`` holds the image-level verdict and FAB subtype.
+
+    Parameters
+    ----------
+    out_dir : path
+        The image's output folder (replaced).
+    image, seg, result
+        The smear, its segmentation and :func:`classify_image`'s result.
+    crops : bool, optional
+        Write ``crops/`` too.
+    summary : mapping, optional
+        Extra entries for ``classification.json`` (e.g. the input path, timings).
+    threads : int, optional
+        Image-encoding threads.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from leukoseg.segmentation import write_segmentation
+
+    ids = np.asarray(seg.measurements["cell_id"])
+    columns = {"p_blast": result.p_blast}
+    columns.update({f"p_blast_{k}": v for k, v in sorted(result.p_blast_models.items())})
+    verdict = {**dict(summary or {}), **result.to_dict(),
+               "note": "Research use only, not a diagnosis. FAB is a historical morphological classification."}
+    return write_segmentation(
+        out_dir, image, seg, crops=crops, threads=threads, cell_columns=columns,
+        colors=blast_colors(ids, result.p_blast), extra_json={"classification.json": verdict},
+    )  # fmt: skip

@@ -1,0 +1,193 @@
+"""Train every model on a whole data set and write a model bundle: ``leukoseg train``.
+
+The bundle is what ``leukoseg classify IMAGE`` uses (:mod:`.predict`). Training follows the experiment
+(:mod:`.experiment`) with all images as the training set:
+
+- the baseline models (GkNN, SVM, kNN) are fitted on every cell; their inner out-of-fold scores (grouped by
+  image) feed the fusion and the threshold;
+- the CNN is cross-fitted over ``cnn_inner_folds`` parts of the images for out-of-fold scores, then one CNN
+  is trained on every cell for the bundle;
+- the fusion (logistic stacking of baseline and CNN) is fitted on those out-of-fold scores, and the image
+  threshold maximises the balanced accuracy of the images' out-of-fold fused scores.
+
+The bundle's ``provenance`` records the data set's fingerprint, the library versions, the settings and,
+when a run folder of ``leukoseg classify --dataset`` is given, its cross-validated metrics: the honest
+estimate of how the bundle performs (figures computed on the training images themselves would not be).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from leukoseg.errors import LeukosegError
+
+from . import experiment as exp
+from .cache import default_cache_dir, load_or_compute
+from .metrics import choose_threshold, image_score
+
+__all__ = ["train_bundle"]
+
+log = logging.getLogger(__name__)
+
+
+def train_bundle(
+    dataset,
+    out_dir,
+    *,
+    seed: int = 0,
+    cache_dir=None,
+    workers: int = 1,
+    device: str = "auto",
+    cnn: bool = True,
+    top_k: int = 3,
+    match_radius_px: float = 50.0,
+    inner_folds: int = 3,
+    cnn_inner_folds: int = 2,
+    gknn_params: Mapping | None = None,
+    svm_params: Mapping | None = None,
+    knn_params: Mapping | None = None,
+    cnn_params: Mapping | None = None,
+    fusion_params: Mapping | None = None,
+    fab_settings=None,
+    run_dir=None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Fit the models on every image of an ALL-IDB1-like data set and save a model bundle.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        ``all-idb1`` (cells labelled from annotated blast centroids).
+    out_dir : path
+        Bundle folder to write (atomically).
+    seed, cache_dir, workers, device, cnn, top_k, match_radius_px, inner_folds, cnn_inner_folds
+        As in :func:`~leukoseg.pipelines.experiment.run_experiment`.
+    gknn_params, svm_params, knn_params, cnn_params, fusion_params : mapping, optional
+        Keyword arguments of the models.
+    fab_settings : FABSettings, optional
+        FAB cut-offs stored in the bundle (default :class:`~leukoseg.classify.FABSettings`).
+    run_dir : path, optional
+        A run folder of the experiment on the same data: its cross-validated metrics go into the provenance.
+    overwrite : bool, optional
+        Replace an existing bundle folder.
+    progress : bool, optional
+        Progress bars on stderr (only on a terminal).
+
+    Returns
+    -------
+    pathlib.Path
+        The bundle folder.
+
+    Raises
+    ------
+    LeukosegError
+        For a data set other than ALL-IDB1-like smears, a run folder without metrics, or an existing
+        bundle without `overwrite`.
+    """
+    from leukoseg.classify import CNNClassifier, FABSettings
+    from leukoseg.classify.bundle import save_bundle
+    from leukoseg.features import CellFeatures
+
+    t0 = time.perf_counter()
+    if exp._mode(dataset) != "points":
+        raise LeukosegError(dataset.root, "train needs smears with annotated blast centroids (all-idb1)")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise LeukosegError(out_dir, "exists; pass --overwrite to replace it")
+    run_metrics = _run_metrics(run_dir) if run_dir is not None else None
+    records = list(dataset.records)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entries, _ = load_or_compute([r.path for r in records], cache_dir, workers=workers, progress=progress)
+    feature_names = entries[0].feature_names
+    cells = exp._cell_table(records, entries, ["0", "1"], "points", match_radius_px)
+    image_label = np.array([int(r.label) for r in records])
+    fold = exp._Fold(
+        cells=cells, train=np.ones(len(cells.label), bool), test=np.zeros(len(cells.label), bool),
+        train_img=np.arange(len(records)), image_label=image_label, image_group=np.array([r.group for r in records]),
+        K=2, seed=exp._seed(seed),
+    )  # fmt: skip
+    timer = exp._Timer()
+    run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
+    fitted: dict = {}
+    _, p_inner = exp._fit_baseline(fold, feature_names, None, inner_folds, gknn_params, svm_params, knn_params,
+                                   timer, fitted_out=fitted)  # fmt: skip
+    models = dict(fitted["models"])
+    fusion = None
+    primary = "baseline"
+    if cnn:
+        _, p_inner["cnn"] = exp._fit_cnn(fold, cnn_inner_folds, cnn_params, device, timer, run_info)
+        p_test = {m: np.zeros((0, 2)) for m in ("baseline", "cnn")}
+        _, p_inner["fused"] = exp._fit_fusion(fold, p_test, p_inner, fusion_params, device, timer, run_info,
+                                              fitted_out=fitted)  # fmt: skip
+        fusion, primary = fitted["fusion"], "fused"
+        t = time.perf_counter()
+        params = {**exp.CNN_DEFAULTS, **dict(cnn_params or {}), "device": device, "random_state": exp._seed(seed, 3)}
+        models["cnn"] = CNNClassifier(**params).fit(cells.patches, cells.label, groups=fold.image_group[cells.image])
+        timer.add("fit_cnn_final", time.perf_counter() - t)
+
+    scores = [image_score(p_inner[primary][cells.image == i, 1], top_k) for i in range(len(records))]
+    threshold = choose_threshold(scores, image_label)
+    columns = fitted["columns"]
+    texture_defaults = CellFeatures()
+    n_texture = sum(c.startswith(("nuc_", "cyto_")) for c in columns)
+    config = {
+        "positive_class": 1,
+        "classes": ["0", "1"],
+        "primary_model": primary,
+        "image_rule": {"top_k": top_k, "threshold": threshold,
+                       "description": f"mean of the {top_k} highest cell probabilities (missing = 0) >= threshold"},
+        "features": {
+            "measurement_names": [c for c in columns if not c.startswith(("nuc_", "cyto_"))],
+            "texture": n_texture > 0, "distances_um": list(texture_defaults.distances_um),
+            "levels": texture_defaults.levels, "angles_deg": list(texture_defaults.angles_deg),
+        },
+        "patch": {"size": int(cells.patches.shape[1]), "um_per_px": 0.5},
+        "fab": (fab_settings if fab_settings is not None else FABSettings()).to_dict(),
+        "blast_cell_threshold": 0.5,
+    }  # fmt: skip
+    provenance = {
+        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "n_images": len(records),
+                    "n_cells": int(len(cells.label)), "n_blast_cells": int(cells.label.sum())},
+        "seed": seed,
+        "settings": {"inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds, "match_radius_px": match_radius_px,
+                     "gknn": dict(gknn_params or {}), "svm": dict(svm_params or {}), "knn": dict(knn_params or {}),
+                     "cnn": {**exp.CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else None,
+                     "fusion": dict(fusion_params or {})},
+        "device": run_info["device"],
+        "versions": exp._versions(cnn),
+        "timings_s": {k: round(v, 3) for k, v in timer.items()},
+        "cross_validated_metrics": run_metrics,
+        "note": "Research use only; FAB is a historical morphological classification.",
+    }  # fmt: skip
+    X = fold.cells.X[:, [feature_names.index(c) for c in columns]]
+    path = save_bundle(
+        out_dir, models=models, fusion=fusion, config=config, provenance=provenance, feature_names=columns,
+        feature_medians=fitted["medians"], check_features=X[:64], check_patches=cells.patches[:16] if cnn else None,
+        overwrite=overwrite,
+    )  # fmt: skip
+    log.info("bundle written to %s in %.1f s (threshold %.3f, %s)", path, time.perf_counter() - t0, threshold, primary)
+    return path
+
+
+def _run_metrics(run_dir) -> dict:
+    """The summary of every model from a run folder's metrics.json."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LeukosegError(path, f"cannot read the run's metrics ({exc})") from None
+    if not isinstance(metrics, dict) or "models" not in metrics:
+        raise LeukosegError(path, "not a metrics.json of leukoseg classify --dataset")
+    return {
+        "run": str(Path(run_dir).resolve()),
+        "dataset_fingerprint": metrics.get("dataset", {}).get("fingerprint"),
+        "settings": {k: metrics.get("settings", {}).get(k) for k in ("n_folds", "repeats")},
+        "models": {m: v.get("summary") for m, v in metrics["models"].items()},
+    }

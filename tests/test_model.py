@@ -1,0 +1,93 @@
+"""Training a model bundle (`leukoseg train`) and classifying single smears with it (`leukoseg classify IMAGE`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukoseg.datasets import load_dataset
+from leukoseg.errors import LeukosegError
+from leukoseg.pipelines.predict import blast_colors, classify_image, default_model_dir, load_model
+from leukoseg.pipelines.train import train_bundle
+from leukoseg.synthetic import make_smear
+
+
+def _train(fast, fake_all_idb1, fake_cache, out: Path, **kw) -> Path:
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    return train_bundle(dataset, out, cache_dir=fake_cache, seed=3, **fast, **kw)
+
+
+def test_train_then_classify_a_smear(fast, fake_all_idb1, fake_cache, tmp_path):
+    path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model")
+    manifest = json.loads((path / "bundle.json").read_text())
+    assert manifest["config"]["primary_model"] == "fused"
+    assert set(manifest["models"]) == {"gknn", "svm", "knn", "cnn"}
+    assert manifest["provenance"]["dataset"]["fingerprint"] == load_dataset("all-idb1", fake_all_idb1).fingerprint()
+    assert 0 < manifest["config"]["image_rule"]["threshold"] < 1
+
+    model = load_model(path)
+    image = make_smear(shape=(360, 480), kinds=("blast_L1", "blast_L2", "lymphocyte"), n_touching_pairs=0,
+                       seed=4242).image  # fmt: skip
+    before = image.copy()
+    seg, result = classify_image(image, model)
+    assert np.array_equal(image, before)
+    assert result.n_cells == seg.n_cells == len(result.p_blast)
+    assert set(result.p_blast_models) >= {"gknn", "svm", "knn", "cnn", "baseline", "fused"}
+    assert np.all((result.p_blast >= 0) & (result.p_blast <= 1))
+    assert result.decision == ("ALL" if result.p_all >= result.threshold else "normal")
+    assert result.n_blasts == int((result.p_blast >= 0.5).sum())
+    assert bool(result.fab) == (result.decision == "ALL")
+    d = result.to_dict()
+    assert {"p_all", "decision", "threshold", "n_cells", "n_blasts", "model"} <= set(d)
+    json.dumps(d, allow_nan=False)
+
+
+def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1, fake_cache, tmp_path):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(LeukosegError, match="exists"):
+        _train(fast, fake_all_idb1, fake_cache, tmp_path / "model")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"models": {"fused": {"summary": {"all": {}}}}}))
+    fast = {**fast, "cnn": False}
+    fast.pop("cnn_params"), fast.pop("fusion_params")
+    path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", run_dir=run, overwrite=True)
+    manifest = json.loads((path / "bundle.json").read_text())
+    assert manifest["config"]["primary_model"] == "baseline" and "cnn" not in manifest["models"]
+    assert manifest["provenance"]["cross_validated_metrics"]["models"] == {"fused": {"all": {}}}
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(LeukosegError, match="metrics"):
+        _train(fast, fake_all_idb1, fake_cache, tmp_path / "other", run_dir=run)
+
+
+def test_blast_colors_run_blue_to_red():
+    colors = blast_colors([1, 2, 3], [0.0, 0.5, 1.0])
+    assert colors[1][2] > colors[1][0] and colors[3][0] > colors[3][2] and colors[2][1] > 150
+
+
+def test_default_model_is_bundled_and_loads():
+    model = load_model()
+    assert default_model_dir().is_dir()
+    assert model.config["primary_model"] in ("fused", "baseline")
+    assert model.provenance["dataset"]["name"] == "all-idb1"
+
+
+def test_default_model_inference_imports_no_sklearn_keras_or_tensorflow(tmp_path):
+    """The one-image path must start fast: NumPy, OpenCV and scikit-image only."""
+    code = (
+        "import sys\n"
+        "from leukoseg.synthetic import make_smear\n"
+        "from leukoseg.pipelines.predict import classify_image, load_model\n"
+        "image = make_smear(shape=(300, 400), kinds=('blast_L1', 'neutrophil'), n_touching_pairs=0, seed=1).image\n"
+        "seg, result = classify_image(image, load_model())\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'keras', 'tensorflow', 'torch'))\n"
+        "print(result.n_cells, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("[]"), out.stdout
