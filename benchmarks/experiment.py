@@ -1,0 +1,133 @@
+"""The cross-validated experiment on ALL-IDB1: out-of-fold image and cell figures of every model, timings.
+
+Runs :func:`leukoseg.pipelines.experiment.run_experiment` (5 image folds, seed 0; the CNN and the fusion
+unless ``--no-cnn``) and prints the metrics table, the timings per stage, the device, and the CNN's
+training throughput (patches per second) for the TensorFlow backend and, where installed, the torch and
+jax backends, each measured in this run on the same patches. The segmentation cache makes a second run skip
+segmentation; ``--cold`` times a run with an empty cache.
+
+    python benchmarks/experiment.py [--data-dir DIR] [--out RUN] [--repeats N] [--no-cnn] [--device D] [--cold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import data_dir_argument  # noqa: E402
+
+_THROUGHPUT = """
+import json, os, sys, time
+import numpy as np
+from leukoseg.classify import CNNClassifier
+X = np.load(sys.argv[1])["patches"]; y = np.load(sys.argv[1])["labels"]
+clf = CNNClassifier(epochs=1, validation_fraction=0.0, random_state=0, device=sys.argv[2]).fit(X[:64], y[:64])
+t = time.perf_counter()
+clf = CNNClassifier(epochs=2, validation_fraction=0.0, random_state=0, device=sys.argv[2]).fit(X, y)
+dt = time.perf_counter() - t
+print(json.dumps({"backend": clf.backend_, "device": clf.device_, "patches_per_s": 2 * len(X) / dt}))
+"""
+
+
+def _f(v) -> str:
+    return "   -  " if v is None else f"{v:6.3f}"
+
+
+def _throughput(patches_file: Path, device: str) -> list[str]:
+    """Training patches per second of each installed Keras backend, each in a fresh process."""
+    lines = []
+    for backend, module in (("tensorflow", "tensorflow"), ("torch", "torch"), ("jax", "jax")):
+        if importlib.util.find_spec(module) is None:
+            lines.append(f"  {backend:10}: not installed")
+            continue
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        out = subprocess.run([sys.executable, "-c", _THROUGHPUT, str(patches_file), device], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+        if out.returncode != 0:
+            lines.append(f"  {backend:10}: failed ({out.stderr.strip().splitlines()[-1:]})")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        lines.append(f"  {backend:10}: {r['patches_per_s']:7.0f} patches/s on {r['device']}")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data_dir_argument(parser)
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary folder)")
+    parser.add_argument("--cache", type=Path, default=None, help="segmentation cache (default: ~/.cache/leukoseg)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--no-cnn", dest="cnn", action="store_false", help="baseline models only")
+    parser.add_argument("--no-throughput", dest="throughput", action="store_false",
+                        help="skip the per-backend CNN throughput probe")
+    parser.add_argument("--cold", action="store_true", help="use an empty cache (times the segmentation too)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    import numpy as np
+
+    from leukoseg.datasets import load_dataset
+    from leukoseg.pipelines.cache import load_or_compute
+    from leukoseg.pipelines.experiment import run_experiment
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp) / "run"
+        cache = Path(tmp) / "cache" if args.cold else args.cache
+        start = time.perf_counter()
+        dataset = load_dataset("all-idb1", args.data_dir)
+        result = run_experiment(dataset, out, repeats=args.repeats, seed=args.seed, cache_dir=cache,
+                                workers=args.workers, cnn=args.cnn, device=args.device)  # fmt: skip
+        wall = time.perf_counter() - start
+        m = result.metrics
+        speed = []
+        if args.cnn and args.throughput:
+            entries, _ = load_or_compute([r.path for r in dataset.records], cache or Path.home() / ".cache/leukoseg")
+            patches = np.concatenate([e.patches for e in entries])[:1024]
+            np.savez(Path(tmp) / "patches.npz", patches=patches, labels=np.arange(len(patches)) % 2)
+            speed = _throughput(Path(tmp) / "patches.npz", args.device)
+
+    d = m["dataset"]
+    print(f"ALL-IDB1: {d['n_images']} images ({d['n_images_all']} ALL), {d['n_cells']} cells, "
+          f"{d['n_blast_cells']} blast cells ({d['n_points_matched']} of {d['n_annotated_points']} annotated "
+          f"points matched); {m['settings']['n_folds']} folds x {args.repeats} repeat(s), seed {args.seed}")
+    for stratum, title in (("all", "all 108 images"), ("one_camera", "one-camera stratum Im034-Im108")):
+        print(f"\nOut-of-fold, {title} (mean +- std over repeats; Wilson 95 % CI of repeat 0)")
+        print(f"{'model':9} {'img acc':>7} {'+-':>6} {'95% CI':>15} {'sens':>6} {'spec':>6} {'img AUC':>7} "
+              f"{'cell AUC':>8} {'clean':>6}")
+        for model, res in m["models"].items():
+            s = res["summary"][stratum]
+            ci = res["repeats"][0][stratum]["accuracy_ci"]
+            print(f"{model:9} {_f(s['accuracy']['mean']):>7} {_f(s['accuracy']['std'])} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                  f"{_f(s['sensitivity']['mean'])} {_f(s['specificity']['mean'])} {_f(s['auc']['mean']):>7} "
+                  f"{_f(s['cell_auc']['mean']):>8} {_f(s['cell_auc_clean']['mean'])}")
+    print("\n'clean': cell AUC of annotated blasts vs the cells of healthy images only (no unannotated blasts)")
+    t = m["timings_s"]
+    base = sum(t.get(k, 0) for k in ("fit_gknn", "fit_svm", "fit_knn", "inner_baseline"))
+    cnn = sum(t.get(k, 0) for k in ("fit_cnn", "predict_cnn", "fusion"))
+    print("\nTimings (s): " + "; ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    print(f"Baseline part (GA + SVM + kNN + inner scores, features cached): {base:.1f} s; CNN + fusion: {cnn:.1f} s; "
+          f"whole run {wall:.1f} s ({wall / 60:.2f} min); cache: {m['cache']['computed']} images segmented, "
+          f"{m['cache']['reused']} reused")
+    if "cnn" in m:
+        print(f"Device: {m['device']}; CNN training in the run: {m['cnn']['train_patches_per_s']:.0f} patches/s")
+    if speed:
+        print("CNN training throughput, 2 epochs on 1024 ALL-IDB1 patches, measured now:")
+        print("\n".join(speed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
