@@ -10,12 +10,13 @@ configuration error.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     seg.set_defaults(func=_cmd_segment)
 
     cls = sub.add_parser(
-        "classify", parents=[common], help="cross-validated ALL detection experiment on a data set",
-        description="Segment every image once (cached), label cells, and cross-validate over image folds: "
-        "plain kNN, GkNN and SVM on texture, shape and colour features (their mean is the baseline), the CNN of "
-        "Thanh et al. on 50x50 cell patches, and their fusion; image decisions and the FAB subtype. Writes RUN/ "
-        "with folds.csv, cells.csv, images.csv and metrics.json.",
+        "classify", parents=[common], help="classify smears with a model, or run the cross-validated experiment",
+        description="With PATH...: segment each smear, score every cell's blast probability with a model "
+        "bundle (default: the one shipped with leukoseg) and call the image ALL or normal, with the FAB subtype. "
+        "With --dataset: the cross-validated experiment (plain kNN, GkNN, SVM, their baseline mean, the CNN of "
+        "Thanh et al. and the fusion over image folds), writing RUN/ with folds.csv, cells.csv, images.csv, "
+        "metrics.json and report.html. Research use only.",
     )
-    cls.add_argument("--dataset", required=True, metavar="NAME",
-                     help="data set: all-idb1, all-idb2, or folder:PATH (one subfolder per class)")
+    cls.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or globs to classify")
+    cls.add_argument("--model", type=Path, default=None, metavar="DIR",
+                     help="model bundle written by 'leukoseg train' (default: the bundled model)")
+    cls.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
+    cls.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
+                     help="micrometres per pixel, if known (default: measured from the red cells)")
+    cls.add_argument("--no-crops", dest="crops", action="store_false", help="do not write crops/")
+    cls.add_argument("--max-pixels", type=_positive_int, default=None,
+                     help="refuse images with more pixels (default: 100 million)")
+    cls.add_argument("--dataset", default=None, metavar="NAME",
+                     help="run the experiment on a data set: all-idb1, all-idb2, or folder:PATH (one subfolder "
+                     "per class)")
     cls.add_argument("--data-dir", type=Path, default=None,
                      help="the data set's folder (default: $LEUKOSEG_DATA/<NAME> or ~/.leukoseg/data/<NAME>)")
-    cls.add_argument("--out", type=Path, default=Path("leukoseg-classify"),
-                     help="run folder (default: %(default)s)")
+    cls.add_argument("--out", type=Path, default=None,
+                     help="output folder (default: leukoseg-out for images, leukoseg-classify for --dataset)")
     cls.add_argument("--folds", type=_positive_int, default=5, help="outer folds (default: %(default)s)")
     cls.add_argument("--repeats", type=_positive_int, default=1, help="repeats of the folds (default: %(default)s)")
     cls.add_argument("--seed", type=int, default=0, help="seed; repeat r uses seed + r (default: %(default)s)")
@@ -93,6 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--no-cnn", dest="cnn", action="store_false",
                      help="baseline models only (no CNN, no fusion): a run of seconds")
     cls.set_defaults(func=_cmd_classify)
+
+    trn = sub.add_parser(
+        "train", parents=[common], help="train every model on a data set and write a model bundle",
+        description="Fit the baseline models, the CNN and the fusion on all images of a data set and write a "
+        "pickle-free model bundle (JSON + npz) for 'leukoseg classify --model'.",
+    )
+    trn.add_argument("--dataset", required=True, metavar="NAME", help="data set: all-idb1")
+    trn.add_argument("--data-dir", type=Path, default=None, help="the data set's folder")
+    trn.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="bundle folder to write")
+    trn.add_argument("--run", type=Path, default=None, metavar="RUN",
+                     help="an experiment run folder whose cross-validated metrics go into the provenance")
+    trn.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    trn.add_argument("--cache", type=Path, default=None, help="segmentation cache folder")
+    trn.add_argument("--workers", type=_positive_int, default=None, help="processes for segmenting")
+    trn.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the CNN trains")
+    trn.add_argument("--no-cnn", dest="cnn", action="store_false", help="baseline models only")
+    trn.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    trn.set_defaults(func=_cmd_train)
+
+    rep = sub.add_parser(
+        "report", parents=[common], help="HTML and Markdown report of an experiment run",
+        description="Write RUN/report.html (self-contained) and RUN/report.md from an experiment run folder.",
+    )
+    rep.add_argument("run", type=Path, metavar="RUN", help="run folder of 'leukoseg classify --dataset'")
+    rep.add_argument("--data-dir", type=Path, default=None,
+                     help="the data set's folder, for the gallery thumbnails (default: the one the run used)")
+    rep.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -188,22 +227,82 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
+#: An image above this many pixels is the only one in memory: the next is read after it is written.
+_OVERLAP_MAX_PIXELS = 25_000_000
+
+
 def _segment_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     """Worker: read, segment and write one image. Returns a summary, or the error on one line."""
+    return _write_outputs(_segment_stage(_read_stage(task)))
+
+
+def _read_stage(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """First step of :func:`_segment_one`: the image (with its task and the seconds taken), or the error."""
     from .io import DEFAULT_MAX_PIXELS, read_image
-    from .segmentation import segment, write_segmentation
 
     path, out_dir, opts = task
-    start = time.perf_counter()
-    try:
+
+    def work() -> dict[str, Any]:
+        start = time.perf_counter()
         image = read_image(path, max_pixels=opts.get("max_pixels") or DEFAULT_MAX_PIXELS)
         if min(image.shape[:2]) < MIN_SIDE:
             h, w = image.shape[:2]
             raise LeukosegError(path, f"image too small ({w}x{h} pixels); a smear needs at least {MIN_SIDE} on a side")
-        seg = segment(image, pixel_size=opts.get("pixel_size"))
-        seconds = time.perf_counter() - start
-        write_segmentation(out_dir, image, seg, crops=opts.get("crops", True), threads=opts.get("threads", 1),
-                           summary={"image": path, "seconds_segment": round(seconds, 4)})
+        return {"task": task, "array": image, "seconds": time.perf_counter() - start}
+
+    return _guarded(path, opts, work)
+
+
+def _segment_stage(staged: dict[str, Any]) -> dict[str, Any]:
+    """Second step of :func:`_segment_one`: adds the segmentation to a read image, or gives the error."""
+    from .segmentation import segment
+
+    if "error" in staged:
+        return staged
+    path, out_dir, opts = staged["task"]
+
+    def work() -> dict[str, Any]:
+        start = time.perf_counter()
+        seg = segment(staged["array"], pixel_size=opts.get("pixel_size"))
+        return {**staged, "seg": seg, "seconds": staged["seconds"] + time.perf_counter() - start}
+
+    return _guarded(path, opts, work)
+
+
+def _write_outputs(staged: dict[str, Any]) -> dict[str, Any]:
+    """Last step of :func:`_segment_one`: write the outputs of a segmented image; its summary or the error.
+
+    The seconds reported are those spent on this image (reading, segmenting, writing), whether or not
+    other images were processed at the same time.
+    """
+    from .segmentation import write_segmentation
+
+    if "error" in staged:
+        return staged
+    path, out_dir, opts = staged["task"]
+    seg = staged["seg"]
+
+    def work() -> dict[str, Any]:
+        start = time.perf_counter()
+        write_segmentation(out_dir, staged["array"], seg, crops=opts.get("crops", True),
+                           threads=opts.get("threads", 1),
+                           summary={"image": path, "seconds_segment": round(staged["seconds"], 4)})
+        return {
+            "image": path,
+            "n_cells": seg.n_cells,
+            "um_per_px": round(seg.um_per_px, 6),
+            "scale_source": seg.scale_source,
+            "seconds": round(staged["seconds"] + time.perf_counter() - start, 4),
+            "output": out_dir,
+        }
+
+    return _guarded(path, opts, work)
+
+
+def _guarded(path: str, opts: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``work()``, or the error it raised as a one-line summary (the batch goes on)."""
+    try:
+        return work()
     except LeukosegError as exc:
         return {"image": path, "error": exc.reason}
     except MemoryError:
@@ -213,14 +312,54 @@ def _segment_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     except Exception as exc:  # a bug: keep the batch going, but say what happened
         detail = traceback.format_exc() if opts.get("verbose") else ""
         return {"image": path, "error": f"internal error: {type(exc).__name__}: {exc}", "traceback": detail}
-    return {
-        "image": path,
-        "n_cells": seg.n_cells,
-        "um_per_px": round(seg.um_per_px, 6),
-        "scale_source": seg.scale_source,
-        "seconds": round(time.perf_counter() - start, 4),
-        "output": out_dir,
-    }
+
+
+def _segment_in_process(tasks: list) -> Iterator[dict[str, Any]]:
+    """:func:`_segment_one` over `tasks` in this process, results in order.
+
+    With more than one thread per worker (``opts['threads']``, the CPUs per worker process), the three
+    steps run as a pipeline: one thread decodes the next image and another writes (encodes) the previous
+    one while this one is segmented; most of each step runs in OpenCV and zlib, outside Python's lock.
+    An image above ``_OVERLAP_MAX_PIXELS`` is never in memory together with another.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if not tasks:
+        return
+    if tasks[0][2].get("threads", 1) < 2:
+        yield from map(_segment_one, tasks)
+        return
+
+    def big(staged: dict[str, Any]) -> bool:
+        return "array" in staged and staged["array"].shape[0] * staged["array"].shape[1] > _OVERLAP_MAX_PIXELS
+
+    with ThreadPoolExecutor(1, thread_name_prefix="leukoseg-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="leukoseg-write") as writer:
+        written: Future | None = None
+        next_read: Future | None = reader.submit(_read_stage, tasks[0])
+        for i in range(len(tasks)):
+            staged = next_read.result() if next_read is not None else _read_stage(tasks[i])
+            next_read = None
+            if i + 1 < len(tasks) and not big(staged):
+                next_read = reader.submit(_read_stage, tasks[i + 1])
+            staged = _segment_stage(staged)
+            if written is not None:
+                yield written.result()
+            written = writer.submit(_write_outputs, staged)
+            if big(staged):
+                yield written.result()
+                written = None
+        if written is not None:
+            yield written.result()
+
+
+def _single_blas_thread() -> None:
+    """Segmenting does no linear algebra: keep OpenBLAS from starting a thread per core as numpy loads.
+
+    Only before numpy's first import, and only where the user has not chosen; worker processes inherit it.
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _init_worker() -> None:
@@ -238,6 +377,7 @@ def _is_output_file(path: Path) -> bool:
 def _cmd_segment(args: argparse.Namespace) -> int:
     import json
 
+    _single_blas_thread()
     from .io import find_images
 
     out = args.out.resolve()
@@ -253,7 +393,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     workers = min(args.workers or os.cpu_count() or 1, len(tasks))
     opts["threads"] = max(1, (os.cpu_count() or 1) // workers)  # encoder threads per worker
     failed = 0
-    for result in _run_tasks(_segment_one, tasks, workers, quiet=args.quiet, unit="image"):
+    for result in _run_tasks(_segment_one, tasks, workers, quiet=args.quiet, unit="image",
+                             serial=_segment_in_process):
         if "error" in result:
             failed += 1
             if result.get("traceback"):
@@ -272,19 +413,32 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    if args.dataset and args.paths:
+        raise LeukosegError(None, "give image PATHs or --dataset, not both")
+    if args.dataset:
+        return _cmd_experiment(args)
+    if not args.paths:
+        raise LeukosegError(None, "nothing to classify: give image PATHs, or --dataset NAME for the experiment")
+    return _cmd_classify_images(args)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
     from .pipelines.experiment import run_experiment
+    from .pipelines.report import write_report
 
     if args.folds < 2:
         raise LeukosegError(None, f"--folds must be at least 2, got {args.folds}")
+    out = args.out or Path("leukoseg-classify")
     dataset = load_dataset(args.dataset, args.data_dir)
-    _check_writable(args.out)
+    _check_writable(out)
     if args.device == "gpu":
         _check_gpu()
     result = run_experiment(
-        dataset, args.out, n_folds=args.folds, repeats=args.repeats, seed=args.seed, cache_dir=args.cache,
+        dataset, out, n_folds=args.folds, repeats=args.repeats, seed=args.seed, cache_dir=args.cache,
         workers=args.workers or os.cpu_count() or 1, cnn=args.cnn, device=args.device, progress=not args.quiet,
     )  # fmt: skip
+    report = write_report(out, data_dir=dataset.root)
     if not args.quiet:
         m = result.metrics
         lines = []
@@ -296,7 +450,103 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                          + (f", balanced accuracy {s['balanced_accuracy']['mean']:.3f}" if "balanced_accuracy" in s
                             else ""))  # fmt: skip
         sys.stderr.write("leukoseg: " + dataset.name + f", {len(dataset)} images\n" + "\n".join(lines)
-                         + f"\nleukoseg: decision model {m['primary_model']}; results in {result.out_dir}\n")
+                         + f"\nleukoseg: decision model {m['primary_model']}; results in {result.out_dir}, "
+                         f"report {report.html}\n")
+    return EXIT_OK
+
+
+def _cmd_classify_images(args: argparse.Namespace) -> int:
+    import json
+
+    from .io import find_images
+    from .pipelines.predict import default_model_dir, load_model
+
+    out = (args.out or Path("leukoseg-out")).resolve()
+    model_dir = str(args.model if args.model is not None else default_model_dir())
+    load_model(model_dir)  # a bad bundle is one error before any image is read
+    paths = [p for p in find_images(args.paths) if out not in p.resolve().parents and not _is_output_file(p)]
+    if not paths:
+        raise LeukosegError(None, "no images found in the given paths")
+    _check_writable(out)
+    opts = {"pixel_size": args.pixel_size, "crops": args.crops, "max_pixels": args.max_pixels,
+            "verbose": args.verbose, "model": model_dir}  # fmt: skip
+    tasks = [(str(p), str(out / n), opts) for p, n in zip(paths, _output_names(paths))]
+    workers = min(args.workers or os.cpu_count() or 1, len(tasks))
+    opts["threads"] = max(1, (os.cpu_count() or 1) // workers)
+    failed = 0
+    for result in _run_tasks(_classify_one, tasks, workers, quiet=args.quiet, unit="image"):
+        if "error" in result:
+            failed += 1
+            if result.get("traceback"):
+                sys.stderr.write(result["traceback"])
+            _error(f"{result['image']}: {result['error']}", 0)
+        elif not args.json and not args.quiet:
+            fab = f", FAB {result['fab_subtype']} (score {result['fab_score']})" if result.get("fab_subtype") else ""
+            sys.stderr.write(f"{result['image']}: {result['decision']} (p_all {result['p_all']:.3f}), "
+                             f"{result['n_blasts']} of {result['n_cells']} cells blasts{fab}\n")  # fmt: skip
+        if args.json:
+            result.pop("traceback", None)
+            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+    if not args.json and not args.quiet:
+        sys.stderr.write(f"leukoseg: {len(tasks) - failed} of {len(tasks)} images classified into {out} "
+                         "(research use only, not a diagnosis)\n")  # fmt: skip
+    return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+
+@functools.lru_cache(maxsize=2)
+def _model(path: str):
+    """The bundle at `path`, loaded once per process (workers classify many images with it)."""
+    from .pipelines.predict import load_model
+
+    return load_model(path)
+
+
+def _classify_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """Worker: read, segment, classify and write one image; its summary, or the error on one line."""
+    staged = _read_stage(task)
+    if "error" in staged:
+        return staged
+    path, out_dir, opts = task
+
+    def work() -> dict[str, Any]:
+        from .pipelines.predict import classify_image, write_classification
+
+        start = time.perf_counter() - staged["seconds"]  # reading counts
+        seg, result = classify_image(staged["array"], _model(opts["model"]), pixel_size=opts.get("pixel_size"))
+        summary = {"image": path, "um_per_px": round(seg.um_per_px, 6), "scale_source": seg.scale_source}
+        write_classification(out_dir, staged["array"], seg, result, crops=opts.get("crops", True),
+                             summary=summary, threads=opts.get("threads", 1))  # fmt: skip
+        return {**summary, **result.to_dict(), "seconds": round(time.perf_counter() - start, 4), "output": out_dir}
+
+    return _guarded(path, opts, work)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .pipelines.train import train_bundle
+
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if args.out.exists() and not args.overwrite:
+        raise LeukosegError(args.out, "exists; pass --overwrite to replace it")
+    _check_writable(args.out.parent if args.out.parent != Path("") else Path("."))
+    if args.device == "gpu":
+        _check_gpu()
+    path = train_bundle(
+        dataset, args.out, seed=args.seed, cache_dir=args.cache, workers=args.workers or os.cpu_count() or 1,
+        device=args.device, cnn=args.cnn, run_dir=args.run, overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    if not args.quiet:
+        sys.stderr.write(f"leukoseg: model bundle written to {path}\n")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .pipelines.report import write_report
+
+    files = write_report(args.run, data_dir=args.data_dir)
+    if not args.quiet:
+        sys.stderr.write(f"leukoseg: report written to {files.html} and {files.markdown}\n")
     return EXIT_OK
 
 
@@ -310,10 +560,12 @@ def _check_gpu() -> None:
         raise LeukosegError(None, str(exc)) from None
 
 
-def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str):
+def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str,
+               serial: Callable[[list], Iterator[Any]] | None = None):
     """Run `func` over `tasks`, in worker processes when `workers` > 1, with a progress bar on a terminal.
 
-    Results are yielded in the order of `tasks`, so outputs and logs are reproducible.
+    Results are yielded in the order of `tasks`, so outputs and logs are reproducible. With one worker,
+    `serial` (when given) runs the tasks in this process instead of a plain loop over `func`.
     """
     if quiet or not sys.stderr.isatty():
         bar: Any = _NoBar()  # no bar to show: spare the batch tqdm's import
@@ -323,8 +575,8 @@ def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str):
         bar = tqdm(total=len(tasks), unit=unit, file=sys.stderr)
     try:
         if workers <= 1:
-            for task in tasks:
-                yield func(task)
+            for result in serial(tasks) if serial is not None else map(func, tasks):
+                yield result
                 bar.update()
             return
         import multiprocessing as mp

@@ -91,3 +91,68 @@ def test_default_model_inference_imports_no_sklearn_keras_or_tensorflow(tmp_path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("[]"), out.stdout
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("leukoseg: error:") and "Traceback" not in err
+    return lines[0]
+
+
+def test_cli_classify_images_with_the_default_model(tmp_path, capsys):
+    from leukoseg.cli import main
+
+    bad = tmp_path / "in" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not an image")
+    sample = sorted(SAMPLES.glob("*.png")) + sorted(SAMPLES.glob("*.jpg"))
+    rc = main(["classify", str(sample[0]), str(bad), "--out", str(tmp_path / "out"), "--json", "--workers", "1"])
+    captured = capsys.readouterr()
+    assert rc == 1  # one bad file; the good one is still classified
+    results = [json.loads(line) for line in captured.out.splitlines()]
+    good = [r for r in results if "error" not in r]
+    assert len(good) == 1 and good[0]["decision"] in ("ALL", "normal")
+    assert "broken.jpg" in _one_line_error(captured.err)
+    folder = Path(good[0]["output"])
+    verdict = json.loads((folder / "classification.json").read_text())
+    assert verdict["decision"] == good[0]["decision"] and "research" in verdict["note"].lower()
+    header = (folder / "cells.csv").read_text().splitlines()[0].split(",")
+    assert "p_blast" in header and "p_blast_fused" in header
+    assert (folder / "overlay.jpg").is_file() and (folder / "cells.png").is_file()
+
+
+def test_cli_classify_refuses_a_corrupt_model_and_mixed_modes(tmp_path, capsys):
+    from leukoseg.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "bundle.json").write_text("{broken")
+    sample = str(sorted(SAMPLES.iterdir())[0])
+    assert main(["classify", sample, "--model", str(model), "--out", str(tmp_path / "o")]) == 2
+    assert "bundle.json" in _one_line_error(capsys.readouterr().err)
+    assert main(["classify", sample, "--dataset", "all-idb1"]) == 2
+    _one_line_error(capsys.readouterr().err)
+    assert main(["classify"]) == 2
+    _one_line_error(capsys.readouterr().err)
+
+
+def test_cli_train_then_classify_and_report(fake_all_idb1, fake_cache, tmp_path, capsys):
+    from leukoseg.cli import main
+
+    rc = main(["train", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", str(tmp_path / "m"),
+               "--no-cnn", "--cache", str(fake_cache), "--workers", "1", "-q"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert main(["train", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", str(tmp_path / "m"),
+                 "--no-cnn", "--cache", str(fake_cache)]) == 2  # fmt: skip
+    assert "exists" in _one_line_error(capsys.readouterr().err)
+    image = next((fake_all_idb1 / "im").glob("*_1.jpg"))
+    assert main(["classify", str(image), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert (tmp_path / "o" / image.stem / "classification.json").is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in _one_line_error(capsys.readouterr().err)

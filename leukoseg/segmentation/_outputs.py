@@ -22,16 +22,17 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import _umask, write_image, write_json, write_text
+from ..io import _umask, encode_image
 from ._crops import extract_patch
 from ._measure import MEASUREMENT_COLUMNS
+from ._png import label_png
 from ._segment import Segmentation
 
 __all__ = ["OVERLAY_MAX_SIDE", "cells_csv", "cells_geojson", "draw_overlay", "write_segmentation"]
@@ -42,11 +43,15 @@ OVERLAY_MAX_SIDE = 2000
 
 def cells_csv(seg: Segmentation) -> str:
     """The measurement table as CSV text (header + one row per cell)."""
+    return _cells_csv(seg.rows())
+
+
+def _cells_csv(rows: list[dict[str, Any]], extra: Sequence[str] = ()) -> str:
+    columns = [*MEASUREMENT_COLUMNS, *extra]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(MEASUREMENT_COLUMNS)
-    for row in seg.rows():
-        writer.writerow([_fmt(row[c]) for c in MEASUREMENT_COLUMNS])
+    writer.writerow(columns)
+    writer.writerows([_fmt(row[c]) for c in columns] for row in rows)
     return buf.getvalue()
 
 
@@ -58,27 +63,50 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _polygon(mask: np.ndarray, x0: int, y0: int) -> list[list[float]] | None:
+def _outlines(seg: Segmentation, rows: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """Per cell, the outer contours of the cell and of its nucleus, in input pixels relative to its box.
+
+    Made once for both the overlay and the GeoJSON polygons.
+    """
     import cv2
 
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for row in rows:
+        cid = row["cell_id"]
+        x0, y0, x1, y1 = row["bbox_x0"], row["bbox_y0"], row["bbox_x1"], row["bbox_y1"]
+        pair = []
+        for which in ("cells", "nuclei"):
+            mask = (seg._input_box(which, y0, y1, x0, x1) == cid).astype(np.uint8)
+            pair.append(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def _polygon(contours: Any, x0: int, y0: int) -> list[list[float]] | None:
+    """The largest contour as a closed GeoJSON ring in input pixels, or None."""
+    import cv2
+
     if not contours:
         return None
-    c = max(contours, key=cv2.contourArea)[:, 0, :].astype(float)
+    c = max(contours, key=cv2.contourArea)[:, 0, :]
     if len(c) < 3:
         return None
-    ring = [[float(x + x0), float(y + y0)] for x, y in c]
+    ring = (c + (x0, y0)).astype(float).tolist()
     return ring + [ring[0]]  # GeoJSON rings are closed
 
 
 def cells_geojson(seg: Segmentation) -> dict[str, Any]:
     """The cells as a GeoJSON FeatureCollection of QuPath cell objects (pixel coordinates of the input)."""
+    rows = seg.rows()
+    return _cells_geojson(rows, _outlines(seg, rows))
+
+
+def _cells_geojson(rows: list[dict[str, Any]], outlines: list[tuple[Any, Any]]) -> dict[str, Any]:
     features = []
-    for row in seg.rows():
+    for row, (cell_contours, nucleus_contours) in zip(rows, outlines):
         cid = row["cell_id"]
-        x0, y0, x1, y1 = row["bbox_x0"], row["bbox_y0"], row["bbox_x1"], row["bbox_y1"]
-        cell = _polygon(seg.cells[y0:y1, x0:x1] == cid, x0, y0)
-        nucleus = _polygon(seg.nuclei[y0:y1, x0:x1] == cid, x0, y0)
+        cell = _polygon(cell_contours, row["bbox_x0"], row["bbox_y0"])
+        nucleus = _polygon(nucleus_contours, row["bbox_x0"], row["bbox_y0"])
         if cell is None or nucleus is None:
             continue
         measurements = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in row.items()}
@@ -114,22 +142,32 @@ def draw_overlay(image: np.ndarray, seg: Segmentation, *, max_side: int = OVERLA
     ndarray of uint8
         RGB overlay.
     """
+    rows = seg.rows()
+    return _draw_overlay(image, seg, rows, _outlines(seg, rows), max_side=max_side, colors=colors)
+
+
+def _draw_overlay(image: np.ndarray, seg: Segmentation, rows: list[dict[str, Any]],
+                  outlines: list[tuple[Any, Any]], *, max_side: int,
+                  colors: Mapping[int, tuple[int, int, int]] | None) -> np.ndarray:
     import cv2
 
-    from ._segment import _resize
+    from ._segment import _Pyramid
 
     h, w = image.shape[:2]
     halvings = max(0, int(np.ceil(np.log2(max(h, w) / max_side)))) if max(h, w) > max_side else 0
-    canvas = _resize(image, 0.5**halvings) if halvings else image.copy()  # halving: OpenCV's fast path
+    if halvings:
+        # The halvings made while segmenting this very image, when at hand (one full-size pass fewer).
+        pyramid = seg._pyramid if seg._pyramid is not None and seg._pyramid.is_of(image) else _Pyramid(image)
+        canvas = pyramid.resize(0.5**halvings).copy()  # the copy: the pyramid's levels are shared
+    else:
+        canvas = image.copy()
     f = canvas.shape[1] / w
     thick = max(1, round(max(canvas.shape[:2]) / 800))
-    for row in seg.rows():
+    for row, (cell_contours, nucleus_contours) in zip(rows, outlines):
         cid = row["cell_id"]
         x0, y0, x1, y1 = row["bbox_x0"], row["bbox_y0"], row["bbox_x1"], row["bbox_y1"]
         color = (0, 200, 0) if colors is None else tuple(int(c) for c in colors.get(cid, (0, 200, 0)))
-        for labels, col in ((seg.cells, color), (seg.nuclei, (20, 20, 120))):
-            contours, _ = cv2.findContours((labels[y0:y1, x0:x1] == cid).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                           cv2.CHAIN_APPROX_SIMPLE)
+        for contours, col in ((cell_contours, color), (nucleus_contours, (20, 20, 120))):
             scaled = [np.round((c.astype(float) + (x0, y0)) * f).astype(np.int32) for c in contours]
             cv2.drawContours(canvas, scaled, -1, col, thick, lineType=cv2.LINE_AA)
         label = str(cid) + ("*" if row["smudge"] else "")
@@ -150,6 +188,9 @@ def write_segmentation(
     patch_um_per_px: float = 0.5,
     summary: Mapping[str, Any] | None = None,
     threads: int = 2,
+    cell_columns: Mapping[str, Sequence[float]] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    extra_json: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write the output folder of one image (see the module docstring), atomically.
 
@@ -169,6 +210,13 @@ def write_segmentation(
         Extra entries for ``segmentation.json`` (e.g. the input path and timings).
     threads : int, optional
         Threads that encode the images (PNG and JPEG encoding runs outside Python's lock).
+    cell_columns : mapping of str to sequence of float, optional
+        Extra per-cell columns (one value per cell, in id order) appended to ``cells.csv`` and to the
+        GeoJSON measurements, e.g. ``{"p_blast": ...}``.
+    colors : mapping of int to (r, g, b), optional
+        Overlay outline colour per cell id (default green).
+    extra_json : mapping of str to mapping, optional
+        More JSON files for the folder, by file name (e.g. ``{"classification.json": {...}}``).
 
     Returns
     -------
@@ -180,25 +228,37 @@ def write_segmentation(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
-        images: list[tuple[Path, np.ndarray]] = [
-            (tmp / "nuclei.png", seg.nuclei.astype(np.uint16)),
-            (tmp / "cells.png", seg.cells.astype(np.uint16)),
-            (tmp / "overlay.jpg", draw_overlay(image, seg)),
-        ]
-        if crops:
-            (tmp / "crops").mkdir()
-            for row in seg.rows():
-                cid = row["cell_id"]
-                box = image[row["bbox_y0"] : row["bbox_y1"], row["bbox_x0"] : row["bbox_x1"]]
-                patch = extract_patch(image, row["x"], row["y"], um_per_px=seg.um_per_px, patch_size=patch_size,
-                                      patch_um_per_px=patch_um_per_px)
-                images += [(tmp / "crops" / f"cell_{cid:04d}.png", box),
-                           (tmp / "crops" / f"cell_{cid:04d}_patch.png", patch)]
-        # Encoding releases the GIL: a few threads overlap it with the text outputs below.
+        rows = seg.rows()
+        for name, values in (cell_columns or {}).items():
+            if len(values) != len(rows):
+                raise ValueError(f"cell column {name!r} has {len(values)} values for {len(rows)} cells")
+            for row, v in zip(rows, values):
+                row[name] = float(v)
+        index_rows, index_cols = seg._index_maps
+        # Encoding releases the GIL: a few threads overlap it with the drawing and the text outputs.
+        # Files are written plainly: the whole folder is renamed into place only when complete.
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            pending = [pool.submit(write_image, path, array) for path, array in images]
-            write_text(tmp / "cells.csv", cells_csv(seg))
-            write_text(tmp / "cells.geojson", json.dumps(cells_geojson(seg), separators=(",", ":")) + "\n")
+            pending = [
+                pool.submit(_write_bytes, tmp / name, label_png, labels, index_rows, index_cols)
+                for name, labels in (("nuclei.png", seg.working_nuclei), ("cells.png", seg.working_cells))
+            ]
+            outlines = _outlines(seg, rows)
+            overlay = _draw_overlay(image, seg, rows, outlines, max_side=OVERLAY_MAX_SIDE, colors=colors)
+            pending.append(pool.submit(_write_bytes, tmp / "overlay.jpg", encode_image, overlay, ".jpg"))
+            if crops:
+                (tmp / "crops").mkdir()
+                for row in rows:
+                    cid = row["cell_id"]
+                    box = image[row["bbox_y0"] : row["bbox_y1"], row["bbox_x0"] : row["bbox_x1"]]
+                    patch = extract_patch(image, row["x"], row["y"], um_per_px=seg.um_per_px,
+                                          patch_size=patch_size, patch_um_per_px=patch_um_per_px)
+                    pending += [pool.submit(_write_bytes, tmp / "crops" / f"cell_{cid:04d}.png", encode_image, box,
+                                            ".png"),
+                                pool.submit(_write_bytes, tmp / "crops" / f"cell_{cid:04d}_patch.png", encode_image,
+                                            patch, ".png")]
+            _write_text(tmp / "cells.csv", _cells_csv(rows, list(cell_columns or {})))
+            _write_text(tmp / "cells.geojson",
+                        json.dumps(_cells_geojson(rows, outlines), separators=(",", ":")) + "\n")
             info = {
                 "n_cells": seg.n_cells,
                 "um_per_px": seg.um_per_px,
@@ -210,7 +270,9 @@ def write_segmentation(
                 "patch": {"size": patch_size, "um_per_px": patch_um_per_px},
             }
             info.update(summary or {})
-            write_json(tmp / "segmentation.json", info)
+            _write_text(tmp / "segmentation.json", json.dumps(info, indent=2, sort_keys=False, allow_nan=False) + "\n")
+            for name, content in (extra_json or {}).items():
+                _write_text(tmp / name, json.dumps(dict(content), indent=2, allow_nan=False) + "\n")
             for future in pending:
                 future.result()
         _swap_into_place(tmp, out_dir)
@@ -218,6 +280,18 @@ def write_segmentation(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_bytes(path: Path, encode: Callable[..., bytes], *args: Any) -> None:
+    """Encode (in a worker thread) and write one file of the temporary folder."""
+    data = encode(*args)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
