@@ -22,9 +22,12 @@ content and settings (:mod:`.cache`), so re-runs skip them. Three kinds of data 
     - annotated blasts that the segmentation missed have no cell and are not scored at all.
 
     Cell-level figures therefore measure agreement with these labels, not with the truth; the image-level
-    figures (ALL / healthy, from the file name) are exact. An image's score is the mean of its ``top_k``
-    (3) highest cell blast probabilities, missing cells counting as 0 (:func:`.metrics.image_score`):
-    robust to one false-positive cell, and an image without cells scores 0 instead of being dropped.
+    figures (ALL / healthy, from the file name) are exact. An image's score is the mean of its ``k``
+    highest cell blast probabilities, missing cells counting as 0 (:func:`.metrics.image_score`); an image
+    without cells scores 0 instead of being dropped. ``k`` is learnt with the threshold, on the training
+    images of the fold only, among ``top_k`` (1, 2, 3; :func:`.metrics.choose_image_rule`): the maximum
+    catches an ALL smear with a single blast, a mean of three resists one false-positive cell, and the
+    training images decide which matters more for each model.
 
 ``all-idb2`` (single-cell crops, label = blast or not)
     Each crop is one image with one cell: the detected cell nearest the crop's centre, labelled with the
@@ -103,7 +106,7 @@ from leukoseg.errors import LeukosegError
 
 from .cache import default_cache_dir, load_or_compute
 from .folds import assign_folds, check_no_leak
-from .metrics import binary_metrics, choose_threshold, image_score, multiclass_metrics, roc_auc
+from .metrics import binary_metrics, choose_image_rule, image_score, multiclass_metrics, roc_auc
 
 __all__ = ["MODELS", "ExperimentResult", "match_blasts", "run_experiment"]
 
@@ -267,7 +270,7 @@ def run_experiment(
     cnn: bool = True,
     device: str = "auto",
     match_radius_px: float = 50.0,
-    top_k: int = 3,
+    top_k: int | Sequence[int] = (1, 2, 3),
     inner_folds: int = 3,
     cnn_inner_folds: int = 2,
     gknn_params: Mapping | None = None,
@@ -300,8 +303,9 @@ def run_experiment(
         Where the CNN and the fusion run (recorded in ``metrics.json``).
     match_radius_px : float, optional
         Radius of the blast matching (``all-idb1``).
-    top_k : int, optional
-        Cells averaged into the image score (``all-idb1``).
+    top_k : int or sequence of int, optional
+        Candidate numbers of cells averaged into the image score (``all-idb1``); one is chosen per model and
+        fold on the training images.
     inner_folds : int, optional
         Folds of the inner cross-validation that scores the training images for the thresholds and the fusion.
     cnn_inner_folds : int, optional
@@ -382,6 +386,8 @@ def run_experiment(
     img_p = {m: np.full((repeats, len(records), K), np.nan) for m in models}
     img_pred = {m: np.zeros((repeats, len(records)), dtype=int) for m in models}
     thresholds = {m: np.full((repeats, n_folds), np.nan) for m in models}
+    rule_k = {m: np.ones((repeats, n_folds), dtype=int) for m in models}
+    top_ks = (1,) if mode == "crop" else ((top_k,) if isinstance(top_k, int) else tuple(top_k))
     run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
     bar = tqdm(total=repeats * n_folds, unit="fold", desc="classify", file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()))
@@ -420,12 +426,14 @@ def run_experiment(
                 train_cell_img = cell_image[train_cells]
                 prior = np.bincount(image_label[fold.train_img], minlength=K) / len(fold.train_img)
                 for m in models:
-                    for i in np.flatnonzero(test_img):
-                        img_p[m][r, i] = _image_proba(cell_p[m][r, cell_image == i], binary, top_k, prior)
                     if binary:
-                        s = [_image_proba(p_inner[m][train_cell_img == i], True, top_k, prior)[1]
-                             for i in fold.train_img]  # fmt: skip
-                        thresholds[m][r, k] = choose_threshold(s, image_label[fold.train_img])
+                        rule_k[m][r, k], thresholds[m][r, k] = choose_image_rule(
+                            [p_inner[m][train_cell_img == i, 1] for i in fold.train_img],
+                            image_label[fold.train_img], top_ks,
+                        )  # fmt: skip
+                    for i in np.flatnonzero(test_img):
+                        img_p[m][r, i] = _image_proba(cell_p[m][r, cell_image == i], binary, rule_k[m][r, k], prior)
+                    if binary:
                         img_pred[m][r, test_img] = img_p[m][r, test_img, 1] >= thresholds[m][r, k]
                     else:
                         img_pred[m][r, test_img] = np.argmax(img_p[m][r, test_img], axis=1)
@@ -487,6 +495,7 @@ def run_experiment(
                 entry[key] = res
             if binary:
                 entry["thresholds"] = [float(v) for v in thresholds[m][r]]
+                entry["image_rule_top_k"] = [int(v) for v in rule_k[m][r]]
             per_repeat.append(entry)
         metrics["models"][m] = {"repeats": per_repeat, "summary": _summary(per_repeat)}
     if cnn and timer.get("fit_cnn"):
@@ -746,14 +755,15 @@ def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, set
 
 
 def _settings(args: Mapping) -> dict:
-    keys = ("n_folds", "repeats", "cnn", "device", "match_radius_px", "top_k", "inner_folds", "cnn_inner_folds")
+    keys = ("n_folds", "repeats", "cnn", "device", "match_radius_px", "top_ks", "inner_folds", "cnn_inner_folds")
     out = {k: args[k] for k in keys}
     for k in ("gknn_params", "svm_params", "knn_params", "cnn_params", "fusion_params", "segment_params",
               "feature_params"):  # fmt: skip
         out[k.removesuffix("_params")] = dict(args[k] or {})
     out.update({
         "n_features": len(args["feature_names"]),
-        "image_score": (f"mean of the {args['top_k']} highest cell blast probabilities, missing cells = 0"
+        "image_score": (f"mean of the k highest cell blast probabilities, missing cells = 0; k among "
+                        f"{args['top_ks']} and the threshold chosen on inner out-of-fold scores of the training images"
                         if args["mode"] == "points" else "the probability of the cell nearest the centre"
                         if args["mode"] == "crop" else "mean of the cells' class probabilities"),
         "baseline": "mean of the gknn and svm cell probabilities",

@@ -29,7 +29,7 @@ from leukoseg.errors import LeukosegError
 
 from . import experiment as exp
 from .cache import default_cache_dir, load_or_compute
-from .metrics import choose_threshold, image_score
+from .metrics import choose_image_rule
 
 __all__ = ["train_bundle"]
 
@@ -45,7 +45,7 @@ def train_bundle(
     workers: int = 1,
     device: str = "auto",
     cnn: bool = True,
-    top_k: int = 3,
+    top_k=(1, 2, 3),
     match_radius_px: float = 50.0,
     inner_folds: int = 3,
     cnn_inner_folds: int = 2,
@@ -132,8 +132,9 @@ def train_bundle(
         models["cnn"] = CNNClassifier(**params).fit(cells.patches, cells.label, groups=fold.image_group[cells.image])
         timer.add("fit_cnn_final", time.perf_counter() - t)
 
-    scores = [image_score(p_inner[primary][cells.image == i, 1], top_k) for i in range(len(records))]
-    threshold = choose_threshold(scores, image_label)
+    top_ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
+    k, threshold = choose_image_rule([p_inner[primary][cells.image == i, 1] for i in range(len(records))],
+                                     image_label, top_ks)  # fmt: skip
     columns = fitted["columns"]
     texture_defaults = CellFeatures()
     n_texture = sum(c.startswith(("nuc_", "cyto_")) for c in columns)
@@ -141,8 +142,9 @@ def train_bundle(
         "positive_class": 1,
         "classes": ["0", "1"],
         "primary_model": primary,
-        "image_rule": {"top_k": top_k, "threshold": threshold,
-                       "description": f"mean of the {top_k} highest cell probabilities (missing = 0) >= threshold"},
+        "image_rule": {"top_k": k, "threshold": threshold,
+                       "description": f"mean of the {k} highest cell probabilities (missing = 0) >= threshold; k "
+                       f"and threshold chosen among {list(top_ks)} on out-of-fold scores of the training images"},
         "features": {
             "measurement_names": [c for c in columns if not c.startswith(("nuc_", "cyto_"))],
             "texture": n_texture > 0, "distances_um": list(texture_defaults.distances_um),

@@ -45,6 +45,18 @@ def test_image_score_rule():
         image_score([0.5], top_k=0)
 
 
+def test_choose_image_rule_learns_k_and_threshold():
+    from leukoseg.pipelines.metrics import choose_image_rule
+
+    # Separable by every k: the most robust (largest) k wins the tie.
+    assert choose_image_rule([[0.9, 0.1, 0.1], [0.2, 0.1], [0.95, 0.9, 0.8]], [1, 0, 1]) == (3, 0.233333333333)
+    # A single-blast ALL image beside a healthy image with three doubtful cells: only the maximum separates.
+    assert choose_image_rule([[0.9], [0.6, 0.6, 0.6], [0.95, 0.9, 0.8]], [1, 0, 1]) == (1, 0.75)
+    assert choose_image_rule([[0.9], [0.6, 0.6, 0.6]], [1, 0], top_ks=(3,))[0] == 3
+    with pytest.raises(ValueError):
+        choose_image_rule([[0.5]], [1], top_ks=())
+
+
 def test_choose_threshold_maximises_balanced_accuracy():
     assert choose_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1]) == pytest.approx(0.25)
     assert choose_threshold([0.1, 0.2, 0.6, 0.9], [0, 0, 1, 1]) == 0.5  # ties: the candidate nearest 0.5
@@ -151,6 +163,7 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
         assert (i["fab_subtype"] in ("L1", "L2", "L3")) == (i["pred"] == "1" and int(i["n_cells"]) > 0)
     assert "L1" in metrics["fab"]["settings"] or metrics["fab"]["settings"]
     assert "research" in metrics["fab"]["note"]
+    assert all(k in (1, 2, 3) for k in metrics["models"]["fused"]["repeats"][0]["image_rule_top_k"])
     base = metrics["models"]["baseline"]["repeats"][0]["all"]
     assert base["n"] == len(dataset) and len(base["accuracy_ci"]) == 2
     assert metrics["dataset"]["fingerprint"] == dataset.fingerprint()
