@@ -198,3 +198,25 @@ def test_write_label_png_keeps_uint16(tmp_path):
     back = cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, labels)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_encode_image_keeps_rgb_order(tmp_path, ext):
+    from leukoseg.io import encode_image
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 220, 30  # red
+    view = np.pad(rgb, ((2, 2), (3, 3), (0, 0)))[2:-2, 3:-3]  # not contiguous, as crops are
+    data = encode_image(view, ext)
+    back = read_image(_write(tmp_path / f"e{ext}", data))
+    assert np.abs(back.astype(int) - rgb).max() <= 3
+
+
+def test_write_image_failure_names_the_file(tmp_path):
+    with pytest.raises(LeukosegError, match="x.png"):
+        write_image(tmp_path / "x.png", np.zeros((0, 0), np.uint8))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -211,3 +216,150 @@ def test_blast_recall_on_all_idb1_subset(all_idb1_dir):
         total += len(r.points)
         matched += _matched(_centroids(seg), r.points, radius=50)
     assert matched / total >= 0.95, (matched, total)
+
+
+# --- The SciPy/scikit-image-free operations and the fast outputs give the same answers -----------------
+
+
+def _random_objects(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h, w = (int(v) for v in rng.integers(5, 90, 2))
+    mask = (cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 3) > 0.5).astype(np.uint8)
+    _, comp = cv2.connectedComponents(mask, connectivity=8)
+    dist = cv2.GaussianBlur(cv2.distanceTransform(mask, cv2.DIST_L2, 5), (0, 0), 1.0)
+    return mask, comp, dist
+
+
+def test_ndimage_replacements_match_scipy_and_skimage():
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max as sk_peaks
+    from skimage.filters import threshold_otsu as sk_otsu
+    from skimage.segmentation import watershed as sk_watershed
+
+    from leukoseg.segmentation import _ndimage as nd
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        values = (rng.normal(size=int(rng.integers(2, 3000))) * 30).astype(np.float32)
+        assert nd.threshold_otsu(values) == float(sk_otsu(values))
+        values8 = rng.integers(0, 256, size=int(rng.integers(2, 3000))).astype(np.uint8)
+        assert nd.threshold_otsu(values8) == float(sk_otsu(values8))
+    for _ in range(60):
+        mask, comp, dist = _random_objects(rng)
+        assert nd.find_objects(comp) == ndi.find_objects(comp)
+        assert nd.find_objects(comp.astype(np.int64)) == ndi.find_objects(comp)
+        spacing = int(rng.integers(1, 6))
+        expected = sk_peaks(dist, min_distance=spacing, threshold_abs=0.5, labels=comp, exclude_border=False)
+        peaks = nd.peak_local_max(dist, min_distance=spacing, threshold_abs=0.5, labels=comp)
+        np.testing.assert_array_equal(peaks, expected)
+        markers = np.zeros(mask.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        for landscape in (-dist, dist):
+            np.testing.assert_array_equal(nd.watershed(landscape, markers, mask > 0),
+                                          sk_watershed(landscape, markers, mask=mask > 0))
+    # Flat objects: their isolated pixels are the peaks, as scikit-image has it.
+    comp = np.zeros((20, 20), np.int32)
+    comp[2:8, 2:8], comp[10, 10], comp[12:14, 3:18] = 1, 2, 3
+    flat = np.ones((20, 20), np.float32)
+    np.testing.assert_array_equal(nd.peak_local_max(flat, min_distance=2, threshold_abs=0.5, labels=comp),
+                                  sk_peaks(flat, min_distance=2, threshold_abs=0.5, labels=comp, exclude_border=False))
+
+
+def test_percentile_from_histogram_matches_numpy():
+    from leukoseg.segmentation._color import _percentile_uint8
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        values = rng.integers(int(rng.integers(0, 200)), 256, size=int(rng.integers(1, 2000))).astype(np.uint8)
+        for q in (0.0, 37.3, 50.0, 95.0, 100.0):
+            assert _percentile_uint8(values, q) == float(np.percentile(values, q))
+
+
+@pytest.mark.parametrize("factor", [0.9, 0.61, 0.5, 0.296, 0.2613, 0.1])
+def test_pyramid_resize_is_inter_area(factor):
+    from leukoseg.segmentation._segment import _Pyramid
+
+    image = make_smear(seed=4, shape=(400, 520)).image
+    pyramid = _Pyramid(image)
+    got = pyramid.resize(factor)
+    size = (max(1, round(520 * factor)), max(1, round(400 * factor)))
+    expected = image
+    while expected.shape[1] >= 2 * size[0] and expected.shape[0] >= 2 * size[1]:
+        expected = cv2.resize(expected, (expected.shape[1] // 2, expected.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if (expected.shape[1], expected.shape[0]) != size:
+        expected = cv2.resize(expected, size, interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(got, expected)
+    pyramid.detach()  # the halvings stay usable while the image lives
+    np.testing.assert_array_equal(pyramid.resize(factor), expected)
+
+
+def test_label_png_round_trip():
+    from PIL import Image
+
+    from leukoseg.segmentation._png import label_png
+
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        labels = np.zeros((h, w), np.int32)
+        for _ in range(int(rng.integers(0, 5))):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            labels[y : y + int(rng.integers(1, 15)), x : x + int(rng.integers(1, 15))] = rng.integers(1, 70000)
+        height, width = h * int(rng.integers(1, 5)) + int(rng.integers(0, 3)), w * int(rng.integers(1, 5))
+        rows, cols = np.arange(height) * h // height, np.arange(width) * w // width
+        data = label_png(labels, rows, cols)
+        expected = labels.astype(np.uint16)[rows][:, cols]
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.dtype == np.uint16
+        np.testing.assert_array_equal(decoded, expected)
+        with Image.open(io.BytesIO(data)) as pil:
+            np.testing.assert_array_equal(np.asarray(pil).astype(np.int64), expected.astype(np.int64))
+
+
+def test_input_size_labels_are_built_on_demand():
+    smear = make_smear(seed=2)
+    seg = segment(smear.image)
+    assert "nuclei" not in seg.__dict__ and "cells" not in seg.__dict__  # nothing built yet
+    fresh = dataclasses.replace(seg)
+    h, w = smear.image.shape[:2]
+    for which in ("nuclei", "cells"):
+        full = getattr(seg, which)
+        assert full.dtype == np.int32 and full.shape == (h, w)
+        working = getattr(seg, f"working_{which}")
+        assert set(np.unique(full)) == set(np.unique(working))
+        for y0, y1, x0, x1 in [(0, h, 0, w), (10, 90, 33, 200), (h - 5, h, w - 7, w), (50, 50, 10, 20)]:
+            np.testing.assert_array_equal(fresh._input_box(which, y0, y1, x0, x1), full[y0:y1, x0:x1])
+
+
+def test_cli_segment_does_not_import_scipy(tmp_path):
+    path = tmp_path / "s.png"
+    cv2.imwrite(str(path), make_smear(seed=0).image[..., ::-1])
+    code = (
+        "import sys\n"
+        "from leukoseg.cli import main\n"
+        f"assert main(['segment', {str(path)!r}, '--out', {str(tmp_path / 'o')!r}, '-q', '--workers', '1']) == 0\n"
+        "heavy = [m for m in ('scipy', 'sklearn', 'tensorflow', 'keras', 'tqdm') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_pipelined_batch_keeps_order_and_errors(tmp_path):
+    from leukoseg import cli
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"s{i}.png")
+        cv2.imwrite(str(paths[-1]), make_smear(seed=i, shape=(300, 400)).image[..., ::-1])
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    paths.insert(1, bad)
+    opts = {"crops": False, "threads": 2}
+    tasks = [(str(p), str(tmp_path / "o" / p.stem), opts) for p in paths]
+    results = list(cli._segment_in_process(tasks))
+    assert [r["image"] for r in results] == [str(p) for p in paths]
+    assert "error" in results[1] and all("error" not in r for i, r in enumerate(results) if i != 1)
+    serial = [cli._segment_one((p, str(tmp_path / "serial" / Path(p).stem), opts)) for p, _, _ in tasks]
+    for r, s in zip(results, serial):
+        if "error" not in r:
+            assert (Path(r["output"]) / "cells.csv").read_text() == (Path(s["output"]) / "cells.csv").read_text()

@@ -17,7 +17,21 @@ __all__ = ["background_level", "stain_excess"]
 def background_level(image: np.ndarray) -> float:
     """Brightness of the slide background: a high percentile of the green channel (never below 1)."""
     green = image[::4, ::4, 1]
-    return float(max(np.percentile(green, 95), 1.0))
+    if green.size == 0:
+        raise ValueError("image is empty")
+    return float(max(_percentile_uint8(green, 95.0), 1.0))
+
+
+def _percentile_uint8(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of uint8 values, from a histogram (no sort)."""
+    cum = np.cumsum(np.bincount(values.ravel(), minlength=256))
+    rank = q / 100.0 * (cum[-1] - 1)
+    lo = int(np.floor(rank))
+    a = float(np.searchsorted(cum, lo, side="right"))  # the lo-th smallest value
+    b = float(np.searchsorted(cum, min(lo + 1, int(cum[-1]) - 1), side="right"))
+    t = rank - lo
+    # numpy's lerp, with its choice of end for t >= 0.5
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
 
 
 def stain_excess(image: np.ndarray, *, background: float | None = None) -> np.ndarray:
