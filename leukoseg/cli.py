@@ -168,10 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (already printed by argparse)
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    tf_logger = logging.getLogger("tensorflow")
+    saved_tf_level = tf_logger.level
     if args.verbose < 2:
-        # TensorFlow's C++ start-up chatter (oneDNN notes, tf.data attribute notices) is not for users;
-        # -vv shows it. Only a default: a value the user set wins.
+        # TensorFlow's C++ start-up chatter (oneDNN notes, tf.data attribute notices) and its retracing
+        # notices are not for users; -vv shows them. Only a default: a value the user set wins.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        tf_logger.setLevel(logging.ERROR)
     logger = logging.getLogger("leukoseg")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     _configure_logging(logger, args.verbose, args.quiet)
@@ -186,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         # main() may be called in-process (tests, notebooks): leave logging as it was found.
         logger.handlers[:], logger.level, logger.propagate = saved
+        tf_logger.setLevel(saved_tf_level)
 
 
 def _configure_logging(logger: logging.Logger, verbose: int, quiet: bool) -> None:
