@@ -156,3 +156,15 @@ def test_cli_train_then_classify_and_report(fake_all_idb1, fake_cache, tmp_path,
     assert (tmp_path / "o" / image.stem / "classification.json").is_file()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in _one_line_error(capsys.readouterr().err)
+
+
+def test_cli_device_gpu_without_a_gpu_is_a_one_line_error(fake_all_idb1, tmp_path, capsys):
+    from leukoseg.classify.cnn import resolve_device
+    from leukoseg.cli import main
+
+    if resolve_device("auto") == "gpu":
+        pytest.skip("a GPU is visible")
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--device", "gpu",
+               "--out", str(tmp_path / "run")])  # fmt: skip
+    assert rc == 2
+    assert "GPU" in _one_line_error(capsys.readouterr().err)
