@@ -94,7 +94,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["FAB_CRITERIA", "FABResult", "FABSettings", "fab_classify"]
+__all__ = ["FAB_CRITERIA", "FABResult", "FABSettings", "blast_mask", "fab_classify"]
 
 #: The per-blast criteria whose percentage of scored blasts :class:`FABResult` reports, in order.
 FAB_CRITERIA = (
@@ -281,6 +281,33 @@ def _required_columns(settings: FABSettings) -> tuple[str, ...]:
     if settings.exclude_smudge:
         cols += ("smudge",)
     return cols
+
+
+def blast_mask(p_blast, *, threshold: float = 0.5) -> np.ndarray:
+    """The cells of an image called ALL whose morphology FAB scores: its predicted blasts.
+
+    Cells with a blast probability of at least `threshold`; when there is none, the single most probable
+    cell (an image called ALL has at least one blast).
+
+    Parameters
+    ----------
+    p_blast : (n_cells,) array-like of float
+    threshold : float, optional
+
+    Returns
+    -------
+    (n_cells,) ndarray of bool
+
+    Examples
+    --------
+    >>> blast_mask([0.2, 0.7, 0.9]).tolist(), blast_mask([0.2, 0.4, 0.3]).tolist()
+    ([False, True, True], [False, True, False])
+    """
+    p = np.asarray(p_blast, dtype=np.float64)
+    mask = p >= threshold
+    if len(p) and not mask.any():
+        mask[int(np.argmax(p))] = True
+    return mask
 
 
 def fab_classify(

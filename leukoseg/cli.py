@@ -531,8 +531,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .pipelines.train import train_bundle
 
     dataset = load_dataset(args.dataset, args.data_dir)
-    if args.out.exists() and not args.overwrite:
-        raise LeukosegError(args.out, "exists; pass --overwrite to replace it")
     _check_writable(args.out.parent if args.out.parent != Path("") else Path("."))
     if args.device == "gpu":
         _check_gpu()

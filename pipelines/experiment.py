@@ -462,7 +462,13 @@ def run_experiment(
                                                                    for j, c in enumerate(classes)},
         },  # fmt: skip
         "seed": seed,
-        "settings": _settings(locals()),
+        "settings": _settings(
+            mode, top_ks, len(feature_names),
+            {"n_folds": n_folds, "repeats": repeats, "cnn_enabled": bool(cnn), "device": device,
+             "match_radius_px": match_radius_px, "inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds},
+            {"gknn": gknn_params, "svm": svm_params, "knn": knn_params, "cnn": cnn_params, "fusion": fusion_params,
+             "segment": segment_params, "features": feature_params},
+        ),  # fmt: skip
         "models": {},
         "device": run_info["device"],
         "timings_s": {},
@@ -727,7 +733,7 @@ def _fixed_models(fitted: Mapping, seed: int, knn_params) -> dict:
 
 def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, settings) -> dict:
     """FAB subtype of every image called ALL, per repeat, from its predicted blasts' measurements."""
-    from leukoseg.classify import FABSettings, fab_classify
+    from leukoseg.classify.fab import FABSettings, blast_mask, fab_classify
 
     settings = settings if settings is not None else FABSettings()
     per_image: dict[tuple[int, int], dict] = {}
@@ -738,7 +744,7 @@ def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, set
             if not len(in_image):
                 continue
             p = cell_p[r, in_image, 1]
-            blasts = in_image[p >= 0.5] if (p >= 0.5).any() else in_image[[int(np.argmax(p))]]
+            blasts = in_image[blast_mask(p)]
             table = {k: np.array([cells.rows[j][k] for j in blasts]) for k in cells.rows[blasts[0]]}
             res = fab_classify(table, settings=settings).to_dict()
             per_image[(r, int(i))] = res
@@ -754,23 +760,22 @@ def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, set
     }
 
 
-def _settings(args: Mapping) -> dict:
-    keys = ("n_folds", "repeats", "cnn", "device", "match_radius_px", "top_ks", "inner_folds", "cnn_inner_folds")
-    out = {k: args[k] for k in keys}
-    for k in ("gknn_params", "svm_params", "knn_params", "cnn_params", "fusion_params", "segment_params",
-              "feature_params"):  # fmt: skip
-        out[k.removesuffix("_params")] = dict(args[k] or {})
+def _settings(mode: str, top_ks: tuple[int, ...], n_features: int, plain: Mapping, params: Mapping) -> dict:
+    """The run's settings for metrics.json: plain values, each model's keyword arguments, the protocol."""
+    out = dict(plain)
+    out.update({name: dict(kw or {}) for name, kw in params.items()})
     out.update({
-        "n_features": len(args["feature_names"]),
+        "top_ks": list(top_ks),
+        "n_features": n_features,
         "image_score": (f"mean of the k highest cell blast probabilities, missing cells = 0; k among "
-                        f"{args['top_ks']} and the threshold chosen on inner out-of-fold scores of the training images"
-                        if args["mode"] == "points" else "the probability of the cell nearest the centre"
-                        if args["mode"] == "crop" else "mean of the cells' class probabilities"),
+                        f"{list(top_ks)} and the threshold chosen on inner out-of-fold scores of the training images"
+                        if mode == "points" else "the probability of the cell nearest the centre"
+                        if mode == "crop" else "mean of the cells' class probabilities"),
         "baseline": "mean of the gknn and svm cell probabilities",
-        "cnn": "cross-fitted over the training images; test cells get the mean of the fold's CNNs",
-        "fusion": "logistic stacking of baseline and cnn, fitted on inner out-of-fold training scores (keras.ops)",
+        "cnn_protocol": "cross-fitted over the training images; test cells get the mean of the fold's CNNs",
+        "fusion_protocol": "logistic stacking of baseline and cnn, fitted on inner out-of-fold training scores "
+                           "(keras.ops)",
         "threshold": "maximises balanced accuracy of inner out-of-fold scores of the training images",
-        "cnn_enabled": bool(args["cnn"]),
     })  # fmt: skip
     return out
 

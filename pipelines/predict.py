@@ -122,7 +122,7 @@ def classify_image(image: np.ndarray, model, *, seg=None, pixel_size: float | No
     seg : Segmentation
     result : Classification
     """
-    from leukoseg.classify.fab import FABSettings, fab_classify
+    from leukoseg.classify.fab import FABSettings, blast_mask, fab_classify
     from leukoseg.features.rows import feature_matrix
     from leukoseg.segmentation import extract_patches, segment
 
@@ -152,8 +152,8 @@ def classify_image(image: np.ndarray, model, *, seg=None, pixel_size: float | No
     cell_threshold = float(config.get("blast_cell_threshold", 0.5))
     fab: dict[str, Any] = {}
     if decision == "ALL" and len(p):
-        blasts = p >= cell_threshold if (p >= cell_threshold).any() else p == p.max()
-        fab = fab_classify(m, blasts=blasts, settings=FABSettings(**config["fab"])).to_dict()
+        fab = fab_classify(m, blasts=blast_mask(p, threshold=cell_threshold),
+                           settings=FABSettings(**config["fab"])).to_dict()  # fmt: skip
     result = Classification(
         p_all=float(p_all), decision=decision, threshold=threshold, n_cells=int(len(p)),
         n_blasts=int((p >= cell_threshold).sum()), p_blast=p, p_blast_models=dict(scores), fab=fab, model=primary,

@@ -661,3 +661,12 @@ def test_drawn_heterogeneous_l3_like_blasts_are_not_l3():
     result = fab_classify(_segment(_draw_blasts(cells), 0.3))
     assert result.size_cv > 0.15
     assert result.subtype != "L3"
+
+
+def test_blast_mask_takes_predicted_blasts_or_the_most_probable_cell():
+    from leukoseg.classify.fab import blast_mask
+
+    assert blast_mask([0.2, 0.7, 0.9]).tolist() == [False, True, True]
+    assert blast_mask([0.2, 0.4, 0.3]).tolist() == [False, True, False]
+    assert blast_mask([0.2, 0.4], threshold=0.3).tolist() == [False, True]
+    assert blast_mask([]).tolist() == []
