@@ -53,6 +53,8 @@ from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
 from leukoseg.io import write_json
 
+from ._votes import gaussian_vote
+
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_FORMAT_VERSION",
@@ -133,10 +135,10 @@ def export_gknn(estimator: Any, *, check_X: Any = None) -> dict[str, np.ndarray]
     check_is_fitted(estimator, ("scaler_", "weights_", "support_", "knn_"))
     vote = getattr(estimator, "vote", "uniform")
     knn = estimator.knn_
-    if vote not in ("uniform", "distance") or knn.weights != vote:
+    if _vote_name(vote) is None or _vote_name(knn.weights) != _vote_name(vote):
         raise NotImplementedError(
             f"GkNN vote {vote!r} with a fitted kNN weighting {knn.weights!r} is not reproduced in NumPy; "
-            "supported: 'uniform' and 'distance', the same in both"
+            "supported: 'uniform', 'distance' and gaussian_vote, the same in both"
         )
     if int(knn.n_neighbors) != int(estimator.k_):
         raise NotImplementedError(f"GkNN k_={estimator.k_} differs from its kNN's n_neighbors={knn.n_neighbors}")
@@ -360,9 +362,18 @@ def _knn_arrays(
         "fit_X": fit_X,
         "y": np.array(knn._y, np.int64),
         "n_neighbors": np.array(int(knn.n_neighbors), np.int64),
-        "weights": np.array(str(knn.weights)),
+        "weights": np.array(_vote_name(knn.weights) or "unsupported"),
         "fit_method": np.array("brute" if knn._fit_method == "brute" else "tree"),
     }
+
+
+def _vote_name(weights: Any) -> str | None:
+    """The stored name of a kNN vote weighting ('uniform', 'distance', 'gaussian'); None if not reproducible."""
+    if weights is gaussian_vote:
+        return "gaussian"
+    if isinstance(weights, str) and weights in ("uniform", "distance"):
+        return weights
+    return None
 
 
 def _verify_knn(name: str, estimator: Any, params: Mapping[str, np.ndarray], check_X: Any) -> None:
@@ -420,8 +431,9 @@ def knn_predict_proba(params: Mapping[str, np.ndarray], X: Any) -> np.ndarray:
     """Class probabilities of an exported kNN (:func:`export_gknn`, :func:`export_knn`), with NumPy only.
 
     Reproduces scikit-learn's ``KNeighborsClassifier.predict_proba`` (brute force, Euclidean): uniform
-    votes rank neighbours by directly summed squared differences, distance votes by scikit-learn's
-    ``|x|^2 - 2 x.t + |t|^2`` (clipped at 0) and weigh them by the inverse of its square root; a query at
+    votes rank neighbours by directly summed squared differences, distance and Gaussian votes by
+    scikit-learn's ``|x|^2 - 2 x.t + |t|^2`` (clipped at 0) and weigh them by the inverse of its square
+    root, or by :func:`~leukoseg.classify._votes.gaussian_vote` of it; a query at
     distance 0 from training rows gets only their votes. Training rows tied at the k-th distance are
     chosen as scikit-learn's max-heap keeps them when it scans the training rows in order (its
     ``parallel_on_X`` strategy, always used for uniform votes; for distance votes it may instead split
@@ -461,7 +473,7 @@ def _knn_proba(params: Mapping[str, np.ndarray], X: Any) -> tuple[np.ndarray, np
     labels = np.asarray(params["y"], np.intp)
     k = int(params["n_neighbors"])
     n_classes = len(params["classes"])
-    distance = str(params["weights"]) == "distance"
+    vote_kind = str(params["weights"])
     # Brute force ranks neighbours by scikit-learn's |x|^2 - 2 x.t + |t|^2; trees by direct sums.
     gemm = str(params.get("fit_method", "brute")) == "brute"
     out = np.zeros((len(query), n_classes))
@@ -483,7 +495,9 @@ def _knn_proba(params: Mapping[str, np.ndarray], X: Any) -> tuple[np.ndarray, np
             r = _direct_sq_distances(q, train)
         neighbours, ambiguous[start : start + len(q)] = _argkmin(r, k)
         rows = np.arange(len(q))[:, None]
-        if distance:
+        if vote_kind == "gaussian":
+            vote = gaussian_vote(np.sqrt(r[rows, neighbours]))
+        elif vote_kind == "distance":
             dist = np.sqrt(r[rows, neighbours])
             with np.errstate(divide="ignore"):
                 vote = 1.0 / dist
@@ -1314,7 +1328,7 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path)
             fail(f"'y' must hold {len(fit_X)} class indices below {len(classes)}")
         if not 1 <= k <= len(fit_X):
             fail(f"n_neighbors {k} is not between 1 and the {len(fit_X)} training rows")
-        if vote not in ("uniform", "distance"):
+        if vote not in ("uniform", "distance", "gaussian"):
             fail(f"unknown vote weighting {vote!r}")
         if not (np.isfinite(fit_X).all() and np.isfinite(mean).all() and np.isfinite(weights).all()
                 and np.isfinite(scale).all() and (scale != 0).all()):  # fmt: skip

@@ -1,7 +1,8 @@
 """Genetic-algorithm k-nearest-neighbour classifier (GkNN), after Rajesh & Sathiamoorthy (2018).
 
 A kNN on standardised features whose per-feature weights and number of neighbours are chosen by a genetic
-algorithm (DEAP) that maximises the balanced accuracy of an inner cross-validation on the training data.
+algorithm (DEAP) that maximises an inner cross-validated score on the training data (by default the ROC AUC
+of Gaussian-kernel neighbour votes, less a small cost per feature used).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cv import inner_cv_splits
+from ._votes import gaussian_vote
 
-__all__ = ["GeneticKNNClassifier"]
+__all__ = ["GeneticKNNClassifier", "gaussian_vote"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ _BLOCK = 16  # training points per block in the exact block-pruned neighbour sea
 
 
 class _FitnessMax(base.Fitness):
-    """One objective, maximised: inner-CV balanced accuracy."""
+    """One objective, maximised: the inner-CV fitness (see ``GeneticKNNClassifier``, Notes)."""
 
     weights = (1.0,)
 
@@ -51,8 +53,9 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
 
     Features are standardised (zero mean, unit variance on the training data) and multiplied by learned
     weights, so that the distance between two cells is ``sqrt(sum_f (w_f * (z_f - z'_f))**2)``; k and the
-    weights are chosen by a genetic algorithm maximising the balanced accuracy of an inner cross-validation
-    on the training data only.
+    weights are chosen by a genetic algorithm maximising an inner cross-validated score (`fitness`) on the
+    training data only. The class probabilities are the (by default Gaussian-kernel weighted) vote shares
+    of the k nearest training samples.
 
     Parameters
     ----------
@@ -60,7 +63,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         Individuals per generation.
     n_generations : int, default=15
         Generations after the initial population (0: random search of `population_size` individuals).
-    k_max : int, default=15
+    k_max : int, default=31
         Largest number of neighbours; k is odd, from 1 to `k_max`.
     inner_cv : int, default=3
         Folds of the inner (stratified; with ``groups`` stratified-grouped) cross-validation that scores
@@ -71,9 +74,24 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         Probability that an offspring is mutated.
     min_weight : float, default=0.05
         Weights below this are set to 0, dropping the feature.
-    vote : {"uniform", "distance"}, default="uniform"
-        Neighbour votes: equal, or weighted by inverse distance (as in
-        :class:`~sklearn.neighbors.KNeighborsClassifier`).
+    vote : {"uniform", "distance"} or callable, default=gaussian_vote
+        Neighbour votes, as the `weights` of :class:`~sklearn.neighbors.KNeighborsClassifier`: equal,
+        weighted by inverse distance, or by a function of the (n_queries, k) neighbour distances. The
+        default :func:`gaussian_vote` weighs each neighbour by a Gaussian of its distance relative to the
+        k-th one: probabilities become continuous instead of the ``k + 1`` values of equal votes, which
+        ranks cells much better (ROC AUC) for nearly the same decisions.
+    fitness : {"auc", "balanced_accuracy", "balanced_accuracy+auc"}, default="auc"
+        Inner-CV score that the genetic algorithm maximises (see Notes): the ROC AUC of the out-of-fold
+        vote shares (what a ranking of cells by probability is judged by), the balanced accuracy of the
+        out-of-fold arg-max decisions, or the mean of both.
+    feature_cost : float in [0, 1], default=0.05
+        Subtracted from the fitness times the fraction of features used (weight >= `min_weight`): among
+        individuals of similar score the GA prefers fewer features, which limits over-fitting of the
+        weights to the inner folds (with ~100 correlated features, most of them weak, all-feature
+        individuals fit the inner folds best but generalise worse). 0 disables it.
+    init_sparsity : float in [0, 1], default=0.5
+        Probability that a weight of an initial random individual is 0 (the feature dropped), so that the
+        initial population samples feature subsets as well as weightings.
     random_state : int, RandomState instance or None, default=None
         Seeds the inner folds and the genetic algorithm; an int gives identical results on every fit.
 
@@ -94,10 +112,10 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
     k_ : int
         Number of neighbours of the best individual.
     best_fitness_ : float
-        Inner-CV balanced accuracy of the best individual.
+        Fitness of the best individual (inner-CV score less the feature cost).
     fitness_history_ : dict of str to ndarray
-        ``"best"`` and ``"mean"`` inner-CV balanced accuracy of the population, one entry per generation
-        (entry 0: the initial population).
+        ``"best"`` and ``"mean"`` fitness of the population, one entry per generation (entry 0: the initial
+        population).
     n_evaluations_ : int
         Number of distinct individuals scored.
     knn_ : :class:`~sklearn.neighbors.KNeighborsClassifier`
@@ -111,7 +129,9 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
     by setting its largest weight to 1.
 
     **Genetic algorithm** (DEAP :class:`~deap.base.Toolbox`, :class:`~deap.tools.HallOfFame`,
-    :class:`~deap.tools.Statistics`): random initial population (weights uniform in [0, 1], k uniform);
+    :class:`~deap.tools.Statistics`): random initial population (each weight 0 with probability
+    `init_sparsity`, else uniform in [0, 1]; k uniform), whose first individual has every weight set to 1
+    (the plain kNN on standardised features, so that the search starts from it);
     each generation, tournament selection (size 3), uniform crossover of pairs (each gene swapped with
     probability 1/2) with probability `crossover_prob`, mutation with probability `mutation_prob` (each
     gene with probability ``1 / (n_features + 1)``, at least one: weights get Gaussian noise,
@@ -120,18 +140,26 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
     which use the global :mod:`random` module: fits are reproducible, thread-safe, and leave global
     random state alone. No :mod:`deap.creator` classes are created.
 
-    **Fitness** is the balanced accuracy of the pooled out-of-fold predictions of an inner stratified
-    k-fold (the folds are drawn once per fit, so all individuals are compared on the same folds). The
-    scaler is fitted once on all training data passed to ``fit``. Identical chromosomes are scored once.
-    Neighbours are found exactly with a blocked, single-precision search (one matrix product per fold,
-    then pruning of blocks of training points that cannot hold a neighbour); training points tied at the
-    k-th distance share the remaining votes, and ties in votes go to the first class, as in scikit-learn.
-    The fitted `knn_` (double precision) then predicts; it may break exact distance ties differently.
+    **Fitness** ``= score - feature_cost * (fraction of features with a non-zero weight)``, where score is
+    computed on the pooled out-of-fold votes of an inner stratified k-fold (the folds are drawn once per
+    fit, so all individuals are compared on the same folds): with ``fitness="auc"`` the ROC AUC of the
+    vote share of the last class in `classes_` (the blast class for labels 0/1; with more classes the
+    mean one-vs-rest AUC), with ``"balanced_accuracy"`` the balanced accuracy of the arg-max decisions,
+    with ``"balanced_accuracy+auc"`` their mean. The votes are those of `vote`, as the fitted model
+    predicts. The scaler is fitted once on all training data passed to ``fit``. Identical chromosomes are
+    scored once. With ``"uniform"`` or ``"distance"`` votes, neighbours are found exactly with a blocked,
+    single-precision search (one matrix product per fold, then pruning of blocks of training points that
+    cannot hold a neighbour); training points tied at the k-th distance share the remaining votes, and
+    ties in votes go to the first class, as in scikit-learn. With a callable `vote`, one single-precision
+    matrix product and a partition per fold give the k nearest neighbours and their distances. The
+    fitted `knn_` (double precision) then predicts; it may break exact distance ties differently.
 
     **Cost**: at most about ``population_size * (1 + 0.8 * n_generations)`` scorings (about 330 with
     the defaults; unchanged and repeated individuals are not rescored), each
     ``inner_cv`` nearest-neighbour searches of ``n / inner_cv`` against ``n (inner_cv - 1) / inner_cv``
-    samples; with the defaults, 4000 samples and 60 features, about 12 CPU-seconds.
+    samples; with 4000 samples, 60 features and uniform votes, about 12 CPU-seconds. The callable votes
+    of the default search every training row (no block pruning): on ALL-IDB1 (about 860 training cells,
+    119 features) a fit takes 3-5 CPU-seconds.
 
     References
     ----------
@@ -154,12 +182,15 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         *,
         population_size: int = 30,
         n_generations: int = 15,
-        k_max: int = 15,
+        k_max: int = 31,
         inner_cv: int = 3,
         crossover_prob: float = 0.7,
         mutation_prob: float = 0.2,
         min_weight: float = 0.05,
-        vote: str = "uniform",
+        vote=gaussian_vote,
+        fitness: str = "auc",
+        feature_cost: float = 0.05,
+        init_sparsity: float = 0.5,
         random_state=None,
     ) -> None:
         self.population_size = population_size
@@ -170,6 +201,9 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         self.mutation_prob = mutation_prob
         self.min_weight = min_weight
         self.vote = vote
+        self.fitness = fitness
+        self.feature_cost = feature_cost
+        self.init_sparsity = init_sparsity
         self.random_state = random_state
 
     def fit(self, X, y, groups=None) -> GeneticKNNClassifier:
@@ -204,7 +238,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         self.scaler_ = StandardScaler().fit(X)
         standardised = self.scaler_.transform(X)
         folds = inner_cv_splits(y_codes, groups, self.inner_cv, cv_seed)
-        score = _InnerCVScore(standardised, y_codes, folds, len(self.classes_), self.vote)
+        score = _InnerCVScore(standardised, y_codes, folds, len(self.classes_), self.vote, self.fitness)
         k_values = np.arange(1, min(self.k_max, len(y)) + 1, 2)
         best, history, n_evaluations = self._evolve(score, X.shape[1], k_values, np.random.default_rng(ga_seed))
 
@@ -232,8 +266,8 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
-            Fraction of the (optionally distance-weighted) votes of the `k_` nearest training samples,
-            columns in the order of `classes_`; rows sum to 1.
+            Share of the (weighted, see `vote`) votes of the `k_` nearest training samples, columns in
+            the order of `classes_`; rows sum to 1.
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
@@ -261,12 +295,16 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-        for name in ("crossover_prob", "mutation_prob", "min_weight"):
+        for name in ("crossover_prob", "mutation_prob", "min_weight", "feature_cost", "init_sparsity"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
-        if self.vote not in ("uniform", "distance"):
-            raise ValueError(f"vote must be 'uniform' or 'distance'; got {self.vote!r}")
+        if not callable(self.vote) and self.vote not in ("uniform", "distance"):
+            raise ValueError(f"vote must be 'uniform', 'distance' or a callable; got {self.vote!r}")
+        if self.fitness not in ("balanced_accuracy", "auc", "balanced_accuracy+auc"):
+            raise ValueError(
+                f"fitness must be 'balanced_accuracy', 'auc' or 'balanced_accuracy+auc'; got {self.fitness!r}"
+            )
 
     def _evolve(
         self,
@@ -277,18 +315,21 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
     ) -> tuple[_Chromosome, dict[str, np.ndarray], int]:
         """The genetic algorithm; returns the best individual, the history, and the number of scorings."""
         min_weight = float(self.min_weight)
+        init_sparsity, feature_cost = float(self.init_sparsity), float(self.feature_cost)
         n_genes = n_features + 1
         cache: dict[tuple[bytes, int], float] = {}
 
         def new_individual() -> _Chromosome:
-            genes = [*rng.random(n_features).tolist(), int(rng.choice(k_values))]
+            weights = rng.random(n_features)
+            weights[rng.random(n_features) < init_sparsity] = 0.0
+            genes = [*weights.tolist(), int(rng.choice(k_values))]
             return _repair(_Chromosome(genes), min_weight)
 
         def evaluate(individual: _Chromosome) -> tuple[float]:
             weights = _effective_weights(np.asarray(individual[:-1]), min_weight)
             key = (weights.tobytes(), int(individual[-1]))
             if key not in cache:
-                cache[key] = score(weights, int(individual[-1]))
+                cache[key] = score(weights, int(individual[-1])) - feature_cost * float(np.mean(weights > 0))
             return (cache[key],)
 
         def mate(a: _Chromosome, b: _Chromosome) -> None:
@@ -333,6 +374,8 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
                     individual.fitness.values = toolbox.evaluate(individual)
 
         population = toolbox.population(n=self.population_size)
+        # One individual weighs every feature 1: the plain kNN is a starting point of the search.
+        population[0][:n_features] = [1.0] * n_features
         score_invalid(population)
         hall_of_fame.update(population)
         logbook.record(gen=0, **stats.compile(population))
@@ -369,7 +412,12 @@ def _repair(individual: _Chromosome, min_weight: float) -> _Chromosome:
 
 
 class _InnerCVScore:
-    """Balanced accuracy of the pooled out-of-fold kNN predictions for given weights and k."""
+    """Fitness of given weights and k: a score of the pooled out-of-fold kNN votes of the inner folds.
+
+    ``fitness`` is ``"balanced_accuracy"`` (of the arg-max class), ``"auc"`` (area under the ROC curve of
+    the vote share of the last class; two classes only, else the one-vs-rest mean) or
+    ``"balanced_accuracy+auc"`` (their mean).
+    """
 
     def __init__(
         self,
@@ -377,7 +425,8 @@ class _InnerCVScore:
         y_codes: np.ndarray,
         folds: list[tuple[np.ndarray, np.ndarray]],
         n_classes: int,
-        vote: str,
+        vote,
+        fitness: str = "balanced_accuracy",
     ) -> None:
         data = np.ascontiguousarray(standardised, dtype=np.float32)
         codes = y_codes.astype(np.int16 if n_classes > 127 else np.int8)
@@ -385,23 +434,43 @@ class _InnerCVScore:
         self.y_codes = y_codes
         self.class_counts = np.bincount(y_codes, minlength=n_classes)
         self.n_classes = n_classes
-        self.distance = vote == "distance"
+        self.vote = vote
+        self.fitness = fitness
 
     def __call__(self, weights: np.ndarray, k: int) -> float:
         active = weights > 0
         w = weights[active].astype(np.float32)
-        predicted = np.empty_like(self.y_codes)
+        votes = np.zeros((len(self.y_codes), self.n_classes))
         for train, test, y_train, test_index in self.folds:
-            votes = _neighbour_votes(
-                train[:, active] * w, test[:, active] * w, y_train, min(k, len(train)), self.n_classes, self.distance
+            votes[test_index] = _neighbour_votes(
+                train[:, active] * w, test[:, active] * w, y_train, min(k, len(train)), self.n_classes, self.vote
             )
-            predicted[test_index] = np.argmax(votes, axis=1)
-        correct = np.bincount(self.y_codes[predicted == self.y_codes], minlength=self.n_classes)
-        return float(np.mean(correct / self.class_counts))
+        out = []
+        if self.fitness in ("balanced_accuracy", "balanced_accuracy+auc"):
+            predicted = np.argmax(votes, axis=1)
+            correct = np.bincount(self.y_codes[predicted == self.y_codes], minlength=self.n_classes)
+            out.append(float(np.mean(correct / self.class_counts)))
+        if self.fitness in ("auc", "balanced_accuracy+auc"):
+            share = votes / np.maximum(votes.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+            classes = [self.n_classes - 1] if self.n_classes == 2 else range(self.n_classes)
+            out.append(float(np.mean([_auc(self.y_codes == c, share[:, c]) for c in classes])))
+        return float(np.mean(out))
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); 0.5 without both classes."""
+    from scipy.stats import rankdata
+
+    n_pos = int(np.count_nonzero(positive))
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _neighbour_votes(
-    train: np.ndarray, query: np.ndarray, y_train: np.ndarray, k: int, n_classes: int, distance: bool
+    train: np.ndarray, query: np.ndarray, y_train: np.ndarray, k: int, n_classes: int, vote
 ) -> np.ndarray:
     """Class votes of the k nearest training rows of every query row, shape (n_query, n_classes).
 
@@ -413,8 +482,14 @@ def _neighbour_votes(
       neighbour, so at most k - 1 blocks can have a smaller one; with ties, the k-th smallest value is
       still found), so only those blocks are searched;
     - the k-th smallest value comes from a (values-only) partition; neighbours strictly closer vote with
-      weight 1, and neighbours tied with the k-th share the remaining votes equally.
+      weight 1, and neighbours tied with the k-th share the remaining votes equally;
+    - ``vote`` is ``"uniform"``, ``"distance"`` (or a bool: inverse-distance votes) or a callable of the
+      (n_query, k) neighbour distances, as the `weights` of scikit-learn's kNN; with a callable, exact
+      ties at the k-th distance are broken by the partition (arbitrarily, as in scikit-learn).
     """
+    if callable(vote):
+        return _callable_votes(train, query, y_train, k, n_classes, vote)
+    distance = vote is True or vote == "distance"
     n_train, n_features = train.shape
     n_query = query.shape[0]
     n_blocks = -(-n_train // _BLOCK)
@@ -457,3 +532,17 @@ def _neighbour_votes(
             weight = np.where(at_zero.any(axis=1, keepdims=True), at_zero * weight, weight / dist)
         weight[~selected] = 0.0
     return np.stack([(weight * (labels == c)).sum(axis=1) for c in range(n_classes)], axis=1)
+
+
+def _callable_votes(train, query, y_train, k, n_classes, vote) -> np.ndarray:
+    """Votes weighted by ``vote(distances)`` of the k nearest training rows (float32 search)."""
+    sq = np.einsum("ij,ij->i", train, train)[None, :] - 2.0 * (query @ train.T)  # |t|^2 - 2 t.q
+    if k < train.shape[0]:
+        nearest = np.argpartition(sq, k - 1, axis=1)[:, :k]
+    else:  # every training row is a neighbour
+        nearest = np.broadcast_to(np.arange(train.shape[0]), sq.shape)
+    d2 = np.take_along_axis(sq, nearest, axis=1) + np.einsum("ij,ij->i", query, query)[:, None]
+    weight = np.asarray(vote(np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)), dtype=np.float64)
+    labels = y_train[nearest]
+    return np.stack([(weight * (labels == c)).sum(axis=1) for c in range(n_classes)], axis=1)
+

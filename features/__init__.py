@@ -1,4 +1,4 @@
-"""Cell features: GLCM texture of nucleus and cytoplasm, plus shape and colour measurements."""
+"""Cell features: GLCM texture of nucleus and cytoplasm, stain density, shape and colour measurements."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ __all__ = [
     "BOOKKEEPING_MEASUREMENTS",
     "CellFeatures",
     "GLCM_PROPERTIES",
+    "STAIN_FEATURE_NAMES",
+    "cell_stain_features",
     "cell_texture_features",
     "glcm_features",
     "texture_feature_names",
@@ -21,6 +23,8 @@ _SUBMODULE = {
     "BOOKKEEPING_MEASUREMENTS": "extract",
     "CellFeatures": "extract",
     "GLCM_PROPERTIES": "glcm",
+    "STAIN_FEATURE_NAMES": "stain",
+    "cell_stain_features": "stain",
     "cell_texture_features": "glcm",
     "glcm_features": "glcm",
     "texture_feature_names": "glcm",
@@ -29,5 +33,6 @@ _SUBMODULE = {
 if TYPE_CHECKING:
     from .extract import BOOKKEEPING_MEASUREMENTS, CellFeatures
     from .glcm import GLCM_PROPERTIES, cell_texture_features, glcm_features, texture_feature_names
+    from .stain import STAIN_FEATURE_NAMES, cell_stain_features
 
 __getattr__, __dir__ = lazy_exports(__name__, _SUBMODULE)

@@ -1,4 +1,4 @@
-"""Feature matrix of segmented cells: measurements from the segmentation plus GLCM texture."""
+"""Feature matrix of segmented cells: measurements from the segmentation, stain density, LBP and GLCM texture."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, texture_feature_names
-from .rows import CELL_KEYS, _as_cells, _is_real, _measurement_row, _measurements_of, feature_matrix
+from .rows import (
+    CELL_KEYS, LBP_RADII_UM, _as_cells, _is_bool, _is_real, _measurement_row, _measurements_of, check_lbp_radii,
+    feature_matrix,
+)  # fmt: skip
+from .stain import STAIN_FEATURE_NAMES, lbp_feature_names
 
 __all__ = ["BOOKKEEPING_MEASUREMENTS", "CELL_KEYS", "CellFeatures"]
 
@@ -23,9 +27,12 @@ BOOKKEEPING_MEASUREMENTS = frozenset({"cell_id", "x", "y", "bbox_x0", "bbox_y0",
 class CellFeatures(TransformerMixin, BaseEstimator):
     """Turn segmented cells into a feature matrix with named columns.
 
-    Each row holds a cell's chosen measurements (morphometry and colour from the segmentation), then the
-    GLCM texture of its nucleus (``nuc_...``) and of its cytoplasm (``cyto_...``), computed on the green
-    channel by :func:`~leukoseg.features.glcm.cell_texture_features`.
+    Each row holds a cell's chosen measurements (morphometry, colour and flags from the segmentation),
+    then its background-relative stain density, chromatin granularity and cytoplasm rim
+    (:func:`~leukoseg.features.stain.cell_stain_features`), then the local-binary-pattern histogram of its
+    nucleus (:func:`~leukoseg.features.stain.nucleus_lbp_features`), then the GLCM texture of its nucleus
+    (``nuc_...``) and of its cytoplasm (``cyto_...``), computed on the green channel by
+    :func:`~leukoseg.features.glcm.cell_texture_features`.
 
     The transformer learns nothing from the data except which columns to produce: ``fit`` fixes the
     column list, and ``transform`` produces exactly these columns, in this order, for any cells.
@@ -33,9 +40,18 @@ class CellFeatures(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     measurements : sequence of str or None, optional
-        Measurement names to include, in this order. ``None`` (default): every real-valued, non-boolean
+        Measurement names to include, in this order. ``None`` (default): every real-valued or boolean
         measurement of the first cell passed to ``fit``, sorted by name, except the bookkeeping columns
-        of :data:`BOOKKEEPING_MEASUREMENTS` (ids, centroids, boxes). ``()`` for texture only.
+        of :data:`BOOKKEEPING_MEASUREMENTS` (ids, centroids, boxes). Booleans become 0/1 columns: e.g.
+        ``touches_border`` (a cell cut by the image edge: half a cell, which annotators of ALL-IDB1 do
+        not mark as a blast) and ``smudge``. ``()`` for image features only.
+    stain : bool, optional
+        Include the stain, chromatin and rim features of
+        :func:`~leukoseg.features.stain.cell_stain_features` (names in
+        :data:`~leukoseg.features.stain.STAIN_FEATURE_NAMES`).
+    lbp_radii_um : sequence of float, optional
+        Radii (um) of the nucleus LBP histograms (``nuc_lbp_r{r}um_{code}``, 10 columns per radius);
+        ``()`` for none.
     texture : bool, optional
         Include the GLCM texture of nucleus and cytoplasm.
     distances_um, levels, angles_deg
@@ -46,7 +62,8 @@ class CellFeatures(TransformerMixin, BaseEstimator):
     measurement_names_ : list of str
         Measurement columns, in order.
     feature_names_out_ : ndarray of str
-        All columns, in order: measurements, then nucleus texture, then cytoplasm texture.
+        All columns, in order: measurements, then stain features, then nucleus LBP, then nucleus GLCM
+        texture, then cytoplasm GLCM texture.
 
     Notes
     -----
@@ -57,8 +74,8 @@ class CellFeatures(TransformerMixin, BaseEstimator):
     - ``um_per_px``: pixel size of the crop, in micrometres;
     - ``measurements``: mapping of measurement name to number.
 
-    Measurements are copied as floats; a NaN measurement stays NaN (impute it or drop the cell before a
-    classifier that rejects NaN).
+    Measurements are copied as floats (booleans as 0 and 1); a NaN measurement or stain feature stays NaN
+    (impute it or drop the cell before a classifier that rejects NaN).
 
     Examples
     --------
@@ -70,9 +87,9 @@ class CellFeatures(TransformerMixin, BaseEstimator):
     ...               measurements={"cell_id": 1, "nc_ratio": 0.36, "nucleus_area_um2": 4.4})]
     >>> features = CellFeatures(distances_um=(1.0,)).fit(cells)
     >>> list(features.get_feature_names_out()[:3])
-    ['nc_ratio', 'nucleus_area_um2', 'nuc_glcm_contrast_d1.0um']
+    ['nc_ratio', 'nucleus_area_um2', 'nucleus_od_r_mean']
     >>> features.transform(cells).shape
-    (1, 16)
+    (1, 69)
     """
 
     def __init__(
@@ -80,12 +97,16 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         *,
         measurements: Sequence[str] | None = None,
         texture: bool = True,
+        stain: bool = True,
+        lbp_radii_um: Sequence[float] = LBP_RADII_UM,
         distances_um: Sequence[float] = _DEFAULT_DISTANCES_UM,
         levels: int = 32,
         angles_deg: Sequence[float] = _DEFAULT_ANGLES_DEG,
     ) -> None:
         self.measurements = measurements
         self.texture = texture
+        self.stain = stain
+        self.lbp_radii_um = lbp_radii_um
         self.distances_um = distances_um
         self.levels = levels
         self.angles_deg = angles_deg
@@ -116,7 +137,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
             first = _measurements_of(cells[0], 0)
             names = sorted(
                 name for name, value in first.items()
-                if _is_real(value) and name not in BOOKKEEPING_MEASUREMENTS
+                if (_is_real(value) or _is_bool(value)) and name not in BOOKKEEPING_MEASUREMENTS
             )  # fmt: skip
         else:
             if isinstance(self.measurements, str):
@@ -126,10 +147,14 @@ class CellFeatures(TransformerMixin, BaseEstimator):
                 raise ValueError(f"measurements must be distinct names (str); got {self.measurements!r}")
         for i, cell in enumerate(cells):
             _measurement_row(_measurements_of(cell, i), names, i)
+        stain = list(STAIN_FEATURE_NAMES) if self.stain else []
         texture = self._texture_names() if self.texture else []
+        lbp = lbp_feature_names(self._lbp_radii())
         self.measurement_names_ = names
-        self.feature_names_out_ = np.asarray(names + texture, dtype=object)
-        log.debug("CellFeatures: %d measurement and %d texture columns", len(names), len(texture))
+        self.feature_names_out_ = np.asarray(names + stain + lbp + texture, dtype=object)
+        log.debug(
+            "CellFeatures: %d measurement, %d stain and %d texture columns", len(names), len(stain), len(texture)
+        )
         return self
 
     def transform(self, X: Sequence[Mapping]) -> np.ndarray:
@@ -153,8 +178,8 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "feature_names_out_")
         return feature_matrix(
-            X, self.measurement_names_, texture=self.texture, distances_um=self.distances_um, levels=self.levels,
-            angles_deg=self.angles_deg,
+            X, self.measurement_names_, texture=self.texture, stain=self.stain, lbp_radii_um=self._lbp_radii(),
+            distances_um=self.distances_um, levels=self.levels, angles_deg=self.angles_deg,
         )  # fmt: skip
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
@@ -177,6 +202,9 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         tags.input_tags.two_d_array = False
         tags.input_tags.dict = True
         return tags
+
+    def _lbp_radii(self) -> tuple[float, ...]:
+        return check_lbp_radii(self.lbp_radii_um)
 
     def _texture_names(self) -> list[str]:
         kw = {"distances_um": self.distances_um, "levels": self.levels, "angles_deg": self.angles_deg}

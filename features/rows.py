@@ -13,8 +13,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, cell_texture_features, texture_feature_names
+from .stain import _LBP_RADII_UM, STAIN_FEATURE_NAMES, cell_stain_features, lbp_feature_names, nucleus_lbp_features
 
-__all__ = ["CELL_KEYS", "feature_matrix"]
+__all__ = ["CELL_KEYS", "LBP_RADII_UM", "check_lbp_radii", "feature_matrix"]
+
+#: Default radii (um) of the nucleus LBP histograms.
+LBP_RADII_UM = _LBP_RADII_UM
 
 #: Keys every cell mapping must have.
 CELL_KEYS = ("image", "nucleus", "cell", "um_per_px", "measurements")
@@ -25,20 +29,29 @@ def feature_matrix(
     measurement_names: Sequence[str],
     *,
     texture: bool = True,
+    stain: bool = False,
+    lbp_radii_um: Sequence[float] = (),
     distances_um: Sequence[float] = _DEFAULT_DISTANCES_UM,
     levels: int = 32,
     angles_deg: Sequence[float] = _DEFAULT_ANGLES_DEG,
 ) -> np.ndarray:
-    """The feature matrix of cells: the named measurements, then nucleus and cytoplasm GLCM texture.
+    """The feature matrix of cells: measurements, stain features, nucleus LBP, then GLCM texture.
 
     Parameters
     ----------
     cells : sequence of mapping
         Cells with the keys of :data:`CELL_KEYS` (see :class:`~leukoseg.features.CellFeatures`).
     measurement_names : sequence of str
-        Measurement columns, in order.
+        Measurement columns, in order (booleans become 0 and 1).
     texture : bool, optional
         Append the texture columns (:func:`~leukoseg.features.glcm.cell_texture_features`).
+    stain : bool, optional
+        Put the columns of :func:`~leukoseg.features.stain.cell_stain_features` after the measurements.
+        Off by default here, so that a model saved before these columns existed keeps its columns; the
+        column list of :class:`~leukoseg.features.CellFeatures` turns it on.
+    lbp_radii_um : sequence of float, optional
+        Radii (um) of the nucleus LBP histograms (:func:`~leukoseg.features.stain.nucleus_lbp_features`),
+        after the stain columns; ``()`` for none.
     distances_um, levels, angles_deg
         Texture settings.
 
@@ -58,27 +71,44 @@ def feature_matrix(
     """
     cells = _as_cells(cells)
     names = list(measurement_names)
-    n_meas = len(names)
-    rows = []
+    radii = check_lbp_radii(lbp_radii_um)
     glcm_kw = {"distances_um": distances_um, "levels": levels, "angles_deg": angles_deg}
+    n_columns = (
+        len(names) + (len(STAIN_FEATURE_NAMES) if stain else 0) + len(lbp_feature_names(radii))
+        + (2 * len(texture_feature_names(prefix="", **glcm_kw)) if texture else 0)  # nucleus + cytoplasm
+    )  # fmt: skip
+    out = np.empty((len(cells), n_columns), dtype=np.float64)
     for i, cell in enumerate(cells):
         row = _measurement_row(_measurements_of(cell, i), names, i)
-        if texture:
+        if stain or radii or texture:
             for key in ("image", "nucleus", "cell", "um_per_px"):
                 if key not in cell:
                     raise ValueError(f"cell {i} has no {key!r}; every cell needs the keys {CELL_KEYS}")
+            image, nucleus, whole, um_per_px = cell["image"], cell["nucleus"], cell["cell"], cell["um_per_px"]
             try:
-                values = cell_texture_features(
-                    cell["image"], cell["nucleus"], cell["cell"], um_per_px=cell["um_per_px"], **glcm_kw
-                )
+                if stain:
+                    row += cell_stain_features(image, nucleus, whole, um_per_px=um_per_px).values()
+                if radii:
+                    row += nucleus_lbp_features(image, nucleus, um_per_px=um_per_px, radii_um=radii).values()
+                if texture:
+                    row += cell_texture_features(image, nucleus, whole, um_per_px=um_per_px, **glcm_kw).values()
             except ValueError as error:
                 raise ValueError(f"cell {i}: {error}") from None
-            row += list(values.values())
-        rows.append(row)
-    if not rows:
-        n_texture = 2 * len(texture_feature_names(prefix="", **glcm_kw)) if texture else 0  # nucleus + cytoplasm
-        return np.zeros((0, n_meas + n_texture), dtype=np.float64)
-    return np.asarray(rows, dtype=np.float64)
+        out[i] = row
+    return out
+
+
+def check_lbp_radii(radii_um) -> tuple[float, ...]:
+    """The LBP radii as a tuple of distinct positive floats; ValueError otherwise."""
+    if isinstance(radii_um, (str, bytes)):
+        raise ValueError(f"lbp_radii_um must be a sequence of radii in um; got {radii_um!r}")
+    try:
+        radii = tuple(float(r) for r in radii_um)
+    except (TypeError, ValueError):
+        raise ValueError(f"lbp_radii_um must be a sequence of radii in um; got {radii_um!r}") from None
+    if not all(np.isfinite(r) and r > 0 for r in radii) or len({f"{r:g}" for r in radii}) != len(radii):
+        raise ValueError(f"lbp_radii_um must be distinct positive numbers; got {radii_um!r}")
+    return radii
 
 
 def _as_cells(X) -> list:
@@ -111,7 +141,7 @@ def _measurement_row(measurements: Mapping, names: Sequence[str], index: int) ->
                 "Pass measurements=[...] to choose the columns, or drop cells measured differently"
             )
         value = measurements[name]
-        if not _is_real(value):
+        if not (_is_real(value) or _is_bool(value)):
             raise ValueError(f"measurement {name!r} of cell {index} is not a number: {value!r}")
         row.append(float(value))
     return row
@@ -119,3 +149,7 @@ def _measurement_row(measurements: Mapping, names: Sequence[str], index: int) ->
 
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))

@@ -99,6 +99,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -574,15 +575,17 @@ def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_
                   timer, fitted_out: dict | None = None) -> tuple[dict, dict]:
     """GkNN, SVM, kNN and their mean on the fold: test probabilities and inner out-of-fold training ones.
 
-    `fitted_out`, when given, receives the fitted models, the feature columns and the imputation medians.
+    `fitted_out`, when given, receives the fitted models, the feature columns, the imputation medians and the
+    fitted CellFeatures (its settings compute the same columns at inference).
     """
     cells = fold.cells
-    cols = _feature_columns([cells.rows[j] for j in np.flatnonzero(fold.train)], feature_names, feature_params)
+    cols, extractor = _feature_columns([cells.rows[j] for j in np.flatnonzero(fold.train)], feature_names,
+                                       feature_params)  # fmt: skip
     X_train, X_test, medians = _impute(cells.X[fold.train][:, cols], cells.X[fold.test][:, cols])
     y_train, g_train = fold.y_train, fold.image_group[fold.train_cell_img]
     fitted = _fit_models(X_train, y_train, g_train, fold.seed, gknn_params, svm_params, knn_params, timer)
     if fitted_out is not None:
-        fitted_out.update(models=fitted, columns=[feature_names[c] for c in cols], medians=medians)
+        fitted_out.update(models=fitted, columns=[feature_names[c] for c in cols], medians=medians, features=extractor)
     p_test = _predict(fitted, X_test, fold.K)
     t = time.perf_counter()
     p_inner = {m: np.full((len(y_train), fold.K), 1.0 / fold.K) for m in _BASELINE_MODELS}
@@ -660,8 +663,11 @@ def _columns(model, proba: np.ndarray, K: int) -> np.ndarray:
     return out
 
 
-def _feature_columns(train_rows, feature_names, feature_params) -> list[int]:
-    """Fit CellFeatures on the training cells (it only fixes the columns) and find them in the cache."""
+def _feature_columns(train_rows, feature_names, feature_params) -> tuple[list[int], Any]:
+    """Fit CellFeatures on the training cells (it only fixes the columns) and find them in the cache.
+
+    Returns the columns' indices in the cached matrix, and the fitted CellFeatures.
+    """
     from leukoseg.features import CellFeatures
 
     cells = [{"measurements": {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}}
@@ -671,7 +677,7 @@ def _feature_columns(train_rows, feature_names, feature_params) -> list[int]:
     missing = [n for n in wanted if n not in feature_names]
     if missing:
         raise LeukosegError(None, f"cached features lack columns {missing[:3]}; clear the cache folder")
-    return [feature_names.index(n) for n in wanted]
+    return [feature_names.index(n) for n in wanted], extractor
 
 
 def _impute(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -137,6 +137,7 @@ def classify_image(image: np.ndarray, model, *, seg=None, pixel_size: float | No
     patch = config["patch"]
     X = feature_matrix(
         _cells_for_features(image, seg), feats["measurement_names"], texture=feats["texture"],
+        stain=bool(feats.get("stain", False)), lbp_radii_um=feats.get("lbp_radii_um", ()),
         distances_um=feats["distances_um"], levels=feats["levels"], angles_deg=feats["angles_deg"],
     )  # fmt: skip
     patches = extract_patches(image, m["x"], m["y"], um_per_px=seg.um_per_px, patch_size=int(patch["size"]),

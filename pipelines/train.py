@@ -93,7 +93,7 @@ def train_bundle(
     """
     from leukoseg.classify import CNNClassifier, FABSettings
     from leukoseg.classify.bundle import save_bundle
-    from leukoseg.features import CellFeatures
+    from leukoseg.features.rows import check_lbp_radii
 
     t0 = time.perf_counter()
     if exp._mode(dataset) != "points":
@@ -135,9 +135,7 @@ def train_bundle(
     top_ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
     k, threshold = choose_image_rule([p_inner[primary][cells.image == i, 1] for i in range(len(records))],
                                      image_label, top_ks)  # fmt: skip
-    columns = fitted["columns"]
-    texture_defaults = CellFeatures()
-    n_texture = sum(c.startswith(("nuc_", "cyto_")) for c in columns)
+    extractor, columns = fitted["features"], fitted["columns"]
     config = {
         "positive_class": 1,
         "classes": ["0", "1"],
@@ -145,10 +143,12 @@ def train_bundle(
         "image_rule": {"top_k": k, "threshold": threshold,
                        "description": f"mean of the {k} highest cell probabilities (missing = 0) >= threshold; k "
                        f"and threshold chosen among {list(top_ks)} on out-of-fold scores of the training images"},
+        # The CellFeatures settings: inference computes exactly these columns with features.rows.feature_matrix.
         "features": {
-            "measurement_names": [c for c in columns if not c.startswith(("nuc_", "cyto_"))],
-            "texture": n_texture > 0, "distances_um": list(texture_defaults.distances_um),
-            "levels": texture_defaults.levels, "angles_deg": list(texture_defaults.angles_deg),
+            "measurement_names": list(extractor.measurement_names_), "texture": bool(extractor.texture),
+            "stain": bool(extractor.stain), "lbp_radii_um": list(check_lbp_radii(extractor.lbp_radii_um)),
+            "distances_um": [float(d) for d in extractor.distances_um], "levels": int(extractor.levels),
+            "angles_deg": [float(a) for a in extractor.angles_deg],
         },
         "patch": {"size": int(cells.patches.shape[1]), "um_per_px": 0.5},
         "fab": (fab_settings if fab_settings is not None else FABSettings()).to_dict(),

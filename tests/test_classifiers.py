@@ -14,6 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from leukoseg.classify import GeneticKNNClassifier, SVMClassifier, make_knn, make_svm
 from leukoseg.classify._cv import inner_cv_splits
+from leukoseg.classify.gknn import gaussian_vote
 
 SMALL_GA = {"population_size": 6, "n_generations": 2}
 
@@ -53,7 +54,7 @@ def test_ga_improves_fitness_and_finds_informative_features():
     assert mean[-1] > mean[0]
     assert clf.weights_[:3].mean() > clf.weights_[3:].mean()
     assert clf.best_fitness_ == best[-1]
-    assert clf.k_ % 2 == 1 and 1 <= clf.k_ <= 15
+    assert clf.k_ % 2 == 1 and 1 <= clf.k_ <= 31
     assert clf.weights_.shape == (20,) and np.all((clf.weights_ == 0) | (clf.weights_ >= 0.05))
     assert_array_equal(clf.support_, clf.weights_ > 0)
 
@@ -77,7 +78,7 @@ def test_gknn_is_deterministic_and_leaves_global_state_alone():
     assert_array_equal(np.random.get_state()[1], numpy_random_state)
 
 
-@pytest.mark.parametrize("vote", ["uniform", "distance"])
+@pytest.mark.parametrize("vote", ["uniform", "distance", gaussian_vote])
 def test_gknn_probabilities(vote):
     X, y = _informative_problem(n_samples=120, seed=2)
     y = np.array(["normal", "blast", "other"])[np.arange(len(y)) % 3]  # three string classes
@@ -133,6 +134,9 @@ def test_groups_stay_in_one_inner_fold():
         ({"crossover_prob": 1.5}, "crossover_prob"),
         ({"min_weight": -0.1}, "min_weight"),
         ({"vote": "majority"}, "vote"),
+        ({"fitness": "accuracy"}, "fitness"),
+        ({"feature_cost": 2.0}, "feature_cost"),
+        ({"init_sparsity": -0.5}, "init_sparsity"),
         ({"inner_cv": 1}, "inner_cv"),
     ],
 )
@@ -175,3 +179,32 @@ def test_svm_probabilities_are_calibrated_ensemble():
     assert_array_equal(clf.predict(X), clf.classes_[clf.predict_proba(X).argmax(axis=1)])
     again = SVMClassifier(C_grid=(0.1, 1.0), gamma_grid=("scale", 0.1), inner_cv=3, random_state=0).fit(X, y)
     assert_array_equal(clf.predict_proba(X), again.predict_proba(X))
+
+
+def test_gaussian_vote_and_callable_votes_match_sklearn():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from leukoseg.classify.gknn import _neighbour_votes
+
+    assert_allclose(gaussian_vote(np.array([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0], [0.0, 0.0, 0.0]])),
+                    [[1.0, np.exp(-0.5), np.exp(-2.0)], [np.exp(-2.0)] * 3, [1.0, 1.0, 1.0]], rtol=0, atol=1e-12)
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(600, 4))
+    y = rng.integers(0, 2, 600)
+    for k in (1, 9):
+        votes = _neighbour_votes(X[:400].astype(np.float32), X[400:].astype(np.float32), y[:400], k, 2, gaussian_vote)
+        knn = KNeighborsClassifier(n_neighbors=k, weights=gaussian_vote, algorithm="brute").fit(X[:400], y[:400])
+        assert_allclose(votes / votes.sum(axis=1, keepdims=True), knn.predict_proba(X[400:]), rtol=0, atol=1e-4)
+
+
+def test_gknn_auc_fitness_and_continuous_probabilities():
+    X, y = _informative_problem(n_samples=200, seed=9)
+    clf = GeneticKNNClassifier(**SMALL_GA, fitness="auc", feature_cost=0.0, random_state=0).fit(X, y)
+    # With no feature cost the fitness is the inner-CV AUC of the vote shares.
+    assert 0.5 < clf.best_fitness_ <= 1.0
+    proba = clf.predict_proba(X[:50])[:, 1]
+    assert len(np.unique(proba)) > clf.k_ + 1  # finer than the k + 1 shares of equal votes
+    costly = GeneticKNNClassifier(**SMALL_GA, feature_cost=0.5, random_state=0).fit(X, y)
+    assert costly.support_.sum() <= clf.support_.sum()
+    uniform = GeneticKNNClassifier(**SMALL_GA, vote="uniform", fitness="balanced_accuracy", random_state=0).fit(X, y)
+    assert set(np.unique(uniform.predict_proba(X)[:, 1] * uniform.k_).round(6)) <= set(range(uniform.k_ + 1))

@@ -12,11 +12,14 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from leukoseg.features import (
     GLCM_PROPERTIES,
+    STAIN_FEATURE_NAMES,
     CellFeatures,
+    cell_stain_features,
     cell_texture_features,
     glcm_features,
     texture_feature_names,
 )
+from leukoseg.features.stain import lbp_feature_names, nucleus_lbp_features
 
 # 4x4 image, two grey levels in vertical stripes two pixels wide. With levels=2 the fixed bins put 0 in
 # level 0 and 255 in level 1.
@@ -258,11 +261,15 @@ def test_cell_features_columns_are_stable_and_named():
     rng = np.random.default_rng(5)
     cells = [_cell(rng) for _ in range(3)]
     names = CellFeatures(**KW).fit(cells).get_feature_names_out()
-    # Default measurements: numeric, not bool, not bookkeeping (cell_id, x), sorted.
+    # Default measurements: numeric or bool (0/1), not bookkeeping (cell_id, x), sorted; then stain, LBP, texture.
     texture = texture_feature_names(prefix="nuc_", **KW) + texture_feature_names(prefix="cyto_", **KW)
-    assert list(names) == ["nc_ratio", "nucleus_area_um2", *texture]
+    lbp = lbp_feature_names((0.5, 1.0, 2.0))
+    assert list(names) == ["nc_ratio", "nucleus_area_um2", "smudge", *STAIN_FEATURE_NAMES, *lbp, *texture]
+    bare = CellFeatures(stain=False, lbp_radii_um=(), texture=False).fit(cells)
+    assert list(bare.get_feature_names_out()) == ["nc_ratio", "nucleus_area_um2", "smudge"]
     assert list(CellFeatures(**KW).fit(cells[::-1]).get_feature_names_out()) == list(names)
-    chosen = CellFeatures(measurements=["nucleus_area_um2", "cell_id"], texture=False).fit(cells)
+    chosen = CellFeatures(measurements=["nucleus_area_um2", "cell_id"], texture=False, stain=False, lbp_radii_um=())
+    chosen.fit(cells)
     assert list(chosen.get_feature_names_out()) == ["nucleus_area_um2", "cell_id"]
 
 
@@ -274,8 +281,15 @@ def test_cell_features_transform_matches_columns():
     names = list(features.get_feature_names_out())
     assert X.shape == (4, len(names)) and X.dtype == np.float64
     assert_array_equal(X[:, names.index("nc_ratio")], [0.0, 0.25, 0.5, 0.75])
-    tex = cell_texture_features(cells[2]["image"], cells[2]["nucleus"], cells[2]["cell"], um_per_px=0.35, **KW)
-    assert_array_equal(X[2, 2:], list(tex.values()))
+    assert_array_equal(X[:, names.index("smudge")], [0.0, 0.0, 0.0, 0.0])
+    assert_array_equal(features.transform([_cell(rng, smudge=True)])[:, names.index("smudge")], [1.0])
+    c = cells[2]
+    tex = cell_texture_features(c["image"], c["nucleus"], c["cell"], um_per_px=0.35, **KW)
+    assert_array_equal(X[2, -len(tex) :], list(tex.values()))
+    stain = cell_stain_features(c["image"], c["nucleus"], c["cell"], um_per_px=0.35)
+    assert_array_equal(X[2, 3 : 3 + len(stain)], list(stain.values()))
+    lbp = nucleus_lbp_features(c["image"], c["nucleus"], um_per_px=0.35)
+    assert_array_equal(X[2, 3 + len(stain) : 3 + len(stain) + len(lbp)], list(lbp.values()))
     # Columns follow the fitted list whatever the order of the measurement keys of new cells.
     reordered = dict(cells[1], measurements=dict(reversed(list(cells[1]["measurements"].items()))))
     assert_array_equal(features.transform([reordered]), X[1:2])
@@ -325,7 +339,8 @@ def test_cell_features_in_a_pipeline():
     rng = np.random.default_rng(9)
     cells = [_cell(rng, nc_ratio=float(i % 2)) for i in range(12)]
     y = np.arange(12) % 2
-    model = make_pipeline(CellFeatures(measurements=["nc_ratio"], texture=False), make_knn(n_neighbors=3))
+    extractor = CellFeatures(measurements=["nc_ratio"], texture=False, stain=False, lbp_radii_um=())
+    model = make_pipeline(extractor, make_knn(n_neighbors=3))
     assert_array_equal(model.fit(cells, y).predict(cells), y)
 
 
@@ -336,3 +351,60 @@ def test_packages_import_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Stain and LBP features ----------------------------------------------------------------------------------
+
+
+def _stained_cell(brightness: float = 1.0, size: int = 40):
+    """A round cell: dark granular nucleus, blue cytoplasm, pale background; `brightness` scales the light."""
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    nucleus, cell = r < size * 0.25, r < size * 0.4
+    image = np.empty((size, size, 3))
+    image[:] = (210, 200, 215)
+    image[cell] = (150, 150, 200)
+    image[nucleus] = (90, 40, 130)
+    image[nucleus] *= rng.uniform(0.8, 1.2, (int(nucleus.sum()), 1))
+    return np.clip(image * brightness, 0, 255).astype(np.uint8), nucleus, cell
+
+
+def test_stain_features_are_relative_to_the_background():
+    image, nucleus, cell = _stained_cell()
+    f = cell_stain_features(image, nucleus, cell, um_per_px=0.25)
+    assert list(f) == list(STAIN_FEATURE_NAMES)
+    assert all(np.isfinite(v) for v in f.values())
+    assert f["nucleus_od_g_mean"] > f["cytoplasm_od_g_mean"] > 0  # the nucleus absorbs most
+    assert 1.5 <= f["cytoplasm_rim_um"] <= 1.8  # radii 10 and 16 px: the outline lies ~6.5 px (1.6 um) from the edge
+    assert_allclose(f["cytoplasm_area_um2"], (cell & ~nucleus).sum() * 0.0625)
+    dim = cell_stain_features(*_stained_cell(0.8), um_per_px=0.25)
+    # A dimmer photo of the same cell: raw colours change by 20 %, optical densities much less.
+    assert abs(dim["nucleus_od_g_mean"] - f["nucleus_od_g_mean"]) < 0.05
+    assert abs(dim["cytoplasm_od_b_mean"] - f["cytoplasm_od_b_mean"]) < 0.05
+
+
+def test_stain_features_edge_cases_and_errors():
+    image, nucleus, cell = _stained_cell()
+    f = cell_stain_features(image, nucleus, nucleus, um_per_px=0.25)  # no cytoplasm
+    assert np.isnan(f["cytoplasm_od_g_mean"]) and f["cytoplasm_area_um2"] == 0.0
+    empty = np.zeros_like(nucleus)
+    g = cell_stain_features(image, empty, cell, um_per_px=0.25)
+    assert g["nucleus_od_r_mean"] == 0.0 and g["cytoplasm_rim_um"] == 0.0 and g["chromatin_band_1um"] == 0.0
+    with pytest.raises(ValueError, match="uint8"):
+        cell_stain_features(image.astype(float), nucleus, cell, um_per_px=0.25)
+    with pytest.raises(ValueError, match="nucleus_mask"):
+        cell_stain_features(image, nucleus.astype(int), cell, um_per_px=0.25)
+    with pytest.raises(ValueError, match="um_per_px"):
+        cell_stain_features(image, nucleus, cell, um_per_px=0.0)
+
+
+def test_nucleus_lbp_histograms():
+    image, nucleus, _ = _stained_cell()
+    f = nucleus_lbp_features(image, nucleus, um_per_px=0.25, radii_um=(0.5, 1.0))
+    assert list(f) == lbp_feature_names((0.5, 1.0))
+    for r in ("0.5", "1"):
+        assert_allclose(sum(v for k, v in f.items() if k.startswith(f"nuc_lbp_r{r}um_")), 1.0)
+    assert all(v == 0.0 for v in nucleus_lbp_features(image, np.zeros_like(nucleus), um_per_px=0.25).values())
+    with pytest.raises(ValueError, match="lbp_radii_um"):
+        CellFeatures(lbp_radii_um=(1.0, -1.0)).fit([_cell(np.random.default_rng(0))])

@@ -1,0 +1,40 @@
+"""Neighbour vote weightings of the kNN classifiers, in NumPy only (shared by training and the bundle)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["gaussian_vote"]
+
+
+def gaussian_vote(distances: np.ndarray) -> np.ndarray:
+    """Neighbour weights of a Gaussian kernel whose width adapts to each query's neighbourhood.
+
+    A `weights` callable for :class:`~sklearn.neighbors.KNeighborsClassifier` (and the `vote` of
+    :class:`~leukoseg.classify.GeneticKNNClassifier`): for a query with neighbour distances ``d_1 <= ... <= d_k``, neighbour
+    ``i`` gets ``exp(-2 * (d_i / d_k)**2)``, from 1 (at distance 0) down to ``exp(-2)`` (about 0.14) for the
+    k-th. Near neighbours count more than far ones, which gives a continuous vote share (a finer
+    ranking, hence a higher ROC AUC, than the ``k + 1`` possible values of equal votes) while the k-th
+    neighbour still counts, so that the share stays close to the plain one; unlike inverse distances
+    it is bounded at distance 0. A query whose neighbours all lie at distance 0 gets equal weights.
+
+    Parameters
+    ----------
+    distances : (n_queries, k) ndarray
+        Distances of the k nearest neighbours of each query (any order).
+
+    Returns
+    -------
+    (n_queries, k) ndarray of float64
+
+    Examples
+    --------
+    >>> gaussian_vote(np.array([[0.0, 1.0, 2.0]])).round(3)
+    array([[1.   , 0.607, 0.135]])
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1] == 0:
+        return np.ones_like(d)
+    width = d.max(axis=1, keepdims=True)
+    scaled = np.divide(d, width, out=np.zeros_like(d), where=width > 0)
+    return np.exp(-2.0 * scaled**2)
