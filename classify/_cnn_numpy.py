@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .augment import dihedral_mean
+
 __all__ = ["ACTIVATIONS", "FORMAT_VERSION", "numpy_predict_proba"]
 
 #: Activations that :func:`~leukoseg.classify.cnn.build_thanh_cnn` accepts and :func:`numpy_predict_proba`
@@ -45,7 +47,9 @@ def _normalise(patches: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nda
     return out
 
 
-def numpy_predict_proba(params: Mapping[str, np.ndarray], X: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+def numpy_predict_proba(
+    params: Mapping[str, np.ndarray], X: np.ndarray, *, chunk: int = 64, tta: bool | None = None
+) -> np.ndarray:
     """Class probabilities from the arrays of :func:`export_numpy`, with NumPy only.
 
     Same-padded convolutions run as im2col (one column block per few patches) and a float32 matrix
@@ -59,6 +63,10 @@ def numpy_predict_proba(params: Mapping[str, np.ndarray], X: np.ndarray, *, chun
         Patches of the model's input shape, 0-255, not yet normalised.
     chunk : int, optional
         Patches pushed through the network at a time.
+    tta : bool or None, optional
+        Average over the flips and quarter turns of each patch
+        (:func:`~leukoseg.classify.augment.dihedral_mean`); None: as ``params['tta']`` says (False when
+        absent), i.e. as the exported estimator predicted.
 
     Returns
     -------
@@ -93,16 +101,21 @@ def numpy_predict_proba(params: Mapping[str, np.ndarray], X: np.ndarray, *, chun
     layers = [str(s) for s in params["layers"]]
     mean = np.asarray(params["mean"], np.float32)
     std = np.asarray(params["std"], np.float32)
-    results = []
-    for start in range(0, len(X), chunk):
-        x = _normalise(X[start : start + chunk], mean, std)
-        for i, desc in enumerate(layers):
-            x = _numpy_layer(desc, x, params, i)
-        results.append(x)
-    if not results:
-        n_out = len(params["classes"]) if "classes" in params else 0
-        return np.empty((0, n_out), np.float64)
-    out = np.concatenate(results).astype(np.float64)
+    if tta is None:
+        tta = bool(params["tta"]) if "tta" in params else False
+
+    def one_view(batch: np.ndarray) -> np.ndarray:
+        results = []
+        for start in range(0, len(batch), chunk):
+            x = _normalise(batch[start : start + chunk], mean, std)
+            for i, desc in enumerate(layers):
+                x = _numpy_layer(desc, x, params, i)
+            results.append(x.astype(np.float64))
+        if not results:
+            return np.empty((0, len(params["classes"]) if "classes" in params else 0), np.float64)
+        return np.concatenate(results)
+
+    out = dihedral_mean(one_view, X) if tta and len(X) else one_view(X)
     out /= out.sum(axis=1, keepdims=True)
     return out
 

@@ -11,7 +11,8 @@ def gaussian_vote(distances: np.ndarray) -> np.ndarray:
     """Neighbour weights of a Gaussian kernel whose width adapts to each query's neighbourhood.
 
     A `weights` callable for :class:`~sklearn.neighbors.KNeighborsClassifier` (and the `vote` of
-    :class:`~leukoseg.classify.GeneticKNNClassifier`): for a query with neighbour distances ``d_1 <= ... <= d_k``, neighbour
+    :class:`~leukoseg.classify.GeneticKNNClassifier`): for a query with neighbour distances
+    ``d_1 <= ... <= d_k``, neighbour
     ``i`` gets ``exp(-2 * (d_i / d_k)**2)``, from 1 (at distance 0) down to ``exp(-2)`` (about 0.14) for the
     k-th. Near neighbours count more than far ones, which gives a continuous vote share (a finer
     ranking, hence a higher ROC AUC, than the ``k + 1`` possible values of equal votes) while the k-th

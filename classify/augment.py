@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DIHEDRAL_SQUARE", "DIHEDRAL_RECT", "augment_batch", "dihedral"]
+__all__ = ["DIHEDRAL_SQUARE", "DIHEDRAL_RECT", "augment_batch", "dihedral", "dihedral_mean"]
 
 #: The 8 symmetries of a square as (quarter turns, flip left-right): rotations by 0/90/180/270 degrees, each
 #: with and without a mirror.
@@ -45,6 +45,39 @@ def dihedral(patches: np.ndarray, k: int, flip: bool) -> np.ndarray:
     """
     out = patches[:, :, ::-1] if flip else patches
     return np.rot90(out, k=k, axes=(1, 2))
+
+
+def dihedral_mean(predict, patches: np.ndarray) -> np.ndarray:
+    """Test-time augmentation: the mean of `predict` over the shape-keeping dihedral views of the patches.
+
+    A cell has no preferred orientation on a smear, so a classifier's output should not depend on how the
+    patch is turned; averaging over the 8 symmetries of a square patch (4 of a non-square one) removes
+    what remains of that dependence and smooths the probabilities, which ranks cells better (cell AUC).
+
+    Parameters
+    ----------
+    predict : callable
+        Maps an (n, H, W, C) batch to an (n, ...) array (e.g. class probabilities).
+    patches : (n, H, W, C) ndarray
+        The batch; not modified.
+
+    Returns
+    -------
+    ndarray of float64
+        The mean of ``predict(view)`` over the views.
+
+    Examples
+    --------
+    >>> x = np.arange(8.0).reshape(2, 2, 2, 1)
+    >>> dihedral_mean(lambda b: b[:, 0, 0, 0], x)  # the mean corner value
+    array([1.5, 5.5])
+    """
+    symmetries = DIHEDRAL_SQUARE if patches.shape[1] == patches.shape[2] else DIHEDRAL_RECT
+    total = None
+    for k, flip in symmetries:
+        out = np.asarray(predict(np.ascontiguousarray(dihedral(patches, k, flip))), np.float64)
+        total = out if total is None else total + out
+    return total / len(symmetries)
 
 
 def augment_batch(

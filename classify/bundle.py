@@ -134,20 +134,28 @@ def export_gknn(estimator: Any, *, check_X: Any = None) -> dict[str, np.ndarray]
 
     check_is_fitted(estimator, ("scaler_", "weights_", "support_", "knn_"))
     vote = getattr(estimator, "vote", "uniform")
-    knn = estimator.knn_
-    if _vote_name(vote) is None or _vote_name(knn.weights) != _vote_name(vote):
-        raise NotImplementedError(
-            f"GkNN vote {vote!r} with a fitted kNN weighting {knn.weights!r} is not reproduced in NumPy; "
-            "supported: 'uniform', 'distance' and gaussian_vote, the same in both"
-        )
-    if int(knn.n_neighbors) != int(estimator.k_):
-        raise NotImplementedError(f"GkNN k_={estimator.k_} differs from its kNN's n_neighbors={knn.n_neighbors}")
-    support = np.asarray(estimator.support_, bool)
-    weights = np.asarray(estimator.weights_, np.float64)
-    if not np.array_equal(support, weights > 0):
-        raise NotImplementedError("GkNN support_ is not weights_ > 0; the export would use other columns")
+    runs = getattr(estimator, "runs_", None) or [
+        {"weights": estimator.weights_, "support": estimator.support_, "k": estimator.k_, "knn": estimator.knn_}
+    ]
     mean, scale = _scaler_arrays(estimator.scaler_, int(estimator.n_features_in_))
-    params = _knn_arrays(knn, mean=mean, scale=scale, columns=np.flatnonzero(support), weights=weights[support])
+    members = []
+    for run in runs:
+        knn = run["knn"]
+        if _vote_name(vote) is None or _vote_name(knn.weights) != _vote_name(vote):
+            raise NotImplementedError(
+                f"GkNN vote {vote!r} with a fitted kNN weighting {knn.weights!r} is not reproduced in NumPy; "
+                "supported: 'uniform', 'distance' and gaussian_vote, the same in both"
+            )
+        if int(knn.n_neighbors) != int(run["k"]):
+            raise NotImplementedError(f"GkNN k_={run['k']} differs from its kNN's n_neighbors={knn.n_neighbors}")
+        support = np.asarray(run["support"], bool)
+        weights = np.asarray(run["weights"], np.float64)
+        if not np.array_equal(support, weights > 0):
+            raise NotImplementedError("GkNN support_ is not weights_ > 0; the export would use other columns")
+        members.append(
+            _knn_arrays(knn, mean=mean, scale=scale, columns=np.flatnonzero(support), weights=weights[support])
+        )
+    params = members[0] if len(members) == 1 else _ensemble_arrays(members)
     _verify_knn("GeneticKNNClassifier", estimator, params, check_X)
     return params
 
@@ -367,6 +375,29 @@ def _knn_arrays(
     }
 
 
+#: Arrays of a kNN that differ between the members of an ensemble (the standardisation and classes do not).
+_MEMBER_KEYS = ("columns", "feature_weights", "fit_X", "y", "n_neighbors", "weights", "fit_method")
+
+
+def _ensemble_arrays(members: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One flat array dict for several kNNs averaged (a GkNN with ``n_runs > 1``): ``member{i}_<key>``."""
+    out = {key: value for key, value in members[0].items() if key not in _MEMBER_KEYS}
+    out["n_members"] = np.array(len(members), np.int64)
+    for i, member in enumerate(members):
+        out.update({f"member{i}_{key}": member[key] for key in _MEMBER_KEYS})
+    return out
+
+
+def _knn_members(params: Mapping[str, np.ndarray]) -> list[Mapping[str, np.ndarray]]:
+    """The single kNNs of exported arrays: itself, or the members of an ensemble."""
+    if "n_members" not in params:
+        return [params]
+    shared = {key: value for key, value in params.items() if not key.startswith("member") and key != "n_members"}
+    return [
+        {**shared, **{key: params[f"member{i}_{key}"] for key in _MEMBER_KEYS}} for i in range(int(params["n_members"]))
+    ]
+
+
 def _vote_name(weights: Any) -> str | None:
     """The stored name of a kNN vote weighting ('uniform', 'distance', 'gaussian'); None if not reproducible."""
     if weights is gaussian_vote:
@@ -383,8 +414,9 @@ def _verify_knn(name: str, estimator: Any, params: Mapping[str, np.ndarray], che
     them is not reproducible (a tree-fitted kNN, or more than 256 training rows, which its brute force may
     split between threads).
     """
-    probes = _knn_probes(params, check_X)
-    reproducible_ties = str(params["fit_method"]) == "brute" and len(params["fit_X"]) <= 256
+    members = _knn_members(params)
+    probes = _knn_probes(members[0], check_X)
+    reproducible_ties = all(str(m["fit_method"]) == "brute" and len(m["fit_X"]) <= 256 for m in members)
     keep = slice(None) if reproducible_ties else ~_knn_proba(params, probes)[1]
     if not len(probes[keep]):
         return
@@ -466,6 +498,9 @@ def knn_predict_proba(params: Mapping[str, np.ndarray], X: Any) -> np.ndarray:
 
 def _knn_proba(params: Mapping[str, np.ndarray], X: Any) -> tuple[np.ndarray, np.ndarray]:
     """:func:`knn_predict_proba`, and which rows had training rows tied across the k-th distance."""
+    if "n_members" in params:  # an ensemble: the mean of its members' votes
+        results = [_knn_proba(member, X) for member in _knn_members(params)]
+        return np.mean([r[0] for r in results], axis=0), np.any([r[1] for r in results], axis=0)
     X = _check_features(X, len(params["mean"]))
     z = (X - params["mean"]) / params["scale"]
     query = np.ascontiguousarray(z[:, params["columns"]] * params["feature_weights"])
@@ -1279,12 +1314,12 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path) -> None:
+def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path, *, context: str = "") -> None:
     """Shapes and types of a model's arrays; LeukosegError naming `path` otherwise."""
     kind = _KINDS[name]
 
     def fail(reason: str):
-        raise LeukosegError(path, reason)
+        raise LeukosegError(path, context + reason)
 
     def need(key: str, kinds: str, ndim: int | None = None) -> np.ndarray:
         if key not in arrays:
@@ -1308,6 +1343,15 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path)
     if int(version) != BUNDLE_FORMAT_VERSION:
         fail(f"arrays have format version {int(version)}; this leukoseg reads {BUNDLE_FORMAT_VERSION}")
     if kind == "knn":
+        if "n_members" in arrays:
+            n_members = int(need("n_members", "iu", 0))
+            if n_members < 1:
+                fail("is an ensemble of no kNN")
+            for key in (f"member{i}_{k}" for i in range(n_members) for k in _MEMBER_KEYS):
+                need(key, "iufU")
+            for i, member in enumerate(_knn_members(arrays)):
+                _check_model_arrays(name, member, path, context=f"member {i}: ")
+            return
         mean = need("mean", "f", 1)
         scale = need("scale", "f", 1)
         columns = need("columns", "iu", 1)

@@ -77,7 +77,7 @@ from ._cnn_numpy import (
     _normalise,
     numpy_predict_proba,
 )
-from .augment import augment_batch
+from .augment import augment_batch, dihedral_mean
 
 __all__ = [
     "ACTIVATIONS",
@@ -377,6 +377,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Strength of the colour augmentation (see :func:`augment_batch`).
     class_weight : 'balanced', dict or None, optional
         Loss weight of each class: 'balanced' weighs classes inversely to their training frequency.
+    tta : bool, optional
+        Test-time augmentation: :meth:`predict_proba` returns the mean over the 8 flips/quarter turns of each
+        patch (:func:`~leukoseg.classify.augment.dihedral_mean`; 4 for non-square patches), 8 times the
+        prediction cost. A cell has no orientation, and the mean ranks cells better than one view.
     device : {'auto', 'cpu', 'gpu'}, optional
         Where to train and predict (see :func:`resolve_device`).
     random_state : int or None, optional
@@ -448,6 +452,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         stain_jitter: float = 0.05,
         brightness_jitter: float = 0.1,
         class_weight: str | Mapping[Any, float] | None = "balanced",
+        tta: bool = True,
         device: str = "auto",
         random_state: int | None = None,
         verbose: int = 0,
@@ -468,6 +473,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.stain_jitter = stain_jitter
         self.brightness_jitter = brightness_jitter
         self.class_weight = class_weight
+        self.tta = tta
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -643,18 +649,23 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         (n, n_classes) ndarray of float64
-            Rows sum to 1; column ``j`` is the probability of ``classes_[j]``.
+            Rows sum to 1; column ``j`` is the probability of ``classes_[j]``; with `tta`, the mean over
+            the flips and quarter turns of each patch.
         """
         check_is_fitted(self, "model_")
         X = self._check_predict_input(X)
         import keras
 
-        out = np.empty((len(X), len(self.classes_)), np.float64)
-        with keras.device(f"{self.device_}:0"):
-            for start in range(0, len(X), _PREDICT_CHUNK):
-                chunk = _normalise(X[start : start + _PREDICT_CHUNK], self.mean_, self.std_)
+        def one_view(batch: np.ndarray) -> np.ndarray:
+            out = np.empty((len(batch), len(self.classes_)), np.float64)
+            for start in range(0, len(batch), _PREDICT_CHUNK):
+                chunk = _normalise(batch[start : start + _PREDICT_CHUNK], self.mean_, self.std_)
                 probs = self.model_.predict(chunk, batch_size=max(int(self.batch_size), 256), verbose=0)
                 out[start : start + len(chunk)] = keras.ops.convert_to_numpy(probs)
+            return out
+
+        with keras.device(f"{self.device_}:0"):
+            out = dihedral_mean(one_view, X) if self.tta and len(X) else one_view(X)
         out /= out.sum(axis=1, keepdims=True)
         return out
 
@@ -1062,7 +1073,8 @@ def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
     dict of str to ndarray
         ``format_version``, ``layers`` (one descriptor string per layer, e.g. ``'conv2d/linear'``,
         ``'activation/relu'``, ``'maxpool2d/2,2/2,2'``, ``'flatten'``, ``'dense/linear'``, ``'softmax'``),
-        ``input_shape``, ``mean``, ``std``, ``classes`` and ``layer{i}_kernel`` / ``layer{i}_bias``.
+        ``input_shape``, ``mean``, ``std``, ``classes``, ``tta`` (the estimator's test-time augmentation; False
+        for a bare model) and ``layer{i}_kernel`` / ``layer{i}_bias``.
         No object arrays: ``np.savez`` then ``np.load(..., allow_pickle=False)`` round-trips it.
 
     Raises
@@ -1082,9 +1094,11 @@ def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
         mean = np.asarray(model_or_estimator.mean_, np.float32)
         std = np.asarray(model_or_estimator.std_, np.float32)
         classes = np.asarray(model_or_estimator.classes_)
+        tta = bool(model_or_estimator.tta)
     else:
         model = model_or_estimator
         mean = std = classes = None
+        tta = False
     if not hasattr(model, "layers") or not hasattr(model, "input_shape"):
         raise TypeError(f"expected a keras.Model or a fitted CNNClassifier; got {type(model_or_estimator).__name__}")
     input_shape = tuple(model.input_shape[1:])
@@ -1146,6 +1160,7 @@ def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
     out["mean"] = mean
     out["std"] = std
     out["classes"] = classes
+    out["tta"] = np.array(tta)
     return out
 
 

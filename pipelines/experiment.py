@@ -122,6 +122,9 @@ _IMAGE_NUMBER = re.compile(r"Im(\d+)_")
 
 #: CNN training settings of the experiment (the paper's architecture; see CNNClassifier for each).
 CNN_DEFAULTS = {"epochs": 25, "patience": 4, "batch_size": 64, "learning_rate": 1e-3}
+#: GkNN settings of the experiment (updated by ``gknn_params``): five genetic searches, their votes averaged
+#: (steadier than one search, whose weights depend on its draw of inner folds).
+GKNN_DEFAULTS = {"n_runs": 5}
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,7 @@ def run_experiment(
         Parts of the CNN's cross-fitting (at least 2).
     gknn_params, svm_params, knn_params, cnn_params, fusion_params : mapping, optional
         Keyword arguments of the models (e.g. small settings in tests); ``cnn_params`` update
-        :data:`CNN_DEFAULTS`.
+        :data:`CNN_DEFAULTS`, ``gknn_params`` :data:`GKNN_DEFAULTS`.
     fab_settings : FABSettings, optional
         Cut-offs of the FAB scoring (default: :class:`~leukoseg.classify.FABSettings`).
     segment_params, feature_params : mapping, optional
@@ -467,7 +470,8 @@ def run_experiment(
             mode, top_ks, len(feature_names),
             {"n_folds": n_folds, "repeats": repeats, "cnn_enabled": bool(cnn), "device": device,
              "match_radius_px": match_radius_px, "inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds},
-            {"gknn": gknn_params, "svm": svm_params, "knn": knn_params, "cnn": cnn_params, "fusion": fusion_params,
+            {"gknn": {**GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": svm_params, "knn": knn_params,
+             "cnn": {**CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else cnn_params, "fusion": fusion_params,
              "segment": segment_params, "features": feature_params},
         ),  # fmt: skip
         "models": {},
@@ -698,7 +702,8 @@ def _fit_models(X, y, groups, seed, gknn_params, svm_params, knn_params, timer) 
 
     out = {}
     t = time.perf_counter()
-    out["gknn"] = GeneticKNNClassifier(**{"random_state": seed, **dict(gknn_params or {})}).fit(X, y, groups=groups)
+    params = {"random_state": seed, **GKNN_DEFAULTS, **dict(gknn_params or {})}
+    out["gknn"] = GeneticKNNClassifier(**params).fit(X, y, groups=groups)
     timer.add("fit_gknn", time.perf_counter() - t)
     t = time.perf_counter()
     out["svm"] = make_svm(**{"random_state": seed, **dict(svm_params or {})}).fit(X, y, groups=groups)
@@ -718,6 +723,7 @@ def _predict(models: Mapping, X, K: int) -> dict[str, np.ndarray]:
 
 def _fixed_models(fitted: Mapping, seed: int, knn_params) -> dict:
     """Unfitted models with the hyper-parameters already chosen on the fold's training set."""
+    from sklearn.ensemble import VotingClassifier
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -725,12 +731,17 @@ def _fixed_models(fitted: Mapping, seed: int, knn_params) -> dict:
     from leukoseg.classify import SVMClassifier, make_knn
 
     g = fitted["gknn"]
-    support, weights = g.support_.copy(), g.weights_[g.support_].copy()
-    gknn = Pipeline([
-        ("scale", StandardScaler()),
-        ("weight", FunctionTransformer(lambda Z: Z[:, support] * weights)),
-        ("knn", KNeighborsClassifier(n_neighbors=g.k_, weights=g.vote, algorithm="brute")),
-    ])  # fmt: skip
+    searches = []
+    for run in g.runs_:  # each genetic search's weights and k; with several, the mean of their votes
+        support, weights = run["support"].copy(), run["weights"][run["support"]].copy()
+        searches.append(Pipeline([
+            ("scale", StandardScaler()),
+            ("weight", FunctionTransformer(lambda Z, s=support, w=weights: Z[:, s] * w)),
+            ("knn", KNeighborsClassifier(n_neighbors=run["k"], weights=g.vote, algorithm="brute")),
+        ]))  # fmt: skip
+    gknn = searches[0] if len(searches) == 1 else VotingClassifier(
+        [(f"search{i}", p) for i, p in enumerate(searches)], voting="soft"
+    )
     s = fitted["svm"]
     svm = SVMClassifier(C_grid=(s.best_params_["svc__C"],), gamma_grid=(s.best_params_["svc__gamma"],),
                         inner_cv=s.inner_cv, scoring=s.scoring, calibration=s.calibration, random_state=seed)
@@ -778,7 +789,8 @@ def _settings(mode: str, top_ks: tuple[int, ...], n_features: int, plain: Mappin
                         if mode == "points" else "the probability of the cell nearest the centre"
                         if mode == "crop" else "mean of the cells' class probabilities"),
         "baseline": "mean of the gknn and svm cell probabilities",
-        "cnn_protocol": "cross-fitted over the training images; test cells get the mean of the fold's CNNs",
+        "cnn_protocol": "cross-fitted over the training images; test cells get the mean of the fold's CNNs; "
+                        "every prediction is the mean over the 8 flips/quarter turns of the patch",
         "fusion_protocol": "logistic stacking of baseline and cnn, fitted on inner out-of-fold training scores "
                            "(keras.ops)",
         "threshold": "maximises balanced accuracy of inner out-of-fold scores of the training images",

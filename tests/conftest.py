@@ -71,7 +71,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
 # Small GA, grid and CNN: the tests check the plumbing, not the classifiers.
 _FAST = dict(
-    gknn_params={"population_size": 4, "n_generations": 1, "k_max": 5},
+    gknn_params={"population_size": 4, "n_generations": 1, "k_max": 5, "n_runs": 2},
     svm_params={"C_grid": (1.0,), "gamma_grid": ("scale",)},
     cnn_params={"filters": (4, 4), "epochs": 2, "patience": 1, "batch_size": 16},
     fusion_params={"n_iter": 50},

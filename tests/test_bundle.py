@@ -178,12 +178,14 @@ def test_knn_export_refuses_what_it_cannot_reproduce():
         B.export_knn(KNeighborsClassifier(weights=lambda d: 1 / (1 + d)).fit(X, y))
 
 
-@pytest.mark.parametrize("vote", ["uniform", "distance"])
+@pytest.mark.parametrize("vote", ["uniform", "distance", "gaussian"])
 def test_gknn_matches_sklearn(vote):
     from leukoseg.classify import GeneticKNNClassifier
+    from leukoseg.classify.gknn import gaussian_vote
 
     X, y = _blobs(seed=3)
-    clf = GeneticKNNClassifier(population_size=6, n_generations=2, vote=vote, random_state=0).fit(X, y)
+    weighting = gaussian_vote if vote == "gaussian" else vote
+    clf = GeneticKNNClassifier(population_size=6, n_generations=2, vote=weighting, random_state=0).fit(X, y)
     params = B.export_gknn(clf)
     assert_array_equal(params["columns"], np.flatnonzero(clf.support_))
     assert int(params["n_neighbors"]) == clf.k_ and str(params["weights"]) == vote
@@ -191,15 +193,26 @@ def test_gknn_matches_sklearn(vote):
         assert_allclose(B.knn_predict_proba(params, queries), clf.predict_proba(queries), rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("vote", ["uniform", "distance"])
+@pytest.mark.parametrize("vote", ["uniform", "distance", "gaussian"])
 def test_gknn_matches_sklearn_with_ties(vote):
     from leukoseg.classify import GeneticKNNClassifier
+    from leukoseg.classify.gknn import gaussian_vote
 
     X, y, queries = _tied(seed=2)
-    clf = GeneticKNNClassifier(population_size=6, n_generations=2, vote=vote, random_state=1).fit(X, y)
+    weighting = gaussian_vote if vote == "gaussian" else vote
+    clf = GeneticKNNClassifier(population_size=6, n_generations=2, vote=weighting, random_state=1).fit(X, y)
     params = B.export_gknn(clf)
     for q in (queries, X):
         assert_allclose(B.knn_predict_proba(params, q), clf.predict_proba(q), rtol=0, atol=ATOL)
+
+
+def test_gknn_export_refuses_another_callable_vote():
+    from leukoseg.classify import GeneticKNNClassifier
+
+    X, y = _blobs(seed=3)
+    clf = GeneticKNNClassifier(population_size=4, n_generations=1, vote=lambda d: 1 / (1 + d), random_state=0)
+    with pytest.raises(NotImplementedError, match="vote"):
+        B.export_gknn(clf.fit(X, y))
 
 
 def test_gknn_export_catches_a_changed_predict_proba(fitted):

@@ -469,6 +469,32 @@ def test_numpy_forward_of_fitted_estimator(trained, discs):
         cnn.numpy_predict_proba(params, np.zeros((1, 8, 8, 3), np.uint8))
 
 
+def test_tta_is_the_mean_over_the_dihedral_views_and_turn_invariant(trained, discs):
+    from leukoseg.classify.augment import DIHEDRAL_SQUARE, dihedral
+
+    clf, _ = trained
+    # Noise patches: the discs are classified with near certainty in every view, noise is not.
+    X = np.random.default_rng(5).integers(0, 256, (20, *discs[0].shape[1:]), dtype=np.uint8)
+    assert clf.tta  # the default
+    p = clf.predict_proba(X)
+    views = [np.ascontiguousarray(dihedral(X, k, f)) for k, f in DIHEDRAL_SQUARE]
+    try:
+        clf.set_params(tta=False)
+        plain = [clf.predict_proba(v) for v in views]
+    finally:
+        clf.set_params(tta=True)
+    # Compared in relative terms: the tiny network is nearly certain, so differences are in the small class.
+    assert_allclose(p, np.mean(plain, axis=0), rtol=1e-9, atol=0)
+    assert not np.allclose(plain[0], p, rtol=1e-2, atol=0)  # the views do differ on their own
+    for v in views:  # a turned or mirrored cell gets the same probability
+        assert_allclose(clf.predict_proba(v), p, rtol=1e-9, atol=0)
+    params = cnn.export_numpy(clf)
+    assert bool(params["tta"])
+    assert_allclose(cnn.numpy_predict_proba(params, X), p, rtol=1e-3, atol=1e-6)
+    assert_allclose(cnn.numpy_predict_proba(params, X, tta=False), plain[0], rtol=1e-3, atol=1e-6)
+    assert cnn.numpy_predict_proba(params, X[:0]).shape == (0, 2)
+
+
 @pytest.mark.parametrize("layer", ["batchnorm", "gelu", "valid conv"])
 def test_numpy_export_refuses_what_it_cannot_compute(layer):
     inputs = keras.Input((8, 8, 3))

@@ -296,6 +296,26 @@ def test_cell_features_transform_matches_columns():
     assert_array_equal(features.fit_transform(cells), X)
 
 
+def test_feature_matrix_reproduces_cell_features_from_its_settings():
+    """Inference (features.rows, no scikit-learn) computes the fitted transformer's columns from its settings."""
+    from leukoseg.features.rows import feature_matrix
+
+    rng = np.random.default_rng(8)
+    cells = [_cell(rng, nc_ratio=i / 3) for i in range(3)]
+    for kw in ({}, {"stain": False}, {"lbp_radii_um": ()}, {"lbp_radii_um": (1.0,), "texture": False}):
+        features = CellFeatures(**{**KW, **kw}).fit(cells)
+        X = feature_matrix(
+            cells, features.measurement_names_, texture=features.texture, stain=features.stain,
+            lbp_radii_um=features.lbp_radii_um, distances_um=features.distances_um, levels=features.levels,
+            angles_deg=features.angles_deg,
+        )  # fmt: skip
+        assert X.shape == (3, len(features.get_feature_names_out()))
+        assert_array_equal(X, features.transform(cells))
+    assert feature_matrix([], ["a"], stain=True, lbp_radii_um=(1.0,), texture=False).shape == (0, 1 + 23 + 10)
+    with pytest.raises(ValueError, match="lbp_radii_um"):
+        feature_matrix(cells, [], lbp_radii_um=(1.0, 1.0))
+
+
 def test_cell_features_missing_measurement_is_an_error():
     rng = np.random.default_rng(7)
     features = CellFeatures(**KW).fit([_cell(rng)])

@@ -155,7 +155,12 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert metrics["primary_model"] == "fused" and metrics["task"] == "binary"
     assert metrics["device"] == {"cnn": "cpu", "fusion": "cpu", "backend": metrics["device"]["backend"]}
     assert metrics["cnn"]["train_patches_per_s"] > 0
-    assert metrics["settings"]["cnn"] == json.loads(json.dumps(fast["cnn_params"])) and metrics["settings"]["cnn_enabled"] is True
+    # The settings record what ran: the defaults updated by the keyword arguments.
+    from leukoseg.pipelines.experiment import CNN_DEFAULTS, GKNN_DEFAULTS
+
+    assert metrics["settings"]["cnn"] == json.loads(json.dumps({**CNN_DEFAULTS, **fast["cnn_params"]}))
+    assert metrics["settings"]["gknn"] == json.loads(json.dumps({**GKNN_DEFAULTS, **fast["gknn_params"]}))
+    assert metrics["settings"]["cnn_enabled"] is True
     assert len(metrics["fusion"]) == 2 * 3  # one fitted fusion per fold and repeat
     # images.csv: every model's score and decision; pred is the fused one; FAB only for images called ALL.
     for i in images:
