@@ -54,7 +54,8 @@ Models and scores
 Per fold, on the same cells:
 
 - ``knn``: the plain kNN of :func:`~leukoseg.classify.make_knn` (reference row);
-- ``gknn``: :class:`~leukoseg.classify.GeneticKNNClassifier`;
+- ``gknn``: :class:`~leukoseg.classify.GeneticKNNClassifier`, with :data:`GKNN_DEFAULTS` (the votes of five
+  independent genetic searches averaged);
 - ``svm``: :class:`~leukoseg.classify.SVMClassifier`;
 - ``baseline``: the mean of the GkNN and SVM probabilities (a local vote and a smooth margin average out
   each other's errors);
@@ -62,7 +63,8 @@ Per fold, on the same cells:
   **cross-fitted**: the fold's training images are split into ``cnn_inner_folds`` (2) grouped stratified
   parts; one CNN is trained on the other parts for each part and scores that part's cells (out of fold),
   and the test cells get the mean of these CNNs (an ensemble). This costs about one CNN fit per fold and
-  gives every training cell an honest CNN score for the fusion;
+  gives every training cell an honest CNN score for the fusion. Each CNN prediction is the mean over the 8
+  flips and quarter turns of the patch (test-time augmentation, ``CNNClassifier(tta=True)``);
 - ``fused``: :class:`~leukoseg.classify.StackingFusion`, a logistic stacking of the baseline and CNN
   probabilities in ``keras.ops`` (on the GPU when there is one), fitted on the training cells' inner
   out-of-fold scores.
@@ -70,7 +72,7 @@ Per fold, on the same cells:
 Image thresholds (binary data sets) are chosen on the training images only, maximising the balanced
 accuracy (:func:`.metrics.choose_threshold`) of *inner out-of-fold* image scores: the training images are
 split again into ``inner_folds`` folds, on which models with the fold's hyper-parameters (GkNN weights and
-k, SVM C and gamma; the search is not re-run, which keeps the cost low and biases the threshold very
+k of every search, SVM C and gamma; the search is not re-run, which keeps the cost low and biases the threshold very
 slightly) are refitted and score the held-out training images. Scoring training images with the outer model
 itself would be optimistic: a kNN remembers its training cells.
 
