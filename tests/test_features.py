@@ -428,3 +428,25 @@ def test_nucleus_lbp_histograms():
     assert all(v == 0.0 for v in nucleus_lbp_features(image, np.zeros_like(nucleus), um_per_px=0.25).values())
     with pytest.raises(ValueError, match="lbp_radii_um"):
         CellFeatures(lbp_radii_um=(1.0, -1.0)).fit([_cell(np.random.default_rng(0))])
+
+
+def test_stain_morphology_matches_scipy_ndimage():
+    """The OpenCV forms in features.stain give SciPy's results (they replace scipy.ndimage to start faster)."""
+    from scipy import ndimage as ndi
+
+    from leukoseg.features import stain
+
+    rng = np.random.default_rng(12)
+    for trial in range(20):
+        h, w = rng.integers(5, 40, size=2)
+        mask = ndi.binary_opening(rng.random((h, w)) < 0.6)
+        if trial % 5 == 0:
+            mask[0, :] = True  # touching the edge
+        for it in (1, 2, 3):
+            assert_array_equal(stain._dilate(mask, it), ndi.binary_dilation(mask, iterations=it))
+            assert_array_equal(stain._erode(mask, it), ndi.binary_erosion(mask, iterations=it))
+        if not mask.all():
+            assert_allclose(stain._distance_to_background(mask), ndi.distance_transform_edt(mask), rtol=1e-6)
+        values = rng.random((h, w)) * 255
+        for sigma in (0.7, 1.9, 4.2):
+            assert_allclose(stain._gaussian(values, sigma), ndi.gaussian_filter(values, sigma), rtol=0, atol=1e-6)
