@@ -97,7 +97,8 @@ def export_gknn(estimator: Any, *, check_X: Any = None) -> dict[str, np.ndarray]
     """Export a fitted :class:`~leukoseg.classify.gknn.GeneticKNNClassifier` as plain arrays.
 
     The arrays hold what its ``predict_proba`` uses: the standardisation, the feature weights, and the
-    training rows, labels, number of neighbours and vote weighting of its fitted ``knn_``. The export is
+    training rows, labels, number of neighbours and vote weighting of the kNN of each search (``runs_``;
+    several searches become an ensemble whose votes are averaged, as the estimator does). The export is
     checked against ``estimator.predict_proba`` (probe rows between training rows, plus `check_X`), so an
     estimator whose scoring the NumPy predictor does not reproduce is refused rather than exported wrong.
 
@@ -132,14 +133,11 @@ def export_gknn(estimator: Any, *, check_X: Any = None) -> dict[str, np.ndarray]
     """
     from sklearn.utils.validation import check_is_fitted
 
-    check_is_fitted(estimator, ("scaler_", "weights_", "support_", "knn_"))
+    check_is_fitted(estimator, ("scaler_", "runs_"))
     vote = getattr(estimator, "vote", "uniform")
-    runs = getattr(estimator, "runs_", None) or [
-        {"weights": estimator.weights_, "support": estimator.support_, "k": estimator.k_, "knn": estimator.knn_}
-    ]
     mean, scale = _scaler_arrays(estimator.scaler_, int(estimator.n_features_in_))
     members = []
-    for run in runs:
+    for run in estimator.runs_:  # one search, or several whose votes are averaged
         knn = run["knn"]
         if _vote_name(vote) is None or _vote_name(knn.weights) != _vote_name(vote):
             raise NotImplementedError(
