@@ -130,9 +130,9 @@ def parse_xyc(path: str | os.PathLike[str]) -> np.ndarray:
 
     Examples
     --------
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "a.xyc")
-    >>> _ = open(p, "wb").write(b"10\\t20\\r\\n\\n 30  40 \\r\\n")
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.xyc"
+    >>> _ = p.write_bytes(b"10\\t20\\r\\n\\n 30  40 \\r\\n")
     >>> parse_xyc(p).tolist()
     [[10.0, 20.0], [30.0, 40.0]]
     """

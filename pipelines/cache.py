@@ -39,7 +39,7 @@ __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of a cache entry or the way it is computed changes.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 
 @dataclass(frozen=True)

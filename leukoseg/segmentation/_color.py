@@ -52,7 +52,7 @@ def stain_excess(image: np.ndarray, *, background: float | None = None) -> np.nd
     Examples
     --------
     >>> px = np.array([[[110, 50, 160], [220, 210, 200]]], np.uint8)  # a nucleus and the background
-    >>> stain_excess(px, background=210).round(1).tolist()
+    >>> stain_excess(px, background=210).astype(np.float64).round(1).tolist()
     [[133.6, -12.1]]
     """
     bg = background_level(image) if background is None else float(background)

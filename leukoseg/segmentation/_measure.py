@@ -38,6 +38,7 @@ def measure_cells(
     input_shape: tuple[int, int] | None = None,
     smudge_area_um2: float = 150.0,
     smudge_solidity: float = 0.8,
+    vacuole_edge_um: float = 0.5,
 ) -> dict[str, np.ndarray]:
     """Measure every labelled cell.
 
@@ -59,6 +60,10 @@ def measure_cells(
     smudge_area_um2, smudge_solidity : float, optional
         A nucleus larger than ``smudge_area_um2`` and less solid than ``smudge_solidity`` is flagged as
         a smudge (ruptured) cell.
+    vacuole_edge_um : float, optional
+        Width of the cell's outer edge where pale spots are not counted as vacuoles: the edge of a cell
+        mask mixes cytoplasm with the brighter background, and a vacuole is enclosed by cytoplasm. 0 counts
+        spots up to the edge.
 
     Returns
     -------
@@ -96,7 +101,10 @@ def measure_cells(
         ys, xs = np.nonzero(nmask)
         cy, cx = ys.mean() + r0, xs.mean() + c0
         nucleoli_n, nucleoli_px = _spots(win_gray, _erode(nmask), um_per_px, (0.25, 6.0))
-        vac_n, vac_px = _spots(win_gray, cyto, um_per_px, (0.2, 8.0))
+        # The outer ~0.5 um of a cell mask mixes cytoplasm with the brighter slide background: a pale spot
+        # there is background seen through the edge, not a vacuole (a vacuole is enclosed by cytoplasm).
+        edge = cmask & ~_erode(cmask, iterations=max(1, round(vacuole_edge_um / um_per_px))) if vacuole_edge_um > 0 else None
+        vac_n, vac_px = _spots(win_gray, cyto, um_per_px, (0.2, 8.0), exclude=edge)
         has_cyto = bool(cyto.any())
         nuc_rgb = win_rgb[nmask].mean(axis=0)
         cyto_rgb = win_rgb[cyto].mean(axis=0) if has_cyto else nuc_rgb
@@ -179,10 +187,12 @@ def _columns(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
     return out
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
+def _erode(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     import cv2
 
-    return cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    # Outside the window counts as background, so a region touching the window's edge is eroded there too.
+    return cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=iterations,
+                     borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # fmt: skip
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
@@ -191,21 +201,31 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
 
-def _spots(gray: np.ndarray, mask: np.ndarray, um_per_px: float, area_um2: tuple[float, float]) -> tuple[int, float]:
+def _spots(
+    gray: np.ndarray,
+    mask: np.ndarray,
+    um_per_px: float,
+    area_um2: tuple[float, float],
+    exclude: np.ndarray | None = None,
+) -> tuple[int, float]:
     """Pale spots (nucleoli in a nucleus, vacuoles in cytoplasm): count and total area in pixels.
 
-    A spot is a connected set of pixels brighter than the region's median by 2.5 robust standard deviations
-    (and by at least 8 grey levels), with an area within `area_um2`.
+    A spot is a connected set of pixels of `mask` brighter than the region's median by 2.5 robust standard
+    deviations (and by at least 8 grey levels), with an area within `area_um2`. Pixels of `exclude` are
+    left out of the median and deviation, and a spot touching one of them does not count.
     """
     import cv2
 
-    values = gray[mask]
+    inner = mask & ~exclude if exclude is not None else mask
+    values = gray[inner]
     if values.size < 10:
         return 0, 0.0
     med = float(np.median(values))
     sd = 1.4826 * float(np.median(np.abs(values - med)))
     bright = (gray > med + max(2.5 * sd, 8.0)) & mask
-    n, _, stats, _ = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA] * um_per_px**2
     ok = (areas >= area_um2[0]) & (areas <= area_um2[1])
+    if exclude is not None and n > 1:
+        ok &= np.bincount(labels[exclude & bright], minlength=n)[1:] == 0
     return int(ok.sum()), float(stats[1:, cv2.CC_STAT_AREA][ok].sum())

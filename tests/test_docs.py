@@ -1,0 +1,37 @@
+"""The examples of the docstrings run and print what they say (numpydoc ``Examples`` sections)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import leukoseg
+
+
+#: The packages of the installed namespace (the stage folders are mapped into it by pyproject's package-dir).
+_PACKAGES = ("leukoseg", "leukoseg.segmentation", "leukoseg.features", "leukoseg.classify", "leukoseg.pipelines")
+
+
+def _modules() -> list[str]:
+    names = []
+    for package in _PACKAGES:
+        names.append(package)
+        # The first path entry only: run from a source checkout, leukoseg's path also holds the repository root.
+        folder = importlib.import_module(package).__path__[0]
+        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules([folder])
+                  if not m.ispkg and m.name != "__main__"]  # fmt: skip
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in finder.find(module, name, globs={**vars(module)}):
+        runner.run(test)
+    failed, attempted = runner.summarize(verbose=False)
+    assert failed == 0, f"{failed} of {attempted} examples of {name} failed (see the output above)"
