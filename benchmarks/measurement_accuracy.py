@@ -3,11 +3,12 @@
 Synthetic smears (:func:`leukoseg.synthetic.make_smear`) know every white cell's kind, diameters, nucleoli
 and vacuoles. Each is matched to the nearest detected cell; the script prints, per kind, the true and the
 measured vacuole and nucleoli counts, the share of cells measured "vacuolated" (2 or more vacuoles, the FAB
-L3 cut-off), and the relative error of the cell diameter. With ALL-IDB1 present it also prints the vacuole
+L3 cut-off), the mean relative error of the cell diameter and the mean absolute error of the N:C area ratio
+(truth: the squared ratio of the drawn nucleus and cell diameters). With ALL-IDB1 present it also prints the vacuole
 counts of the cells of its healthy images (lymphocytes and neutrophils, which have no vacuoles: every
 vacuole found there is spurious).
 
-    python benchmarks/measurement_accuracy.py [--smears 12] [--data-dir DIR] [--every K]
+    python benchmarks/measurement_accuracy.py [--smears 12] [--data-dir DIR] [--every K] [--no-purple-nuclei]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> int:
     data_dir_argument(parser)
     parser.add_argument("--smears", type=int, default=12, help="synthetic smears (seeds 0..N-1)")
     parser.add_argument("--every", type=int, default=1, help="use every K-th healthy ALL-IDB1 image")
+    parser.add_argument("--no-purple-nuclei", action="store_true",
+                        help="segment without the purple-chromatin rule (segment(purple_nuclei=False)), to compare")
     args = parser.parse_args()
 
     from leukoseg.segmentation import segment
@@ -39,7 +42,7 @@ def main() -> int:
     missed = defaultdict(int)
     for seed in range(args.smears):
         smear = make_smear(shape=(512, 640), kinds=KINDS, n_touching_pairs=0, seed=seed)
-        m = segment(smear.image).measurements
+        m = segment(smear.image, purple_nuclei=not args.no_purple_nuclei).measurements
         for cell in smear.white_cells:
             d = np.hypot(m["x"] - cell.x, m["y"] - cell.y)
             if d.size == 0 or d.min() > MATCH_RADIUS_PX:
@@ -49,16 +52,17 @@ def main() -> int:
             rows[cell.kind].append((
                 cell.n_vacuoles, m["vacuole_count"][i], cell.n_nucleoli, m["nucleoli_count"][i],
                 m["cell_diameter_um"][i] / cell.cell_diameter_um - 1.0,
+                m["nc_ratio"][i] - (cell.nucleus_diameter_um / cell.cell_diameter_um) ** 2,
             ))  # fmt: skip
 
     print(f"Synthetic smears: {args.smears} (seeds 0-{args.smears - 1}), cells matched within {MATCH_RADIUS_PX:g} px")
     print(f"{'kind':<11}{'cells':>6}{'missed':>7}{'vac true':>9}{'vac meas':>9}{'>=2 meas':>9}"
-          f"{'nucl true':>10}{'nucl meas':>10}{'diam err':>9}")  # fmt: skip
+          f"{'nucl true':>10}{'nucl meas':>10}{'diam err':>9}{'N:C err':>8}")  # fmt: skip
     for kind in sorted(rows):
         a = np.array(rows[kind], dtype=np.float64)
         print(f"{kind:<11}{len(a):>6}{missed[kind]:>7}{a[:, 0].mean():>9.2f}{a[:, 1].mean():>9.2f}"
               f"{(a[:, 1] >= 2).mean():>9.2f}{a[:, 2].mean():>10.2f}{a[:, 3].mean():>10.2f}"
-              f"{np.abs(a[:, 4]).mean():>9.3f}")  # fmt: skip
+              f"{np.abs(a[:, 4]).mean():>9.3f}{np.abs(a[:, 5]).mean():>8.3f}")  # fmt: skip
 
     if args.data_dir.is_dir():
         from leukoseg.datasets import load_dataset
@@ -66,7 +70,8 @@ def main() -> int:
 
         ds = load_dataset("all-idb1", args.data_dir)
         healthy = [r for r in ds.records if r.label == "0"][:: args.every]
-        counts = np.concatenate([segment(read_image(r.path)).measurements["vacuole_count"] for r in healthy])
+        counts = np.concatenate([segment(read_image(r.path), purple_nuclei=not args.no_purple_nuclei)
+                                 .measurements["vacuole_count"] for r in healthy])  # fmt: skip
         print(f"\nALL-IDB1 healthy images: {len(healthy)}, {len(counts)} cells; vacuoles per cell "
               f"{counts.mean():.3f}; cells with >= 1: {(counts >= 1).mean():.3f}, >= 2: {(counts >= 2).mean():.3f}")  # fmt: skip
     else:

@@ -194,6 +194,28 @@ def test_cells_without_vacuoles_measure_few_on_synthetic_smears():
     assert np.mean(counts) <= 0.25 and max(counts) <= 2, counts
 
 
+def _l3_measurements(purple_nuclei: bool) -> np.ndarray:
+    """(true N:C area ratio, measured N:C ratio, measured vacuoles) of the L3 blasts of four synthetic smears."""
+    out = []
+    for seed in range(4):
+        smear = make_smear(shape=(384, 512), kinds=("blast_L3",) * 3, n_touching_pairs=0, seed=seed)
+        m = segment(smear.image, purple_nuclei=purple_nuclei).measurements
+        for cell in smear.white_cells:
+            i = int(np.argmin(np.hypot(m["x"] - cell.x, m["y"] - cell.y)))
+            out.append(((cell.nucleus_diameter_um / cell.cell_diameter_um) ** 2, m["nc_ratio"][i], m["vacuole_count"][i]))
+    return np.array(out)
+
+
+def test_deep_blue_cytoplasm_stays_out_of_the_nucleus():
+    # L3 blasts: deeply basophilic cytoplasm passes the nucleus threshold of the blue-green excess, but absorbs
+    # more red than green light; chromatin (purple) absorbs more green.
+    a = _l3_measurements(purple_nuclei=True)
+    np.testing.assert_allclose(a[:, 1], a[:, 0], atol=0.06)  # N:C ratio within 0.06 of the truth, every cell
+    assert np.all(a[:, 2] >= 2)  # the FAB L3 "vacuolated" cut-off is reached (true vacuoles: 2-12)
+    without = _l3_measurements(purple_nuclei=False)
+    assert np.mean(np.abs(without[:, 1] - without[:, 0])) > 0.06  # the cytoplasm swelled the nucleus
+
+
 def test_output_contract(tmp_path):
     smear = make_smear(seed=1)
     seg = segment(smear.image)

@@ -14,12 +14,12 @@ import numpy as np
 __all__ = ["background_level", "stain_excess"]
 
 
-def background_level(image: np.ndarray) -> float:
-    """Brightness of the slide background: a high percentile of the green channel (never below 1)."""
-    green = image[::4, ::4, 1]
-    if green.size == 0:
+def background_level(image: np.ndarray, *, channel: int = 1) -> float:
+    """Brightness of the slide background: a high percentile of one channel (green by default; never below 1)."""
+    values = image[::4, ::4, channel]
+    if values.size == 0:
         raise ValueError("image is empty")
-    return float(max(_percentile_uint8(green, 95.0), 1.0))
+    return float(max(_percentile_uint8(values, 95.0), 1.0))
 
 
 def _percentile_uint8(values: np.ndarray, q: float) -> float:

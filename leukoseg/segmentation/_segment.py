@@ -13,7 +13,8 @@ The pipeline (all sizes in micrometres, converted per image; no pixel size is fi
    standard deviations (and at least ``min_stain_excess``) are *stained* (nuclei, basophilic cytoplasm,
    platelets). Nuclei are the stained pixels above a second threshold, Otsu's split of the stained
    pixels, kept between ``nucleus_excess_range`` (so an image made only of nuclei, or only of cytoplasm,
-   still gets a sensible split).
+   still gets a sensible split), that also absorb more green than red light (purple chromatin, not deep
+   blue cytoplasm; ``purple_nuclei``).
 5. Nuclear lobes closer than about 1 um are joined; nuclei smaller than ``min_nucleus_area_um2``
    (platelets, debris) are dropped.
 6. Touching nuclei are split by a watershed on the distance transform from markers at its maxima that are
@@ -212,6 +213,7 @@ def segment(
     min_nucleus_area_um2: float = 14.0,
     split_distance_um: float = 3.0,
     max_cytoplasm_um: float = 6.0,
+    purple_nuclei: bool = True,
 ) -> Segmentation:
     """Find and measure the white cells of a stained blood smear.
 
@@ -241,6 +243,10 @@ def segment(
         Touching nuclei whose centres are at least this far apart are split.
     max_cytoplasm_um : float, optional
         Cytoplasm is looked for at most this far from its nucleus.
+    purple_nuclei : bool, optional
+        A nucleus pixel must also absorb more green than red light (purple chromatin): deeply basophilic
+        (deep blue) cytoplasm, as in L3 blasts, is stained past the nucleus threshold but absorbs more red,
+        and stays cytoplasm instead of swelling the nucleus.
 
     Returns
     -------
@@ -285,10 +291,11 @@ def segment(
     else:
         factor, work, um = coarse, small, None
 
-    excess = _median_excess(work, background, median_um / um if um else 1.0)
+    backgrounds = (background_level(image, channel=0), background) if purple_nuclei else None
+    excess, blue = _median_excess(work, background, median_um / um if um else 1.0, backgrounds)
     t_stain, t_nucleus = _thresholds(excess, stain_sigmas, min_stain_excess, nucleus_excess_range)
     stained = excess > t_stain
-    nuclear = excess > t_nucleus
+    nuclear = excess > t_nucleus if blue is None else (excess > t_nucleus) & ~blue
 
     if scale is None:
         # Fallback ruler: the median nucleus found at the coarse resolution.
@@ -296,8 +303,10 @@ def segment(
         factor = min(1.0, scale.um_per_px / working_um_per_px)
         if abs(factor - coarse) > 1e-9:
             work = pyramid.resize(factor) if factor < 1 else image
-            excess = _median_excess(work, background, median_um * factor / scale.um_per_px)
+            excess, blue = _median_excess(work, background, median_um * factor / scale.um_per_px, backgrounds)
             stained, nuclear = excess > t_stain, excess > t_nucleus
+            if blue is not None:
+                nuclear &= ~blue
         um = scale.um_per_px / factor
         log.info("too few red cells for a ruler; fallback scale %.4f um/px from nucleus size", scale.um_per_px)
 
@@ -343,13 +352,22 @@ def _resize(image: np.ndarray, factor: float) -> np.ndarray:
     return _Pyramid(image).resize(factor)
 
 
-def _median_excess(work: np.ndarray, background: float, median_px: float) -> np.ndarray:
+def _median_excess(
+    work: np.ndarray, background: float, median_px: float, backgrounds: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Blue-green excess of the median-filtered image and, given the red and green background levels, its
+    blue-dominant pixels: those that absorb more red than green light (optical densities)."""
     import cv2
 
     k = max(3, int(round(median_px)) | 1)
     k = min(k, 5 if min(work.shape[:2]) > 5 else 1) if k > 5 else k  # OpenCV's fast path is 3 and 5
     filtered = cv2.medianBlur(np.ascontiguousarray(work), k) if k > 1 and min(work.shape[:2]) >= k else work
-    return stain_excess(filtered, background=background)
+    blue = None
+    if backgrounds is not None:
+        # -log(R / bg_r) > -log(G / bg_g)  <=>  R * bg_g < G * bg_r (no logarithm needed)
+        bg_r, bg_g = backgrounds
+        blue = filtered[..., 0].astype(np.float32) * np.float32(bg_g) < filtered[..., 1].astype(np.float32) * np.float32(bg_r)
+    return stain_excess(filtered, background=background), blue
 
 
 def _thresholds(
