@@ -324,6 +324,26 @@ def resolve_device(device: str = "auto") -> str:
     return "gpu" if has_gpu else "cpu"
 
 
+def device_scope(device: str):
+    """``keras.device`` scope of a resolved device, ``'cpu'`` or ``'gpu'``.
+
+    The CPU is named without an index: under the torch backend (Keras 3.15) ``'cpu:0'`` is not the device
+    of tensors created on ``'cpu'``, so weights built in a ``'cpu:0'`` scope are copied into tensors that
+    get no gradients, and training fails with "No gradients provided for any variable".
+
+    Parameters
+    ----------
+    device : {'cpu', 'gpu'}
+
+    Returns
+    -------
+    context manager
+    """
+    import keras
+
+    return keras.device("cpu" if device == "cpu" else f"{device}:0")
+
+
 def _backend_sees_gpu(backend: str) -> bool:
     if backend == "tensorflow":
         tf = importlib.import_module("tensorflow")
@@ -540,7 +560,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             backend,
             device,
         )
-        with keras.device(f"{device}:0"):
+        with device_scope(device):
             model = build_thanh_cnn(**arch, seed=seed)
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
@@ -664,7 +684,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 out[start : start + len(chunk)] = keras.ops.convert_to_numpy(probs)
             return out
 
-        with keras.device(f"{self.device_}:0"):
+        with device_scope(self.device_):
             out = dihedral_mean(one_view, X) if self.tta and len(X) else one_view(X)
         out /= out.sum(axis=1, keepdims=True)
         return out
@@ -833,7 +853,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
         resolved = resolve_device(device)
         try:
-            with keras.device(f"{resolved}:0"):
+            with device_scope(resolved):
                 model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
         except Exception as exc:  # keras raises many types for a damaged archive
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

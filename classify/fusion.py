@@ -110,7 +110,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         import keras
         from keras import ops
 
-        from .cnn import resolve_device
+        from .cnn import device_scope, resolve_device
 
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
@@ -141,7 +141,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
 
         self.device_ = resolve_device(self.device)
         self.backend_ = keras.config.backend()
-        with keras.device(f"{self.device_}:0"):
+        with device_scope(self.device_):
             z = ops.convert_to_tensor(Z.astype(np.float32))
             t = ops.convert_to_tensor(onehot.astype(np.float32))
             sw = ops.convert_to_tensor(sample_w.astype(np.float32)[:, None])
@@ -174,14 +174,17 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples, n_classes)
         """
-        import keras
         from keras import ops
+
+        from .cnn import device_scope
 
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         F = self._inputs(X, len(self.classes_))
-        with keras.device(f"{self.device_}:0"):
-            logits = ops.matmul(ops.convert_to_tensor(F), ops.convert_to_tensor(self.coef_)) + self.intercept_
+        with device_scope(self.device_):
+            # Every operand a tensor: a NumPy intercept added to a GPU tensor fails under the torch backend.
+            logits = ops.add(ops.matmul(ops.convert_to_tensor(F), ops.convert_to_tensor(self.coef_)),
+                             ops.convert_to_tensor(self.intercept_))  # fmt: skip
             return ops.convert_to_numpy(ops.softmax(logits, axis=-1)).astype(np.float64)
 
     def predict(self, X) -> np.ndarray:

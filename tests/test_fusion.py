@@ -78,3 +78,18 @@ def test_fusion_validates_and_does_not_mutate():
         StackingFusion(device="cpu").fit(X, np.zeros(len(y)))
     with pytest.raises(ValueError, match="class_weight"):
         StackingFusion(class_weight="auto", device="cpu").fit(X, y)
+
+
+@pytest.mark.gpu
+def test_fusion_on_the_gpu_matches_the_cpu():
+    """The keras.ops path on a GPU (run on a GPU machine, e.g. KERAS_BACKEND=torch): same fit, same fused scores."""
+    from leukoseg.classify.cnn import resolve_device
+
+    if resolve_device("auto") != "gpu":
+        pytest.skip("no GPU visible to the Keras backend")
+    X, y = _two_models(seed=2)
+    on_gpu = StackingFusion(device="gpu").fit(X, y)
+    on_cpu = StackingFusion(device="cpu").fit(X, y)
+    assert on_gpu.device_ == "gpu" and on_cpu.device_ == "cpu"
+    assert_allclose(on_gpu.coef_, on_cpu.coef_, rtol=1e-4, atol=1e-5)  # float32 on both, other kernels
+    assert_allclose(on_gpu.predict_proba(X), on_cpu.predict_proba(X), atol=1e-5)

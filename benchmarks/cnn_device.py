@@ -1,0 +1,137 @@
+"""The CNN part of the ALL-IDB1 experiment on another device or Keras backend (a GPU machine without the data).
+
+The GPU machine lent to a developer session has PyTorch but neither TensorFlow nor the data set. This
+script splits the work:
+
+1. here, ``--export FILE`` writes what the CNN part needs: the cells' patches, labels, images and image
+   groups, the folds of repeat 0 (the experiment's own assignment), and the out-of-fold baseline and CNN
+   scores of a finished run (``--run``, for the fusion check);
+2. there, ``--cells FILE`` runs, for the 5 folds of repeat 0, exactly the experiment's CNN step
+   (``pipelines.experiment._fit_cnn``: CNNs cross-fitted over the training images, test-time augmentation)
+   on the active Keras backend and the chosen device, and prints the wall time, the training throughput,
+   the out-of-fold cell AUC and the image accuracy of the CNN (image rule and threshold learnt on the
+   training images, as in the experiment). It then fits the fusion (:class:`~leukoseg.classify.StackingFusion`,
+   ``keras.ops``) on the run's out-of-fold baseline and CNN scores on that device and on the CPU, and prints
+   where each ran and their largest difference.
+
+    python benchmarks/cnn_device.py --export cells.npz --run RUN [--data-dir DIR] [--cache DIR]
+    KERAS_BACKEND=torch python benchmarks/cnn_device.py --cells cells.npz --device gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import data_dir_argument  # noqa: E402
+
+
+def export(args) -> int:
+    from leukoseg.datasets import load_dataset
+    from leukoseg.pipelines import experiment as exp
+    from leukoseg.pipelines.cache import default_cache_dir, load_or_compute
+    from leukoseg.pipelines.folds import assign_folds
+
+    ds = load_dataset("all-idb1", args.data_dir)
+    records = ds.records
+    entries, _ = load_or_compute([r.path for r in records], args.cache or default_cache_dir())
+    cells = exp._cell_table(records, entries, ["0", "1"], "points", 50.0)
+    image_label = np.array([int(r.label) for r in records])
+    image_group = np.array([r.group for r in records])
+    folds = assign_folds(image_label, image_group, n_folds=5, repeats=1, seed=args.seed)[0]
+    names = [r.name for r in records]
+    cell_id = np.array([int(row["cell_id"]) for row in cells.rows])
+    # The run's out-of-fold scores of repeat 0, in the order of the cell table.
+    scores = {}
+    with open(Path(args.run) / "cells.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["repeat"] == "0":
+                scores[(Path(row["image"]).name, int(row["cell_id"]))] = (float(row["p_blast_baseline"]),
+                                                                          float(row["p_blast_cnn"]))  # fmt: skip
+    run_scores = np.array([scores[(Path(names[i]).name, c)] for i, c in zip(cells.image, cell_id)])
+    np.savez_compressed(
+        args.export, patches=cells.patches, label=cells.label, image=cells.image, image_label=image_label,
+        image_group=image_group, folds=folds, run_scores=run_scores, seed=np.array(args.seed),
+    )  # fmt: skip
+    print(f"{args.export}: {len(cells.label)} cells of {len(records)} images, folds of repeat 0 (seed {args.seed})")
+    return 0
+
+
+def run(args) -> int:
+    import keras
+
+    from leukoseg.classify import StackingFusion
+    from leukoseg.pipelines import experiment as exp
+    from leukoseg.pipelines.metrics import choose_image_rule, image_score, roc_auc
+
+    d = np.load(args.cells, allow_pickle=False)
+    image, label, folds = d["image"], d["label"], d["folds"]
+    image_label, image_group, seed = d["image_label"], d["image_group"], int(d["seed"])
+    cells = exp._Cells(image=image, label=label, rows=[], X=np.zeros((len(label), 0)), patches=d["patches"],
+                       n_points=0, n_matched=0)  # fmt: skip
+    p_cnn = np.full(len(label), np.nan)
+    correct = []
+    timer, run_info = exp._Timer(), {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
+    t0 = time.perf_counter()
+    for k in range(int(folds.max()) + 1):
+        test_img = folds == k
+        fold = exp._Fold(cells=cells, train=~test_img[image], test=test_img[image], train_img=np.flatnonzero(~test_img),
+                         image_label=image_label, image_group=image_group, K=2, seed=exp._seed(seed, 0, k))  # fmt: skip
+        p_test, p_inner = exp._fit_cnn(fold, 2, None, args.device, timer, run_info)
+        p_cnn[fold.test] = p_test[:, 1]
+        train_cell_img = image[fold.train]
+        top_k, threshold = choose_image_rule([p_inner[train_cell_img == i, 1] for i in fold.train_img],
+                                             image_label[fold.train_img])  # fmt: skip
+        for i in np.flatnonzero(test_img):
+            correct.append((image_score(p_cnn[image == i], top_k) >= threshold) == bool(image_label[i]))
+        print(f"  fold {k}: {time.perf_counter() - t0:.1f} s", flush=True)
+    wall = time.perf_counter() - t0
+    print(f"backend {keras.config.backend()}, device {run_info['device']}")
+    print(f"CNN part, 5 folds (cross-fitted CNNs, test-time augmentation): wall {wall:.1f} s "
+          f"(fit {timer['fit_cnn']:.1f} s, predict {timer['predict_cnn']:.1f} s); "
+          f"training {run_info['cnn_patch_epochs'] / timer['fit_cnn']:.0f} patches/s")  # fmt: skip
+    print(f"CNN out-of-fold: cell AUC {roc_auc(label, p_cnn):.4f}, image accuracy {np.mean(correct):.4f} "
+          f"({int(np.sum(correct))}/{len(correct)})")  # fmt: skip
+
+    X, y = d["run_scores"], label
+    inputs = np.column_stack([1 - X[:, 0], X[:, 0], 1 - X[:, 1], X[:, 1]])
+    fits = {}
+    for device in (args.device, "cpu"):
+        t = time.perf_counter()
+        fusion = StackingFusion(n_inputs=2, device=device).fit(inputs, y)
+        p = fusion.predict_proba(inputs)[:, 1]
+        fits[device] = (fusion.device_, fusion.backend_, p, time.perf_counter() - t)
+    (dev_a, be_a, p_a, t_a), (dev_b, be_b, p_b, t_b) = fits[args.device], fits["cpu"]
+    print(f"fusion on {dev_a} ({be_a}) {t_a:.2f} s, on {dev_b} ({be_b}) {t_b:.2f} s; fused cell AUC "
+          f"{roc_auc(y, p_a):.4f}; largest probability difference {np.max(np.abs(p_a - p_b)):.2e}")  # fmt: skip
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data_dir_argument(parser)
+    parser.add_argument("--export", type=Path, help="write the cell table here (needs the data set)")
+    parser.add_argument("--run", type=Path, help="finished run folder whose cells.csv gives the fusion inputs")
+    parser.add_argument("--cache", type=Path, help="segmentation cache (default: ~/.cache/leukoseg)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cells", type=Path, help="run the CNN part on a cell table written by --export")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    args = parser.parse_args()
+    if args.export:
+        if not args.run:
+            parser.error("--export needs --run")
+        return export(args)
+    if args.cells:
+        return run(args)
+    parser.error("give --export FILE or --cells FILE")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
