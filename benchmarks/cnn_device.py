@@ -15,13 +15,16 @@ script splits the work:
    where each ran and their largest difference.
 
     python benchmarks/cnn_device.py --export cells.npz --run RUN [--data-dir DIR] [--cache DIR]
-    KERAS_BACKEND=torch python benchmarks/cnn_device.py --cells cells.npz --device gpu
+    KERAS_BACKEND=torch python benchmarks/cnn_device.py --cells cells.npz --device gpu [--cnn-params JSON]
+
+``--cnn-params`` compares variants of the network (filters, activation, dense layers...) on the same folds.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -83,7 +86,7 @@ def run(args) -> int:
         test_img = folds == k
         fold = exp._Fold(cells=cells, train=~test_img[image], test=test_img[image], train_img=np.flatnonzero(~test_img),
                          image_label=image_label, image_group=image_group, K=2, seed=exp._seed(seed, 0, k))  # fmt: skip
-        p_test, p_inner = exp._fit_cnn(fold, 2, None, args.device, timer, run_info)
+        p_test, p_inner = exp._fit_cnn(fold, 2, args.cnn_params, args.device, timer, run_info)
         p_cnn[fold.test] = p_test[:, 1]
         train_cell_img = image[fold.train]
         top_k, threshold = choose_image_rule([p_inner[train_cell_img == i, 1] for i in fold.train_img],
@@ -92,7 +95,8 @@ def run(args) -> int:
             correct.append((image_score(p_cnn[image == i], top_k) >= threshold) == bool(image_label[i]))
         print(f"  fold {k}: {time.perf_counter() - t0:.1f} s", flush=True)
     wall = time.perf_counter() - t0
-    print(f"backend {keras.config.backend()}, device {run_info['device']}")
+    print(f"backend {keras.config.backend()}, device {run_info['device']}, CNN settings "
+          f"{json.dumps({**exp.CNN_DEFAULTS, **(args.cnn_params or {})})}")  # fmt: skip
     print(f"CNN part, 5 folds (cross-fitted CNNs, test-time augmentation): wall {wall:.1f} s "
           f"(fit {timer['fit_cnn']:.1f} s, predict {timer['predict_cnn']:.1f} s); "
           f"training {run_info['cnn_patch_epochs'] / timer['fit_cnn']:.0f} patches/s")  # fmt: skip
@@ -122,6 +126,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cells", type=Path, help="run the CNN part on a cell table written by --export")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--cnn-params", type=json.loads, default=None,
+                        help='CNNClassifier settings over the experiment\'s, as JSON, e.g. \'{"activation": "selu"}\'')
     args = parser.parse_args()
     if args.export:
         if not args.run:
