@@ -233,13 +233,7 @@ def cell_texture_features(
     >>> f["nuc_glcm_contrast_d0.5um"], f["cyto_glcm_asm_d0.5um"]
     (0.0, 1.0)
     """
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"image must be an (H, W, 3) RGB array; got shape {shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8; got {image.dtype} (convert with skimage.util.img_as_ubyte)")
-    _check_mask(nucleus_mask, image.shape[:2], name="nucleus_mask")
-    _check_mask(cell_mask, image.shape[:2], name="cell_mask")
+    _check_cell_crop(image, nucleus_mask, cell_mask)
     green = image[:, :, 1]
     nucleus = glcm_features(green, nucleus_mask, um_per_px=um_per_px, **glcm_kw)
     cytoplasm = glcm_features(green, cell_mask & ~nucleus_mask, um_per_px=um_per_px, **glcm_kw)
@@ -282,6 +276,16 @@ def _as_float_vector(values: Sequence[float], name: str) -> np.ndarray:
     if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must be a non-empty sequence of finite numbers; got {values!r}")
     return array
+
+
+def _check_cell_crop(image: np.ndarray, nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> None:
+    """An (H, W, 3) uint8 crop with boolean nucleus and cell masks of its size; ValueError otherwise."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be an (H, W, 3) RGB array; got shape {getattr(image, 'shape', None)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8; got {image.dtype} (convert with skimage.util.img_as_ubyte)")
+    _check_mask(nucleus_mask, image.shape[:2], name="nucleus_mask")
+    _check_mask(cell_mask, image.shape[:2], name="cell_mask")
 
 
 def _check_gray_and_mask(gray: np.ndarray, mask: np.ndarray, *, name: str) -> None:

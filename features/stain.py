@@ -110,14 +110,9 @@ def cell_stain_features(
     >>> round(f["nucleus_od_g_mean"], 4), f["cytoplasm_od_g_mean"], f["cytoplasm_rim_um"]
     (1.3863, 0.0, 2.0)
     """
-    from .glcm import _check_mask, _check_um_per_px
+    from .glcm import _check_cell_crop, _check_um_per_px
 
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be an (H, W, 3) RGB array; got shape {getattr(image, 'shape', None)}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8; got {image.dtype} (convert with skimage.util.img_as_ubyte)")
-    _check_mask(nucleus_mask, image.shape[:2], name="nucleus_mask")
-    _check_mask(cell_mask, image.shape[:2], name="cell_mask")
+    _check_cell_crop(image, nucleus_mask, cell_mask)
     um_per_px = _check_um_per_px(um_per_px)
     nucleus = nucleus_mask
     cell = cell_mask | nucleus

@@ -103,7 +103,9 @@ def measure_cells(
         nucleoli_n, nucleoli_px = _spots(win_gray, _erode(nmask), um_per_px, (0.25, 6.0))
         # The outer ~0.5 um of a cell mask mixes cytoplasm with the brighter slide background: a pale spot
         # there is background seen through the edge, not a vacuole (a vacuole is enclosed by cytoplasm).
-        edge = cmask & ~_erode(cmask, iterations=max(1, round(vacuole_edge_um / um_per_px))) if vacuole_edge_um > 0 else None
+        edge = None
+        if vacuole_edge_um > 0:
+            edge = cmask & ~_erode(cmask, iterations=max(1, round(vacuole_edge_um / um_per_px)))
         vac_n, vac_px = _spots(win_gray, cyto, um_per_px, (0.2, 8.0), exclude=edge)
         has_cyto = bool(cyto.any())
         nuc_rgb = win_rgb[nmask].mean(axis=0)

@@ -294,8 +294,7 @@ def segment(
     backgrounds = (background_level(image, channel=0), background) if purple_nuclei else None
     excess, blue = _median_excess(work, background, median_um / um if um else 1.0, backgrounds)
     t_stain, t_nucleus = _thresholds(excess, stain_sigmas, min_stain_excess, nucleus_excess_range)
-    stained = excess > t_stain
-    nuclear = excess > t_nucleus if blue is None else (excess > t_nucleus) & ~blue
+    stained, nuclear = excess > t_stain, _nuclear(excess, blue, t_nucleus)
 
     if scale is None:
         # Fallback ruler: the median nucleus found at the coarse resolution.
@@ -304,9 +303,7 @@ def segment(
         if abs(factor - coarse) > 1e-9:
             work = pyramid.resize(factor) if factor < 1 else image
             excess, blue = _median_excess(work, background, median_um * factor / scale.um_per_px, backgrounds)
-            stained, nuclear = excess > t_stain, excess > t_nucleus
-            if blue is not None:
-                nuclear &= ~blue
+            stained, nuclear = excess > t_stain, _nuclear(excess, blue, t_nucleus)
         um = scale.um_per_px / factor
         log.info("too few red cells for a ruler; fallback scale %.4f um/px from nucleus size", scale.um_per_px)
 
@@ -368,6 +365,12 @@ def _median_excess(
         bg_r, bg_g = backgrounds
         blue = filtered[..., 0].astype(np.float32) * np.float32(bg_g) < filtered[..., 1].astype(np.float32) * np.float32(bg_r)
     return stain_excess(filtered, background=background), blue
+
+
+def _nuclear(excess: np.ndarray, blue: np.ndarray | None, t_nucleus: float) -> np.ndarray:
+    """Nucleus pixels: above the nucleus threshold and, with the purple-chromatin rule, not blue-dominant."""
+    nuclear = excess > t_nucleus
+    return nuclear if blue is None else nuclear & ~blue
 
 
 def _thresholds(
