@@ -17,7 +17,9 @@ script splits the work:
     python benchmarks/cnn_device.py --export cells.npz --run RUN [--data-dir DIR] [--cache DIR]
     KERAS_BACKEND=torch python benchmarks/cnn_device.py --cells cells.npz --device gpu [--cnn-params JSON]
 
-``--cnn-params`` compares variants of the network (filters, activation, dense layers...) on the same folds.
+``--cnn-params`` compares variants of the network (filters, activation, dense layers, DenseNet121...) on the
+same folds; ``--cnn-inner-folds`` the parts of the cross-fitting; ``--export ... --patches VARIANT`` other
+patches (cells alone on the background, white-balanced, finer pixels).
 """
 
 from __future__ import annotations
@@ -58,12 +60,52 @@ def export(args) -> int:
                 scores[(Path(row["image"]).name, int(row["cell_id"]))] = (float(row["p_blast_baseline"]),
                                                                           float(row["p_blast_cnn"]))  # fmt: skip
     run_scores = np.array([scores[(Path(names[i]).name, c)] for i, c in zip(cells.image, cell_id)])
+    patches = cells.patches
+    if args.patches != "plain":
+        patches = np.concatenate([_variant_patches(r.path, e, args.patches) for r, e in zip(records, entries)])
+        assert len(patches) == len(cells.label)
     np.savez_compressed(
-        args.export, patches=cells.patches, label=cells.label, image=cells.image, image_label=image_label,
+        args.export, patches=patches, label=cells.label, image=cells.image, image_label=image_label,
         image_group=image_group, folds=folds, run_scores=run_scores, seed=np.array(args.seed),
     )  # fmt: skip
     print(f"{args.export}: {len(cells.label)} cells of {len(records)} images, folds of repeat 0 (seed {args.seed})")
     return 0
+
+
+def _variant_patches(path, entry, variant: str) -> np.ndarray:
+    """The cells' patches of one image, made another way than the experiment's (for comparisons only).
+
+    - ``cell-only``: outside the cell's mask (dilated 1 um) the patch shows the slide background colour, so
+      neighbouring cells cannot sway the label of the cell in the middle (needs the segmentation again);
+    - ``white-balanced``: each channel scaled so the image's background is 235 (camera colour cast removed);
+    - ``fine``: 0.35 um per pixel (a 17.5 um field) instead of 0.5, for finer chromatin texture.
+    """
+    import cv2
+
+    from leukoseg.io import read_image
+    from leukoseg.segmentation import extract_patches, segment
+    from leukoseg.segmentation._color import background_level
+
+    image = read_image(path)
+    x, y, um = entry.measurements["x"], entry.measurements["y"], entry.um_per_px
+    if variant == "fine":
+        return extract_patches(image, x, y, um_per_px=um, patch_um_per_px=0.35)
+    plain = extract_patches(image, x, y, um_per_px=um)
+    background = np.array([background_level(image, channel=c) for c in range(3)])
+    if variant == "white-balanced":
+        return np.clip(plain * (235.0 / background), 0, 255).round().astype(np.uint8)
+    seg = segment(image)
+    assert len(seg.measurements["x"]) == len(x), "the cache was made with other segmentation settings"
+    s = seg.working_um_per_px / seg.um_per_px  # input pixels per working pixel
+    r = max(1, round(1.0 / seg.working_um_per_px))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    out = np.empty_like(plain)
+    for i in range(len(x)):
+        mask = cv2.dilate((seg.working_cells == i + 1).astype(np.uint8) * 255, disc)
+        alpha = extract_patches(np.repeat(mask[:, :, None], 3, axis=2), x[i : i + 1] / s, y[i : i + 1] / s,
+                                um_per_px=seg.working_um_per_px)[0, :, :, :1] / 255.0  # fmt: skip
+        out[i] = np.clip(alpha * plain[i] + (1 - alpha) * background, 0, 255).round().astype(np.uint8)
+    return out
 
 
 def run(args) -> int:
@@ -71,7 +113,7 @@ def run(args) -> int:
 
     from leukoseg.classify import StackingFusion
     from leukoseg.pipelines import experiment as exp
-    from leukoseg.pipelines.metrics import choose_image_rule, image_score, roc_auc
+    from leukoseg.pipelines.metrics import image_score, roc_auc
 
     d = np.load(args.cells, allow_pickle=False)
     image, label, folds = d["image"], d["label"], d["folds"]
@@ -86,11 +128,9 @@ def run(args) -> int:
         test_img = folds == k
         fold = exp._Fold(cells=cells, train=~test_img[image], test=test_img[image], train_img=np.flatnonzero(~test_img),
                          image_label=image_label, image_group=image_group, K=2, seed=exp._seed(seed, 0, k))  # fmt: skip
-        p_test, p_inner = exp._fit_cnn(fold, 2, args.cnn_params, args.device, timer, run_info)
+        p_test, p_inner = exp._fit_cnn(fold, args.cnn_inner_folds, args.cnn_params, args.device, timer, run_info)
         p_cnn[fold.test] = p_test[:, 1]
-        train_cell_img = image[fold.train]
-        top_k, threshold = choose_image_rule([p_inner[train_cell_img == i, 1] for i in fold.train_img],
-                                             image_label[fold.train_img])  # fmt: skip
+        top_k, threshold = fold.image_rule(p_inner[:, 1])
         for i in np.flatnonzero(test_img):
             correct.append((image_score(p_cnn[image == i], top_k) >= threshold) == bool(image_label[i]))
         print(f"  fold {k}: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -124,10 +164,15 @@ def main() -> int:
     parser.add_argument("--run", type=Path, help="finished run folder whose cells.csv gives the fusion inputs")
     parser.add_argument("--cache", type=Path, help="segmentation cache (default: ~/.cache/leukoseg)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patches", choices=("plain", "cell-only", "white-balanced", "fine"), default="plain",
+                        help="with --export: the experiment's patches (plain), or a variant to compare (see "
+                        "_variant_patches)")
     parser.add_argument("--cells", type=Path, help="run the CNN part on a cell table written by --export")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--cnn-params", type=json.loads, default=None,
                         help='CNNClassifier settings over the experiment\'s, as JSON, e.g. \'{"activation": "selu"}\'')
+    parser.add_argument("--cnn-inner-folds", type=int, default=2,
+                        help="parts of the CNN's cross-fitting (the experiment's cnn_inner_folds; default 2)")
     args = parser.parse_args()
     if args.export:
         if not args.run:

@@ -11,6 +11,7 @@ __all__ = [
     "GeneticKNNClassifier",
     "SVMClassifier",
     "StackingFusion",
+    "build_densenet121",
     "build_thanh_cnn",
     "export_numpy",
     "fuse_numpy",
@@ -22,6 +23,7 @@ __all__ = [
 # Public name -> submodule, imported on first use: importing leukoseg.classify loads no scikit-learn.
 _SUBMODULE = {
     "CNNClassifier": "cnn",
+    "build_densenet121": "cnn",
     "build_thanh_cnn": "cnn",
     "export_numpy": "cnn",
     "numpy_predict_proba": "_cnn_numpy",
@@ -46,7 +48,7 @@ _SUBMODULE = {
 }
 
 if TYPE_CHECKING:
-    from .cnn import CNNClassifier, build_thanh_cnn, export_numpy, numpy_predict_proba
+    from .cnn import CNNClassifier, build_densenet121, build_thanh_cnn, export_numpy, numpy_predict_proba
     from .fusion import StackingFusion, fuse_numpy
     from .gknn import GeneticKNNClassifier
     from .knn import make_knn

@@ -42,6 +42,8 @@ Other parts
   ``model.keras`` and ``config.json``.
 - :func:`export_numpy` and :func:`numpy_predict_proba`: the same forward pass in NumPy alone, for
   inference without TensorFlow (cold start, small installs).
+- :func:`build_densenet121`: DenseNet121 with a new head (``CNNClassifier(architecture='densenet121')``), its
+  weights random or from a file the user gives, to compare a large network with the paper's on the same folds.
 - :func:`resolve_device`: 'auto' / 'cpu' / 'gpu' for the active Keras backend.
 
 The model code uses ``keras`` and ``keras.ops`` only (no backend import outside :func:`resolve_device` and the
@@ -58,6 +60,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,9 +84,11 @@ from .augment import augment_batch, dihedral_mean
 
 __all__ = [
     "ACTIVATIONS",
+    "ARCHITECTURES",
     "CNNClassifier",
     "FORMAT_VERSION",
     "augment_batch",
+    "build_densenet121",
     "build_thanh_cnn",
     "export_numpy",
     "numpy_predict_proba",
@@ -223,6 +228,104 @@ def build_thanh_cnn(
     return keras.Model(inputs, outputs, name="thanh2017_cnn")
 
 
+def build_densenet121(
+    *,
+    input_shape: Sequence[int] = (50, 50, 3),
+    n_classes: int = 2,
+    weights: str | os.PathLike[str] | None = None,
+    dropout: float = 0.0,
+    seed: int | None = None,
+):
+    """DenseNet121 (Huang et al. 2017) with a new softmax head, as an uncompiled Keras model.
+
+    The convolutional part is ``keras.applications.DenseNet121(include_top=False, pooling="avg")``; its
+    weights are random or read from a file the user gives (nothing is ever downloaded); optional dropout,
+    then a dense layer ``logits`` to `n_classes` and a softmax. The whole network is trained (fine-tuned).
+
+    Parameters
+    ----------
+    input_shape : tuple of 3 int, optional
+        Patch height, width and 3 channels; each side at least 32 (the network halves it five times).
+    n_classes : int, optional
+        Outputs of the softmax.
+    weights : path or None, optional
+        A Keras weights file of the convolutional part, e.g. the ImageNet weights Keras publishes as
+        ``densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5``, downloaded by the user beforehand; None
+        starts from random weights. The name ``'imagenet'`` is refused: leukoseg does not download.
+    dropout : float, optional
+        Dropout rate before the output layer, in ``[0, 1)``.
+    seed : int or None, optional
+        Seed of the head's initialiser and of dropout (the convolutional part takes Keras's global seed,
+        which :class:`CNNClassifier` sets from its `random_state`).
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, *input_shape)`` float32, output ``(None, n_classes)`` class probabilities.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range, or the weights file is missing or does not fit the network.
+
+    Examples
+    --------
+    >>> model = build_densenet121(input_shape=(32, 32, 3), seed=0)  # doctest: +SKIP
+    >>> model.output_shape  # doctest: +SKIP
+    (None, 2)
+    """
+    arch = _check_densenet(input_shape=input_shape, n_classes=n_classes, dropout=dropout, weights=weights)
+    import keras
+    from keras import layers
+
+    base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=tuple(arch["input_shape"]),
+                                          pooling="avg")  # fmt: skip
+    if weights is not None:
+        try:
+            with warnings.catch_warnings():
+                # Keras only warns when part of the network keeps its random weights: make that an error.
+                warnings.simplefilter("error", UserWarning)
+                base.load_weights(os.fspath(weights))
+        except Exception as exc:  # Keras raises several types for a file of another network
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(f"{os.fspath(weights)}: not DenseNet121 weights without the top ({first_line})") from None
+    inputs = keras.Input(shape=tuple(arch["input_shape"]), name="patch")
+    x = base(inputs)
+    if arch["dropout"]:
+        x = layers.Dropout(arch["dropout"], seed=None if seed is None else int(seed) + 1000, name="dropout_out")(x)
+    init = keras.initializers.GlorotUniform(seed=None if seed is None else int(seed) + 99)
+    x = layers.Dense(arch["n_classes"], kernel_initializer=init, name="logits")(x)
+    outputs = layers.Softmax(name="softmax")(x)
+    return keras.Model(inputs, outputs, name="densenet121_cnn")
+
+
+def _check_densenet(*, input_shape: Sequence[int], n_classes: int, dropout: float, weights: Any) -> dict[str, Any]:
+    """Validate DenseNet121 parameters; return them as plain Python values (JSON-ready)."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape):
+        raise ValueError(f"input_shape must be (height, width, channels); got {input_shape!r}")
+    if shape[2] != 3 or min(shape[:2]) < 32:
+        raise ValueError(f"DenseNet121 needs RGB patches of at least 32x32 pixels; got {tuple(shape)}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2; got {n_classes!r}")
+    digest = None
+    if weights is not None:
+        if str(weights) == "imagenet":
+            raise ValueError("backbone weights 'imagenet' would be downloaded, and leukoseg never downloads: "
+                             "give the path of a weights file you have (see build_densenet121)")  # fmt: skip
+        if not Path(weights).is_file():
+            raise ValueError(f"{os.fspath(weights)}: backbone weights file not found")
+        digest = file_sha256(weights)
+    return {"name": "densenet121", "input_shape": [int(v) for v in shape], "n_classes": int(n_classes),
+            "dropout": float(dropout), "weights_sha256": digest}  # fmt: skip
+
+
+#: Networks :class:`CNNClassifier` can train: the paper's family, and DenseNet121 for comparison.
+ARCHITECTURES = ("thanh", "densenet121")
+
+
 def _check_architecture(
     *,
     input_shape: Sequence[int],
@@ -277,6 +380,14 @@ def _check_architecture(
         "dropout": float(dropout),
         "n_classes": int(n_classes),
     }
+
+
+def _build(arch: Mapping[str, Any], *, seed: int | None, weights: Any = None):
+    """The network of a checked architecture (from :meth:`CNNClassifier._architecture`)."""
+    if arch.get("name") == "densenet121":
+        return build_densenet121(input_shape=arch["input_shape"], n_classes=arch["n_classes"], weights=weights,
+                                 dropout=arch["dropout"], seed=seed)  # fmt: skip
+    return build_thanh_cnn(**arch, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -378,7 +489,16 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     filters, kernel_size, activation, activate_every_conv, pool_size, dense_units, dropout
-        Architecture, passed to :func:`build_thanh_cnn`; the defaults are the paper's network.
+        Architecture, passed to :func:`build_thanh_cnn`; the defaults are the paper's network. With
+        ``architecture='densenet121'`` only `dropout` applies (before the output layer).
+    architecture : {'thanh', 'densenet121'}, optional
+        The network: the paper's family (:func:`build_thanh_cnn`), or DenseNet121 with a new head
+        (:func:`build_densenet121`), for comparison on the same folds. DenseNet121 models are trained and
+        saved like the others, but a model bundle (NumPy inference) takes the paper's family only.
+    backbone_weights : str or None, optional
+        With ``architecture='densenet121'``: a weights file of DenseNet121 without its top (e.g. ImageNet
+        weights downloaded by the user); None starts from random weights. Its SHA-256 goes into the saved
+        config.
     epochs : int, optional
         Most passes over the training patches.
     batch_size : int, optional
@@ -414,6 +534,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     ----------
     model_ : keras.Model
         The trained network.
+    architecture_ : dict
+        The network's checked settings, as saved in ``config.json`` (for DenseNet121 with the SHA-256 of the
+        backbone weights file).
     classes_ : ndarray
         Class labels, sorted; column ``j`` of :meth:`predict_proba` is ``classes_[j]``.
     mean_, std_ : ndarray of float32, shape (channels,)
@@ -463,6 +586,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         pool_size: int = 2,
         dense_units: Sequence[int] = (),
         dropout: float = 0.0,
+        architecture: str = "thanh",
+        backbone_weights: str | None = None,
         epochs: int = 30,
         batch_size: int = 64,
         learning_rate: float = 1e-3,
@@ -484,6 +609,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.pool_size = pool_size
         self.dense_units = dense_units
         self.dropout = dropout
+        self.architecture = architecture
+        self.backbone_weights = backbone_weights
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -561,7 +688,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             device,
         )
         with device_scope(device):
-            model = build_thanh_cnn(**arch, seed=seed)
+            model = _build(arch, seed=seed, weights=self.backbone_weights)
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
                 loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -599,6 +726,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             )
 
         self.model_ = model
+        self.architecture_ = arch
         self.classes_ = classes
         self.mean_ = mean
         self.std_ = std
@@ -636,6 +764,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {self.device!r}")
 
     def _architecture(self, input_shape: Sequence[int], n_classes: int) -> dict[str, Any]:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}; got {self.architecture!r}")
+        if self.architecture == "densenet121":
+            return _check_densenet(input_shape=input_shape, n_classes=n_classes, dropout=self.dropout,
+                                   weights=self.backbone_weights)  # fmt: skip
+        if self.backbone_weights is not None:
+            raise ValueError("backbone_weights needs architecture='densenet121'")
         return _check_architecture(
             input_shape=input_shape,
             filters=self.filters,
@@ -782,7 +917,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             "format_version": FORMAT_VERSION,
             "model_file": _MODEL_FILE,
             "model_sha256": digest,
-            "architecture": self._architecture(self.input_shape_, len(self.classes_)),
+            "architecture": self.architecture_,
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
             "patch_size": list(self.input_shape_[:2]),
             "input_shape": list(self.input_shape_),
@@ -868,6 +1003,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 f"(input {shape}, {len(classes)} classes)",
             )
         est.model_ = model
+        est.architecture_ = config.get("architecture") or est._architecture(shape, len(classes))
         est.classes_ = classes
         est.mean_ = np.asarray(config["normalisation"]["mean"], np.float32)
         est.std_ = np.asarray(config["normalisation"]["std"], np.float32)
@@ -1110,6 +1246,11 @@ def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
     """
     if isinstance(model_or_estimator, CNNClassifier):
         check_is_fitted(model_or_estimator, "model_")
+        if model_or_estimator.architecture != "thanh":
+            raise NotImplementedError(
+                f"NumPy inference covers the paper's network family (architecture='thanh'), not "
+                f"{model_or_estimator.architecture!r}: compare it in experiments, bundle a 'thanh' network"
+            )
         model = model_or_estimator.model_
         mean = np.asarray(model_or_estimator.mean_, np.float32)
         std = np.asarray(model_or_estimator.std_, np.float32)

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the CNN and the fusion run; auto: the GPU when one is visible (default: auto)")
     cls.add_argument("--no-cnn", dest="cnn", action="store_false",
                      help="baseline models only (no CNN, no fusion): a run of seconds")
+    cls.add_argument("--cnn-params", type=_json_object, default=None, metavar="JSON",
+                     help="CNN settings over the experiment's, as a JSON object, to compare variants on the same "
+                     "folds, e.g. '{\"activation\": \"selu\"}' or '{\"architecture\": \"densenet121\", "
+                     "\"backbone_weights\": \"densenet121_notop.h5\"}' (see leukoseg.classify.CNNClassifier)")
     cls.set_defaults(func=_cmd_classify)
 
     trn = sub.add_parser(
@@ -142,6 +146,18 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"dropout\": 0.3}}'; got {text!r}")
     return value
 
 
@@ -441,6 +457,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     result = run_experiment(
         dataset, out, n_folds=args.folds, repeats=args.repeats, seed=args.seed, cache_dir=args.cache,
         workers=args.workers or os.cpu_count() or 1, cnn=args.cnn, device=args.device, progress=not args.quiet,
+        cnn_params=args.cnn_params,
     )  # fmt: skip
     report = write_report(out, data_dir=dataset.root)
     if not args.quiet:

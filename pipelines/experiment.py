@@ -347,6 +347,8 @@ def run_experiment(
     classes = ["0", "1"] if binary else [str(c) for c in dataset.classes]
     if cnn_inner_folds < 2:
         raise LeukosegError(None, f"cnn_inner_folds must be at least 2; got {cnn_inner_folds}")
+    if cnn:
+        check_cnn_params(cnn_params)
     models = MODELS if cnn else _BASELINE_MODELS
     primary = "fused" if cnn else "baseline"
     out_dir = Path(out_dir)
@@ -429,14 +431,10 @@ def run_experiment(
 
                 # Image scores, thresholds from the inner out-of-fold scores of the training images.
                 t = time.perf_counter()
-                train_cell_img = cell_image[train_cells]
                 prior = np.bincount(image_label[fold.train_img], minlength=K) / len(fold.train_img)
                 for m in models:
                     if binary:
-                        rule_k[m][r, k], thresholds[m][r, k] = choose_image_rule(
-                            [p_inner[m][train_cell_img == i, 1] for i in fold.train_img],
-                            image_label[fold.train_img], top_ks,
-                        )  # fmt: skip
+                        rule_k[m][r, k], thresholds[m][r, k] = fold.image_rule(p_inner[m][:, 1], top_ks)
                     for i in np.flatnonzero(test_img):
                         img_p[m][r, i] = _image_proba(cell_p[m][r, cell_image == i], binary, rule_k[m][r, k], prior)
                     if binary:
@@ -554,6 +552,12 @@ class _Fold:
     def train_cell_img(self) -> np.ndarray:
         return self.cells.image[self.train]
 
+    def image_rule(self, p_inner_blast: np.ndarray, top_ks=(1, 2, 3)) -> tuple[int, float]:
+        """Top-k and threshold of the image rule, learnt on the training images' inner out-of-fold scores."""
+        cell_img = self.train_cell_img
+        return choose_image_rule([p_inner_blast[cell_img == i] for i in self.train_img],
+                                 self.image_label[self.train_img], top_ks)  # fmt: skip
+
     def inner_splits(self, n: int, seed: int):
         """Grouped stratified splits of the training images: (inner-train cells, inner-test cells) masks."""
         from sklearn.model_selection import StratifiedGroupKFold
@@ -614,6 +618,39 @@ def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_
             p_inner[m][te] = p[m]
     timer.add("inner_baseline", time.perf_counter() - t)
     return p_test, p_inner
+
+
+def check_cnn_params(cnn_params: Mapping | None, patch_shape=(50, 50, 3)) -> None:
+    """Refuse CNN settings the experiment cannot use before any work starts (one-line LeukosegError).
+
+    Parameters
+    ----------
+    cnn_params : mapping or None
+        :class:`~leukoseg.classify.CNNClassifier` parameters over :data:`CNN_DEFAULTS`; `device` and
+        `random_state` are the experiment's own.
+    patch_shape : tuple of int, optional
+        Shape of the cell patches.
+
+    Raises
+    ------
+    LeukosegError
+        If a key is not a CNNClassifier parameter, is set by the experiment, or a value is out of range.
+    """
+    from leukoseg.classify import CNNClassifier
+
+    params = dict(cnn_params or {})
+    own = sorted({"device", "random_state"} & set(params))
+    if own:
+        raise LeukosegError(None, f"CNN settings {own} are the experiment's own (use --device and --seed)")
+    unknown = sorted(set(params) - set(CNNClassifier().get_params()))
+    if unknown:
+        raise LeukosegError(None, f"unknown CNN settings {unknown}; see leukoseg.classify.CNNClassifier")
+    try:
+        est = CNNClassifier(**{**CNN_DEFAULTS, **params})
+        est._check_training_params()
+        est._architecture(patch_shape, 2)
+    except (TypeError, ValueError) as exc:
+        raise LeukosegError(None, f"invalid CNN settings: {exc}") from None
 
 
 def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info) -> tuple[np.ndarray, np.ndarray]:

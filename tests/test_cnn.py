@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras loads TensorF
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -138,6 +139,70 @@ def test_variants_need_no_new_code_path():
     assert model.output_shape == (None, 3)
     assert model.get_layer("pool").output.shape[1:] == (10, 10, 8)
     assert type(model.get_layer("conv1").kernel_initializer).__name__ == "LecunNormal"
+
+
+# DenseNet121, for comparison (weights from a user's file, never downloaded). TensorFlow's variables warn
+# (NumPy 2 copy keyword) when Keras converts DenseNet's batch-normalisation state to arrays.
+_TF_COPY_WARNING = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def densenet_weights(tmp_path_factory):
+    """A weights file of DenseNet121 without its top, as a user would give (random here: no download)."""
+    model = cnn.build_densenet121(input_shape=(32, 32, 3), seed=0)
+    path = tmp_path_factory.mktemp("weights") / "densenet121_notop.weights.h5"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy", DeprecationWarning)
+        model.get_layer("densenet121").save_weights(path)
+    return path, model.get_layer("densenet121").get_weights()
+
+
+@_TF_COPY_WARNING
+def test_densenet121_reads_the_backbone_weights_from_the_given_file(densenet_weights):
+    path, expected = densenet_weights
+    model = cnn.build_densenet121(input_shape=(32, 32, 3), weights=path, dropout=0.2, seed=1)
+    assert [layer.name for layer in model.layers] == ["patch", "densenet121", "dropout_out", "logits", "softmax"]
+    assert model.output_shape == (None, 2)
+    got = model.get_layer("densenet121").get_weights()
+    assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+@_TF_COPY_WARNING
+def test_densenet121_refuses_downloads_missing_and_foreign_weights(densenet_weights, tmp_path):
+    with pytest.raises(ValueError, match="never downloads"):
+        cnn.build_densenet121(input_shape=(32, 32, 3), weights="imagenet")
+    with pytest.raises(ValueError, match="not found"):
+        cnn.build_densenet121(input_shape=(32, 32, 3), weights=tmp_path / "missing.h5")
+    foreign = tmp_path / "thanh.weights.h5"
+    cnn.build_thanh_cnn(input_shape=(32, 32, 3), seed=0).save_weights(foreign)
+    with pytest.raises(ValueError, match="not DenseNet121 weights"):
+        cnn.build_densenet121(input_shape=(32, 32, 3), weights=foreign)
+    with pytest.raises(ValueError, match="at least 32x32"):
+        cnn.build_densenet121(input_shape=(16, 16, 3))
+    with pytest.raises(ValueError, match="needs architecture='densenet121'"):
+        cnn.CNNClassifier(backbone_weights=str(densenet_weights[0]))._architecture((50, 50, 3), 2)
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        cnn.CNNClassifier(architecture="resnet")._architecture((50, 50, 3), 2)
+
+
+@pytest.mark.slow
+@_TF_COPY_WARNING
+def test_densenet121_trains_saves_and_loads_through_the_same_estimator(densenet_weights, tmp_path):
+    path, _ = densenet_weights
+    X = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(8) % 2
+    clf = cnn.CNNClassifier(architecture="densenet121", backbone_weights=str(path), epochs=1, batch_size=8,
+                            validation_fraction=0, tta=False, random_state=0, device="cpu").fit(X, y)  # fmt: skip
+    assert clf.architecture_["name"] == "densenet121"
+    assert clf.architecture_["weights_sha256"] == file_sha256(path)
+    p = clf.predict_proba(X)
+    assert p.shape == (8, 2)
+    assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    folder = clf.save(tmp_path / "model")
+    assert json.loads((folder / "config.json").read_text())["architecture"] == clf.architecture_
+    assert_allclose(cnn.CNNClassifier.load(folder, device="cpu").predict_proba(X), p, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="architecture='thanh'"):
+        cnn.export_numpy(clf)  # a bundle's NumPy inference covers the paper's family only
 
 
 def test_same_seed_same_weights():

@@ -206,6 +206,30 @@ def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path):
     assert "p_cnn" not in images[0]
 
 
+@pytest.mark.parametrize(
+    ("cnn_params", "message"),
+    [
+        ('{"architecture": "resnet"}', "invalid CNN settings: architecture must be one of"),
+        ('{"filters": [0]}', "invalid CNN settings: filters must be"),
+        ('{"no_such": 1}', "unknown CNN settings ['no_such']"),
+        ('{"random_state": 3}', "the experiment's own"),
+        ('{"architecture": "densenet121", "backbone_weights": "imagenet"}', "never downloads"),
+    ],
+)
+def test_experiment_refuses_bad_cnn_settings_before_any_work(fake_all_idb1, tmp_path, capsys, cnn_params, message):
+    out = tmp_path / "run"
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", str(out),
+               "--cache", str(tmp_path / "cache"), "--cnn-params", cnn_params])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "cache").exists()  # nothing was segmented
+
+
+def test_cli_cnn_params_must_be_a_json_object(tmp_path, capsys):
+    assert main(["classify", "--dataset", "all-idb1", "--cnn-params", "[1]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+
+
 def _write_class_folder(root: Path) -> Path:
     """Three classes of synthetic smears in subfolders (one with a space in its name)."""
     kinds = {"blasts": ("blast_L1", "blast_L2", "blast_L1"), "lymph ocytes": ("lymphocyte",) * 3,
