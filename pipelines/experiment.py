@@ -512,6 +512,7 @@ def run_experiment(
     if cnn and timer.get("fit_cnn"):
         metrics["cnn"] = {
             "settings": {**CNN_DEFAULTS, **dict(cnn_params or {})},
+            "architecture": run_info.get("cnn_architecture"),
             "train_patches_per_s": round(run_info["cnn_patch_epochs"] / timer["fit_cnn"], 1),
             "patch_epochs": run_info["cnn_patch_epochs"],
         }
@@ -672,6 +673,7 @@ def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info) -> tuple
         timer.add("fit_cnn", time.perf_counter() - t)
         run_info["cnn_patch_epochs"] += len(model.train_indices_) * model.n_iter_
         run_info["device"].update({"cnn": model.device_, "backend": model.backend_})
+        run_info["cnn_architecture"] = model.architecture_  # with the SHA-256 of a DenseNet121 weights file
         t = time.perf_counter()
         p_inner[te] = _columns(model, model.predict_proba(X_train[te]), fold.K)
         if len(X_test):

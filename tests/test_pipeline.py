@@ -155,6 +155,7 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert metrics["primary_model"] == "fused" and metrics["task"] == "binary"
     assert metrics["device"] == {"cnn": "cpu", "fusion": "cpu", "backend": metrics["device"]["backend"]}
     assert metrics["cnn"]["train_patches_per_s"] > 0
+    assert metrics["cnn"]["architecture"]["filters"] == [4, 4]  # the network that ran, as its saved config says
     # The settings record what ran: the defaults updated by the keyword arguments.
     from leukoseg.pipelines.experiment import CNN_DEFAULTS, GKNN_DEFAULTS
 
