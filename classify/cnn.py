@@ -301,25 +301,46 @@ def build_densenet121(
 
 def _check_densenet(*, input_shape: Sequence[int], n_classes: int, dropout: float, weights: Any) -> dict[str, Any]:
     """Validate DenseNet121 parameters; return them as plain Python values (JSON-ready)."""
-    shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape):
-        raise ValueError(f"input_shape must be (height, width, channels); got {input_shape!r}")
+    shape = _input_shape(input_shape)
     if shape[2] != 3 or min(shape[:2]) < 32:
         raise ValueError(f"DenseNet121 needs RGB patches of at least 32x32 pixels; got {tuple(shape)}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
-    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
-        raise ValueError(f"n_classes must be an int >= 2; got {n_classes!r}")
-    digest = None
+    _check_head(dropout=dropout, n_classes=n_classes)
     if weights is not None:
         if str(weights) == "imagenet":
             raise ValueError("backbone weights 'imagenet' would be downloaded, and leukoseg never downloads: "
                              "give the path of a weights file you have (see build_densenet121)")  # fmt: skip
         if not Path(weights).is_file():
             raise ValueError(f"{os.fspath(weights)}: backbone weights file not found")
-        digest = file_sha256(weights)
-    return {"name": "densenet121", "input_shape": [int(v) for v in shape], "n_classes": int(n_classes),
-            "dropout": float(dropout), "weights_sha256": digest}  # fmt: skip
+    return {"name": "densenet121", "input_shape": list(shape), "n_classes": int(n_classes),
+            "dropout": float(dropout)}  # fmt: skip
+
+
+def _positive_ints(name: str, value: Any, *, allow_empty: bool) -> tuple[int, ...]:
+    try:
+        out = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of positive ints; got {value!r}") from None
+    if (not out and not allow_empty) or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in out
+    ):
+        kind = "sequence" if allow_empty else "non-empty sequence"
+        raise ValueError(f"{name} must be a {kind} of positive ints; got {value!r}")
+    return tuple(int(v) for v in out)
+
+
+def _input_shape(input_shape: Any) -> tuple[int, ...]:
+    shape = _positive_ints("input_shape", input_shape, allow_empty=False)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels); got {input_shape!r}")
+    return shape
+
+
+def _check_head(*, dropout: float, n_classes: int) -> None:
+    """The checks of the output layer, the same for every network."""
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2; got {n_classes!r}")
 
 
 #: Networks :class:`CNNClassifier` can train: the paper's family, and DenseNet121 for comparison.
@@ -339,24 +360,9 @@ def _check_architecture(
     activate_every_conv: bool,
 ) -> dict[str, Any]:
     """Validate architecture parameters; return them as plain Python values (JSON-ready)."""
-
-    def ints(name: str, value: Any, *, allow_empty: bool) -> tuple[int, ...]:
-        try:
-            out = tuple(value)
-        except TypeError:
-            raise ValueError(f"{name} must be a sequence of positive ints; got {value!r}") from None
-        if (not out and not allow_empty) or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in out
-        ):
-            kind = "sequence" if allow_empty else "non-empty sequence"
-            raise ValueError(f"{name} must be a {kind} of positive ints; got {value!r}")
-        return tuple(int(v) for v in out)
-
-    shape = ints("input_shape", input_shape, allow_empty=False)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels); got {input_shape!r}")
-    filt = ints("filters", filters, allow_empty=False)
-    dense = ints("dense_units", dense_units, allow_empty=True)
+    shape = _input_shape(input_shape)
+    filt = _positive_ints("filters", filters, allow_empty=False)
+    dense = _positive_ints("dense_units", dense_units, allow_empty=True)
     if not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd int (zero padding kernel_size // 2); got {kernel_size!r}")
     if activation not in ACTIVATIONS:
@@ -365,10 +371,7 @@ def _check_architecture(
         raise ValueError(f"pool_size must be a positive int; got {pool_size!r}")
     if shape[0] < pool_size or shape[1] < pool_size:
         raise ValueError(f"input_shape {shape} is smaller than the pooling window {pool_size}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
-    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
-        raise ValueError(f"n_classes must be an int >= 2; got {n_classes!r}")
+    _check_head(dropout=dropout, n_classes=n_classes)
     return {
         "input_shape": list(shape),
         "filters": list(filt),
@@ -767,8 +770,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}; got {self.architecture!r}")
         if self.architecture == "densenet121":
-            return _check_densenet(input_shape=input_shape, n_classes=n_classes, dropout=self.dropout,
+            arch = _check_densenet(input_shape=input_shape, n_classes=n_classes, dropout=self.dropout,
                                    weights=self.backbone_weights)  # fmt: skip
+            # Provenance: which weights file the network started from (hashed once per fit, not per build).
+            weights = self.backbone_weights
+            return {**arch, "weights_sha256": None if weights is None else file_sha256(weights)}
         if self.backbone_weights is not None:
             raise ValueError("backbone_weights needs architecture='densenet121'")
         return _check_architecture(
