@@ -778,6 +778,16 @@ class ModelBundle:
     provenance: Mapping[str, Any]
 
     @property
+    def outputs(self) -> tuple[str, ...]:
+        """Names of the scores :meth:`predict_cells` returns: the models, ``'baseline'``, ``'fused'``."""
+        names = [m for m in MODEL_NAMES if m in self.models]
+        if "gknn" in self.models and "svm" in self.models:
+            names.append("baseline")
+        if self.fusion is not None:
+            names.append("fused")
+        return tuple(names)
+
+    @property
     def n_features(self) -> int | None:
         """Number of feature columns the feature models take (None with only a CNN)."""
         for name in ("gknn", "svm", "knn"):
@@ -932,7 +942,8 @@ def save_bundle(
     check_features, check_patches : array-like, optional
         Extra rows / patches on which every export must agree with its estimator.
     overwrite : bool, optional
-        Replace an existing bundle at `directory`.
+        Replace an existing bundle at `directory`. Only a bundle (a ``bundle.json`` of format
+        ``leukoseg-bundle``) or an empty folder is ever replaced; any other folder or file is refused.
 
     Returns
     -------
@@ -942,7 +953,7 @@ def save_bundle(
     Raises
     ------
     FileExistsError
-        If `directory` exists and `overwrite` is false.
+        If `directory` exists and `overwrite` is false, or it exists and is not a bundle or an empty folder.
     ValueError, TypeError
         If a model name, the fusion, the feature arrays or the config are invalid.
 
@@ -953,8 +964,7 @@ def save_bundle(
     PosixPath('model')
     """
     target = Path(directory)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    _check_replaceable(target, overwrite=overwrite)
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if not models or unknown:
         raise ValueError(f"models must be keyed by some of {', '.join(MODEL_NAMES)}; got {sorted(models)}")
@@ -1106,12 +1116,45 @@ def _check_fusion(fusion: Mapping[str, Any], *, available: set[str]) -> dict[str
     return {"inputs": inputs, "coef": [float(c) for c in coef], "intercept": float(fusion["intercept"]), "eps": eps}
 
 
-def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
-    if not target.exists():
-        os.rename(tmp, target)
+def _check_replaceable(target: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Whether a bundle may be written at `target`: it is absent, or `overwrite` and it is a bundle or empty.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        The bundle folder to be written.
+    overwrite : bool
+        Whether an existing bundle may be replaced.
+
+    Raises
+    ------
+    FileExistsError
+        If `target` exists and `overwrite` is false, or it is a file, a link, or a folder that is neither
+        empty nor a bundle (``--overwrite`` must never delete someone's other files).
+    """
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
         return
     if not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    if target.is_symlink() or not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a folder; not replaced")
+    if not any(target.iterdir()):
+        return
+    try:
+        manifest = json.loads((target / "bundle.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise FileExistsError(f"{target} exists and is not a leukoseg model bundle (no valid bundle.json); "
+                              "not replaced")  # fmt: skip
+
+
+def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    if not (target.exists() or target.is_symlink()):
+        os.rename(tmp, target)
+        return
+    _check_replaceable(target, overwrite=overwrite)  # again: the folder may have changed while fitting
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
     os.rmdir(old)
     os.rename(target, old)

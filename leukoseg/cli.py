@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted", 0)
         return 130
+    except MemoryError:
+        _error("out of memory", args.verbose)
+        return EXIT_FAILED_INPUTS
+    except OSError as exc:  # e.g. a full disk or a folder that vanished: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}", args.verbose)
+        return EXIT_FAILED_INPUTS
+    except Exception as exc:  # a bug: one line all the same; -v prints the traceback
+        hint = "" if args.verbose else " (run with -v for the traceback)"
+        _error(f"internal error: {type(exc).__name__}: {exc}{hint}", args.verbose)
+        return EXIT_FAILED_INPUTS
     finally:
         # main() may be called in-process (tests, notebooks): leave logging as it was found.
         logger.handlers[:], logger.level, logger.propagate = saved
@@ -236,15 +248,52 @@ def _check_writable(folder: Path) -> None:
 
 
 def _output_names(paths: Sequence[Path]) -> list[str]:
-    """One output folder name per input: the file's stem, with -2, -3 ... where stems repeat."""
+    """One output folder name per input: the file's stem, with -2, -3 ... where stems repeat.
+
+    Leading dots are dropped (a stem of "." or ".." would name the output folder itself or its parent,
+    and a hidden folder would be skipped by later searches); names are compared without case, as a
+    macOS or Windows file system does.
+    """
     names, used = [], set()
     for p in paths:
-        name, k = p.stem or "image", 2
-        while name in used:
-            name, k = f"{p.stem}-{k}", k + 1
-        used.add(name)
+        stem = p.stem.lstrip(".") or "image"
+        name, k = stem, 2
+        while name.casefold() in used:
+            name, k = f"{stem}-{k}", k + 1
+        used.add(name.casefold())
         names.append(name)
     return names
+
+
+def _batch(raw_paths: Sequence[str], out: Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+    """The inputs of a batch with their output folders, and an error result per input that cannot be run.
+
+    Folder searches skip `out` and earlier results; files named explicitly are kept. An input that lies
+    inside an output folder of this batch is refused: replacing that folder would delete it.
+    """
+    from .io import find_images
+
+    paths = find_images(raw_paths, exclude=[out])
+    if not paths:
+        raise LeukosegError(None, "no images found in the given paths")
+    folders = [out / name for name in _output_names(paths)]
+    replaced = {f.resolve() for f in folders}
+    pairs, refused = [], []
+    for p, folder in zip(paths, folders):
+        inside = next((q for q in p.resolve().parents if q in replaced), None)
+        if inside is None:
+            pairs.append((p, folder))
+        else:
+            refused.append({"image": str(p), "error": f"lies inside the output folder {inside}, which this run "
+                                                      "replaces; move it or choose another --out"})  # fmt: skip
+    return pairs, refused
+
+
+def _json_line(result: Mapping[str, Any]) -> str:
+    """One JSON object per line; ASCII, so that any file name (even one not valid UTF-8) can be printed."""
+    import json
+
+    return json.dumps(dict(result), ensure_ascii=True) + "\n"
 
 
 #: An image above this many pixels is the only one in memory: the next is read after it is written.
@@ -388,33 +437,19 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
 
 
-def _is_output_file(path: Path) -> bool:
-    """Whether `path` is an image that leukoseg itself wrote (its folder holds a segmentation.json)."""
-    folder = path.parent.parent if path.parent.name == "crops" else path.parent
-    return (folder / "segmentation.json").is_file()
-
-
 def _cmd_segment(args: argparse.Namespace) -> int:
-    import json
-
     _single_blas_thread()
-    from .io import find_images
-
-    out = args.out.resolve()
     # A folder given as input may hold earlier results (label PNGs): never segment our own outputs.
-    paths = [p for p in find_images(args.paths) if out not in p.resolve().parents and not _is_output_file(p)]
-    if not paths:
-        raise LeukosegError(None, "no images found in the given paths")
+    pairs, refused = _batch(args.paths, args.out.resolve())
     _check_writable(args.out)
-    names = _output_names(paths)
     opts = {"pixel_size": args.pixel_size, "crops": args.crops, "max_pixels": args.max_pixels,
             "verbose": args.verbose}
-    tasks = [(str(p), str(args.out / n), opts) for p, n in zip(paths, names)]
-    workers = min(args.workers or os.cpu_count() or 1, len(tasks))
+    tasks = [(str(p), str(args.out / folder.name), opts) for p, folder in pairs]
+    workers = max(1, min(args.workers or os.cpu_count() or 1, len(tasks)))
     opts["threads"] = max(1, (os.cpu_count() or 1) // workers)  # encoder threads per worker
     failed = 0
-    for result in _run_tasks(_segment_one, tasks, workers, quiet=args.quiet, unit="image",
-                             serial=_segment_in_process):
+    results = _run_tasks(_segment_one, tasks, workers, quiet=args.quiet, unit="image", serial=_segment_in_process)
+    for result in itertools.chain(refused, results):
         if "error" in result:
             failed += 1
             if result.get("traceback"):
@@ -425,10 +460,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                      result["um_per_px"], result["scale_source"], result["seconds"])
         if args.json:
             result.pop("traceback", None)
-            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            sys.stdout.write(_json_line(result))
             sys.stdout.flush()
     if not args.json and not args.quiet:
-        sys.stderr.write(f"leukoseg: {len(tasks) - failed} of {len(tasks)} images segmented into {args.out}\n")
+        total = len(tasks) + len(refused)
+        sys.stderr.write(f"leukoseg: {total - failed} of {total} images segmented into {args.out}\n")
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
@@ -477,25 +513,21 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify_images(args: argparse.Namespace) -> int:
-    import json
-
-    from .io import find_images
     from .pipelines.predict import default_model_dir, load_model
 
     out = (args.out or Path("leukoseg-out")).resolve()
     model_dir = str(args.model if args.model is not None else default_model_dir())
     load_model(model_dir)  # a bad bundle is one error before any image is read
-    paths = [p for p in find_images(args.paths) if out not in p.resolve().parents and not _is_output_file(p)]
-    if not paths:
-        raise LeukosegError(None, "no images found in the given paths")
+    pairs, refused = _batch(args.paths, out)
     _check_writable(out)
     opts = {"pixel_size": args.pixel_size, "crops": args.crops, "max_pixels": args.max_pixels,
             "verbose": args.verbose, "model": model_dir}  # fmt: skip
-    tasks = [(str(p), str(out / n), opts) for p, n in zip(paths, _output_names(paths))]
-    workers = min(args.workers or os.cpu_count() or 1, len(tasks))
+    tasks = [(str(p), str(folder), opts) for p, folder in pairs]
+    workers = max(1, min(args.workers or os.cpu_count() or 1, len(tasks)))
     opts["threads"] = max(1, (os.cpu_count() or 1) // workers)
     failed = 0
-    for result in _run_tasks(_classify_one, tasks, workers, quiet=args.quiet, unit="image"):
+    results = _run_tasks(_classify_one, tasks, workers, quiet=args.quiet, unit="image")
+    for result in itertools.chain(refused, results):
         if "error" in result:
             failed += 1
             if result.get("traceback"):
@@ -507,10 +539,11 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
                              f"{result['n_blasts']} of {result['n_cells']} cells blasts{fab}\n")  # fmt: skip
         if args.json:
             result.pop("traceback", None)
-            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            sys.stdout.write(_json_line(result))
             sys.stdout.flush()
     if not args.json and not args.quiet:
-        sys.stderr.write(f"leukoseg: {len(tasks) - failed} of {len(tasks)} images classified into {out} "
+        total = len(tasks) + len(refused)
+        sys.stderr.write(f"leukoseg: {total - failed} of {total} images classified into {out} "
                          "(research use only, not a diagnosis)\n")  # fmt: skip
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LeukosegError
-from .io import IMAGE_EXTENSIONS
+from .io import image_files
 
 __all__ = [
     "Dataset",
@@ -149,9 +149,13 @@ def parse_xyc(path: str | os.PathLike[str]) -> np.ndarray:
         try:
             if len(parts) != 2:
                 raise ValueError
-            rows.append((float(parts[0]), float(parts[1])))
+            x, y = float(parts[0]), float(parts[1])
+            if not (np.isfinite(x) and np.isfinite(y)):  # float() takes 'nan' and 'inf'; matching cannot
+                raise ValueError
+            rows.append((x, y))
         except ValueError:
-            raise LeukosegError(path, f"line {lineno}: expected 'x<TAB>y', found {line.strip()!r}") from None
+            raise LeukosegError(path, f"line {lineno}: expected 'x<TAB>y' (two finite numbers), "
+                                      f"found {line.strip()!r}") from None  # fmt: skip
     return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
 
@@ -205,8 +209,8 @@ def _load_all_idb1(root: Path) -> Dataset:
         raise LeukosegError(root, f"not an ALL-IDB1 layout: expected {expected}; found {_listing(root)}")
     records = []
     for path in sorted(im_dir.iterdir()):
-        if path.suffix.lower() != ".jpg":
-            continue
+        if path.suffix.lower() != ".jpg" or path.name.startswith("."):
+            continue  # hidden files (macOS '._' resource forks) are not images too
         m = _ALL_IDB_NAME.match(path.stem)
         if not m:
             raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.jpg ({expected})")
@@ -228,8 +232,8 @@ def _load_all_idb2(root: Path) -> Dataset:
         raise LeukosegError(root, f"not an ALL-IDB2 layout: expected {expected}; found {_listing(root)}")
     records = []
     for path in sorted(img_dir.iterdir()):
-        if path.suffix.lower() not in {".tif", ".tiff"}:
-            continue
+        if path.suffix.lower() not in {".tif", ".tiff"} or path.name.startswith("."):
+            continue  # hidden files (macOS '._' resource forks) are not images too
         m = _ALL_IDB_NAME.match(path.stem)
         if not m:
             raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.tif ({expected})")
@@ -244,7 +248,7 @@ def _load_folder(root: Path) -> Dataset:
     _require_dir(root, expected, obtain=False)
     records = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(q for q in sub.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS):
+        for path in image_files(sub):  # as a folder search: no hidden files, no leukoseg result folders
             records.append((path, path.relative_to(root).as_posix(), sub.name, None))
     classes = tuple(sorted({r[2] for r in records}))
     if len(classes) < 2:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ __all__ = [
     "atomic_write",
     "encode_image",
     "find_images",
+    "image_files",
     "read_image",
     "write_image",
     "write_json",
@@ -87,7 +90,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     if not data:
         raise LeukosegError(path, "file is empty")
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
         # The pixel limit is ours (max_pixels); Pillow's own bomb warning would only repeat it.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -128,6 +131,31 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     if not image.flags.writeable:
         image = image.copy()
     return image
+
+
+#: Serialises the rare changes of Pillow's process-wide pixel limit (see _pillow_pixel_limit).
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open images up to `max_pixels` (ours is the limit that counts) for the block.
+
+    Pillow refuses images above twice its own ``Image.MAX_IMAGE_PIXELS`` (about 179 million pixels)
+    whatever leukoseg's limit; only a larger `max_pixels` raises it, for the block only, under a lock.
+    """
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is None or max_pixels < 2 * Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _exif_orientation(pil: Any) -> int:
@@ -174,17 +202,20 @@ def _palette_is_gray(pil: Any) -> bool:
     return bool(triples.size) and bool(np.all(triples == triples[:, :1]))
 
 
-def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def find_images(paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     """Expand files, folders (recursively) and glob patterns into a sorted list of image files.
 
-    Folders contribute only files with an image extension, outside hidden folders; a file named explicitly
-    is kept whatever its extension, so that reading it reports the real problem. A path that matches
-    nothing is kept too, and reading it then says "no such file".
+    Folders and glob patterns contribute only files with an image extension, outside hidden folders,
+    leukoseg's own result folders (those holding a ``segmentation.json``) and the folders in `exclude`.
+    A file named explicitly is always kept, whatever its extension or place, so that reading it reports
+    the real problem; so is a path or pattern that matches nothing, and reading it then says "no such file".
 
     Parameters
     ----------
     paths : iterable of str or os.PathLike
         Files, folders or glob patterns (``*``, ``?``, ``[``).
+    exclude : iterable of str or os.PathLike, optional
+        Folders not searched (e.g. the output folder, when it lies inside an input folder).
 
     Returns
     -------
@@ -193,19 +224,20 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """
     import glob
 
+    skip = {Path(e).resolve() for e in exclude}
     found: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(
-                sorted(
-                    q for q in p.rglob("*")
-                    if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
-                    and not any(part.startswith(".") for part in q.relative_to(p).parts)  # hidden, or ours in progress
-                )
-            )
+            found.extend(image_files(p, exclude=skip))
         elif not p.exists() and any(ch in str(raw) for ch in "*?["):
-            found.extend(sorted(Path(q) for q in glob.glob(str(raw), recursive=True) if Path(q).is_file()))
+            matches = sorted(Path(q) for q in glob.glob(str(raw), recursive=True) if Path(q).is_file())
+            # As for a folder: excluded folders below where the pattern starts are skipped, not that one.
+            base = Path(*[part for part in itertools.takewhile(lambda x: not glob.has_magic(x), p.parts)]).resolve()
+            below = {s for s in skip if s != base and s not in base.parents}
+            found.extend(q for q in matches if _collectable(q, below))
+            if not matches:
+                found.append(p)  # reported as missing, not silently dropped
         else:
             found.append(p)
     seen: set[Path] = set()
@@ -215,6 +247,52 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             seen.add(p)
             unique.append(p)
     return unique
+
+
+def image_files(folder: str | os.PathLike[str], *, exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
+    """The image files under `folder`, sorted, as a folder search should see them.
+
+    Hidden files and folders (a leading dot: ``.ipynb_checkpoints``, macOS ``._`` files, leukoseg's own
+    folders in progress), leukoseg's result folders (those holding a ``segmentation.json``: their overlays
+    and crops are not smears) and the folders in `exclude` are skipped.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The folder searched, recursively (symbolic links to folders are not followed).
+    exclude : iterable of str or os.PathLike, optional
+        Sub-folders not searched (`folder` itself always is).
+
+    Returns
+    -------
+    list of pathlib.Path
+        Files with an extension in :data:`IMAGE_EXTENSIONS`, sorted.
+    """
+    skip = {Path(e).resolve() for e in exclude} - {Path(folder).resolve()}  # the folder searched is searched
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if _RESULT_MARKER in filenames or Path(dirpath).resolve() in skip:
+            dirnames[:] = []
+            continue
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out.extend(Path(dirpath, f) for f in filenames
+                   if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)  # fmt: skip
+    return sorted(out)
+
+
+#: The file that marks a folder as one of leukoseg's per-image result folders.
+_RESULT_MARKER = "segmentation.json"
+
+
+def _collectable(path: Path, skip: set[Path]) -> bool:
+    """Whether a file matched by a pattern is an input: an image, not in `skip` nor in a result folder."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    parents = path.resolve().parents
+    if any(s == q for s in skip for q in parents):
+        return False
+    folder = path.parent.parent if path.parent.name == "crops" else path.parent
+    return not (folder / _RESULT_MARKER).is_file()
 
 
 @contextlib.contextmanager

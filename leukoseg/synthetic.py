@@ -724,7 +724,6 @@ def _white_cell_od(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Optical density (h, w, 3) of one white cell on its box; ``xx, yy`` in µm from the cell centre."""
-    import cv2
 
     shape = cellm.shape
     d_cell = _edge_distance(cellm) * px  # µm to the cell's edge (a contact face is an edge too)

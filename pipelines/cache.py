@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import file_sha256
+from ..errors import LeukosegError
 
 __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 
@@ -239,9 +240,11 @@ def load_or_compute(
 
     segment_kw, feature_kw = dict(segment_kw or {}), dict(feature_kw or {})
     cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _check_cache_dir(cache_dir)
     targets = [cache_dir / f"{cache_key(file_sha256(Path(p)), segment_kw, feature_kw)}.npz" for p in paths]
-    missing = [(str(p), str(t), segment_kw, feature_kw) for p, t in zip(paths, targets) if not t.is_file()]
+    entries = [_try_load(t) if t.is_file() else None for t in targets]
+    todo = [i for i, e in enumerate(entries) if e is None]
+    missing = [(str(paths[i]), str(targets[i]), segment_kw, feature_kw) for i in todo]
     seconds = 0.0
     if missing:
         log.info("segmenting %d of %d images (cache %s)", len(missing), len(targets), cache_dir)
@@ -264,5 +267,26 @@ def load_or_compute(
                         bar.update()
         finally:
             bar.close()
-    entries = [_load(t) for t in targets]
+    for i in todo:
+        entries[i] = _load(targets[i])
     return entries, {"computed": len(missing), "reused": len(targets) - len(missing), "compute_seconds": seconds}
+
+
+def _check_cache_dir(cache_dir: Path) -> None:
+    """Fail early, on one line, when the cache folder cannot be made or written."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = cache_dir / f".leukoseg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LeukosegError(cache_dir, f"cannot use this cache folder ({exc.strerror or exc}); pass --cache DIR") from None
+
+
+def _try_load(path: Path) -> CachedImage | None:
+    """A cached entry, or None when it cannot be read (a damaged entry is computed again, not fatal)."""
+    try:
+        return _load(path)
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError: all mean "recompute"
+        log.warning("cache entry %s is unreadable (%s: %s); computing it again", path, type(exc).__name__, exc)
+        return None

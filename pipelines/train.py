@@ -88,20 +88,27 @@ def train_bundle(
     Raises
     ------
     LeukosegError
-        For a data set other than ALL-IDB1-like smears, a run folder without metrics, or an existing
-        bundle without `overwrite`.
+        For a data set other than ALL-IDB1-like smears, a run folder without metrics or of other data, an
+        existing bundle without `overwrite`, or an existing folder that is not a bundle.
     """
     from leukoseg.classify import CNNClassifier, FABSettings
-    from leukoseg.classify.bundle import save_bundle
+    from leukoseg.classify.bundle import _check_replaceable, save_bundle
     from leukoseg.features.rows import check_lbp_radii
 
     t0 = time.perf_counter()
     if exp._mode(dataset) != "points":
         raise LeukosegError(dataset.root, "train needs smears with annotated blast centroids (all-idb1)")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise LeukosegError(out_dir, "exists; pass --overwrite to replace it")
+    try:
+        _check_replaceable(out_dir, overwrite=overwrite)
+    except FileExistsError:
+        raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced"
+                            if overwrite else "exists; pass --overwrite to replace it") from None  # fmt: skip
     run_metrics = _run_metrics(run_dir) if run_dir is not None else None
+    if run_metrics is not None and run_metrics["dataset_fingerprint"] != dataset.fingerprint():
+        # The bundle's provenance would otherwise quote the scores of another data set.
+        raise LeukosegError(Path(run_dir) / "metrics.json", "this run was made on other data (its data-set "
+                            "fingerprint differs from that of the training images); pass the run of this data set")
     records = list(dataset.records)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entries, _ = load_or_compute([r.path for r in records], cache_dir, workers=workers, progress=progress)

@@ -383,6 +383,17 @@ def test_save_is_atomic_and_does_not_overwrite(tmp_path, fitted):
     B.save_bundle(path, models={"svm": fitted["svm"]}, overwrite=True)
     assert sorted(B.load_bundle(path).models) == ["svm"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    # overwrite replaces a bundle or an empty folder, never a folder of other files, nor a file.
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.txt").write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me too")
+    for target in (tmp_path / "docs", tmp_path / "notes.txt"):
+        with pytest.raises(FileExistsError, match="not"):
+            B.save_bundle(target, models={"knn": fitted["knn"]}, overwrite=True)
+    assert (tmp_path / "docs" / "thesis.txt").is_file() and (tmp_path / "notes.txt").is_file()
+    (tmp_path / "empty").mkdir()
+    assert sorted(B.load_bundle(B.save_bundle(tmp_path / "empty", models={"knn": fitted["knn"]},
+                                              overwrite=True)).models) == ["knn"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------

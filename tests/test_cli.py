@@ -58,7 +58,7 @@ def _smear(path: Path, seed: int = 0) -> Path:
     for x, y in [(90, 120), (220, 110)]:
         cv2.circle(image, (x, y), 24, (170, 160, 215), -1)
         cv2.circle(image, (x, y), 19, (110, 50, 160), -1)
-    Image.fromarray(image).save(path, quality=95)
+    Image.fromarray(image).save(path, format="JPEG", quality=95)
     return path
 
 
@@ -145,3 +145,80 @@ def test_console_script_runs(tmp_path):
         pytest.skip("console script not installed next to this interpreter")
     proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("leukoseg ")
+
+
+def test_dot_names_never_replace_the_output_folder(tmp_path):
+    """A file named '..jpg' has the stem '.': it must not name OUT itself (which would be replaced)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ["a.jpg", "..jpg", ".hidden.jpg", "A.jpg"]:
+        _smear(src / name)
+    out = tmp_path / "out"
+    rc = main(["segment", *(str(src / n) for n in ["a.jpg", "..jpg", ".hidden.jpg", "A.jpg"]), "--out", str(out),
+               "--workers", "1", "--no-crops", "-q"])  # fmt: skip
+    assert rc == 0
+    # Leading dots dropped, names unique without case (a macOS or Windows disk would merge 'a' and 'A').
+    assert sorted(p.name for p in out.iterdir()) == ["A-2", "a", "hidden", "image"]
+    assert all((out / n / "cells.csv").is_file() for n in ["A-2", "a", "image", "hidden"])
+
+
+def test_other_files_are_never_replaced(tmp_path, capsys):
+    image = _smear(tmp_path / "smear.jpg")
+    other = _smear(tmp_path / "other.jpg", seed=2)
+    out = tmp_path / "out"
+    (out / "smear").mkdir(parents=True)
+    (out / "smear" / "thesis.txt").write_text("keep me")
+    rc = main(["segment", str(image), str(other), "--out", str(out), "--workers", "1", "--no-crops"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "not a leukoseg result folder" in err and "Traceback" not in err
+    assert (out / "smear" / "thesis.txt").read_text() == "keep me"
+    assert (out / "other" / "cells.csv").is_file()  # the rest of the batch went on
+    # An earlier result is replaced as before.
+    assert main(["segment", str(other), "--out", str(out), "--workers", "1", "--no-crops", "-q"]) == 0
+
+
+def test_output_folder_inputs(tmp_path, capsys):
+    """Folder searches skip the output folder and earlier results; a file named explicitly is read."""
+    _smear(tmp_path / "smear.jpg")
+    assert main(["segment", str(tmp_path), "--out", str(tmp_path), "--workers", "1", "--no-crops", "-q"]) == 0
+    assert main(["segment", str(tmp_path), "--out", str(tmp_path), "--workers", "1", "--no-crops", "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smear", "smear.jpg"]  # overlay.jpg is not an input
+    # Named explicitly, an image inside the output folder is segmented (it used to be dropped silently).
+    inner = _smear(tmp_path / "inner.jpg", seed=4)
+    assert main(["segment", str(inner), "--out", str(tmp_path), "--workers", "1", "--no-crops", "-q"]) == 0
+    assert (tmp_path / "inner" / "cells.csv").is_file()
+    # ... unless it lies inside the folder this run would replace: that would delete it.
+    moved = tmp_path / "smear" / "smear.jpg"
+    moved.write_bytes((tmp_path / "smear.jpg").read_bytes())
+    capsys.readouterr()
+    assert main(["segment", str(moved), "--out", str(tmp_path), "--workers", "1", "--no-crops"]) == 1
+    assert "lies inside the output folder" in capsys.readouterr().err
+    assert moved.is_file()
+
+
+def test_glob_matching_nothing_is_reported(tmp_path, capsys):
+    image = _smear(tmp_path / "a.jpg")
+    rc = main(["segment", str(image), str(tmp_path / "nosuch*.jpg"), "--out", str(tmp_path / "o"), "--workers", "1",
+               "--no-crops"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "nosuch*.jpg: no such file" in err and "1 of 2 images" in err
+
+
+def test_json_lines_print_any_file_name():
+    from leukoseg.cli import _json_line
+
+    line = _json_line({"image": "lat\udce9.png", "error": "x"})  # a Latin-1 name as Python decodes it
+    assert line.isascii() and json.loads(line)["image"] == "lat\udce9.png"
+
+
+def test_unexpected_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import leukoseg.cli as cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(cli, "_batch", boom)
+    assert main(["segment", str(_smear(tmp_path / "a.jpg")), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err == "leukoseg: error: internal error: RuntimeError: something broke (run with -v for the traceback)\n"

@@ -51,6 +51,15 @@ def test_parse_xyc_bad_line_names_file_and_line(tmp_path):
     assert "bad.xyc" in str(info.value)
 
 
+@pytest.mark.parametrize("line", ["nan\tnan", "1\tinf", "-Infinity 3"])
+def test_parse_xyc_refuses_non_finite_points(tmp_path, line):
+    """float() reads 'nan' and 'inf'; the blast matching cannot use them, so the file is refused up front."""
+    p = tmp_path / "odd.xyc"
+    p.write_text(f"1\t2\n{line}\n")
+    with pytest.raises(LeukosegError, match="odd.xyc: line 2: .*finite"):
+        parse_xyc(p)
+
+
 def test_all_idb1_layout(fake_idb1):
     ds = load_dataset("all-idb1", fake_idb1)
     assert [r.name for r in ds.records] == [f"im/Im00{i}_{y}.jpg" for i, y in [(1, 1), (2, 0), (3, 0), (4, 1), (5, 0)]]
@@ -58,6 +67,9 @@ def test_all_idb1_layout(fake_idb1):
     np.testing.assert_array_equal(ds.records[0].points, [[3, 4], [10, 12]])
     assert ds.records[1].points.shape == (0, 2)
     assert ds.unit == "image" and ds.classes == ("0", "1")
+    # A macOS resource fork ('._' file) beside the images is not an image of the data set.
+    (fake_idb1 / "im" / "._Im001_1.jpg").write_bytes(b"\0\5\26\7")
+    assert [r.name for r in load_dataset("all-idb1", fake_idb1).records] == [r.name for r in ds.records]
 
 
 def test_identical_images_share_a_group(fake_idb1):
@@ -82,6 +94,11 @@ def test_folder_dataset_any_number_of_classes(tmp_path):
         _jpg(tmp_path / cls / f"c{i}.jpg", seed=i)
         _jpg(tmp_path / cls / "deeper" / f"d{i}.jpg", seed=10 + i)
     (tmp_path / "blast" / "readme.txt").write_text("not an image")
+    # Not images of the class: hidden folders and files, and leukoseg's own result folders.
+    _jpg(tmp_path / "blast" / ".ipynb_checkpoints" / "c0-checkpoint.jpg", seed=20)
+    _jpg(tmp_path / "blast" / "._c0.jpg", seed=21)
+    _jpg(tmp_path / "blast" / "out" / "c0" / "overlay.jpg", seed=22)
+    (tmp_path / "blast" / "out" / "c0" / "segmentation.json").write_text("{}")
     ds = load_dataset(f"folder:{tmp_path}")
     assert ds.classes == ("blast", "lymphocyte", "neutrophil")
     assert len(ds) == 6

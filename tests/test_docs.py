@@ -8,7 +8,6 @@ import pkgutil
 
 import pytest
 
-import leukoseg
 
 
 #: The packages of the installed namespace (the stage folders are mapped into it by pyproject's package-dir).

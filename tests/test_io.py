@@ -220,3 +220,35 @@ def test_write_image_failure_names_the_file(tmp_path):
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_find_images_skips_outputs_hidden_and_excluded(tmp_path):
+    for name in ["x.jpg", "sub/y.png", "out/z.jpg", "res/overlay.jpg", "res/crops/cell_0001.png", ".hid/w.jpg",
+                 "sub/._y.png"]:  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "res" / "segmentation.json").write_text("{}")
+    rel = lambda found: [p.relative_to(tmp_path).as_posix() for p in found]  # noqa: E731
+    assert rel(find_images([tmp_path], exclude=[tmp_path / "out"])) == ["sub/y.png", "x.jpg"]
+    # The folder searched is searched even when it is the excluded (output) folder itself.
+    assert rel(find_images([tmp_path], exclude=[tmp_path])) == ["out/z.jpg", "sub/y.png", "x.jpg"]
+    assert rel(find_images([str(tmp_path / "**" / "*.*")], exclude=[tmp_path / "out"])) == ["sub/y.png", "x.jpg"]
+    assert rel(find_images([str(tmp_path / "*.jpg")], exclude=[tmp_path])) == ["x.jpg"]
+    # Named explicitly, any file is kept; a pattern that matches nothing is kept, to be reported as missing.
+    assert rel(find_images([tmp_path / "res" / "overlay.jpg", tmp_path / "out" / "z.jpg"], exclude=[tmp_path / "out"])) \
+        == ["res/overlay.jpg", "out/z.jpg"]
+    assert find_images([str(tmp_path / "nosuch*.jpg")]) == [tmp_path / "nosuch*.jpg"]
+
+
+def test_max_pixels_above_pillows_own_limit(tmp_path, png_header_only):
+    """A --max-pixels above Pillow's bomb limit (about 179 million pixels) is the limit that counts."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    path = png_header_only(tmp_path / "big.png", 20000, 10000)  # 200 million pixels, no pixel data
+    with pytest.raises(LeukosegError, match=r"too large .*150,000,000"):
+        read_image(path, max_pixels=150_000_000)
+    with pytest.raises(LeukosegError) as info:
+        read_image(path, max_pixels=300_000_000)
+    assert "too large" not in str(info.value)  # accepted by the limit; fails on the missing data instead
+    assert Image.MAX_IMAGE_PIXELS == before

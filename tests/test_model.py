@@ -51,9 +51,22 @@ def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1,
     (tmp_path / "model").mkdir()
     with pytest.raises(LeukosegError, match="exists"):
         _train(fast, fake_all_idb1, fake_cache, tmp_path / "model")
+    # --overwrite replaces a bundle or an empty folder, never a folder of other files.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.txt").write_text("keep me")
+    with pytest.raises(LeukosegError, match="not a leukoseg model bundle"):
+        _train(fast, fake_all_idb1, fake_cache, tmp_path / "notes", overwrite=True)
+    assert (tmp_path / "notes" / "thesis.txt").read_text() == "keep me"
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.json").write_text(json.dumps({"models": {"fused": {"summary": {"all": {}}}}}))
+    # A run of other data is refused: its scores would be quoted as this bundle's.
+    (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": "0" * 64},
+                                                  "models": {"fused": {"summary": {"all": {}}}}}))
+    with pytest.raises(LeukosegError, match="other data"):
+        _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", run_dir=run, overwrite=True)
+    fingerprint = load_dataset("all-idb1", fake_all_idb1).fingerprint()
+    (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": fingerprint},
+                                                  "models": {"fused": {"summary": {"all": {}}}}}))
     fast = {**fast, "cnn": False}
     fast.pop("cnn_params"), fast.pop("fusion_params")
     path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", run_dir=run, overwrite=True)
@@ -168,3 +181,42 @@ def test_cli_device_gpu_without_a_gpu_is_a_one_line_error(fake_all_idb1, tmp_pat
                "--out", str(tmp_path / "run")])  # fmt: skip
     assert rc == 2
     assert "GPU" in _one_line_error(capsys.readouterr().err)
+
+
+def _damaged_copy(tmp_path: Path, change) -> Path:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    manifest = json.loads((model / "bundle.json").read_text())
+    change(manifest)
+    (model / "bundle.json").write_text(json.dumps(manifest))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["config"].pop("image_rule"), "image_rule"),
+        (lambda m: m["config"]["image_rule"].update(top_k=0), "image_rule"),
+        (lambda m: m["config"]["image_rule"].update(threshold="abc"), "image_rule"),
+        (lambda m: m.update(fusion=None), "primary_model 'fused'"),
+        (lambda m: m["config"].update(primary_model="nope"), "primary_model"),
+        (lambda m: m["config"]["fab"].update(bogus=1), "fab"),
+        (lambda m: m["config"]["features"].update(levels="many"), "features"),
+        (lambda m: m["config"]["features"].update(texture=False), "columns"),
+        (lambda m: m["config"]["patch"].update(size=0), "patch"),
+        (lambda m: m["config"].update(blast_cell_threshold=2), "blast_cell_threshold"),
+    ],
+)
+def test_damaged_bundle_settings_are_one_error_at_load(tmp_path, capsys, change, message):
+    """A bad setting in bundle.json is refused before any image is read, not met image by image."""
+    from leukoseg.cli import main
+
+    model = _damaged_copy(tmp_path, change)
+    with pytest.raises(LeukosegError, match=message):
+        load_model(model)
+    sample = str(sorted(SAMPLES.iterdir())[0])
+    assert main(["classify", sample, "--model", str(model), "--out", str(tmp_path / "o")]) == 2
+    assert "bundle.json: invalid classification settings" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()

@@ -320,3 +320,24 @@ def test_all_idb1_experiment(all_idb1_dir, tmp_path_factory):
     assert base["all"]["accuracy"]["mean"] >= 0.93
     assert abs(base["one_camera"]["accuracy"]["mean"] - base["all"]["accuracy"]["mean"]) <= 0.05
     assert result.metrics["dataset"]["n_points_matched"] >= 450
+
+
+def test_cache_recomputes_a_damaged_entry_and_refuses_an_unusable_folder(tmp_path, caplog):
+    from leukoseg.errors import LeukosegError
+    from leukoseg.pipelines.cache import load_or_compute
+
+    image = make_smear(shape=(200, 260), kinds=("lymphocyte",), n_touching_pairs=0, seed=7).image
+    Image.fromarray(image).save(tmp_path / "s.png")
+    cache = tmp_path / "cache"
+    (first,), info = load_or_compute([tmp_path / "s.png"], cache)
+    assert info["computed"] == 1
+    (entry,) = cache.glob("*.npz")
+    entry.write_bytes(b"not a zip")  # e.g. a run killed by a full disk, or a copy gone wrong
+    with caplog.at_level("WARNING", logger="leukoseg"):
+        (again,), info = load_or_compute([tmp_path / "s.png"], cache)
+    assert info["computed"] == 1 and "unreadable" in caplog.text
+    assert_allclose(again.features, first.features)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(LeukosegError, match="cannot use this cache folder"):
+        load_or_compute([tmp_path / "s.png"], blocker / "cache")

@@ -17,7 +17,6 @@ from leukoseg.synthetic import (
     make_smear,
     render_cell,
     touching_discs,
-    write_samples,
 )
 
 SMALL = dict(shape=(256, 320), um_per_px=0.3, n_platelets=4)

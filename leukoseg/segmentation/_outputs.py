@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import LeukosegError
 from ..io import _umask, encode_image
 from ._crops import extract_patch
 from ._measure import MEASUREMENT_COLUMNS
@@ -165,7 +166,7 @@ def _draw_overlay(image: np.ndarray, seg: Segmentation, rows: list[dict[str, Any
     thick = max(1, round(max(canvas.shape[:2]) / 800))
     for row, (cell_contours, nucleus_contours) in zip(rows, outlines):
         cid = row["cell_id"]
-        x0, y0, x1, y1 = row["bbox_x0"], row["bbox_y0"], row["bbox_x1"], row["bbox_y1"]
+        x0, y0, x1 = row["bbox_x0"], row["bbox_y0"], row["bbox_x1"]
         color = (0, 200, 0) if colors is None else tuple(int(c) for c in colors.get(cid, (0, 200, 0)))
         for contours, col in ((cell_contours, color), (nucleus_contours, (20, 20, 120))):
             scaled = [np.round((c.astype(float) + (x0, y0)) * f).astype(np.int32) for c in contours]
@@ -197,7 +198,8 @@ def write_segmentation(
     Parameters
     ----------
     out_dir : str or os.PathLike
-        The image's folder, e.g. ``OUT/smear``; replaced if it exists.
+        The image's folder, e.g. ``OUT/smear``. An earlier result folder there (one holding a
+        ``segmentation.json``) or an empty folder is replaced; anything else is left alone.
     image : (H, W, 3) ndarray of uint8
         The smear that was segmented.
     seg : Segmentation
@@ -222,8 +224,14 @@ def write_segmentation(
     -------
     pathlib.Path
         The folder written.
+
+    Raises
+    ------
+    LeukosegError
+        If `out_dir` exists and is a file, or a folder that is neither empty nor an earlier result.
     """
     out_dir = Path(out_dir)
+    _check_replaceable(out_dir)  # before the work, and again at the swap
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     try:
@@ -294,9 +302,22 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace what leukoseg did not write: a file, or a folder of someone else's files."""
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise LeukosegError(folder, "exists and is not a leukoseg result folder; not replaced (choose another --out)")
+    if (folder / "segmentation.json").is_file() or not any(folder.iterdir()):
+        return
+    raise LeukosegError(folder, "exists and is not a leukoseg result folder (no segmentation.json); not replaced "
+                                "(choose another --out)")  # fmt: skip
+
+
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename the finished folder into place; an older result is moved aside first, then removed."""
     old = None
+    _check_replaceable(final)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
