@@ -67,7 +67,8 @@ Per fold, on the same cells:
   flips and quarter turns of the patch (test-time augmentation, ``CNNClassifier(tta=True)``);
 - ``fused``: :class:`~leukoseg.classify.StackingFusion`, a logistic stacking of the baseline and CNN
   probabilities in ``keras.ops`` (on the GPU when there is one), fitted on the training cells' inner
-  out-of-fold scores.
+  out-of-fold scores; its own scores of the training cells (for the image rule) are cross-fitted over the
+  same inner folds, so they are out of fold too.
 
 Image thresholds (binary data sets) are chosen on the training images only, maximising the balanced
 accuracy (:func:`.metrics.choose_threshold`) of *inner out-of-fold* image scores: the training images are
@@ -425,7 +426,7 @@ def run_experiment(
                     p_test["cnn"], p_inner["cnn"] = _fit_cnn(fold, cnn_inner_folds, cnn_params, device, timer,
                                                              run_info)
                     p_test["fused"], p_inner["fused"] = _fit_fusion(fold, p_test, p_inner, fusion_params, device,
-                                                                    timer, run_info)
+                                                                    timer, run_info, inner_folds=inner_folds)
                 for m in models:
                     cell_p[m][r, test_cells] = p_test[m]
 
@@ -682,15 +683,25 @@ def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info) -> tuple
     return p_test, p_inner
 
 
-def _fit_fusion(fold: _Fold, p_test, p_inner, fusion_params, device, timer, run_info, fitted_out=None):
-    """Logistic stacking of the baseline and the CNN, fitted on the training cells' inner out-of-fold scores."""
+def _fit_fusion(fold: _Fold, p_test, p_inner, fusion_params, device, timer, run_info, fitted_out=None, *,
+                inner_folds: int = 3):
+    """Logistic stacking of the baseline and the CNN, fitted on the training cells' inner out-of-fold scores.
+
+    Its own scores of the training cells, which choose the image rule, are cross-fitted as well: the
+    baseline's inner folds are scored by fusions fitted on the other inner folds, so that the fused model's
+    top-k and threshold, like every other model's, are learnt on out-of-fold scores.
+    """
     from leukoseg.classify import StackingFusion
 
     t = time.perf_counter()
     inputs = ("baseline", "cnn")
-    fusion = StackingFusion(**{"n_inputs": len(inputs), "device": device, **dict(fusion_params or {})})
-    fusion.fit(np.hstack([p_inner[m] for m in inputs]), fold.y_train)
-    fused_inner = fusion.predict_proba(np.hstack([p_inner[m] for m in inputs]))
+    kw = {"n_inputs": len(inputs), "device": device, **dict(fusion_params or {})}
+    X_inner, y = np.hstack([p_inner[m] for m in inputs]), fold.y_train
+    fusion = StackingFusion(**kw).fit(X_inner, y)
+    fused_inner = fusion.predict_proba(X_inner)  # kept only where an inner fold lacks a class
+    for tr, te in fold.inner_splits(inner_folds, _seed(fold.seed, 1)):
+        if len(np.unique(y[tr])) == fold.K and te.any():
+            fused_inner[te] = StackingFusion(**kw).fit(X_inner[tr], y[tr]).predict_proba(X_inner[te])
     fused_test = (fusion.predict_proba(np.hstack([p_test[m] for m in inputs])) if len(p_test["cnn"])
                   else np.zeros((0, fold.K)))  # fmt: skip
     run_info["device"]["fusion"] = fusion.device_
@@ -833,7 +844,8 @@ def _settings(mode: str, top_ks: tuple[int, ...], n_features: int, plain: Mappin
         "cnn_protocol": "cross-fitted over the training images; test cells get the mean of the fold's CNNs; "
                         "every prediction is the mean over the 8 flips/quarter turns of the patch",
         "fusion_protocol": "logistic stacking of baseline and cnn, fitted on inner out-of-fold training scores "
-                           "(keras.ops)",
+                           "(keras.ops); its training-cell scores for the image rule cross-fitted over the inner "
+                           "folds",
         "threshold": "maximises balanced accuracy of inner out-of-fold scores of the training images",
     })  # fmt: skip
     return out
@@ -849,7 +861,8 @@ def _summary(per_repeat: list[dict]) -> dict:
             values = [e[stratum][key] for e in per_repeat if e[stratum].get(key) is not None]
             out[stratum][key] = {
                 "mean": float(np.mean(values)) if values else None,
-                "std": float(np.std(values)) if values else None,
+                # the sample standard deviation over repeats (0 for a single repeat)
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None),
             }
     return out
 

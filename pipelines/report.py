@@ -226,7 +226,7 @@ def _stat(values: Sequence[Any], *, cis: Sequence[Any] = (), denominators: Seque
     vals = [v for v in (_num(x) for x in values) if v is not None]
     if vals:
         mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0  # sample SD
     elif isinstance(summary, Mapping) and _num(summary.get("mean")) is not None:
         mean, std = _num(summary.get("mean")), _num(summary.get("std"))
     else:

@@ -132,7 +132,7 @@ def train_bundle(
         _, p_inner["cnn"] = exp._fit_cnn(fold, cnn_inner_folds, cnn_params, device, timer, run_info)
         p_test = {m: np.zeros((0, 2)) for m in ("baseline", "cnn")}
         _, p_inner["fused"] = exp._fit_fusion(fold, p_test, p_inner, fusion_params, device, timer, run_info,
-                                              fitted_out=fitted)  # fmt: skip
+                                              fitted_out=fitted, inner_folds=inner_folds)  # fmt: skip
         fusion, primary = fitted["fusion"], "fused"
         t = time.perf_counter()
         params = {**exp.CNN_DEFAULTS, **dict(cnn_params or {}), "device": device, "random_state": exp._seed(seed, 3)}
