@@ -237,14 +237,10 @@ def _error(message: str, verbose: int) -> None:
 
 
 def _check_writable(folder: Path) -> None:
-    """Fail early, on one line, when the output folder cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".leukoseg-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise LeukosegError(folder, f"output folder is not writable ({exc.strerror or exc})") from None
+    """Fail early, on one line, when the output folder cannot be written (leukoseg.io loads on first use)."""
+    from .io import _check_writable_folder
+
+    _check_writable_folder(folder)
 
 
 def _output_names(paths: Sequence[Path]) -> list[str]:

@@ -133,6 +133,18 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     return image
 
 
+def _check_writable_folder(folder: str | os.PathLike[str], *, what: str = "output folder", hint: str = "") -> None:
+    """Create `folder` if needed and write a probe file in it: fail early, on one line, when that cannot be done."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".leukoseg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LeukosegError(folder, f"{what} is not writable ({exc.strerror or exc}){hint}") from None
+
+
 #: Serialises the rare changes of Pillow's process-wide pixel limit (see _pillow_pixel_limit).
 _PILLOW_LIMIT_LOCK = threading.Lock()
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import file_sha256
-from ..errors import LeukosegError
+from ..io import _check_writable_folder
 
 __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 
@@ -240,7 +240,7 @@ def load_or_compute(
 
     segment_kw, feature_kw = dict(segment_kw or {}), dict(feature_kw or {})
     cache_dir = Path(cache_dir).expanduser()
-    _check_cache_dir(cache_dir)
+    _check_writable_folder(cache_dir, what="cache folder", hint="; pass --cache DIR")
     targets = [cache_dir / f"{cache_key(file_sha256(Path(p)), segment_kw, feature_kw)}.npz" for p in paths]
     entries = [_try_load(t) if t.is_file() else None for t in targets]
     todo = [i for i, e in enumerate(entries) if e is None]
@@ -270,17 +270,6 @@ def load_or_compute(
     for i in todo:
         entries[i] = _load(targets[i])
     return entries, {"computed": len(missing), "reused": len(targets) - len(missing), "compute_seconds": seconds}
-
-
-def _check_cache_dir(cache_dir: Path) -> None:
-    """Fail early, on one line, when the cache folder cannot be made or written."""
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        probe = cache_dir / f".leukoseg-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise LeukosegError(cache_dir, f"cannot use this cache folder ({exc.strerror or exc}); pass --cache DIR") from None
 
 
 def _try_load(path: Path) -> CachedImage | None:

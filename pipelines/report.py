@@ -336,6 +336,32 @@ def _summed_confusion(run: _Run, model: str) -> list[list[float]] | None:
     return total if counted else None
 
 
+def _mcnemar(run: _Run, a: str, b: str) -> tuple[int, int, float] | None:
+    """McNemar's exact test of two models' image decisions on the same images (the first repeat).
+
+    Two models scored on the same images are paired: only the images that one gets right and the other
+    wrong say which is better. Returns those two counts and the two-sided exact binomial p-value, or None
+    when ``images.csv`` lacks the decisions.
+    """
+    if not run.images:
+        return None
+    cols = [f"pred_{m}" if f"pred_{m}" in run.images[0] else ("pred" if m == run.primary else "") for m in (a, b)]
+    if not all(c in run.images[0] for c in cols) or "label" not in run.images[0]:
+        return None
+    first = run.images[0].get("repeat")
+    only_a = only_b = 0
+    for row in run.images:
+        if row.get("repeat") != first:
+            continue
+        truth = _class_of(run, row.get("label"))
+        right_a, right_b = (_class_of(run, row.get(c)) == truth for c in cols)
+        only_a += right_a and not right_b
+        only_b += right_b and not right_a
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n if n else 1.0
+    return int(only_a), int(only_b), min(1.0, 2 * tail)
+
+
 def _class_of(run: _Run, value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -448,7 +474,14 @@ def _verdict(run: _Run) -> str:
     else:
         text = (f"{_label(primary)} does not beat the best other model: {_label(best)} is {-diff:.1f} points "
                 f"ahead in {what} ({_pct(o.mean)} vs {_pct(p.mean)}{one}).")
-    if p.ci and o.ci and abs(diff) >= 0.05:
+    test = _mcnemar(run, primary, best) if abs(diff) >= 0.05 else None
+    if test is not None:
+        only_p, only_o, pval = test
+        verdict = "established" if pval < 0.05 else "not established"
+        text += (f" Paired on the same images (repeat 0): {only_p} right only by {_label(primary)}, {only_o} only "
+                 f"by {_label(best)}; McNemar's exact test p = {pval:.2g}, so the difference is {verdict} at the "
+                 "5 % level.")  # fmt: skip
+    elif p.ci and o.ci and abs(diff) >= 0.05:
         overlap = p.ci[0] <= o.ci[1] and o.ci[0] <= p.ci[1]
         if overlap:
             text += " Their 95% intervals overlap, so the difference is not established on these images."

@@ -339,5 +339,5 @@ def test_cache_recomputes_a_damaged_entry_and_refuses_an_unusable_folder(tmp_pat
     assert_allclose(again.features, first.features)
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
-    with pytest.raises(LeukosegError, match="cannot use this cache folder"):
+    with pytest.raises(LeukosegError, match="cache folder is not writable"):
         load_or_compute([tmp_path / "s.png"], blocker / "cache")

@@ -456,3 +456,17 @@ def test_report_in_headless_chromium(tmp_path):
     assert "dom complete: True" in done.stdout
     with Image.open(shot) as im:
         assert im.size == (1280, 2400)
+
+
+def test_mcnemar_pairs_the_decisions_on_the_same_images():
+    from leukoseg.pipelines.report import _mcnemar, _Run
+
+    # 12 images of repeat 0: model a right on all, b wrong on 6 of them; repeat 1 is ignored.
+    rows = [{"repeat": "0", "label": "1", "pred_a": "1", "pred_b": "0" if i < 6 else "1"} for i in range(12)]
+    rows += [{"repeat": "1", "label": "1", "pred_a": "0", "pred_b": "1"} for _ in range(5)]
+    run = _Run(dir=Path("."), metrics={}, task="binary", classes=["0", "1"], models=["a", "b"], primary="a",
+               images=rows, cells=None, data_dir=None, data_note=None)  # fmt: skip
+    only_a, only_b, p = _mcnemar(run, "a", "b")
+    assert (only_a, only_b) == (6, 0)
+    assert p == pytest.approx(2 / 2**6)  # exact two-sided binomial: 2 * 0.5**6
+    assert _mcnemar(run, "a", "a") == (0, 0, 1.0)
