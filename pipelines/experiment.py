@@ -411,8 +411,10 @@ def run_experiment(
                     [names[i] for i in cell_image[train_cells]], [names[i] for i in cell_image[test_cells]],
                     image_group[cell_image[train_cells]], image_group[cell_image[test_cells]],
                 )  # fmt: skip
-                assert not set(zip(cell_image[train_cells], cell_id[train_cells])) & set(
-                    zip(cell_image[test_cells], cell_id[test_cells]))
+                # An explicit check, not an assert: `python -O` must not remove it.
+                if set(zip(cell_image[train_cells], cell_id[train_cells])) & set(
+                        zip(cell_image[test_cells], cell_id[test_cells])):  # fmt: skip
+                    raise RuntimeError(f"repeat {r} fold {k}: a cell is both in training and in test")
                 y_train = cell_label[train_cells]
                 if len(np.unique(y_train)) < K:
                     raise LeukosegError(dataset.root, f"repeat {r} fold {k}: training cells lack a class")
