@@ -432,3 +432,27 @@ def test_pipelined_batch_keeps_order_and_errors(tmp_path):
     for r, s in zip(results, serial):
         if "error" not in r:
             assert (Path(r["output"]) / "cells.csv").read_text() == (Path(s["output"]) / "cells.csv").read_text()
+
+
+@pytest.mark.parametrize(("radius", "nucleus_fraction"), [(130, 0.9), (160, 0.9), (200, 0.75)])
+def test_one_cell_filling_the_image_is_found(radius, nucleus_fraction):
+    """A tight crop: nuclei cover most of the image, so the tallest excess bin is theirs, not the background's."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:300, :300]
+    d = np.hypot(y - 150, x - 150)
+    image = np.full((300, 300, 3), 225.0)
+    image[d < radius] = (185, 185, 222)
+    image[d < nucleus_fraction * radius] = (120, 60, 170)
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    um = 15.0 / radius  # the cell is 30 um across
+    seg = segment(image, pixel_size=um)
+    assert seg.n_cells == 1
+    # The nucleus is measured to within 2 um of the drawn one (it may be cut by the image border).
+    assert abs(seg.measurements["nucleus_diameter_um"][0] - min(2 * nucleus_fraction * radius, 300) * um) < 2.0
+
+
+def test_black_green_channel_stains_nothing_spurious():
+    """255 / background reaches 255 when the green channel is black: the excess leaves any fixed range."""
+    image = np.full((200, 200, 3), 220, np.uint8)
+    image[..., 1] = 0
+    assert segment(image).n_cells == 0

@@ -37,7 +37,8 @@ def extract_patch(
     Returns
     -------
     (patch_size, patch_size, 3) ndarray of uint8
-        Borders beyond the image are filled by reflection.
+        Borders beyond the image are filled by reflection; a patch shrunk from a window that lies wholly
+        outside the image (a centre far off the image) is black.
 
     Examples
     --------

@@ -378,9 +378,18 @@ def _thresholds(
 ) -> tuple[float, float]:
     """Per-image stain and nucleus thresholds on the blue-green excess."""
     sample = excess[::2, ::2].ravel()
-    # The range covers every possible value (|B - G| <= 255, scaled by 255 / background >= 1).
-    hist, edges = np.histogram(sample, bins=512, range=(-768.0, 768.0))
-    mode = 0.5 * (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1])
+    # Clipped into the range: a near-black background (255 / background up to 255) can exceed any range.
+    hist, edges = np.histogram(np.clip(sample, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    # The background mode (glass and red cells) is looked for among unstained values only: where nuclei
+    # cover most of the image (a tight crop around one cell), the tallest bin overall is theirs, and the
+    # threshold would land above every nucleus. On ALL-IDB1 the overall mode is at most 1.5, so unchanged.
+    low = centres < min_excess
+    if not hist[low].any():
+        # No unstained pixel at all: no background to measure stain against, so nothing is called stained.
+        top = float(sample.max()) + 1.0
+        return top, top
+    mode = centres[int(np.argmax(np.where(low, hist, -1)))]  # a float64 scalar: float64 arithmetic below
     below = sample[sample <= mode] - mode
     sigma = float(np.sqrt(np.mean(below**2))) if below.size > 10 else 1.0
     t_stain = mode + max(sigmas * sigma, min_excess)
@@ -497,7 +506,8 @@ def _grow_cells(nuclei: np.ndarray, stained: np.ndarray, um: float, max_cytoplas
 
 
 def _relabel(nuclei: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Consecutive ids 1..n in raster order of the nuclei, the same in both label images."""
+    """Consecutive ids 1..n, in the order of the nuclei's current ids (the watershed markers' order, not
+    raster order), the same in both label images."""
     ids = np.flatnonzero(np.bincount(nuclei.ravel()))  # the ids present, sorted (no sort needed)
     ids = ids[ids != 0]
     lut = np.zeros(int(max(nuclei.max(), cells.max())) + 1, np.int32)
