@@ -51,7 +51,7 @@ import numpy as np
 from leukoseg._version import __version__
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
-from leukoseg.io import write_json
+from leukoseg.io import _refusal_to_replace, write_json
 
 from ._votes import gaussian_vote
 
@@ -1133,21 +1133,20 @@ def _check_replaceable(target: str | os.PathLike[str], *, overwrite: bool) -> No
         empty nor a bundle (``--overwrite`` must never delete someone's other files).
     """
     target = Path(target)
-    if not (target.exists() or target.is_symlink()):
-        return
-    if not overwrite:
+    if not overwrite and (target.exists() or target.is_symlink()):
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-    if target.is_symlink() or not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder; not replaced")
-    if not any(target.iterdir()):
-        return
+    why = _refusal_to_replace(target, _is_bundle, "valid bundle.json")
+    if why is not None:
+        raise FileExistsError(f"{target} exists and is not a leukoseg model bundle ({why}); not replaced")
+
+
+def _is_bundle(folder: Path) -> bool:
+    """Whether `folder` holds a ``bundle.json`` of format ``leukoseg-bundle`` (its content is not checked)."""
     try:
-        manifest = json.loads((target / "bundle.json").read_text(encoding="utf-8"))
+        manifest = json.loads((folder / "bundle.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise FileExistsError(f"{target} exists and is not a leukoseg model bundle (no valid bundle.json); "
-                              "not replaced")  # fmt: skip
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
 
 
 def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -298,13 +298,26 @@ _RESULT_MARKER = "segmentation.json"
 
 def _collectable(path: Path, skip: set[Path]) -> bool:
     """Whether a file matched by a pattern is an input: an image, not in `skip` nor in a result folder."""
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return False
-    parents = path.resolve().parents
-    if any(s == q for s in skip for q in parents):
+    if path.suffix.lower() not in IMAGE_EXTENSIONS or not skip.isdisjoint(path.resolve().parents):
         return False
     folder = path.parent.parent if path.parent.name == "crops" else path.parent
     return not (folder / _RESULT_MARKER).is_file()
+
+
+def _refusal_to_replace(folder: Path, is_ours: Callable[[Path], bool], marker: str) -> str | None:
+    """Why leukoseg must not replace `folder` by a folder it wrote, or None when it may.
+
+    Only an absent path, an empty folder or a folder that `is_ours` recognises (one holding `marker`) may be
+    replaced: re-runs and ``--overwrite`` must never delete someone's other files. The one guard of the
+    per-image result folders and the model bundles.
+    """
+    if not (folder.exists() or folder.is_symlink()):
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        return "not a folder"
+    if not any(folder.iterdir()) or is_ours(folder):
+        return None
+    return f"other files, no {marker}"
 
 
 @contextlib.contextmanager

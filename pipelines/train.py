@@ -104,8 +104,9 @@ def train_bundle(
     except FileExistsError:
         raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced"
                             if overwrite else "exists; pass --overwrite to replace it") from None  # fmt: skip
+    fingerprint = dataset.fingerprint()  # hashes every image: once, for the run check and the provenance
     run_metrics = _run_metrics(run_dir) if run_dir is not None else None
-    if run_metrics is not None and run_metrics["dataset_fingerprint"] != dataset.fingerprint():
+    if run_metrics is not None and run_metrics["dataset_fingerprint"] != fingerprint:
         # The bundle's provenance would otherwise quote the scores of another data set.
         raise LeukosegError(Path(run_dir) / "metrics.json", "this run was made on other data (its data-set "
                             "fingerprint differs from that of the training images); pass the run of this data set")
@@ -162,7 +163,7 @@ def train_bundle(
         "blast_cell_threshold": 0.5,
     }  # fmt: skip
     provenance = {
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "n_images": len(records),
+        "dataset": {"name": dataset.name, "fingerprint": fingerprint, "n_images": len(records),
                     "n_cells": int(len(cells.label)), "n_blast_cells": int(cells.label.sum())},
         "seed": seed,
         "settings": {"inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds, "match_radius_px": match_radius_px,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LeukosegError
-from ..io import _umask, encode_image
+from ..io import _RESULT_MARKER, _refusal_to_replace, _umask, encode_image
 from ._crops import extract_patch
 from ._measure import MEASUREMENT_COLUMNS
 from ._png import label_png
@@ -278,7 +278,7 @@ def write_segmentation(
                 "patch": {"size": patch_size, "um_per_px": patch_um_per_px},
             }
             info.update(summary or {})
-            _write_text(tmp / "segmentation.json", json.dumps(info, indent=2, sort_keys=False, allow_nan=False) + "\n")
+            _write_text(tmp / _RESULT_MARKER, json.dumps(info, indent=2, sort_keys=False, allow_nan=False) + "\n")
             for name, content in (extra_json or {}).items():
                 _write_text(tmp / name, json.dumps(dict(content), indent=2, allow_nan=False) + "\n")
             for future in pending:
@@ -304,14 +304,11 @@ def _write_text(path: Path, text: str) -> None:
 
 def _check_replaceable(folder: Path) -> None:
     """Refuse to replace what leukoseg did not write: a file, or a folder of someone else's files."""
-    if not (folder.exists() or folder.is_symlink()):
-        return
-    if folder.is_symlink() or not folder.is_dir():
-        raise LeukosegError(folder, "exists and is not a leukoseg result folder; not replaced (choose another --out)")
-    if (folder / "segmentation.json").is_file() or not any(folder.iterdir()):
-        return
-    raise LeukosegError(folder, "exists and is not a leukoseg result folder (no segmentation.json); not replaced "
-                                "(choose another --out)")  # fmt: skip
+    why = _refusal_to_replace(folder, lambda f: (f / _RESULT_MARKER).is_file(), _RESULT_MARKER)
+    if why is not None:
+        # The reason names the folder: the CLI prints it after the input image's name.
+        raise LeukosegError(folder, f"output folder {folder} exists and is not a leukoseg result folder ({why}); "
+                                    "not replaced (choose another --out)")  # fmt: skip
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
