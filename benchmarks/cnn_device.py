@@ -4,9 +4,10 @@ The GPU machine lent to a developer session has PyTorch but neither TensorFlow n
 script splits the work:
 
 1. here, ``--export FILE`` writes what the CNN part needs: the cells' patches, labels, images and image
-   groups, the folds of repeat 0 (the experiment's own assignment), and the out-of-fold baseline and CNN
-   scores of a finished run (``--run``, for the fusion check);
-2. there, ``--cells FILE`` runs, for the 5 folds of repeat 0, exactly the experiment's CNN step
+   groups, the folds of repeat 0 or of ``--repeats N`` (the experiment's own assignment), and the
+   out-of-fold baseline and CNN scores of a finished run (``--run``, for the fusion check);
+2. there, ``--cells FILE`` runs, for the 5 folds of repeat 0 (or ``--repeat R`` of an export made with
+   ``--repeats``), exactly the experiment's CNN step
    (``pipelines.experiment._fit_cnn``: CNNs cross-fitted over the training images, test-time augmentation)
    on the active Keras backend and the chosen device, and prints the wall time, the training throughput,
    the out-of-fold cell AUC and the image accuracy of the CNN (image rule and threshold learnt on the
@@ -18,8 +19,11 @@ script splits the work:
     KERAS_BACKEND=torch python benchmarks/cnn_device.py --cells cells.npz --device gpu [--cnn-params JSON]
 
 ``--cnn-params`` compares variants of the network (filters, activation, dense layers, DenseNet121...) on the
-same folds; ``--cnn-inner-folds`` the parts of the cross-fitting; ``--export ... --patches VARIANT`` other
-patches (cells alone on the background, white-balanced, finer pixels).
+same folds; ``--variants '[{...}, {...}]'`` runs several in one go, prints each one's inner cell AUC (of the
+cross-fitted scores of the training cells) and adds a nested selection among them (each fold takes the
+variant whose inner AUC on its own training cells is best); ``--cnn-inner-folds`` the parts of the
+cross-fitting; ``--export ... --patches VARIANT`` other patches (cells alone on the background,
+white-balanced, finer pixels).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def export(args) -> int:
     cells = exp._cell_table(records, entries, ["0", "1"], "points", 50.0)
     image_label = np.array([int(r.label) for r in records])
     image_group = np.array([r.group for r in records])
-    folds = assign_folds(image_label, image_group, n_folds=5, repeats=1, seed=args.seed)[0]
+    folds = assign_folds(image_label, image_group, n_folds=5, repeats=args.repeats, seed=args.seed)
     names = [r.name for r in records]
     cell_id = np.array([int(row["cell_id"]) for row in cells.rows])
     # The run's out-of-fold scores of repeat 0, in the order of the cell table.
@@ -68,7 +72,8 @@ def export(args) -> int:
         args.export, patches=patches, label=cells.label, image=cells.image, image_label=image_label,
         image_group=image_group, folds=folds, run_scores=run_scores, seed=np.array(args.seed),
     )  # fmt: skip
-    print(f"{args.export}: {len(cells.label)} cells of {len(records)} images, folds of repeat 0 (seed {args.seed})")
+    print(f"{args.export}: {len(cells.label)} cells of {len(records)} images, folds of {args.repeats} repeat(s) "
+          f"(seed {args.seed})")  # fmt: skip
     return 0
 
 
@@ -116,32 +121,60 @@ def run(args) -> int:
     from leukoseg.pipelines.metrics import image_score, roc_auc
 
     d = np.load(args.cells, allow_pickle=False)
-    image, label, folds = d["image"], d["label"], d["folds"]
+    image, label = d["image"], d["label"]
+    all_folds = np.atleast_2d(d["folds"])  # (repeats, images); older exports hold repeat 0 alone
+    if not 0 <= args.repeat < len(all_folds):
+        raise SystemExit(f"{args.cells}: holds the folds of {len(all_folds)} repeat(s); no repeat {args.repeat}")
+    folds = all_folds[args.repeat]
     image_label, image_group, seed = d["image_label"], d["image_group"], int(d["seed"])
     cells = exp._Cells(image=image, label=label, rows=[], X=np.zeros((len(label), 0)), patches=d["patches"],
                        n_points=0, n_matched=0)  # fmt: skip
-    p_cnn = np.full(len(label), np.nan)
-    correct = []
-    timer, run_info = exp._Timer(), {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
-    t0 = time.perf_counter()
-    for k in range(int(folds.max()) + 1):
+    variants = args.variants or [args.cnn_params or {}]
+    n_folds = int(folds.max()) + 1
+    # Per variant: out-of-fold cell scores, per-fold test-image decisions, per-fold inner AUC, timings.
+    p_cnn = np.full((len(variants), len(label)), np.nan)
+    correct = np.zeros((len(variants), len(image_label)), dtype=bool)
+    inner_auc = np.zeros((len(variants), n_folds))
+    timers = [exp._Timer() for _ in variants]
+    infos = [{"device": {}, "cnn_patch_epochs": 0, "fusion": []} for _ in variants]
+    walls = np.zeros(len(variants))
+    for k in range(n_folds):
         test_img = folds == k
-        fold = exp._Fold(cells=cells, train=~test_img[image], test=test_img[image], train_img=np.flatnonzero(~test_img),
-                         image_label=image_label, image_group=image_group, K=2, seed=exp._seed(seed, 0, k))  # fmt: skip
-        p_test, p_inner = exp._fit_cnn(fold, args.cnn_inner_folds, args.cnn_params, args.device, timer, run_info)
-        p_cnn[fold.test] = p_test[:, 1]
-        top_k, threshold = fold.image_rule(p_inner[:, 1])
-        for i in np.flatnonzero(test_img):
-            correct.append((image_score(p_cnn[image == i], top_k) >= threshold) == bool(image_label[i]))
-        print(f"  fold {k}: {time.perf_counter() - t0:.1f} s", flush=True)
-    wall = time.perf_counter() - t0
-    print(f"backend {keras.config.backend()}, device {run_info['device']}, CNN settings "
-          f"{json.dumps({**exp.CNN_DEFAULTS, **(args.cnn_params or {})})}")  # fmt: skip
-    print(f"CNN part, 5 folds (cross-fitted CNNs, test-time augmentation): wall {wall:.1f} s "
-          f"(fit {timer['fit_cnn']:.1f} s, predict {timer['predict_cnn']:.1f} s); "
-          f"training {run_info['cnn_patch_epochs'] / timer['fit_cnn']:.0f} patches/s")  # fmt: skip
-    print(f"CNN out-of-fold: cell AUC {roc_auc(label, p_cnn):.4f}, image accuracy {np.mean(correct):.4f} "
-          f"({int(np.sum(correct))}/{len(correct)})")  # fmt: skip
+        fold = exp._Fold(cells=cells, train=~test_img[image], test=test_img[image],
+                         train_img=np.flatnonzero(~test_img), image_label=image_label, image_group=image_group,
+                         K=2, seed=exp._seed(seed, args.repeat, k))  # fmt: skip
+        for v, params in enumerate(variants):
+            t0 = time.perf_counter()
+            p_test, p_inner = exp._fit_cnn(fold, args.cnn_inner_folds, params, args.device, timers[v], infos[v])
+            walls[v] += time.perf_counter() - t0
+            p_cnn[v, fold.test] = p_test[:, 1]
+            # The training cells' cross-fitted scores: what a nested selection may look at.
+            inner_auc[v, k] = roc_auc(fold.y_train, p_inner[:, 1])
+            top_k, threshold = fold.image_rule(p_inner[:, 1])
+            for i in np.flatnonzero(test_img):
+                correct[v, i] = (image_score(p_cnn[v, image == i], top_k) >= threshold) == bool(image_label[i])
+        print(f"  fold {k}: {walls.sum():.1f} s", flush=True)
+    print(f"backend {keras.config.backend()}, device {infos[0]['device']}")
+    for v, params in enumerate(variants):
+        settings = json.dumps({**exp.CNN_DEFAULTS, **params}) if len(variants) == 1 else json.dumps(params)
+        print(f"CNN settings {settings}")
+        print(f"  CNN part, {n_folds} folds (cross-fitted CNNs, test-time augmentation): wall {walls[v]:.1f} s "
+              f"(fit {timers[v]['fit_cnn']:.1f} s, predict {timers[v]['predict_cnn']:.1f} s); "
+              f"training {infos[v]['cnn_patch_epochs'] / timers[v]['fit_cnn']:.0f} patches/s")  # fmt: skip
+        print(f"  CNN out-of-fold: cell AUC {roc_auc(label, p_cnn[v]):.4f}, image accuracy {correct[v].mean():.4f} "
+              f"({int(correct[v].sum())}/{len(image_label)}); inner cross-fitted cell AUC, mean over folds "
+              f"{inner_auc[v].mean():.4f}")  # fmt: skip
+    if len(variants) > 1:
+        # Nested selection: each fold takes the variant whose cross-fitted scores of its training cells rank
+        # best; the test images never take part in the choice.
+        best = inner_auc.argmax(axis=0)
+        p_sel = np.full(len(label), np.nan)
+        ok = np.zeros(len(image_label), dtype=bool)
+        for k in range(n_folds):
+            p_sel[folds[image] == k] = p_cnn[best[k], folds[image] == k]
+            ok[folds == k] = correct[best[k], folds == k]
+        print(f"nested selection by inner AUC (variant per fold {best.tolist()}): cell AUC "
+              f"{roc_auc(label, p_sel):.4f}, image accuracy {ok.mean():.4f} ({int(ok.sum())}/{len(ok)})")  # fmt: skip
 
     X, y = d["run_scores"], label
     inputs = np.column_stack([1 - X[:, 0], X[:, 0], 1 - X[:, 1], X[:, 1]])
@@ -167,10 +200,17 @@ def main() -> int:
     parser.add_argument("--patches", choices=("plain", "cell-only", "white-balanced", "fine"), default="plain",
                         help="with --export: the experiment's patches (plain), or a variant to compare (see "
                         "_variant_patches)")
+    parser.add_argument("--repeats", type=int, default=1, help="with --export: repeats whose folds are written")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="with --cells: the repeat whose folds (and seeds) the CNN part uses; the fusion "
+                        "check always uses the run's repeat 0")
     parser.add_argument("--cells", type=Path, help="run the CNN part on a cell table written by --export")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--cnn-params", type=json.loads, default=None,
                         help='CNNClassifier settings over the experiment\'s, as JSON, e.g. \'{"activation": "selu"}\'')
+    parser.add_argument("--variants", type=json.loads, default=None,
+                        help="a JSON list of CNN settings to compare on the same folds, with a nested selection "
+                        "(per fold, the variant whose cross-fitted training-cell scores rank best)")
     parser.add_argument("--cnn-inner-folds", type=int, default=2,
                         help="parts of the CNN's cross-fitting (the experiment's cnn_inner_folds; default 2)")
     args = parser.parse_args()
