@@ -1,0 +1,73 @@
+"""The benchmark scripts whose output is quoted in README and issues, on tiny synthetic inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukoseg.pipelines.folds import assign_folds
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    """Import a script of benchmarks/ as a module (it is not part of the package)."""
+    sys.path.insert(0, str(BENCHMARKS))  # for its `_common` import
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def _tiny_cell_table(path: Path, *, repeats: int) -> Path:
+    """What ``cnn_device.py --export`` writes, for 12 images of 4 cells with 12x12 patches."""
+    rng = np.random.default_rng(0)
+    n_images, per_image = 12, 4
+    image_label = np.arange(n_images) % 2
+    image = np.repeat(np.arange(n_images), per_image)
+    # Blasts (in ALL images only) are dark patches, other cells light ones.
+    label = ((image_label[image] == 1) & (np.arange(len(image)) % 2 == 0)).astype(int)
+    patches = rng.integers(150, 256, (len(image), 12, 12, 3)).astype(np.uint8)
+    patches[label == 1] //= 3
+    groups = np.arange(n_images)
+    folds = assign_folds(image_label, groups, n_folds=3, repeats=repeats, seed=0)
+    np.savez_compressed(path, patches=patches, label=label, image=image, image_label=image_label,
+                        image_group=groups, folds=folds, run_scores=rng.random((len(image), 2)),
+                        seed=np.array(0))  # fmt: skip
+    return path
+
+
+def test_cnn_device_variants_print_inner_auc_and_nested_selection(tmp_path, monkeypatch, capsys):
+    cells = _tiny_cell_table(tmp_path / "cells.npz", repeats=2)
+    tiny = {"filters": [2], "epochs": 1, "batch_size": 16}
+    variants = [tiny, {**tiny, "pool_size": 4}]
+    script = _load("cnn_device")
+    monkeypatch.setattr(sys, "argv", ["cnn_device.py", "--cells", str(cells), "--device", "cpu", "--repeat", "1",
+                                      "--variants", json.dumps(variants)])  # fmt: skip
+    assert script.main() == 0
+    out = capsys.readouterr().out
+    assert out.count("CNN settings") == 2
+    inner = re.findall(r"inner cross-fitted cell AUC, mean over folds (\d\.\d{4})", out)
+    assert len(inner) == 2 and all(0 <= float(a) <= 1 for a in inner)
+    chosen = re.search(r"nested selection by inner AUC \(variant per fold (\[[\d, ]+\])\)", out)
+    assert chosen is not None
+    assert len(json.loads(chosen.group(1))) == 3  # one choice per fold, each a variant index
+    assert set(json.loads(chosen.group(1))) <= {0, 1}
+    assert "fusion on cpu" in out
+
+
+def test_cnn_device_refuses_a_repeat_the_export_lacks(tmp_path, monkeypatch):
+    cells = _tiny_cell_table(tmp_path / "cells.npz", repeats=1)
+    script = _load("cnn_device")
+    monkeypatch.setattr(sys, "argv", ["cnn_device.py", "--cells", str(cells), "--repeat", "2"])
+    with pytest.raises(SystemExit, match="holds the folds of 1 repeat"):
+        script.main()
