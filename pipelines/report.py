@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +226,8 @@ def _stat(values: Sequence[Any], *, cis: Sequence[Any] = (), denominators: Seque
     """
     vals = [v for v in (_num(x) for x in values) if v is not None]
     if vals:
-        mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0  # sample SD
+        mean = statistics.fmean(vals)
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0  # the sample SD, as metrics.json's summary
     elif isinstance(summary, Mapping) and _num(summary.get("mean")) is not None:
         mean, std = _num(summary.get("mean")), _num(summary.get("std"))
     else:

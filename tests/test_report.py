@@ -470,3 +470,19 @@ def test_mcnemar_pairs_the_decisions_on_the_same_images():
     assert (only_a, only_b) == (6, 0)
     assert p == pytest.approx(2 / 2**6)  # exact two-sided binomial: 2 * 0.5**6
     assert _mcnemar(run, "a", "a") == (0, 0, 1.0)
+
+
+def test_spread_over_repeats_is_the_sample_standard_deviation():
+    """Report and metrics.json agree: sample SD (ddof=1), 0 for one repeat (3 values: population SD is 18 % smaller)."""
+    from leukoseg.pipelines.experiment import _summary
+    from leukoseg.pipelines.report import _stat
+
+    values = [0.95, 0.97, 1.0]
+    expected = float(np.std(values, ddof=1))  # 0.02517
+    stat = _stat(values)
+    assert stat.mean == pytest.approx(np.mean(values), abs=1e-12)
+    assert stat.std == pytest.approx(expected, abs=1e-12)
+    summary = _summary([{"all": {"accuracy": v, "n": 108}} for v in values])
+    assert summary["all"]["accuracy"]["std"] == pytest.approx(expected, abs=1e-12)
+    assert _stat([0.9]).std == 0.0
+    assert _summary([{"all": {"accuracy": 0.9, "n": 108}}])["all"]["accuracy"]["std"] == 0.0
