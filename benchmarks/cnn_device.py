@@ -152,7 +152,7 @@ def run(args) -> int:
             inner_auc[v, k] = roc_auc(fold.y_train, p_inner[:, 1])
             top_k, threshold = fold.image_rule(p_inner[:, 1])
             for i in np.flatnonzero(test_img):
-                correct[v, i] = (image_score(p_cnn[v, image == i], top_k) >= threshold) == bool(image_label[i])
+                correct[v, i] = (image_score(p_cnn[v, image == i], top_k=top_k) >= threshold) == bool(image_label[i])
         print(f"  fold {k}: {walls.sum():.1f} s", flush=True)
     print(f"backend {keras.config.backend()}, device {infos[0]['device']}")
     for v, params in enumerate(variants):

@@ -6,20 +6,6 @@ from typing import TYPE_CHECKING
 
 from leukoseg._lazy import lazy_exports
 
-__all__ = [
-    "CNNClassifier",
-    "GeneticKNNClassifier",
-    "SVMClassifier",
-    "StackingFusion",
-    "build_densenet121",
-    "build_thanh_cnn",
-    "export_numpy",
-    "fuse_numpy",
-    "make_knn",
-    "make_svm",
-    "numpy_predict_proba",
-]
-
 # Public name -> submodule, imported on first use: importing leukoseg.classify loads no scikit-learn.
 _SUBMODULE = {
     "CNNClassifier": "cnn",
@@ -47,8 +33,45 @@ _SUBMODULE = {
     "fuse_numpy": "fusion",
 }
 
+__all__ = [
+    "CNNClassifier",
+    "FABResult",
+    "FABSettings",
+    "FAB_CRITERIA",
+    "GeneticKNNClassifier",
+    "ModelBundle",
+    "SVMClassifier",
+    "StackingFusion",
+    "build_densenet121",
+    "build_thanh_cnn",
+    "export_gknn",
+    "export_knn",
+    "export_numpy",
+    "export_svm",
+    "fab_classify",
+    "fuse_numpy",
+    "knn_predict_proba",
+    "load_bundle",
+    "make_knn",
+    "make_svm",
+    "numpy_predict_proba",
+    "save_bundle",
+    "svm_predict_proba",
+]
+
 if TYPE_CHECKING:
+    from .bundle import (
+        ModelBundle,
+        export_gknn,
+        export_knn,
+        export_svm,
+        knn_predict_proba,
+        load_bundle,
+        save_bundle,
+        svm_predict_proba,
+    )
     from .cnn import CNNClassifier, build_densenet121, build_thanh_cnn, export_numpy, numpy_predict_proba
+    from .fab import FAB_CRITERIA, FABResult, FABSettings, fab_classify
     from .fusion import StackingFusion, fuse_numpy
     from .gknn import GeneticKNNClassifier
     from .knn import make_knn

@@ -6,6 +6,7 @@ Kept apart from :mod:`.cnn` so that inference imports NumPy only: no scikit-lear
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .augment import dihedral_mean
 
-__all__ = ["ACTIVATIONS", "FORMAT_VERSION", "numpy_predict_proba"]
+__all__ = ["ACTIVATIONS", "FORMAT_VERSION", "MAX_SIDE", "check_params", "numpy_predict_proba"]
 
 #: Activations that :func:`~leukoseg.classify.cnn.build_thanh_cnn` accepts and :func:`numpy_predict_proba`
 #: reproduces.
@@ -25,6 +26,12 @@ FORMAT_VERSION = 1
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 _IM2COL_FLOATS = 1 << 18  # size of the im2col block of the NumPy convolution (1 MiB of float32)
+
+#: Largest patch height or width that :func:`check_params` accepts.
+MAX_SIDE = 1024
+# Values per patch of any layer's output or im2col columns that check_params accepts (64 MiB of float32):
+# a network beyond it would exhaust memory on every image; the shipped one needs under 2 million.
+_MAX_VALUES = 1 << 24
 
 
 def _check_patches(X: Any, *, allow_empty: bool = False) -> np.ndarray:
@@ -117,6 +124,141 @@ def numpy_predict_proba(
 
     out = dihedral_mean(one_view, X) if tta and len(X) else one_view(X)
     out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def check_params(params: Mapping[str, np.ndarray]) -> None:
+    """Check that exported arrays make a network that :func:`numpy_predict_proba` runs, before any image.
+
+    Walks the layers from ``input_shape`` (at most :data:`MAX_SIDE` pixels a side), checking every
+    descriptor, activation, kernel and bias shape against the shape of its input, that all weights are
+    finite, that no layer needs more than 2**24 values per patch, and that the network ends in one value per
+    class; then runs it on one blank patch (a few milliseconds) and requires finite probabilities in [0, 1]
+    that sum to 1.
+
+    Parameters
+    ----------
+    params : mapping of str to ndarray
+        From :func:`export_numpy`, or the ``np.load`` of its ``np.savez`` file.
+
+    Raises
+    ------
+    ValueError
+        On the first problem, with a one-line reason.
+
+    Examples
+    --------
+    >>> from leukoseg.classify.cnn import build_thanh_cnn, export_numpy
+    >>> params = export_numpy(build_thanh_cnn(input_shape=(8, 8, 3), filters=(2,), seed=0))
+    >>> check_params(params)
+    >>> check_params({**params, "input_shape": np.array([10, 10, 3])})
+    Traceback (most recent call last):
+    ...
+    ValueError: layer 4 ('dense/linear'): kernel of shape (32, 2) for inputs of shape (50,)
+    """
+    for key in ("format_version", "layers", "input_shape", "mean", "std", "classes"):
+        if key not in params:
+            raise ValueError(f"lacks the array {key!r} of a CNN export")
+    version = np.asarray(params["format_version"])
+    if version.ndim or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        found = int(version) if not version.ndim and version.dtype.kind in "iu" else f"{version.dtype} {version.shape}"
+        raise ValueError(f"CNN arrays have format version {found}; this reads {FORMAT_VERSION}")
+    shape_arr = np.asarray(params["input_shape"])
+    if shape_arr.shape != (3,) or shape_arr.dtype.kind not in "iu":
+        raise ValueError(f"input_shape must be 3 integers (height, width, channels); got {shape_arr.dtype} "
+                         f"{shape_arr.shape}")  # fmt: skip
+    shape: tuple[int, ...] = tuple(int(s) for s in shape_arr)
+    if not (1 <= shape[0] <= MAX_SIDE and 1 <= shape[1] <= MAX_SIDE and 1 <= shape[2] <= 4):
+        raise ValueError(f"input_shape {shape} is not a patch of at most {MAX_SIDE} pixels a side and 1-4 channels")
+    for key in ("mean", "std"):
+        value = np.asarray(params[key])
+        if value.dtype.kind not in "iuf" or value.ndim > 1 or value.size not in (1, shape[2]):
+            raise ValueError(f"{key!r} must hold 1 or {shape[2]} numbers; got dtype {value.dtype}, shape {value.shape}")
+        if not np.isfinite(value).all() or (key == "std" and not (value > 0).all()):
+            raise ValueError(f"{key!r} must be finite{' and positive' if key == 'std' else ''}; got {value.tolist()}")
+    tta = np.asarray(params.get("tta", False))
+    if tta.ndim or tta.dtype.kind not in "biu":
+        raise ValueError(f"'tta' must be one boolean; got dtype {tta.dtype}, shape {tta.shape}")
+    layers = np.asarray(params["layers"])
+    if layers.ndim != 1 or layers.dtype.kind != "U" or not len(layers):
+        raise ValueError(f"'layers' must be a non-empty 1-D string array; got {layers.dtype}, shape {layers.shape}")
+    input_shape = shape
+    for i, desc in enumerate(layers.tolist()):
+        shape = _layer_output_shape(desc, shape, params, i)
+    n_classes = len(params["classes"])
+    if shape != (n_classes,):
+        raise ValueError(f"the network outputs shape {shape}, not one value per class ({n_classes},)")
+    blank = np.zeros((1, *input_shape), np.uint8)
+    try:
+        with np.errstate(all="ignore"):
+            proba = numpy_predict_proba(params, blank, tta=False)
+    except (ArithmeticError, LookupError, TypeError, ValueError, NotImplementedError) as exc:
+        raise ValueError(f"the network fails on a blank patch: {type(exc).__name__}: {exc}") from None
+    if not (np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
+            and abs(float(proba.sum()) - 1.0) <= 1e-4):  # fmt: skip
+        raise ValueError(f"on a blank patch the network gives {proba[0].tolist()!r:.50}, not probabilities (sum 1)")
+
+
+def _layer_output_shape(
+    desc: str, shape: tuple[int, ...], params: Mapping[str, np.ndarray], i: int
+) -> tuple[int, ...]:
+    """Shape of one patch after layer `i` (as :func:`_numpy_layer` runs it); ValueError if it cannot run."""
+    op, _, arg = desc.partition("/")
+    where = f"layer {i} ({desc!r:.40})"
+
+    def weights(suffix: str) -> np.ndarray | None:
+        value = params.get(f"layer{i}_{suffix}")
+        if value is None:
+            return None
+        value = np.asarray(value)
+        if value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+            raise ValueError(f"{where}: {suffix} is not all finite numbers (dtype {value.dtype})")
+        return value
+
+    def activation(name: str) -> None:
+        if name not in ACTIVATIONS:
+            raise ValueError(f"{where}: unknown activation {name!r:.30}; supported: {', '.join(ACTIVATIONS)}")
+
+    if op in ("conv2d", "dense"):
+        activation(arg)
+        kernel, bias = weights("kernel"), weights("bias")
+        if kernel is None:
+            raise ValueError(f"{where}: lacks the array 'layer{i}_kernel'")
+        if op == "conv2d":
+            ok = len(shape) == 3 and kernel.ndim == 4 and kernel.shape[2] == shape[2] and min(kernel.shape) >= 1
+            out = (*shape[:2], kernel.shape[-1]) if ok else shape
+            columns = shape[0] * shape[1] * kernel.shape[0] * kernel.shape[1] * shape[2] if ok else 0
+        else:
+            ok = len(shape) >= 1 and kernel.ndim == 2 and kernel.shape[0] == shape[-1] and kernel.shape[1] >= 1
+            out = (*shape[:-1], kernel.shape[-1]) if ok else shape
+            columns = 0
+        if not ok:
+            raise ValueError(f"{where}: kernel of shape {kernel.shape} for inputs of shape {shape}")
+        if bias is not None and bias.shape != (kernel.shape[-1],):
+            raise ValueError(f"{where}: bias of shape {bias.shape} for {kernel.shape[-1]} outputs")
+        if columns > _MAX_VALUES:
+            raise ValueError(f"{where}: needs {columns} values per patch; at most {_MAX_VALUES} are allowed")
+    elif op == "activation":
+        activation(arg)
+        out = shape
+    elif op == "maxpool2d":
+        pool, _, strides = arg.partition("/")
+        try:
+            ph, pw = (int(v) for v in pool.split(","))
+            sh, sw = (int(v) for v in strides.split(","))
+        except ValueError:
+            raise ValueError(f"{where}: expected 'maxpool2d/PH,PW/SH,SW'") from None
+        if len(shape) != 3 or min(ph, pw, sh, sw) < 1 or ph > shape[0] or pw > shape[1]:
+            raise ValueError(f"{where}: pool ({ph}, {pw}), strides ({sh}, {sw}) for inputs of shape {shape}")
+        out = ((shape[0] - ph) // sh + 1, (shape[1] - pw) // sw + 1, shape[2])
+    elif op == "flatten" and not arg:
+        out = (math.prod(shape),)
+    elif op == "softmax" and not arg:
+        out = shape
+    else:
+        raise ValueError(f"{where}: unknown layer; supported: conv2d, dense, activation, maxpool2d, flatten, softmax")
+    if math.prod(out) > _MAX_VALUES:
+        raise ValueError(f"{where}: outputs {out}, more than {_MAX_VALUES} values per patch")
     return out
 
 

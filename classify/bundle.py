@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import reprlib
 import shutil
 import tempfile
 import types
@@ -51,7 +52,7 @@ import numpy as np
 from leukoseg._version import __version__
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
-from leukoseg.io import _refusal_to_replace, write_json
+from leukoseg.io import _refusal_to_replace, _swap_folder, _umask, write_json
 
 from ._votes import gaussian_vote
 
@@ -86,6 +87,12 @@ _EXPORT_ATOL = 1e-9  # exporters check the NumPy predictor against the estimator
 _CNN_EXPORT_ATOL = 1e-4  # float32 network
 _DIST_BLOCK = 1 << 20  # float64 values per block of the distance matrices (8 MiB)
 _DBL_MAX = float(np.finfo(np.float64).max)
+# Bounds of the classification settings that load_bundle checks: beyond them a bundle is damaged, and would
+# fail on, or exhaust the memory of, every image.
+_MAX_TOP_K = 100  # image_rule.top_k, cells averaged into the image score (training picks 1 to 3)
+_PATCH_SIDE = (8, 1024)  # patch size, pixels a side (the shipped model's: 50)
+_PATCH_UM_PER_PX = (0.01, 100.0)  # patch um_per_px (the shipped model's: 0.5)
+_MAX_FEATURE_UM = 50.0  # LBP radii and GLCM distances; a white cell is at most about 30 um across
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1144,31 +1151,15 @@ def _is_bundle(folder: Path) -> bool:
     """Whether `folder` holds a ``bundle.json`` of format ``leukoseg-bundle`` (its content is not checked)."""
     try:
         manifest = json.loads((folder / "bundle.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
 
 
 def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
-    if not (target.exists() or target.is_symlink()):
-        os.rename(tmp, target)
-        return
-    _check_replaceable(target, overwrite=overwrite)  # again: the folder may have changed while fitting
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rmdir(old)
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    if target.exists() or target.is_symlink():
+        _check_replaceable(target, overwrite=overwrite)  # again: the folder may have changed while fitting
+    _swap_folder(tmp, target)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1182,7 +1173,10 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
     Checks, in order: ``bundle.json`` is readable JSON with format ``leukoseg-bundle`` and a format version
     this leukoseg reads; every listed file exists and has its SHA-256; every ``.npz`` opens with
     ``allow_pickle=False`` (object arrays are refused) and holds the arrays its model needs, with
-    consistent shapes; the fusion is valid.
+    consistent shapes and finite values (a CNN's layers are also run on one blank patch,
+    :func:`~leukoseg.classify._cnn_numpy.check_params`); the fusion is valid; the classification settings
+    of ``config`` that are present are usable (``_check_config``). A damaged bundle thus fails here, once,
+    not on every image.
 
     Parameters
     ----------
@@ -1206,29 +1200,35 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
     """
     root = Path(directory)
     manifest_path = root / _MANIFEST
-    if not root.is_dir():
-        raise LeukosegError(root, "no such model bundle folder")
-    if not manifest_path.is_file():
+    try:
+        is_dir, exists, has_manifest = root.is_dir(), root.exists(), manifest_path.is_file()
+    except OSError as exc:  # e.g. a folder that may not be searched
+        raise LeukosegError(root, f"cannot read this model bundle folder ({_one_line(exc)})") from None
+    if not is_dir:
+        raise LeukosegError(root, "is a file, not a model bundle folder" if exists else "no such model bundle folder")
+    if not has_manifest:
         raise LeukosegError(manifest_path, "missing: not a leukoseg model bundle")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise LeukosegError(manifest_path, f"cannot read ({exc})") from None
+        raise LeukosegError(manifest_path, f"cannot read ({_one_line(exc)})") from None
     except json.JSONDecodeError as exc:
         raise LeukosegError(manifest_path, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:  # the json module recurses once per nesting level
+        raise LeukosegError(manifest_path, "not a leukoseg model bundle (JSON nested too deeply)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise LeukosegError(
-            manifest_path, f"not a leukoseg model bundle (format {found!r}, expected {BUNDLE_FORMAT!r})"
+            manifest_path, f"not a leukoseg model bundle (format {_short(found)}, expected {BUNDLE_FORMAT!r})"
         )
     version = manifest.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise LeukosegError(manifest_path, f"invalid format_version {version!r}")
+        raise LeukosegError(manifest_path, f"invalid format_version {_short(version)}")
     if version > BUNDLE_FORMAT_VERSION:
         raise LeukosegError(
             manifest_path,
-            f"bundle format version {version} was written by a newer leukoseg "
-            f"({manifest.get('leukoseg_version', '?')}); this one ({__version__}) reads up to "
+            f"bundle format version {_short(version)} was written by a newer leukoseg "
+            f"({str(manifest.get('leukoseg_version', '?'))[:20]}); this one ({__version__}) reads up to "
             f"{BUNDLE_FORMAT_VERSION}: upgrade leukoseg",
         )
 
@@ -1241,11 +1241,14 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         raise LeukosegError(manifest_path, "lists no models")
     for name, digest in files.items():
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or not name.endswith(".npz"):
-            raise LeukosegError(manifest_path, f"invalid file name {name!r} in 'files' (plain .npz names only)")
+            raise LeukosegError(manifest_path, f"invalid file name {_short(name)} in 'files' (plain .npz names only)")
         path = root / name
         if not path.is_file():
             raise LeukosegError(path, "missing from the bundle")
-        actual = file_sha256(path)
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:
+            raise LeukosegError(path, f"cannot read ({_one_line(exc)})") from None
         if actual != digest:
             raise LeukosegError(
                 path,
@@ -1255,7 +1258,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
 
     def listed(file_name: Any) -> Path:
         if not isinstance(file_name, str) or file_name not in files:
-            raise LeukosegError(manifest_path, f"refers to {file_name!r}, which is not in its 'files' checksums")
+            raise LeukosegError(manifest_path, f"refers to {_short(file_name)}, which is not in its 'files' checksums")
         return root / file_name
 
     models: dict[str, Mapping[str, np.ndarray]] = {}
@@ -1271,7 +1274,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         models[name] = types.MappingProxyType(arrays)
     unknown = sorted(set(models_meta) - set(MODEL_NAMES))
     if unknown:
-        raise LeukosegError(manifest_path, f"unknown models {unknown}; this leukoseg knows {', '.join(MODEL_NAMES)}")
+        raise LeukosegError(
+            manifest_path, f"unknown models {_short(unknown)}; this leukoseg knows {', '.join(MODEL_NAMES)}"
+        )
 
     n_features = {
         len(a["mean"] if "mean" in a else a["fold0_mean"]) for n, a in models.items() if n != "cnn"
@@ -1293,6 +1298,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
             raise LeukosegError(path, f"'medians' must be {len(names)} finite floats; got shape {medians.shape}")
         if n_features and len(names) not in n_features:
             raise LeukosegError(path, f"names {len(names)} features; the models take {n_features.pop()}")
+        declared = features_meta.get("n_features", len(names))
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared != len(names):
+            raise LeukosegError(
+                manifest_path, f"'features' n_features {_short(declared)} is not the {len(names)} names of {path.name}"
+            )
         feature_names = tuple(names.tolist())
         feature_medians = medians.astype(np.float64)
         feature_medians.setflags(write=False)
@@ -1302,14 +1312,17 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         try:
             _positive_column(arrays["classes"], positive)
         except ValueError as exc:
-            raise LeukosegError(root / models_meta[name]["file"], str(exc)) from None
+            raise LeukosegError(root / models_meta[name]["file"], _one_line(exc)) from None
     fusion = manifest.get("fusion")
     if fusion is not None:
         available = set(models) | ({"baseline"} if {"gknn", "svm"} <= set(models) else set())
         try:
             fusion = types.MappingProxyType(_check_fusion(fusion, available=available))
         except ValueError as exc:
-            raise LeukosegError(manifest_path, f"invalid fusion: {exc}") from None
+            raise LeukosegError(manifest_path, f"invalid fusion: {_one_line(exc)}") from None
+    cnn_path = root / models_meta["cnn"]["file"] if "cnn" in models else None
+    _check_config(config, manifest_path, feature_names=feature_names, n_features=next(iter(n_features), None),
+                  cnn=models.get("cnn"), cnn_path=cnn_path)  # fmt: skip
 
     return ModelBundle(
         path=root,
@@ -1323,6 +1336,121 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         config=types.MappingProxyType(config),
         provenance=types.MappingProxyType(provenance),
     )
+
+
+def _check_config(
+    config: Mapping[str, Any],
+    path: Path,
+    *,
+    feature_names: tuple[str, ...] | None,
+    n_features: int | None,
+    cnn: Mapping[str, np.ndarray] | None,
+    cnn_path: Path | None,
+) -> None:
+    """Check the settings of ``config`` that ``leukoseg classify`` turns into work on every image.
+
+    Each is optional here (:func:`save_bundle` takes any JSON-able config), but one that is present must be
+    usable, so that a damaged bundle is refused once, at load, rather than failing (or exhausting memory)
+    on every image: ``image_rule.top_k`` an integer from 1 to 100; ``patch`` an integer ``size`` from 8 to
+    1024 pixels, the CNN's input side, and a ``um_per_px`` from 0.01 to 100; ``features`` known measurement
+    names and valid texture settings that make exactly the columns of ``features.npz``. The other settings
+    are checked by :func:`leukoseg.pipelines.predict.load_model`.
+
+    Parameters
+    ----------
+    config : mapping
+        The ``config`` of ``bundle.json``.
+    path : pathlib.Path
+        ``bundle.json``, named in the errors.
+    feature_names : tuple of str or None
+        The names of ``features.npz``.
+    n_features : int or None
+        Number of features the feature models take.
+    cnn : mapping of str to ndarray or None
+        The CNN's arrays, already checked.
+    cnn_path : pathlib.Path or None
+        Its file.
+
+    Raises
+    ------
+    LeukosegError
+        Naming `path`, or `cnn_path` for a CNN whose input is not the configured patch.
+    """
+
+    def bad(what: str) -> LeukosegError:
+        return LeukosegError(path, f"invalid classification settings: {what}")  # as load_model words it
+
+    def integer(value: Any, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    if "image_rule" in config:
+        rule = config["image_rule"]
+        top_k = rule.get("top_k") if isinstance(rule, dict) else None
+        if not integer(top_k, 1, _MAX_TOP_K):
+            raise bad(f"image_rule top_k must be an integer from 1 to {_MAX_TOP_K}; got {_short(top_k)}")
+    if "patch" in config:
+        patch = config["patch"]
+        size = patch.get("size") if isinstance(patch, dict) else None
+        um = patch.get("um_per_px") if isinstance(patch, dict) else None
+        if not integer(size, *_PATCH_SIDE):
+            raise bad(f"patch size must be an integer from {_PATCH_SIDE[0]} to {_PATCH_SIDE[1]}; got {_short(size)}")
+        low, high = _PATCH_UM_PER_PX
+        if isinstance(um, bool) or not isinstance(um, (int, float)) or not low <= um <= high:  # NaN fails too
+            raise bad(f"patch um_per_px must be a number from {low:g} to {high:g}; got {_short(um)}")
+        if cnn is not None and tuple(int(s) for s in cnn["input_shape"]) != (size, size, 3):
+            raise LeukosegError(
+                cnn_path, f"takes patches of shape {tuple(int(s) for s in cnn['input_shape'])}; bundle.json's "
+                f"patch size {size} gives ({size}, {size}, 3)"
+            )  # fmt: skip
+    if "features" in config:
+        try:
+            columns = _feature_columns(config["features"])
+        except (TypeError, ValueError) as exc:
+            raise bad(f"features: {_one_line(exc)}") from None
+        if feature_names is not None and tuple(columns) != feature_names:
+            if len(columns) != len(feature_names):
+                raise bad(f"features give {len(columns)} columns; features.npz names {len(feature_names)}")
+            i = next(i for i, (a, b) in enumerate(zip(columns, feature_names)) if a != b)
+            raise bad(f"features give column {i} {_short(columns[i])}; features.npz names {_short(feature_names[i])}")
+        if n_features is not None and len(columns) != n_features:
+            raise bad(f"features give {len(columns)} columns; the models take {n_features}")
+
+
+def _feature_columns(features: Any) -> list[str]:
+    """Names of the columns that ``config['features']`` makes, in the order of ``feature_matrix``.
+
+    ValueError if a setting is missing or invalid, names an unknown measurement, or puts an LBP radius or
+    GLCM distance beyond 50 um.
+    """
+    from leukoseg.features.glcm import texture_feature_names
+    from leukoseg.features.rows import check_lbp_radii
+    from leukoseg.features.stain import STAIN_FEATURE_NAMES, lbp_feature_names
+    from leukoseg.segmentation import MEASUREMENT_COLUMNS
+
+    if not isinstance(features, dict):
+        raise ValueError("must be an object")
+    missing = [k for k in ("measurement_names", "texture", "distances_um", "levels", "angles_deg") if k not in features]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    names = features["measurement_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError("measurement_names must be a list of distinct names")
+    unknown = [n for n in names if n not in MEASUREMENT_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown measurement {_short(unknown[0])} (see leukoseg.segmentation.MEASUREMENT_COLUMNS)")
+    texture, stain = features["texture"], features.get("stain", False)
+    if not isinstance(texture, bool) or not isinstance(stain, bool):
+        raise ValueError(f"texture and stain must be true or false; got {_short(texture)} and {_short(stain)}")
+    radii = check_lbp_radii(features.get("lbp_radii_um", ()))
+    columns = [*names, *(STAIN_FEATURE_NAMES if stain else ()), *lbp_feature_names(radii)]
+    lengths = list(radii)
+    if texture:
+        glcm = {k: features[k] for k in ("distances_um", "levels", "angles_deg")}
+        columns += texture_feature_names(prefix="nuc_", **glcm) + texture_feature_names(prefix="cyto_", **glcm)
+        lengths += [float(d) for d in glcm["distances_um"]]
+    if lengths and max(lengths) > _MAX_FEATURE_UM:
+        raise ValueError(f"LBP radii and GLCM distances must be at most {_MAX_FEATURE_UM:g} um; got {max(lengths):g}")
+    return columns
 
 
 def _manifest_field(manifest: Mapping[str, Any], key: str, kind: type, path: Path) -> Any:
@@ -1341,13 +1469,19 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             for key in npz.files:
                 arrays[key] = npz[key]
+                if not isinstance(arrays[key], np.ndarray):  # NpzFile returns members not named .npy as bytes
+                    raise LeukosegError(path, f"not a readable .npz file (member {_short(key)} is not a .npy array)")
+    except LeukosegError:
+        raise
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
             reason = "holds a pickled object array; refused (bundles hold plain arrays only)"
             raise LeukosegError(path, reason) from None
         raise LeukosegError(path, f"not a readable .npz file ({_one_line(exc)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
-        raise LeukosegError(path, f"not a readable .npz file ({_one_line(exc)})") from None
+    except MemoryError:
+        raise LeukosegError(path, "not a readable .npz file (an array too large for memory)") from None
+    except Exception as exc:  # zipfile and the .npy reader raise many kinds on damaged or odd files
+        raise LeukosegError(path, f"not a readable .npz file ({type(exc).__name__}: {_one_line(exc)})") from None
     for value in arrays.values():
         with contextlib.suppress(ValueError):
             value.setflags(write=False)
@@ -1357,6 +1491,12 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to `limit` characters: a bundle.json value quoted in a one-line error."""
+    text = reprlib.repr(value)  # bounded for long strings, lists and deep nesting
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path, *, context: str = "") -> None:
@@ -1376,7 +1516,7 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
 
     stored_kind = need("kind", "U", 0) if kind != "cnn" or "kind" in arrays else np.array("cnn")
     if str(stored_kind) != kind:
-        fail(f"holds a {str(stored_kind)!r} model where the bundle expects {name!r} ({kind})")
+        fail(f"holds a {_short(str(stored_kind))} model where the bundle expects {name!r} ({kind})")
     version = need("format_version", "iu", 0)
     classes = need("classes", "iubUf", 1)
     if len(classes) < 2:
@@ -1384,6 +1524,12 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
     if kind == "cnn":
         for key in ("layers", "input_shape", "mean", "std"):
             need(key, "Uiuf")
+        from ._cnn_numpy import check_params  # NumPy only
+
+        try:  # layers, shapes and weights, and one blank patch through the network: a few ms
+            check_params(arrays)
+        except ValueError as exc:
+            fail(_one_line(exc))
         return
     if int(version) != BUNDLE_FORMAT_VERSION:
         fail(f"arrays have format version {int(version)}; this leukoseg reads {BUNDLE_FORMAT_VERSION}")
@@ -1450,15 +1596,18 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
             fail(f"fold {i}: intercept {intercept.shape} or class_index {class_index.shape} wrong for {n_cls} classes")
         if n_cls < 2 or class_index.max() >= len(classes):
             fail(f"fold {i}: class indices outside the {len(classes)} classes")
-        if not (np.isfinite(sv).all() and np.isfinite(coef).all() and (scale != 0).all()):
-            fail(f"fold {i}: non-finite support vectors or coefficients, or a zero scale")
+        if not (np.isfinite(sv).all() and np.isfinite(coef).all() and (scale != 0).all()
+                and all(np.isfinite(a).all() for a in (mean, scale, intercept, arrays[p + "gamma"]))):  # fmt: skip
+            fail(f"fold {i}: non-finite support vectors, coefficients, mean, scale, intercept or gamma; or zero scale")
         n_cal = 1 if n_cls == 2 else n_cls
         for j in range(n_cal):
             c = f"{p}cal{j}_"
             if method == "sigmoid":
-                need(c + "a", "f", 0)
-                need(c + "b", "f", 0)
+                calibrator = (need(c + "a", "f", 0), need(c + "b", "f", 0))
             else:
                 x, yv = need(c + "x", "f", 1), need(c + "y", "f", 1)
-                if x.shape != yv.shape or not len(x) or need(c + "range", "f", 1).shape != (2,):
+                calibrator = (x, yv, need(c + "range", "f", 1))
+                if x.shape != yv.shape or not len(x) or calibrator[2].shape != (2,):
                     fail(f"fold {i}: isotonic calibrator {j} has thresholds of shapes {x.shape} and {yv.shape}")
+            if not all(np.isfinite(a).all() for a in calibrator):
+                fail(f"fold {i}: calibrator {j} holds non-finite values")

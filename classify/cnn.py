@@ -54,14 +54,16 @@ import Keras or any backend; they load inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import math
 import os
+import random
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from leukoseg._stderr import import_keras
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
 from leukoseg.io import write_json
@@ -186,7 +189,7 @@ def build_thanh_cnn(
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise ValueError(f"seed must be an int or None; got {seed!r}")
 
-    import keras
+    keras = import_keras()
     from keras import layers
 
     def kernel_init(offset: int):
@@ -275,7 +278,7 @@ def build_densenet121(
     (None, 2)
     """
     arch = _check_densenet(input_shape=input_shape, n_classes=n_classes, dropout=dropout, weights=weights)
-    import keras
+    keras = import_keras()
     from keras import layers
 
     base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=tuple(arch["input_shape"]),
@@ -426,7 +429,7 @@ def resolve_device(device: str = "auto") -> str:
         raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {device!r}")
     if device == "cpu":
         return "cpu"
-    import keras
+    keras = import_keras()
 
     backend = keras.config.backend()
     has_gpu = _backend_sees_gpu(backend)
@@ -453,7 +456,7 @@ def device_scope(device: str):
     -------
     context manager
     """
-    import keras
+    keras = import_keras()
 
     return keras.device("cpu" if device == "cpu" else f"{device}:0")
 
@@ -469,6 +472,22 @@ def _backend_sees_gpu(backend: str) -> bool:
         jax = importlib.import_module("jax")
         return any(d.platform in ("gpu", "cuda", "rocm") for d in jax.devices())
     return False
+
+
+def _json_scalar(value: Any) -> Any:
+    """A NumPy scalar as the Python scalar JSON can write (class labels are often ``np.int64``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@contextlib.contextmanager
+def _global_rngs_restored() -> Iterator[None]:
+    """Put Python's and NumPy's global random streams back as they were (Keras reseeds them)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _enable_determinism(backend: str) -> None:
@@ -528,8 +547,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Where to train and predict (see :func:`resolve_device`).
     random_state : int or None, optional
         Seed of the split, the weights, the batch order and the augmentation. With an int, two fits on the
-        same data and machine give the same model; ``keras.utils.set_random_seed`` is called and, under
-        TensorFlow, ``tf.config.experimental.enable_op_determinism()`` (both process-wide).
+        same data and machine give the same model. For that, ``keras.utils.set_random_seed`` seeds the
+        backend and, under TensorFlow, ``tf.config.experimental.enable_op_determinism()`` is switched on
+        (both process-wide: the backend's global seed stays set after ``fit``); the global streams of
+        Python's ``random`` and ``numpy.random``, which ``set_random_seed`` reseeds too, are put back as
+        they were when ``fit`` returns.
     verbose : int, optional
         Keras progress output (0 silent). Per-epoch metrics also go to the ``logging`` logger of this module.
 
@@ -676,13 +698,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         mean, std = _channel_stats(X, train_idx)
         weights = _class_weights(self.class_weight, classes, y_enc[train_idx])
 
-        import keras
+        keras = import_keras()
 
         backend = keras.config.backend()
         device = resolve_device(self.device)
-        if self.random_state is not None:
-            keras.utils.set_random_seed(seed)
-            _enable_determinism(backend)
         logger.info(
             "training CNN on %d patches (%d held out for early stopping), %s backend on %s",
             len(train_idx),
@@ -690,7 +709,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             backend,
             device,
         )
-        with device_scope(device):
+        with _global_rngs_restored(), device_scope(device):
+            if self.random_state is not None:
+                keras.utils.set_random_seed(seed)
+                _enable_determinism(backend)
             model = _build(arch, seed=seed, weights=self.backbone_weights)
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
@@ -815,7 +837,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         X = self._check_predict_input(X)
-        import keras
+        keras = import_keras()
 
         def one_view(batch: np.ndarray) -> np.ndarray:
             out = np.empty((len(batch), len(self.classes_)), np.float64)
@@ -892,7 +914,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             If `metadata` or `metrics` cannot be written as JSON.
         """
         check_is_fitted(self, "model_")
-        import keras
+        keras = import_keras()
 
         folder = Path(path_dir)
         metadata = dict(metadata or {})
@@ -918,6 +940,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         from leukoseg import __version__
 
         params = self.get_params()
+        if isinstance(params["class_weight"], Mapping):
+            # JSON object keys are strings: a {0: 1.0, 1: 2.0} would come back keyed "0", "1". Pairs keep the type.
+            params["class_weight"] = [[_json_scalar(c), float(w)] for c, w in params["class_weight"].items()]
         config = {
             "format": _FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -986,11 +1011,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         try:
             for key in ("filters", "dense_units"):
                 params[key] = tuple(params[key])
+            if isinstance(params.get("class_weight"), list):
+                params["class_weight"] = {c: float(w) for c, w in params["class_weight"]}
             est = cls(**params)
-        except (TypeError, KeyError) as exc:
+        except (TypeError, KeyError, ValueError) as exc:
             raise LeukosegError(folder / _CONFIG_FILE, f"invalid estimator parameters ({exc})") from None
 
-        import keras
+        keras = import_keras()
 
         resolved = resolve_device(device)
         try:
@@ -1175,7 +1202,7 @@ def _training_batches(
     The batch order of epoch ``e`` and the augmentation of batch ``b`` in it depend only on
     ``(seed, e, b)``, so batches are the same whatever order or thread Keras asks for them in.
     """
-    import keras
+    keras = import_keras()
 
     class TrainingBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -1206,7 +1233,7 @@ def _training_batches(
 
 
 def _logging_callback():
-    import keras
+    keras = import_keras()
 
     class LogEpochs(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:

@@ -22,6 +22,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from leukoseg._stderr import import_keras
+
 __all__ = ["StackingFusion", "fuse_numpy"]
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         -------
         self : StackingFusion
         """
-        import keras
+        keras = import_keras()
         from keras import ops
 
         from .cnn import device_scope, resolve_device

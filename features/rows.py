@@ -99,7 +99,22 @@ def feature_matrix(
 
 
 def check_lbp_radii(radii_um) -> tuple[float, ...]:
-    """The LBP radii as a tuple of distinct positive floats; ValueError otherwise."""
+    """The LBP radii as a tuple of distinct positive floats.
+
+    Parameters
+    ----------
+    radii_um : sequence of float
+        Radii in micrometres.
+
+    Returns
+    -------
+    tuple of float
+
+    Raises
+    ------
+    ValueError
+        If `radii_um` is not a sequence of distinct, finite, positive numbers.
+    """
     if isinstance(radii_um, (str, bytes)):
         raise ValueError(f"lbp_radii_um must be a sequence of radii in um; got {radii_um!r}")
     try:

@@ -202,6 +202,17 @@ def _gaussian(values: np.ndarray, sigma: float) -> np.ndarray:
 def lbp_feature_names(radii_um: Sequence[float] = _LBP_RADII_UM, *, points: int = _LBP_POINTS) -> list[str]:
     """Names of the features of :func:`nucleus_lbp_features`, in order.
 
+    Parameters
+    ----------
+    radii_um : sequence of float, optional
+        LBP radii in micrometres, as given to :func:`nucleus_lbp_features`.
+    points : int, optional
+        Sampling points per circle; each radius has ``points + 2`` uniform-pattern bins.
+
+    Returns
+    -------
+    list of str
+
     Examples
     --------
     >>> lbp_feature_names((1.0,))[:2]

@@ -34,19 +34,32 @@ EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE = 0, 1, 2
 MIN_SIDE = 16
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (``leukoseg segment: error: ...``) like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``leukoseg`` and its subcommands."""
-    common = argparse.ArgumentParser(add_help=False)
-    verbosity = common.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="count", default=0,
-                           help="more messages (-vv for debugging); tracebacks for errors")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
+    def verbosity_options(default_verbose: Any, default_quiet: Any) -> argparse.ArgumentParser:
+        options = _Parser(add_help=False)
+        verbosity = options.add_mutually_exclusive_group()
+        verbosity.add_argument("-v", "--verbose", action="count", default=default_verbose,
+                               help="more messages (-vv for debugging); tracebacks for errors")
+        verbosity.add_argument("-q", "--quiet", action="store_true", default=default_quiet,
+                               help="only errors; no progress bar")
+        return options
 
-    parser = argparse.ArgumentParser(
+    # -v and -q work before or after the command: the subcommands' copies have no defaults of their own,
+    # which would otherwise overwrite what was given before the command.
+    common = verbosity_options(argparse.SUPPRESS, argparse.SUPPRESS)
+    parser = _Parser(
         prog="leukoseg",
         description="Find and measure white cells in blood smear photographs and look for acute "
         "lymphoblastic leukemia. Research use only; not a diagnostic device.",
-        parents=[common],
+        parents=[verbosity_options(0, False)],
     )
     parser.add_argument("--version", action="version", version=f"leukoseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -62,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", type=Path, default=Path("leukoseg-out"), help="output folder (default: %(default)s)")
     seg.add_argument("--workers", type=_positive_int, default=None,
                      help="worker processes (default: the number of CPUs)")
-    seg.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
+    seg.add_argument("--pixel-size", type=_pixel_size, default=None, metavar="UM",
                      help="micrometres per pixel, if known (default: measured from the red cells)")
     seg.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
     seg.add_argument("--no-crops", dest="crops", action="store_false", help="do not write crops/")
@@ -82,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--model", type=Path, default=None, metavar="DIR",
                      help="model bundle written by 'leukoseg train' (default: the bundled model)")
     cls.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
-    cls.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
+    cls.add_argument("--pixel-size", type=_pixel_size, default=None, metavar="UM",
                      help="micrometres per pixel, if known (default: measured from the red cells)")
     cls.add_argument("--no-crops", dest="crops", action="store_false", help="do not write crops/")
     cls.add_argument("--max-pixels", type=_positive_int, default=None,
@@ -162,14 +175,25 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _positive_float(text: str) -> float:
+#: Pixel sizes accepted by --pixel-size, in micrometres: from a 100x oil objective on a high-resolution
+#: sensor (about 0.02) to a low-power scan (a few um); anything outside is a typo or another unit.
+PIXEL_SIZE_RANGE = (1e-3, 100.0)
+
+
+def _pixel_size(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    low, high = PIXEL_SIZE_RANGE
+    if not low <= value <= high:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g} micrometres per pixel, got {text}")
     return value
+
+
+def _one_line(text: str) -> str:
+    """`text` on one line: control characters (a newline in a file name, say) written as Python escapes."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error("out of memory", args.verbose)
         return EXIT_FAILED_INPUTS
     except OSError as exc:  # e.g. a full disk or a folder that vanished: still one line
-        where = f"{exc.filename}: " if exc.filename else ""
+        # Libraries writing through an open file (numpy, zip) raise without a file name: name the output.
+        where = exc.filename or getattr(args, "out", None)
+        where = f"{where}: " if where else ""
         _error(f"{where}{exc.strerror or exc}", args.verbose)
         return EXIT_FAILED_INPUTS
     except Exception as exc:  # a bug: one line all the same; -v prints the traceback
@@ -232,7 +258,7 @@ def _configure_logging(logger: logging.Logger, verbose: int, quiet: bool) -> Non
 def _error(message: str, verbose: int) -> None:
     if verbose:
         traceback.print_exc(file=sys.stderr)
-    sys.stderr.write(f"leukoseg: error: {message}\n")
+    sys.stderr.write(f"leukoseg: error: {_one_line(message)}\n")
     sys.stderr.flush()
 
 
@@ -269,14 +295,30 @@ def _batch(raw_paths: Sequence[str], out: Path) -> tuple[list[tuple[Path, Path]]
     """
     from .io import find_images
 
-    paths = find_images(raw_paths, exclude=[out])
-    if not paths:
-        raise LeukosegError(None, "no images found in the given paths")
+    paths, refused, seen, empty = [], [], set(), []
+    for raw in raw_paths:
+        p = Path(raw)
+        if p.is_dir() and not os.access(p, os.R_OK | os.X_OK):
+            refused.append({"image": str(raw), "error": "cannot read this folder (permission denied)"})
+            continue
+        found = find_images([raw], exclude=[out])
+        if not found:
+            empty.append(_one_line(raw))
+        for q in found:
+            real = os.path.realpath(q)  # the same file named two ways is one input (realpath never raises)
+            if real not in seen:
+                seen.add(real)
+                paths.append(q)
+    if not paths and not refused:
+        shown = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
+        raise LeukosegError(None, f"no images found in {shown}")
+    for raw in empty:  # an empty folder, or a pattern matching no image: said, the rest of the batch goes on
+        log.warning("%s: no images found there", raw)
     folders = [out / name for name in _output_names(paths)]
-    replaced = {f.resolve() for f in folders}
-    pairs, refused = [], []
+    replaced = {os.path.realpath(f) for f in folders}
+    pairs = []
     for p, folder in zip(paths, folders):
-        inside = next((q for q in p.resolve().parents if q in replaced), None)
+        inside = next((q for q in Path(os.path.realpath(p)).parents if str(q) in replaced), None)
         if inside is None:
             pairs.append((p, folder))
         else:
@@ -630,11 +672,32 @@ def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str,
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        # spawn: safe with OpenCV's and BLAS's threads, the same on every platform.
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-            for result in pool.map(func, tasks):
-                yield result
-                bar.update()
+        from concurrent.futures.process import BrokenProcessPool
+
+        remaining, retried = list(tasks), set()
+        while remaining:
+            # spawn: safe with OpenCV's and BLAS's threads, the same on every platform.
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+                futures = [pool.submit(func, task) for task in remaining]
+                for i, future in enumerate(futures):
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        # A worker was killed (out of memory, a signal); which image it held is unknown, so
+                        # the first unfinished one is retried once in a fresh pool before it is reported.
+                        key = id(remaining[i])
+                        if key in retried:
+                            yield {"image": remaining[i][0], "error": "its worker process was killed (out of memory?)"}
+                            bar.update()
+                            remaining = remaining[i + 1 :]
+                        else:
+                            retried.add(key)
+                            remaining = remaining[i:]
+                        break
+                    yield result
+                    bar.update()
+                else:
+                    remaining = []
     finally:
         bar.close()
 

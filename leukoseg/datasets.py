@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,11 +87,18 @@ class Dataset:
         return np.array([r.group for r in self.records], dtype=int)
 
     def fingerprint(self) -> str:
-        """A SHA-256 over names and contents of all files: identifies the exact data used by an experiment."""
+        """A SHA-256 over the names, contents, labels and annotations of all images.
+
+        Identifies the exact data used by an experiment: an edited ``.xyc`` annotation (which changes the
+        cell labels) changes it as much as an edited image.
+        """
         h = hashlib.sha256()
         for r in self.records:
             h.update(r.name.encode())
             h.update(file_sha256(r.path).encode())
+            h.update(f"label={r.label}\n".encode())
+            h.update(np.ascontiguousarray(r.points, dtype="<f8").tobytes())
+            h.update(b"\0")  # ends the record: no two records' points can run together
         return h.hexdigest()
 
 
@@ -118,6 +126,11 @@ def parse_xyc(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an ALL-IDB ``.xyc`` file of blast centroids.
 
     Lines hold ``x y`` (column, row) separated by tabs or spaces; blank lines and CRLF endings are fine.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.xyc`` file.
 
     Returns
     -------
@@ -185,7 +198,13 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None) -> D
     if key == "all-idb2":
         return _load_all_idb2(resolve_data_dir("ALL_IDB2", data_dir))
     if key.startswith("folder:"):
-        return _load_folder(Path(spec.strip()[len("folder:") :]).expanduser() if data_dir is None else Path(data_dir))
+        if data_dir is not None:
+            return _load_folder(Path(data_dir))
+        where = spec.strip()[len("folder:") :]
+        if not where.strip():  # Path('') is the current folder: never a data set by accident
+            raise LeukosegError(None, f"data set {spec.strip()!r} names no folder: expected 'folder:PATH' "
+                                      "(PATH: one subfolder per class)")  # fmt: skip
+        return _load_folder(Path(where).expanduser())
     raise LeukosegError(None, f"unknown data set {spec!r}: expected 'all-idb1', 'all-idb2' or 'folder:PATH'")
 
 
@@ -214,6 +233,7 @@ def _load_all_idb1(root: Path) -> Dataset:
         m = _ALL_IDB_NAME.match(path.stem)
         if not m:
             raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.jpg ({expected})")
+        _check_image_file(path)
         xyc = xyc_dir / f"{path.stem}.xyc"
         if not xyc.is_file():
             raise LeukosegError(xyc, "annotation file missing (every ALL-IDB1 image has one, empty for Y = 0)")
@@ -237,6 +257,7 @@ def _load_all_idb2(root: Path) -> Dataset:
         m = _ALL_IDB_NAME.match(path.stem)
         if not m:
             raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.tif ({expected})")
+        _check_image_file(path)
         records.append((path, f"img/{path.name}", m.group(2), None))
     if not records:
         raise LeukosegError(img_dir, f"no ImXXX_Y.tif images; expected {expected}; found {_listing(img_dir)}")
@@ -249,6 +270,7 @@ def _load_folder(root: Path) -> Dataset:
     records = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in image_files(sub):  # as a folder search: no hidden files, no leukoseg result folders
+            _check_image_file(path)
             records.append((path, path.relative_to(root).as_posix(), sub.name, None))
     classes = tuple(sorted({r[2] for r in records}))
     if len(classes) < 2:
@@ -258,8 +280,45 @@ def _load_folder(root: Path) -> Dataset:
     return Dataset(f"folder:{root}", root, _with_groups(records), classes, unit="image")
 
 
+def _check_image_file(path: Path) -> None:
+    """Refuse a listed image that is not a regular file: a broken link, a folder named like an image.
+
+    Only a ``stat``: whether the file can be read is found when it is hashed for the groups
+    (:func:`_with_groups`), which reads every image anyway.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        reason = "broken symbolic link (its target does not exist)" if path.is_symlink() else "no such file"
+        raise LeukosegError(path, f"{reason}; remove it from the data set or replace it by the image") from None
+    except OSError as exc:  # a link loop, a folder that cannot be searched
+        raise LeukosegError(path, f"cannot open the image ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise LeukosegError(path, f"{what}, not an image file; remove it from the data set or rename it")
+
+
+def _image_sha256(path: Path) -> str:
+    """:func:`file_sha256` of a data set's image; an unreadable file is a one-line LeukosegError naming it."""
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise LeukosegError(path, f"cannot read the image ({exc.strerror or exc})") from None
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, as hex (read in 1 MiB chunks)."""
+    """SHA-256 of a file's bytes, as hex (read in 1 MiB chunks).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -283,7 +342,7 @@ def _with_groups(records: list[tuple[Path, str, str, np.ndarray | None]]) -> tup
     Pixel identity catches re-encoded or re-tagged copies that byte hashes miss; it costs one decode per
     image (a few seconds for ALL-IDB1), paid once per experiment.
     """
-    byte_keys = [file_sha256(p) for p, *_ in records]
+    byte_keys = [_image_sha256(p) for p, *_ in records]
     parent = list(range(len(records)))
 
     def find(i: int) -> int:

@@ -11,7 +11,9 @@ import contextlib
 import io
 import itertools
 import json
+import logging
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -21,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ._stderr import c_stderr_captured
 from .errors import LeukosegError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -79,20 +84,26 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
 
     path = Path(path)
     if not path.exists():
-        raise LeukosegError(path, "no such file")
+        raise LeukosegError(path, "broken symbolic link (or a link loop)" if path.is_symlink() else "no such file")
     if path.is_dir():
         raise LeukosegError(path, "is a folder, not an image file")
-    try:
-        size = path.stat().st_size
-        data = path.read_bytes() if size else b""
-    except OSError as exc:
-        raise LeukosegError(path, f"cannot read file ({exc.strerror or exc})") from None
-    if not data:
-        raise LeukosegError(path, "file is empty")
+    if not path.is_file():
+        raise LeukosegError(path, "not a regular file (a device or a pipe?)")
 
     with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
-        # The pixel limit is ours (max_pixels); Pillow's own bomb warning would only repeat it.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # The pixel limit is ours (max_pixels); Pillow's own bomb warning would only repeat it. Its other
+        # warnings (e.g. "Corrupt EXIF data") are about metadata the pixels do not need.
+        warnings.simplefilter("ignore")
+        try:
+            with open(path, "rb") as f:
+                if not f.read(1):
+                    raise LeukosegError(path, "file is empty")
+                # The header first: a huge image is refused without reading (or decoding) the rest.
+                _refuse_huge(path, f, max_pixels)
+                f.seek(0)
+                data = f.read()
+        except OSError as exc:
+            raise LeukosegError(path, f"cannot read file ({exc.strerror or exc})") from None
         try:
             pil = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
@@ -113,7 +124,10 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         if pil.mode in _GRAY_MODES or (pil.mode == "P" and _palette_is_gray(pil)):
             raise LeukosegError(path, f"grayscale image (mode {pil.mode}); a colour (stained) smear is needed")
         if pil.format == "JPEG" and pil.mode == "RGB":
-            fast = _decode_jpeg(data, _exif_orientation(pil))
+            try:
+                fast = _decode_jpeg(data, _exif_orientation(pil))
+            except _CorruptJPEG as exc:
+                raise LeukosegError(path, f"corrupt JPEG data ({exc}); the file is damaged or incomplete") from None
             if fast is not None:
                 return fast
         from PIL import ImageOps
@@ -181,11 +195,35 @@ def _exif_orientation(pil: Any) -> int:
 _ORIENT = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}
 
 
+def _refuse_huge(path: Path, f: Any, max_pixels: int) -> None:
+    """Raise if the image header in open file `f` declares more than `max_pixels` (Pillow reads the header only)."""
+    from PIL import Image
+
+    f.seek(0)
+    try:
+        with Image.open(f) as header:
+            width, height = header.size
+    except Image.DecompressionBombError:
+        raise LeukosegError(path, f"image too large (over {max_pixels:,} pixels); refused before decoding") from None
+    except Exception:  # not an image, or a broken header: the full read below says which
+        return
+    if width * height > max_pixels:
+        raise LeukosegError(path, f"image too large ({width}x{height} = {width * height:,} pixels, limit "
+                                  f"{max_pixels:,}); refused before reading it")  # fmt: skip
+
+
+class _CorruptJPEG(Exception):
+    """libjpeg reported corrupt data while decoding (its message is the exception's)."""
+
+
 def _decode_jpeg(data: bytes, orientation: int) -> np.ndarray | None:
     """Decode a colour JPEG with OpenCV (libjpeg-turbo, faster than Pillow here), or None to let Pillow do it.
 
     OpenCV decodes a truncated JPEG without an error, so a file that does not end with the JPEG
-    end-of-image marker goes to Pillow, which reports the truncation.
+    end-of-image marker goes to Pillow, which reports the truncation. Data missing or damaged inside the
+    file (a copy cut short, then ended with a marker; a zeroed block) is decoded too, as grey or garbled
+    blocks: libjpeg only prints "Corrupt JPEG data" on the C stderr. That message is caught and raised as
+    :class:`_CorruptJPEG`.
     """
     import cv2
 
@@ -194,7 +232,11 @@ def _decode_jpeg(data: bytes, orientation: int) -> np.ndarray | None:
     # libjpeg-turbo writes RGB directly where OpenCV can ask for it (4.11+): no channel swap pass.
     direct = getattr(cv2, "IMREAD_COLOR_RGB", None)
     flags = (cv2.IMREAD_COLOR if direct is None else direct) | cv2.IMREAD_IGNORE_ORIENTATION
-    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    with c_stderr_captured(drop=lambda line: "JPEG" in line) as captured:
+        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    corrupt = [line for line in captured if "Corrupt JPEG data" in line or "Premature end of JPEG" in line]
+    if corrupt:
+        raise _CorruptJPEG(corrupt[0].strip().removeprefix("Corrupt JPEG data: "))
     if rgb is None:
         return None
     if direct is None:
@@ -282,7 +324,11 @@ def image_files(folder: str | os.PathLike[str], *, exclude: Iterable[str | os.Pa
     """
     skip = {Path(e).resolve() for e in exclude} - {Path(folder).resolve()}  # the folder searched is searched
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:  # os.walk would skip it silently
+        log.warning("%s: cannot read this folder (%s); its images are skipped", exc.filename, exc.strerror or exc)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         if _RESULT_MARKER in filenames or Path(dirpath).resolve() in skip:
             dirnames[:] = []
             continue
@@ -351,20 +397,67 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
 
 
 def _umask() -> int:
-    # Read without changing it for good: os.umask can only be read by setting it.
+    """The process's file-creation mask (for the permissions of files made by ``mkstemp``/``mkdtemp``)."""
+    # Linux reports it; elsewhere os.umask can only be read by setting it, which for an instant would
+    # give other threads' new files the wrong permissions.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
+def _swap_folder(tmp: Path, target: Path) -> None:
+    """Rename the finished folder `tmp` to `target`; a folder already there is moved aside, then removed.
+
+    If the final rename fails, the earlier folder is put back: a failed write never loses the last result.
+    The caller has checked that `target` may be replaced (:func:`_refusal_to_replace`).
+    """
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(old)  # a fresh unused name, for the rename
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():  # e.g. read-only files inside: the new result is in place, say what is left over
+        log.warning("%s: could not remove the earlier result moved here; delete it by hand", old)
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 text atomically."""
+    """Write UTF-8 text atomically (see :func:`atomic_write`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; its folder must exist.
+    text : str
+        The content, written with ``\\n`` newlines.
+    """
     with atomic_write(path, "w") as f:
         f.write(text)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write an object as indented JSON, atomically."""
+    """Write an object as indented JSON, atomically (see :func:`atomic_write`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; its folder must exist.
+    obj : Any
+        JSON-serialisable; NaN and infinity are refused (``ValueError``), as JSON has no such numbers.
+    """
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 

@@ -95,7 +95,7 @@ def _settings(segment_kw: Mapping, feature_kw: Mapping) -> dict:
     }
 
 
-def cache_key(content_hash: str, segment_kw: Mapping | None = None, feature_kw: Mapping | None = None) -> str:
+def cache_key(content_hash: str, *, segment_kw: Mapping | None = None, feature_kw: Mapping | None = None) -> str:
     """Name of the cache entry of an image: hash of its content hash and of all settings.
 
     Parameters
@@ -241,7 +241,7 @@ def load_or_compute(
     segment_kw, feature_kw = dict(segment_kw or {}), dict(feature_kw or {})
     cache_dir = Path(cache_dir).expanduser()
     _check_writable_folder(cache_dir, what="cache folder", hint="; pass --cache DIR")
-    targets = [cache_dir / f"{cache_key(file_sha256(Path(p)), segment_kw, feature_kw)}.npz" for p in paths]
+    targets = [cache_dir / f"{cache_key(file_sha256(Path(p)), segment_kw=segment_kw, feature_kw=feature_kw)}.npz" for p in paths]
     entries = [_try_load(t) if t.is_file() else None for t in targets]
     todo = [i for i, e in enumerate(entries) if e is None]
     missing = [(str(paths[i]), str(targets[i]), segment_kw, feature_kw) for i in todo]

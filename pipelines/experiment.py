@@ -349,6 +349,9 @@ def run_experiment(
     if binary and set(r.label for r in records) - {"0", "1"}:
         raise LeukosegError(dataset.root, "labels must be '0' / '1'")
     classes = ["0", "1"] if binary else [str(c) for c in dataset.classes]
+    if isinstance(n_folds, (int, np.integer)) and not isinstance(n_folds, bool) and n_folds >= 2:
+        # Before segmenting anything; assign_folds checks the same later, with class codes instead of labels.
+        check_class_images(dataset, int(n_folds), what="folds", fewer="use at most {n} folds (--folds)")
     if cnn_inner_folds < 2:
         raise LeukosegError(None, f"cnn_inner_folds must be at least 2; got {cnn_inner_folds}")
     if cnn:
@@ -563,7 +566,7 @@ class _Fold:
         """Top-k and threshold of the image rule, learnt on the training images' inner out-of-fold scores."""
         cell_img = self.train_cell_img
         return choose_image_rule([p_inner_blast[cell_img == i] for i in self.train_img],
-                                 self.image_label[self.train_img], top_ks)  # fmt: skip
+                                 self.image_label[self.train_img], top_ks=top_ks)  # fmt: skip
 
     def inner_splits(self, n: int, seed: int):
         """Grouped stratified splits of the training images: (inner-train cells, inner-test cells) masks."""
@@ -583,7 +586,7 @@ class _Fold:
 def _image_proba(p: np.ndarray, binary: bool, top_k: int, prior: np.ndarray) -> np.ndarray:
     """Image class probabilities from its cells' (n, K): the top-k rule (binary) or the cell mean."""
     if binary:
-        s = image_score(p[:, 1], top_k)
+        s = image_score(p[:, 1], top_k=top_k)
         return np.array([1.0 - s, s])
     return p.mean(axis=0) if len(p) else prior
 
@@ -627,7 +630,47 @@ def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_
     return p_test, p_inner
 
 
-def check_cnn_params(cnn_params: Mapping | None, patch_shape=(50, 50, 3)) -> None:
+#: What the labels of the ALL-IDB data sets mean, for messages.
+_LABEL_MEANING = {"all-idb1": {"1": "ALL", "0": "healthy"}, "all-idb2": {"1": "blast", "0": "not blast"}}
+
+
+def check_class_images(dataset, minimum: int, *, what: str, fewer: str | None = None) -> None:
+    """Refuse, before any image is segmented, a class in fewer than `minimum` distinct images (one-line error).
+
+    Identical images (one group) count once: they always fall on the same side of a split. Every class of
+    the data set is checked, one without images too (a run on one class would report a meaningless perfect
+    accuracy); the rarest one is named.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The data set (its records' labels and groups).
+    minimum : int
+        Distinct images that every class needs.
+    what : str
+        Ends "fewer than the {minimum} ...", e.g. ``'folds'``.
+    fewer : str, optional
+        The advice when the class has at least two distinct images, e.g. ``'use at most {n} folds (--folds)'``
+        (``{n}``: its number of distinct images); otherwise, or when not given, the advice is to add images.
+
+    Raises
+    ------
+    LeukosegError
+        Naming the data set's folder, the class (its plain label) and its number of distinct images.
+    """
+    groups: dict[str, set[int]] = {str(c): set() for c in getattr(dataset, "classes", ())}
+    for r in dataset.records:
+        groups.setdefault(str(r.label), set()).add(int(r.group))
+    meaning = _LABEL_MEANING.get(getattr(dataset, "name", ""), {})
+    for n, label in sorted((len(g), label) for label, g in groups.items()):  # the rarest class first
+        if n < minimum:
+            name = f"{label!r} ({meaning[label]})" if label in meaning else repr(label)
+            advice = fewer.format(n=n) if fewer and n >= 2 else "add distinct images of that class"
+            raise LeukosegError(dataset.root, f"class {name} has {n} distinct image(s) (identical copies count once), "
+                                              f"fewer than the {minimum} {what}; {advice}")
+
+
+def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> None:
     """Refuse CNN settings the experiment cannot use before any work starts (one-line LeukosegError).
 
     Parameters
@@ -779,7 +822,13 @@ def _predict(models: Mapping, X, K: int) -> dict[str, np.ndarray]:
 
 
 def _fixed_models(fitted: Mapping, seed: int, knn_params) -> dict:
-    """Unfitted models with the hyper-parameters already chosen on the fold's training set."""
+    """Unfitted models with the hyper-parameters already chosen on the fold's training set.
+
+    Refitted on each inner split to give the inner out-of-fold scores (image rule, threshold, fusion). The
+    hyper-parameters were chosen on the whole training set, inner-test images included, so those scores are
+    slightly optimistic; a new search per split would cost three times the GA and grid. Test images are never
+    involved either way.
+    """
     from sklearn.ensemble import VotingClassifier
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline

@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion.
 
     Parameters
@@ -49,7 +49,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def image_score(cell_scores, top_k: int = 3) -> float:
+def image_score(cell_scores, *, top_k: int = 3) -> float:
     """Score of an image from the blast probabilities of its cells: the mean of its `top_k` highest.
 
     Missing cells count as 0: an image with fewer than `top_k` cells is scored ``sum / top_k``, and an
@@ -116,7 +116,7 @@ def choose_threshold(scores, labels) -> float:
     return float(round(best, 12))
 
 
-def choose_image_rule(cell_scores, labels, top_ks=(1, 2, 3)) -> tuple[int, float]:
+def choose_image_rule(cell_scores, labels, *, top_ks=(1, 2, 3)) -> tuple[int, float]:
     """The image rule of training images: which top-k mean, and its threshold (:func:`choose_threshold`).
 
     The k whose image scores, at their best threshold, give the highest balanced accuracy wins; ties go to
@@ -151,7 +151,7 @@ def choose_image_rule(cell_scores, labels, top_ks=(1, 2, 3)) -> tuple[int, float
     labels = np.asarray(labels).astype(int)
     best, best_key = None, None
     for k in top_ks:
-        s = np.array([image_score(c, k) for c in cell_scores])
+        s = np.array([image_score(c, top_k=k) for c in cell_scores])
         t = choose_threshold(s, labels)
         pred = s >= t
         if len(np.unique(labels)) < 2:
@@ -168,7 +168,19 @@ def choose_image_rule(cell_scores, labels, top_ks=(1, 2, 3)) -> tuple[int, float
 
 
 def roc_auc(labels, scores) -> float | None:
-    """Area under the ROC curve, or None when only one class is present."""
+    """Area under the ROC curve, or None when only one class is present.
+
+    Parameters
+    ----------
+    labels : (n,) array-like of {0, 1}
+        True classes (1 positive).
+    scores : (n,) array-like of float
+        Higher means more likely positive.
+
+    Returns
+    -------
+    float or None
+    """
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels).astype(int)

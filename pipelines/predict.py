@@ -205,7 +205,7 @@ def classify_image(image: np.ndarray, model, *, seg=None, pixel_size: float | No
     primary = config["primary_model"]
     p = np.asarray(scores[primary], np.float64)
     rule = config["image_rule"]
-    p_all = image_score(p, int(rule["top_k"]))
+    p_all = image_score(p, top_k=int(rule["top_k"]))
     threshold = float(rule["threshold"])
     decision = "ALL" if p_all >= threshold else "normal"
     cell_threshold = float(config.get("blast_cell_threshold", 0.5))

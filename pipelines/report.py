@@ -102,7 +102,7 @@ class _Run:
 def _load_metrics(run_dir: Path) -> dict:
     path = run_dir / "metrics.json"
     if not path.is_file():
-        raise LeukosegError(path, "no metrics.json here; give the folder that `leukoseg experiment` wrote")
+        raise LeukosegError(path, "no metrics.json here; give the folder that `leukoseg classify --dataset` wrote")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -114,6 +114,9 @@ def _load_metrics(run_dir: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise LeukosegError(path, f"metrics.json is not valid JSON ({exc.msg} at line {exc.lineno}, column "
                                   f"{exc.colno}); rerun the experiment") from None
+    except RecursionError:  # arrays or objects nested thousands deep: no run writes that
+        raise LeukosegError(path, "metrics.json is nested too deeply to be a run's metrics (corrupt file?); "
+                                  "rerun the experiment") from None
     if not isinstance(metrics, dict):
         raise LeukosegError(path, "metrics.json does not hold a JSON object; rerun the experiment")
     models = metrics.get("models")
@@ -143,7 +146,7 @@ def _load_run(run_dir: Path, data_dir) -> _Run:
     if not run_dir.exists():
         raise LeukosegError(run_dir, "no such run folder")
     if not run_dir.is_dir():
-        raise LeukosegError(run_dir, "not a folder; give the run folder that `leukoseg experiment` wrote")
+        raise LeukosegError(run_dir, "not a folder; give the run folder that `leukoseg classify --dataset` wrote")
     metrics = _load_metrics(run_dir)
     models = _order_models([m for m, v in metrics["models"].items() if isinstance(v, dict)])
     if not models:

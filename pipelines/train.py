@@ -98,6 +98,8 @@ def train_bundle(
     t0 = time.perf_counter()
     if exp._mode(dataset) != "points":
         raise LeukosegError(dataset.root, "train needs smears with annotated blast centroids (all-idb1)")
+    # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.
+    exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
     out_dir = Path(out_dir)
     try:
         _check_replaceable(out_dir, overwrite=overwrite)
@@ -116,6 +118,7 @@ def train_bundle(
     feature_names = entries[0].feature_names
     cells = exp._cell_table(records, entries, ["0", "1"], "points", match_radius_px)
     image_label = np.array([int(r.label) for r in records])
+    _check_cell_classes(dataset, cells)
     fold = exp._Fold(
         cells=cells, train=np.ones(len(cells.label), bool), test=np.zeros(len(cells.label), bool),
         train_img=np.arange(len(records)), image_label=image_label, image_group=np.array([r.group for r in records]),
@@ -142,7 +145,7 @@ def train_bundle(
 
     top_ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
     k, threshold = choose_image_rule([p_inner[primary][cells.image == i, 1] for i in range(len(records))],
-                                     image_label, top_ks)  # fmt: skip
+                                     image_label, top_ks=top_ks)  # fmt: skip
     extractor, columns = fitted["features"], fitted["columns"]
     config = {
         "positive_class": 1,
@@ -187,18 +190,37 @@ def train_bundle(
     return path
 
 
+def _check_cell_classes(dataset, cells) -> None:
+    """Refuse, as one line, cells of a class found in fewer than two distinct images (after segmentation).
+
+    The cell models' inner cross-validation is grouped by image: it needs blast and non-blast cells each in two
+    groups of images at least. The images may be enough (:func:`.experiment.check_class_images`) while the
+    cells are not, e.g. when the annotated centroids of all but one ALL image match no detected cell.
+    """
+    groups = np.array([r.group for r in dataset.records])
+    for code, what in ((1, "blast cells (matched to annotated centroids)"), (0, "non-blast cells")):
+        n = len(np.unique(groups[cells.image[cells.label == code]]))
+        if n < 2:
+            raise LeukosegError(dataset.root, f"{what} found in {n} distinct image(s); training needs them in at "
+                                              "least 2 (check the .xyc annotations, or add images)")
+
+
 def _run_metrics(run_dir) -> dict:
     """The summary of every model from a run folder's metrics.json."""
     path = Path(run_dir) / "metrics.json"
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise LeukosegError(path, f"cannot read the run's metrics ({exc})") from None
-    if not isinstance(metrics, dict) or "models" not in metrics:
+        raise LeukosegError(path, f"cannot read the run's metrics ({getattr(exc, 'strerror', None) or exc})") from None
+    except RecursionError:  # nested thousands deep: not a run's metrics
+        raise LeukosegError(path, "cannot read the run's metrics (JSON nested too deeply; corrupt file?)") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("models"), dict):
         raise LeukosegError(path, "not a metrics.json of leukoseg classify --dataset")
+    dataset, settings = metrics.get("dataset"), metrics.get("settings")
+    dataset, settings = (dataset if isinstance(dataset, dict) else {}), (settings if isinstance(settings, dict) else {})
     return {
-        "run": str(Path(run_dir).resolve()),
-        "dataset_fingerprint": metrics.get("dataset", {}).get("fingerprint"),
-        "settings": {k: metrics.get("settings", {}).get(k) for k in ("n_folds", "repeats")},
-        "models": {m: v.get("summary") for m, v in metrics["models"].items()},
+        "run": Path(run_dir).resolve().name,  # the folder's name: a machine's path means nothing in a shipped bundle
+        "dataset_fingerprint": dataset.get("fingerprint"),
+        "settings": {k: settings.get(k) for k in ("n_folds", "repeats")},
+        "models": {m: v.get("summary") if isinstance(v, dict) else None for m, v in metrics["models"].items()},
     }

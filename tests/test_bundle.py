@@ -492,6 +492,43 @@ def _not_a_zip(path):
     return "knn.npz", "not a readable .npz"
 
 
+def _zip_of_other_files(path):
+    # np.load returns the bytes of a member not named .npy, which is no array.
+    with zipfile.ZipFile(path / "knn.npz", "w") as zf:
+        zf.writestr("a.txt", "hello")
+    _fix_checksum(path, "knn.npz")
+    return "knn.npz", "member 'a.txt' is not a .npy array"
+
+
+def _deeply_nested_json(path):
+    depth = 100_000  # far beyond the recursion limit of the json module
+    (path / "bundle.json").write_text('{"format": "leukoseg-bundle", "x": ' + "[" * depth + "]" * depth + "}")
+    return "bundle.json", "nested too deeply"
+
+
+def _long_format(path):
+    _rewrite_manifest(path, lambda m: m.__setitem__("format", "x" * 10_000))  # quoted, but cut short
+    return "bundle.json", "not a leukoseg model bundle (format 'xxx"
+
+
+def _rewrite_npz(path, name, edit):
+    with np.load(path / name, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    edit(arrays)
+    np.savez(path / name, **arrays)
+    _fix_checksum(path, name)
+
+
+def _nonfinite_svm_intercept(path):
+    _rewrite_npz(path, "svm.npz", lambda a: a.__setitem__("fold0_intercept", a["fold0_intercept"] * np.nan))
+    return "svm.npz", "non-finite"
+
+
+def _nonfinite_svm_calibrator(path):
+    _rewrite_npz(path, "svm.npz", lambda a: a.__setitem__("fold1_cal0_a", np.array(np.inf)))
+    return "svm.npz", "calibrator 0 holds non-finite values"
+
+
 CORRUPTIONS = [
     _truncate,
     _truncate_with_checksum,
@@ -508,6 +545,11 @@ CORRUPTIONS = [
     _wrong_shape,
     _missing_array,
     _not_a_zip,
+    _zip_of_other_files,
+    _deeply_nested_json,
+    _long_format,
+    _nonfinite_svm_intercept,
+    _nonfinite_svm_calibrator,
 ]
 
 
@@ -521,11 +563,170 @@ def test_corrupt_bundle_is_refused_naming_the_file(saved_features_only, tmp_path
     assert err.path == str(path / name)
     assert reason in err.reason
     assert "\n" not in str(err)
+    assert len(err.reason) < 200
 
 
 def test_missing_bundle_folder(tmp_path):
     with pytest.raises(LeukosegError, match="no such model bundle"):
         B.load_bundle(tmp_path / "nowhere")
+    (tmp_path / "model.npz").write_bytes(b"")
+    with pytest.raises(LeukosegError, match="is a file, not a model bundle folder"):
+        B.load_bundle(tmp_path / "model.npz")
+
+
+def test_unreadable_file_is_refused_naming_it(saved_features_only, tmp_path, monkeypatch):
+    # As for a file of mode 000 (which root would still read).
+    path = _copy(saved_features_only, tmp_path)
+    readable = B.file_sha256
+
+    def no_permission(file):
+        if file.name == "svm.npz":
+            raise PermissionError(13, "Permission denied", str(file))
+        return readable(file)
+
+    monkeypatch.setattr(B, "file_sha256", no_permission)
+    err = _refusal(path)
+    assert err.path == str(path / "svm.npz")
+    assert err.reason.startswith("cannot read ([Errno 13] Permission denied")
+
+
+def _refusal(path) -> LeukosegError:
+    """The one-line, short LeukosegError of loading a damaged bundle."""
+    with pytest.raises(LeukosegError) as info:
+        B.load_bundle(path)
+    assert "\n" not in str(info.value)
+    assert len(info.value.reason) < 200
+    return info.value
+
+
+def _last_kernel(arrays):
+    return max((k for k in arrays if k.endswith("_kernel")), key=lambda k: int(k[5:].partition("_")[0]))
+
+
+def _nan_weight(arrays):
+    key = _last_kernel(arrays)
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[0] = np.nan
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda a: a.__setitem__("layer0_kernel", np.zeros((3, 3, 3, 7), np.float32)), "bias of shape (4,) for 7"),
+        (lambda a: a.__setitem__("layers", np.array(["bogus"] * len(a["layers"]))), "0 ('bogus'): unknown layer"),
+        (lambda a: a.__setitem__("layer1_kernel", np.zeros((5, 5, 3, 4), np.float32)),
+         "layer 1 ('conv2d/linear'): kernel of shape (5, 5, 3, 4) for inputs of shape (16, 16, 4)"),
+        (lambda a: a.__setitem__("layers", np.char.replace(a["layers"], "relu", "swish")), "unknown activation"),
+        (lambda a: a.pop("layer0_kernel"), "lacks the array 'layer0_kernel'"),
+        (_nan_weight, "kernel is not all finite"),
+        (lambda a: a.__setitem__("input_shape", a["input_shape"] + [2, 2, 0]), "kernel of shape"),
+        (lambda a: a.__setitem__("input_shape", np.array([100_000, 100_000, 3])), "at most 1024 pixels a side"),
+        (lambda a: a.__setitem__("input_shape", np.array([16, 16])), "input_shape must be 3 integers"),
+        (lambda a: a.__setitem__("std", np.zeros(3, np.float32)), "'std' must be finite and positive"),
+        (lambda a: a.__setitem__("tta", np.array([True, False])), "'tta' must be one boolean"),
+        (lambda a: a.__setitem__("format_version", np.array(2)), "format version 2"),
+        (lambda a: a.__setitem__("classes", np.arange(3)), "not one value per class (3,)"),
+        # Finite weights whose output is not: the blank patch run catches what shapes alone cannot.
+        (lambda a: a.__setitem__("std", np.full(3, 1e-38, np.float32)), "blank patch"),
+    ],
+)
+def test_damaged_cnn_is_refused_at_load(saved, tmp_path, edit, reason):
+    path = _copy(saved, tmp_path)
+    _rewrite_npz(path, "cnn.npz", edit)
+    err = _refusal(path)
+    assert err.path == str(path / "cnn.npz")
+    assert reason in err.reason
+
+
+MEASUREMENTS = ["nucleus_area_um2", "cell_area_um2", "nc_ratio", "nucleus_solidity", "nucleus_circularity"]
+SETTINGS = {
+    "image_rule": {"top_k": 3, "threshold": 0.5},
+    "patch": {"size": 16, "um_per_px": 0.5},
+    "features": {"measurement_names": MEASUREMENTS, "texture": False, "stain": False, "lbp_radii_um": [],
+                 "distances_um": [1.0], "levels": 32, "angles_deg": [0, 90]},
+}  # fmt: skip
+
+
+def _with_settings(path, edit=None):
+    def change(manifest):
+        manifest["config"].update(json.loads(json.dumps(SETTINGS)))
+        if edit is not None:
+            edit(manifest["config"])
+
+    _rewrite_manifest(path, change)
+    return path
+
+
+def test_valid_classification_settings_load(saved_features_only, tmp_path):
+    bundle = B.load_bundle(_with_settings(_copy(saved_features_only, tmp_path)))
+    assert bundle.config["patch"] == SETTINGS["patch"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda c: c["image_rule"].update(top_k=10**30), "top_k must be an integer from 1 to 100; got 1000"),
+        (lambda c: c["image_rule"].update(top_k=2.0), "top_k must be an integer"),
+        (lambda c: c["image_rule"].update(top_k=True), "top_k must be an integer"),
+        (lambda c: c.update(image_rule=[3]), "top_k must be an integer"),
+        (lambda c: c["patch"].update(size=100_000), "patch size must be an integer from 8 to 1024"),
+        (lambda c: c["patch"].update(size="16"), "patch size must be an integer"),
+        (lambda c: c["patch"].update(um_per_px=1e-9), "patch um_per_px must be a number from 0.01 to 100"),
+        (lambda c: c["patch"].update(um_per_px=float("nan")), "patch um_per_px"),
+        (lambda c: c["patch"].update(um_per_px="0.5"), "patch um_per_px"),
+        (lambda c: c["features"]["measurement_names"].__setitem__(0, "bogus"), "unknown measurement 'bogus'"),
+        (lambda c: c["features"]["measurement_names"].pop(), "features give 4 columns; the models take 5"),
+        (lambda c: c["features"].update(lbp_radii_um=[1000.0]), "at most 50 um; got 1000"),
+        (lambda c: c["features"].update(texture=True, distances_um=[1.0, 500.0]), "at most 50 um; got 500"),
+        (lambda c: c["features"].update(texture=True, levels="32"), "levels must be an integer"),
+        (lambda c: c["features"].update(stain="yes"), "texture and stain must be true or false"),
+        (lambda c: c["features"].pop("angles_deg"), "lacks angles_deg"),
+        (lambda c: c.update(features=[]), "features: must be an object"),
+    ],
+)
+def test_unusable_classification_settings_are_refused_at_load(saved_features_only, tmp_path, edit, reason):
+    path = _with_settings(_copy(saved_features_only, tmp_path), edit)
+    err = _refusal(path)
+    assert err.path == str(path / "bundle.json")
+    assert err.reason.startswith("invalid classification settings: ")
+    assert reason in err.reason
+
+
+def test_cnn_input_must_be_the_configured_patch(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    _rewrite_manifest(path, lambda m: m["config"].update(patch={"size": 32, "um_per_px": 0.5}))
+    err = _refusal(path)
+    assert err.path == str(path / "cnn.npz")
+    assert "takes patches of shape (16, 16, 3); bundle.json's patch size 32 gives (32, 32, 3)" in err.reason
+
+
+@pytest.mark.parametrize("n_features", ["abc", 4, True, None])
+def test_features_entry_must_count_the_names(saved, tmp_path, n_features):
+    path = _copy(saved, tmp_path)
+    _rewrite_manifest(path, lambda m: m["features"].update(n_features=n_features))
+    err = _refusal(path)
+    assert err.path == str(path / "bundle.json")
+    assert f"'features' n_features {n_features!r} is not the {N_FEATURES} names of features.npz" in err.reason
+
+
+def test_settings_must_make_the_bundles_feature_columns(tmp_path):
+    # The shipped bundle, with two measurements swapped in its settings: known names, wrong order.
+    import shutil
+
+    from leukoseg.pipelines.predict import default_model_dir
+
+    path = tmp_path / "model"
+    shutil.copytree(default_model_dir(), path)
+    names = json.loads((path / "bundle.json").read_text())["config"]["features"]["measurement_names"]
+
+    def swap(manifest):
+        measured = manifest["config"]["features"]["measurement_names"]
+        measured[0], measured[1] = measured[1], measured[0]
+
+    _rewrite_manifest(path, swap)
+    err = _refusal(path)
+    assert err.path == str(path / "bundle.json")
+    assert f"features give column 0 {names[1]!r}; features.npz names {names[0]!r}" in err.reason
 
 
 def test_pickle_is_never_loaded(saved_features_only, tmp_path, monkeypatch):

@@ -222,3 +222,64 @@ def test_unexpected_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["segment", str(_smear(tmp_path / "a.jpg")), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err == "leukoseg: error: internal error: RuntimeError: something broke (run with -v for the traceback)\n"
+
+
+def test_usage_errors_are_one_line(capsys):
+    assert main(["segment", "x.jpg", "--pixel-size", "1e200"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--pixel-size" in err and "between" in err
+
+
+@pytest.mark.parametrize("args", [["-vv", "segment", "x"], ["segment", "-vv", "x"]])
+def test_verbosity_before_or_after_the_command(args):
+    from leukoseg.cli import build_parser
+
+    ns = build_parser().parse_args(args)
+    assert ns.verbose == 2 and ns.quiet is False
+
+
+def test_quiet_before_the_command():
+    from leukoseg.cli import build_parser
+
+    assert build_parser().parse_args(["-q", "classify", "x"]).quiet is True
+
+
+def test_batch_of_awkward_inputs(tmp_path, capsys):
+    good = _smear(tmp_path / "good.jpg")
+    data = bytearray(good.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 2000] = bytes(2000)  # a zeroed block, the end marker kept
+    (tmp_path / "zeroed.jpg").write_bytes(bytes(data))
+    (tmp_path / "loop1.jpg").symlink_to(tmp_path / "loop2.jpg")
+    (tmp_path / "loop2.jpg").symlink_to(tmp_path / "loop1.jpg")
+    (tmp_path / "new\nline.jpg").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    inputs = [good, tmp_path / "zeroed.jpg", tmp_path / "loop1.jpg", tmp_path / "new\nline.jpg", tmp_path / "empty",
+              tmp_path / "." / "good.jpg"]  # the last: the first file again, named another way
+    rc = main(["segment", *map(str, inputs), "--out", str(tmp_path / "out"), "--workers", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1
+    errors = [line for line in err if line.startswith("leukoseg: error: ")]
+    assert len(errors) == 3 and "Traceback" not in "\n".join(err)
+    assert any("zeroed.jpg: corrupt JPEG data" in line for line in errors)
+    assert any("loop1.jpg: broken symbolic link" in line for line in errors)
+    assert any("new\\nline.jpg: " in line for line in errors)  # the newline written as an escape: one line
+    assert any("empty: no images found" in line for line in err)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good"]  # segmented once
+
+
+def _killed_on_b(task):
+    """A worker task that dies, as under the kernel's out-of-memory killer, on image "b" (picklable: top level)."""
+    import os
+    import signal
+
+    if task[0] == "b":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"image": task[0]}
+
+
+def test_a_killed_worker_fails_its_image_not_the_batch():
+    from leukoseg.cli import _run_tasks
+
+    results = list(_run_tasks(_killed_on_b, [("a",), ("b",), ("c",)], 2, quiet=True, unit="image"))
+    assert results == [{"image": "a"}, {"image": "b", "error": "its worker process was killed (out of memory?)"},
+                       {"image": "c"}]  # fmt: skip

@@ -322,6 +322,19 @@ def test_same_random_state_same_model(discs):
     assert_allclose(p1, p2, rtol=0, atol=1e-6)
 
 
+def test_fit_leaves_python_and_numpy_global_streams_alone(discs):
+    import random
+
+    X, y, _ = discs
+    random.seed(123)
+    np.random.seed(123)
+    expected = (random.random(), np.random.random())
+    random.seed(123)
+    np.random.seed(123)
+    cnn.CNNClassifier(**TINY, epochs=1, validation_fraction=0.0, random_state=7, device="cpu").fit(X, y)
+    assert (random.random(), np.random.random()) == expected
+
+
 @pytest.mark.parametrize(
     "X, y, groups",
     [
@@ -386,6 +399,18 @@ def test_save_load_gives_identical_predictions(trained, discs, tmp_path):
     assert_allclose(loaded.mean_, clf.mean_, rtol=0, atol=0)
     assert loaded.get_params()["filters"] == (4, 4)
     assert loaded.metadata_["um_per_px"] == 0.12 and loaded.metrics_ == {"acc": 1.0}
+
+
+@KERAS_SAVE_WARNING
+def test_save_load_keeps_a_class_weight_dict(discs, tmp_path):
+    # JSON keys are strings: the dict must come back keyed by the classes themselves, or refitting fails.
+    X, y, _ = discs
+    weights = {np.int64(0): 1.0, 1: 2.0}
+    clf = cnn.CNNClassifier(**TINY, epochs=1, validation_fraction=0.0, class_weight=weights, random_state=0,
+                            device="cpu").fit(X, y)  # fmt: skip
+    loaded = cnn.CNNClassifier.load(clf.save(tmp_path / "model"))
+    assert loaded.get_params()["class_weight"] == {0: 1.0, 1: 2.0}
+    loaded.set_params(epochs=1).fit(X, y)
 
 
 def _corrupt(folder, how):

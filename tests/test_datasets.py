@@ -135,10 +135,73 @@ def test_wrong_layout_says_what_was_found(tmp_path):
     assert "expected im/ImXXX_Y.jpg" in str(info.value) and "found images" in str(info.value)
 
 
+def test_fingerprint_covers_images_and_annotations(fake_idb1):
+    before = load_dataset("all-idb1", fake_idb1).fingerprint()
+    assert load_dataset("all-idb1", fake_idb1).fingerprint() == before  # stable
+    (fake_idb1 / "xyc" / "Im004_1.xyc").write_bytes(b" 5  7 \n")  # one annotated blast moved by a pixel
+    moved = load_dataset("all-idb1", fake_idb1).fingerprint()
+    assert moved != before
+    _jpg(fake_idb1 / "im" / "Im003_0.jpg", seed=99)  # one image replaced
+    assert load_dataset("all-idb1", fake_idb1).fingerprint() not in (before, moved)
+
+
 def test_missing_annotation(fake_idb1):
     (fake_idb1 / "xyc" / "Im003_0.xyc").unlink()
     with pytest.raises(LeukosegError, match="annotation file missing"):
         load_dataset("all-idb1", fake_idb1)
+
+
+@pytest.mark.parametrize("kind", ["broken link", "folder"])
+def test_image_that_is_no_regular_file_is_named(fake_idb1, kind):
+    bad = fake_idb1 / "im" / "Im002_0.jpg"
+    bad.unlink()
+    if kind == "broken link":
+        bad.symlink_to(fake_idb1 / "nowhere.jpg")
+    else:
+        bad.mkdir()
+    with pytest.raises(LeukosegError) as info:
+        load_dataset("all-idb1", fake_idb1)
+    assert info.value.path == str(bad)
+    assert ("broken symbolic link" if kind == "broken link" else "a folder, not an image file") in info.value.reason
+
+
+def test_folder_dataset_refuses_a_broken_link(tmp_path):
+    for cls in ("a", "b"):
+        _jpg(tmp_path / cls / "x.jpg", seed=ord(cls))
+    (tmp_path / "b" / "y.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(LeukosegError, match="broken symbolic link") as info:
+        load_dataset(f"folder:{tmp_path}")
+    assert info.value.path == str(tmp_path / "b" / "y.jpg")
+
+
+def test_unreadable_image_is_named(fake_idb1, monkeypatch):
+    # chmod 000 does not stop root (CI containers), so the refusal of the open is simulated.
+    import leukoseg.datasets as datasets
+
+    bad = fake_idb1 / "im" / "Im003_0.jpg"
+    real = datasets.file_sha256
+
+    def refuse(path):
+        if Path(path) == bad:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(datasets, "file_sha256", refuse)
+    with pytest.raises(LeukosegError) as info:
+        load_dataset("all-idb1", fake_idb1)
+    assert info.value.path == str(bad) and info.value.reason == "cannot read the image (Permission denied)"
+
+
+@pytest.mark.parametrize("spec", ["folder:", "folder:  ", " FOLDER: "])
+def test_folder_spec_without_a_path_is_refused(tmp_path, monkeypatch, spec):
+    # An empty PATH is the current folder to pathlib: it must not be taken as the data set.
+    for cls in ("a", "b"):
+        _jpg(tmp_path / cls / "x.jpg", seed=ord(cls))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LeukosegError, match="names no folder: expected 'folder:PATH'") as info:
+        load_dataset(spec)
+    assert info.value.path is None
+    assert len(load_dataset("folder:", data_dir=tmp_path)) == 2  # --data-dir still gives the folder
 
 
 def test_unknown_dataset():
@@ -164,3 +227,17 @@ def test_real_all_idb1(all_idb1_dir):
     by_name = {r.name: r.group for r in ds.records}
     assert by_name["im/Im093_0.jpg"] == by_name["im/Im108_0.jpg"]
     assert len(set(ds.groups)) == 107
+
+
+@pytest.mark.data
+def test_default_model_was_trained_on_this_all_idb1(all_idb1_dir):
+    # The bundled model's provenance names the exact images and annotations it was trained on.
+    import json
+
+    bundle = Path(__file__).resolve().parents[1] / "leukoseg" / "models" / "default" / "bundle.json"
+    provenance = json.loads(bundle.read_text(encoding="utf-8"))["provenance"]
+    fingerprint = load_dataset("all-idb1", all_idb1_dir).fingerprint()
+    assert provenance["dataset"]["fingerprint"] == fingerprint
+    assert provenance["cross_validated_metrics"]["dataset_fingerprint"] == fingerprint
+    run = provenance["cross_validated_metrics"]["run"]
+    assert run and "/" not in run and "\\" not in run  # a folder name, not a path of one machine

@@ -34,3 +34,17 @@ def test_docstring_examples(name):
         runner.run(test)
     failed, attempted = runner.summarize(verbose=False)
     assert failed == 0, f"{failed} of {attempted} examples of {name} failed (see the output above)"
+
+
+@pytest.mark.parametrize("package", _PACKAGES)
+def test_public_names_resolve(package):
+    # Every name in __all__ is served (the lazy packages load it on first use), and each has a docstring.
+    module = importlib.import_module(package)
+    names = getattr(module, "__all__", [])
+    for name in names:
+        obj = getattr(module, name)
+        if callable(obj):
+            assert (obj.__doc__ or "").strip(), f"{package}.{name} has no docstring"
+    lazy = getattr(module, "_SUBMODULE", None)
+    if lazy is not None:
+        assert sorted(names) == sorted(lazy), f"{package}.__all__ differs from the names it serves"

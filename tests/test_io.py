@@ -190,6 +190,47 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     assert target.read_text() == "whole"
 
 
+def test_umask_is_read_without_changing_it():
+    import os
+
+    from leukoseg.io import _umask
+
+    before = os.umask(0o027)
+    try:
+        assert _umask() == 0o027
+        assert _umask() == 0o027  # reading it left it as it was
+    finally:
+        os.umask(before)
+
+
+def test_swap_folder_puts_the_old_result_back_when_the_rename_fails(tmp_path, monkeypatch):
+    import os
+
+    from leukoseg import io as lio
+
+    target, tmp = tmp_path / "result", tmp_path / ".result.part"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src) == tmp:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(lio.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        lio._swap_folder(tmp, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".result.part", "result"]  # nothing stranded
+    assert (target / "old.txt").read_text() == "old"
+    monkeypatch.undo()
+    lio._swap_folder(tmp, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+    assert (target / "new.txt").read_text() == "new" and not (target / "old.txt").exists()
+
+
 def test_write_label_png_keeps_uint16(tmp_path):
     labels = np.zeros((20, 30), np.uint16)
     labels[2:5, 3:9] = 300
@@ -252,3 +293,28 @@ def test_max_pixels_above_pillows_own_limit(tmp_path, png_header_only):
         read_image(path, max_pixels=300_000_000)
     assert "too large" not in str(info.value)  # accepted by the limit; fails on the missing data instead
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_corrupt_jpeg_data_is_refused(tmp_path, rgb_image):
+    path = _save(tmp_path / "a.jpg", rgb_image, quality=95)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3 :] = data[len(data) // 3 : len(data) // 2] + b"\xff\xd9"  # cut short, then "ended"
+    path.write_bytes(bytes(data))
+    with pytest.raises(LeukosegError, match="corrupt JPEG data"):
+        read_image(path)
+
+
+def test_c_stderr_capture_keeps_what_it_does_not_drop(capfd):
+    import os
+
+    from leukoseg._stderr import c_stderr_captured
+
+    with c_stderr_captured(drop=lambda line: "noise" in line) as lines:
+        os.write(2, b"noise from a C library\nkeep this\n")
+    assert lines == ["noise from a C library\n", "keep this\n"]
+    assert capfd.readouterr().err == "keep this\n"
+
+
+def test_not_a_regular_file(tmp_path):
+    with pytest.raises(LeukosegError, match="not a regular file"):
+        read_image("/dev/null")

@@ -78,6 +78,49 @@ def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1,
         _train(fast, fake_all_idb1, fake_cache, tmp_path / "other", run_dir=run)
 
 
+def _subset(src: Path, dst: Path, stems) -> Path:
+    """A copy of some images of a fake ALL-IDB1 (with their annotations)."""
+    import shutil
+
+    for sub, ext in (("im", ".jpg"), ("xyc", ".xyc")):
+        (dst / sub).mkdir(parents=True)
+        for stem in stems:
+            shutil.copy(src / sub / f"{stem}{ext}", dst / sub / f"{stem}{ext}")
+    return dst
+
+
+def test_cli_train_refuses_a_class_in_one_image_before_any_work(fake_all_idb1, tmp_path, capsys):
+    from leukoseg.cli import main
+
+    data = _subset(fake_all_idb1, tmp_path / "three", ["Im031_0", "Im032_1", "Im033_0"])  # one ALL image
+    rc = main(["train", "--dataset", "all-idb1", "--data-dir", str(data), "--out", str(tmp_path / "m"), "--no-cnn",
+               "--cache", str(tmp_path / "cache"), "--workers", "1"])  # fmt: skip
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2 and "internal error" not in line
+    assert line.startswith(f"leukoseg: error: {data}: class '1' (ALL) has 1 distinct image(s)"), line
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "m").exists()  # nothing was segmented
+
+
+def test_train_refuses_blast_cells_of_one_image(fast, fake_all_idb1, fake_cache, tmp_path):
+    # Enough ALL images, but the annotations of all but one match no cell: the cell models cannot be tuned.
+    import shutil
+
+    data = shutil.copytree(fake_all_idb1, tmp_path / "data")
+    for xyc in sorted((data / "xyc").glob("*_1.xyc"))[1:]:
+        xyc.write_text("")
+    with pytest.raises(LeukosegError, match=r"blast cells \(matched to annotated centroids\) found in 1 distinct"):
+        train_bundle(load_dataset("all-idb1", data), tmp_path / "m", cache_dir=fake_cache, **{**fast, "cnn": False})
+
+
+def test_train_refuses_run_metrics_nested_too_deeply(fast, fake_all_idb1, fake_cache, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(LeukosegError, match="nested too deeply") as info:
+        _train(fast, fake_all_idb1, fake_cache, tmp_path / "m", run_dir=run)
+    assert info.value.path == str(run / "metrics.json")
+
+
 def test_blast_colors_run_blue_to_red():
     colors = blast_colors([1, 2, 3], [0.0, 0.5, 1.0])
     assert colors[1][2] > colors[1][0] and colors[3][0] > colors[3][2] and colors[2][1] > 150

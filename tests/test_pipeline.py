@@ -14,6 +14,7 @@ from PIL import Image
 
 from leukoseg.cli import main
 from leukoseg.datasets import load_dataset
+from leukoseg.errors import LeukosegError
 from leukoseg.pipelines.experiment import match_blasts, run_experiment
 from leukoseg.pipelines.folds import assign_folds, check_no_leak
 from leukoseg.pipelines.metrics import binary_metrics, choose_threshold, image_score, wilson_interval
@@ -224,6 +225,32 @@ def test_experiment_refuses_bad_cnn_settings_before_any_work(fake_all_idb1, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "cache").exists()  # nothing was segmented
+
+
+@pytest.mark.parametrize(("folds", "message"), [
+    ("5", "class '1' (ALL) has 1 distinct image(s) (identical copies count once), fewer than the 5 folds; add "),
+    ("2", "class '1' (ALL) has 1 distinct image(s) (identical copies count once), fewer than the 2 folds; add "),
+])  # fmt: skip
+def test_experiment_refuses_a_class_in_too_few_images_before_any_work(fake_all_idb1, tmp_path, capsys, folds,
+                                                                      message):
+    import shutil
+
+    data = tmp_path / "three"
+    for sub, ext in (("im", ".jpg"), ("xyc", ".xyc")):
+        (data / sub).mkdir(parents=True)
+        for stem in ("Im031_0", "Im032_1", "Im033_0"):  # one ALL image, two healthy
+            shutil.copy(fake_all_idb1 / sub / f"{stem}{ext}", data / sub / f"{stem}{ext}")
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(data), "--folds", folds, "--no-cnn",
+               "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0] == f"leukoseg: error: {data}: {message}distinct images of that class"
+    assert not (tmp_path / "cache").exists()  # nothing was segmented
+    # Plain labels, never NumPy's scalar reprs; fewer folds are suggested when they would do.
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    with pytest.raises(LeukosegError, match=r"^.*class '0' \(healthy\) has 5 distinct image\(s\) .*fewer than the "
+                                            r"6 folds; use at most 5 folds \(--folds\)$") as info:  # fmt: skip
+        run_experiment(dataset, tmp_path / "run6", n_folds=6, cache_dir=tmp_path / "cache")
+    assert "np." not in str(info.value) and info.value.path == str(fake_all_idb1)
 
 
 def test_cli_cnn_params_must_be_a_json_object(tmp_path, capsys):

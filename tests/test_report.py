@@ -398,6 +398,7 @@ def test_unreadable_csv_is_left_out(tmp_path):
         ('[1, 2]', "not hold a JSON object"),
         ('{"models": {}}', "no \"models\""),
         (b"\xff\xfe\xfa", "not UTF-8"),
+        ("[" * 200_000 + "]" * 200_000, "nested too deeply"),  # a RecursionError in the JSON decoder
     ],
 )
 def test_bad_metrics_json_raises(tmp_path, content, reason):
@@ -418,8 +419,13 @@ def test_bad_run_and_data_folders_raise(tmp_path):
     with pytest.raises(LeukosegError, match="no such run folder"):
         write_report(tmp_path / "absent")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(LeukosegError, match="not a folder"):
+    with pytest.raises(LeukosegError, match="not a folder") as err:
         write_report(tmp_path / "file")
+    assert "`leukoseg classify --dataset`" in err.value.reason  # the command that writes run folders
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LeukosegError, match="no metrics.json") as err:
+        write_report(tmp_path / "empty")
+    assert "`leukoseg classify --dataset`" in err.value.reason
     run = make_binary_run(tmp_path)
     with pytest.raises(LeukosegError, match="no such data folder") as err:
         write_report(run, data_dir=tmp_path / "nodata")

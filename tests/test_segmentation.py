@@ -124,6 +124,29 @@ def test_bad_arrays_are_refused(bad):
         segment(bad)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"pixel_size": 0.0}, {"pixel_size": float("nan")}, {"pixel_size": True}, {"red_cell_diameter_um": -7.5},
+        {"working_um_per_px": float("nan")}, {"median_um": -1.0}, {"stain_sigmas": 0}, {"min_stain_excess": -1.0},
+        {"min_stain_excess": float("nan")}, {"min_nucleus_area_um2": -14.0}, {"max_cytoplasm_um": float("inf")},
+        {"split_distance_um": "3"}, {"nucleus_excess_range": (70.0, 35.0)}, {"nucleus_excess_range": (35.0,)},
+    ],
+)  # fmt: skip
+def test_bad_parameters_are_refused(kwargs):
+    image = np.full((64, 64, 3), 220, np.uint8)
+    (name,) = kwargs
+    with pytest.raises(ValueError, match=name):
+        segment(image, **kwargs)
+
+
+def test_segmentation_compares_by_identity():
+    # Its fields are arrays: a generated == would raise on them.
+    image, _ = touching_discs()
+    a, b = segment(image, pixel_size=0.35), segment(image, pixel_size=0.35)
+    assert a == a and a != b
+
+
 def test_labels_and_measurements_agree():
     smear = make_smear(seed=2)
     seg = segment(smear.image)
@@ -260,6 +283,30 @@ def test_rewrite_replaces_atomically(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
         "cells.csv", "cells.geojson", "cells.png", "nuclei.png", "overlay.jpg", "segmentation.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+@pytest.mark.parametrize("name", ["segmentation.json", "../outside.json", "sub/x.json", "cells.csv", ".hidden.json"])
+def test_extra_json_names_a_plain_new_file(tmp_path, name):
+    image, _ = touching_discs()
+    seg = segment(image, pixel_size=0.35)
+    with pytest.raises(ValueError, match="extra_json"):
+        write_segmentation(tmp_path / "s", image, seg, crops=False, extra_json={name: {"a": 1}})
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    write_segmentation(tmp_path / "s", image, seg, crops=False, extra_json={"classification.json": {"a": 1}})
+    assert json.loads((tmp_path / "s" / "classification.json").read_text()) == {"a": 1}
+
+
+def test_patch_arguments_are_checked():
+    from leukoseg.segmentation import extract_patches
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match="same length"):
+        extract_patches(image, [10, 20], [10], um_per_px=0.5)
+    with pytest.raises(ValueError, match="patch_size"):
+        extract_patch(image, 10, 10, um_per_px=0.5, patch_size=0)
+    with pytest.raises(ValueError, match="um_per_px"):
+        extract_patch(image, 10, 10, um_per_px=float("nan"))
+    assert extract_patches(image, [], [], um_per_px=0.5).shape == (0, 50, 50, 3)
 
 
 def test_patch_is_scale_normalised():

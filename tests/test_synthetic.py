@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,6 +295,9 @@ def test_write_samples_round_trip(tmp_path):
     assert names == sorted([*expected, "README.md"])
     assert [p.name for p in find_images([folder])] == ["smear_01.jpg", "smear_02.jpg", "smear_03.jpg"]
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1_500_000
+    # The bundled sample_images/README.md is the generator's own: regenerating must not change it.
+    bundled = Path(__file__).resolve().parents[1] / "sample_images" / "README.md"
+    assert (folder / "README.md").read_text(encoding="utf-8") == bundled.read_text(encoding="utf-8")
     kinds_seen = set()
     for k in (1, 2, 3):
         truth = json.loads((folder / f"smear_0{k}.truth.json").read_text(encoding="utf-8"))

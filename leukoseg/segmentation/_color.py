@@ -15,7 +15,25 @@ __all__ = ["background_level", "stain_excess"]
 
 
 def background_level(image: np.ndarray, *, channel: int = 1) -> float:
-    """Brightness of the slide background: a high percentile of one channel (green by default; never below 1)."""
+    """Brightness of the slide background: a high percentile of one channel (green by default; never below 1).
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB smear.
+    channel : int, optional
+        0 red, 1 green, 2 blue.
+
+    Returns
+    -------
+    float
+        The 95th percentile of the channel (every 4th pixel), at least 1.
+
+    Raises
+    ------
+    ValueError
+        If `image` is empty.
+    """
     values = image[::4, ::4, channel]
     if values.size == 0:
         raise ValueError("image is empty")

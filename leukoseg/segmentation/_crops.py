@@ -48,8 +48,10 @@ def extract_patch(
     """
     import cv2
 
-    if um_per_px <= 0 or patch_um_per_px <= 0:
-        raise ValueError("um_per_px and patch_um_per_px must be positive")
+    if not (np.isfinite(um_per_px) and np.isfinite(patch_um_per_px) and um_per_px > 0 and patch_um_per_px > 0):
+        raise ValueError(f"um_per_px and patch_um_per_px must be positive, got {um_per_px!r} and {patch_um_per_px!r}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
     s = um_per_px / patch_um_per_px  # patch pixels per image pixel
     c = (patch_size - 1) / 2.0
     # Affine map from image to patch: scale about (x, y), then move (x, y) to the patch centre.
@@ -69,6 +71,7 @@ def extract_patch(
         small = cv2.resize(window, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
     shift = np.array([[1.0, 0.0, c - (s * (x - x0 + 0.5) - 0.5)], [0.0, 1.0, c - (s * (y - y0 + 0.5) - 0.5)]])
     return cv2.warpAffine(small, shift, (patch_size, patch_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
 
 def _window(image: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
     """``image[y0:y0+h, x0:x0+w]``, reflected where it leaves the image."""
@@ -94,7 +97,27 @@ def extract_patches(
     patch_size: int = 50,
     patch_um_per_px: float = 0.5,
 ) -> np.ndarray:
-    """:func:`extract_patch` for many centres: an (N, patch_size, patch_size, 3) uint8 array."""
+    """:func:`extract_patch` for many centres.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB smear.
+    xs, ys : (N,) array-like of float
+        Centres in image pixels (x = column, y = row), as many of one as of the other.
+    um_per_px : float
+        Pixel size of `image`.
+    patch_size : int, optional
+        Side of the patches in pixels.
+    patch_um_per_px : float, optional
+        Pixel size of the patches.
+
+    Returns
+    -------
+    (N, patch_size, patch_size, 3) ndarray of uint8
+    """
+    if len(xs) != len(ys):
+        raise ValueError(f"xs and ys must have the same length, got {len(xs)} and {len(ys)}")
     out = np.zeros((len(xs), patch_size, patch_size, 3), np.uint8)
     for i, (x, y) in enumerate(zip(xs, ys)):
         out[i] = extract_patch(image, x, y, um_per_px=um_per_px, patch_size=patch_size, patch_um_per_px=patch_um_per_px)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LeukosegError
-from ..io import _RESULT_MARKER, _refusal_to_replace, _umask, encode_image
+from ..io import _RESULT_MARKER, _refusal_to_replace, _swap_folder, _umask, encode_image
 from ._crops import extract_patch
 from ._measure import MEASUREMENT_COLUMNS
 from ._png import label_png
@@ -43,7 +43,17 @@ OVERLAY_MAX_SIDE = 2000
 
 
 def cells_csv(seg: Segmentation) -> str:
-    """The measurement table as CSV text (header + one row per cell)."""
+    """The measurement table as CSV text (header + one row per cell).
+
+    Parameters
+    ----------
+    seg : Segmentation
+        A result of :func:`~leukoseg.segmentation.segment`.
+
+    Returns
+    -------
+    str
+    """
     return _cells_csv(seg.rows())
 
 
@@ -97,7 +107,19 @@ def _polygon(contours: Any, x0: int, y0: int) -> list[list[float]] | None:
 
 
 def cells_geojson(seg: Segmentation) -> dict[str, Any]:
-    """The cells as a GeoJSON FeatureCollection of QuPath cell objects (pixel coordinates of the input)."""
+    """The cells as a GeoJSON FeatureCollection of QuPath cell objects (pixel coordinates of the input).
+
+    Parameters
+    ----------
+    seg : Segmentation
+        A result of :func:`~leukoseg.segmentation.segment`.
+
+    Returns
+    -------
+    dict
+        Ready for ``json.dumps``: each feature's ``geometry`` is the cell outline, ``nucleusGeometry``
+        the nucleus outline, and ``properties["measurements"]`` the cell's measurements.
+    """
     rows = seg.rows()
     return _cells_geojson(rows, _outlines(seg, rows))
 
@@ -231,6 +253,11 @@ def write_segmentation(
         If `out_dir` exists and is a file, or a folder that is neither empty nor an earlier result.
     """
     out_dir = Path(out_dir)
+    extra_json = dict(extra_json or {})
+    for name in extra_json:
+        if (Path(name).name != name or name == _RESULT_MARKER or not name.endswith(".json")
+                or name.startswith(".")):  # fmt: skip
+            raise ValueError(f"extra_json names a plain new .json file of the folder; got {name!r}")
     _check_replaceable(out_dir)  # before the work, and again at the swap
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
@@ -279,7 +306,7 @@ def write_segmentation(
             }
             info.update(summary or {})
             _write_text(tmp / _RESULT_MARKER, json.dumps(info, indent=2, sort_keys=False, allow_nan=False) + "\n")
-            for name, content in (extra_json or {}).items():
+            for name, content in extra_json.items():
                 _write_text(tmp / name, json.dumps(dict(content), indent=2, allow_nan=False) + "\n")
             for future in pending:
                 future.result()
@@ -313,11 +340,5 @@ def _check_replaceable(folder: Path) -> None:
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename the finished folder into place; an older result is moved aside first, then removed."""
-    old = None
-    _check_replaceable(final)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _check_replaceable(final)  # again: the folder may have changed while the image was processed
+    _swap_folder(tmp, final)

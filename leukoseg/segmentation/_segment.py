@@ -106,7 +106,7 @@ class _Pyramid:
         return level
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Segmentation:
     """White cells found in one smear.
 
@@ -265,10 +265,22 @@ def segment(
     2
     """
     _check_image(image)
-    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
-        raise ValueError(f"pixel_size must be a positive number of micrometres, got {pixel_size!r}")
-    if working_um_per_px <= 0:
-        raise ValueError(f"working_um_per_px must be positive, got {working_um_per_px!r}")
+    if pixel_size is not None:
+        _check_positive("pixel_size", pixel_size)
+    for name, value in (
+        ("red_cell_diameter_um", red_cell_diameter_um), ("fallback_nucleus_diameter_um", fallback_nucleus_diameter_um),
+        ("working_um_per_px", working_um_per_px), ("median_um", median_um), ("stain_sigmas", stain_sigmas),
+        ("min_nucleus_area_um2", min_nucleus_area_um2), ("split_distance_um", split_distance_um),
+        ("max_cytoplasm_um", max_cytoplasm_um),
+    ):  # fmt: skip
+        _check_positive(name, value)
+    _check_positive("min_stain_excess", min_stain_excess, allow_zero=True)
+    if (
+        len(nucleus_excess_range) != 2
+        or not all(_is_real(v) and np.isfinite(v) for v in nucleus_excess_range)
+        or nucleus_excess_range[0] > nucleus_excess_range[1]
+    ):
+        raise ValueError(f"nucleus_excess_range must be two finite numbers (low, high), got {nucleus_excess_range!r}")
     height, width = image.shape[:2]
     background = background_level(image)
     pyramid = _Pyramid(image)
@@ -331,6 +343,17 @@ def segment(
         measurements=types.MappingProxyType(measurements),
         _pyramid=pyramid,
     )
+
+
+def _is_real(value: object) -> bool:
+    # bool is an int to Python, but True as a size in micrometres is a mistake, not 1.0.
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if not (_is_real(value) and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        sign = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a finite {sign} number, got {value!r}")
 
 
 def _check_image(image: np.ndarray) -> None:
