@@ -1422,9 +1422,7 @@ def _feature_columns(features: Any) -> list[str]:
     ValueError if a setting is missing or invalid, names an unknown measurement, or puts an LBP radius or
     GLCM distance beyond 50 um.
     """
-    from leukoseg.features.glcm import texture_feature_names
-    from leukoseg.features.rows import check_lbp_radii
-    from leukoseg.features.stain import STAIN_FEATURE_NAMES, lbp_feature_names
+    from leukoseg.features.rows import check_lbp_radii, feature_names
     from leukoseg.segmentation import MEASUREMENT_COLUMNS
 
     if not isinstance(features, dict):
@@ -1442,12 +1440,9 @@ def _feature_columns(features: Any) -> list[str]:
     if not isinstance(texture, bool) or not isinstance(stain, bool):
         raise ValueError(f"texture and stain must be true or false; got {_short(texture)} and {_short(stain)}")
     radii = check_lbp_radii(features.get("lbp_radii_um", ()))
-    columns = [*names, *(STAIN_FEATURE_NAMES if stain else ()), *lbp_feature_names(radii)]
-    lengths = list(radii)
-    if texture:
-        glcm = {k: features[k] for k in ("distances_um", "levels", "angles_deg")}
-        columns += texture_feature_names(prefix="nuc_", **glcm) + texture_feature_names(prefix="cyto_", **glcm)
-        lengths += [float(d) for d in glcm["distances_um"]]
+    glcm = {k: features[k] for k in ("distances_um", "levels", "angles_deg")}
+    columns = feature_names(names, texture=texture, stain=stain, lbp_radii_um=radii, **glcm)
+    lengths = [*radii, *((float(d) for d in glcm["distances_um"]) if texture else ())]
     if lengths and max(lengths) > _MAX_FEATURE_UM:
         raise ValueError(f"LBP radii and GLCM distances must be at most {_MAX_FEATURE_UM:g} um; got {max(lengths):g}")
     return columns

@@ -9,12 +9,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, texture_feature_names
+from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM
 from .rows import (
     CELL_KEYS, LBP_RADII_UM, _as_cells, _is_bool, _is_real, _measurement_row, _measurements_of, check_lbp_radii,
-    feature_matrix,
+    feature_matrix, feature_names,
 )  # fmt: skip
-from .stain import STAIN_FEATURE_NAMES, lbp_feature_names
 
 __all__ = ["BOOKKEEPING_MEASUREMENTS", "CELL_KEYS", "CellFeatures"]
 
@@ -147,14 +146,13 @@ class CellFeatures(TransformerMixin, BaseEstimator):
                 raise ValueError(f"measurements must be distinct names (str); got {self.measurements!r}")
         for i, cell in enumerate(cells):
             _measurement_row(_measurements_of(cell, i), names, i)
-        stain = list(STAIN_FEATURE_NAMES) if self.stain else []
-        texture = self._texture_names() if self.texture else []
-        lbp = lbp_feature_names(self._lbp_radii())
+        columns = feature_names(
+            names, texture=self.texture, stain=self.stain, lbp_radii_um=self._lbp_radii(),
+            distances_um=self.distances_um, levels=self.levels, angles_deg=self.angles_deg,
+        )  # fmt: skip
         self.measurement_names_ = names
-        self.feature_names_out_ = np.asarray(names + stain + lbp + texture, dtype=object)
-        log.debug(
-            "CellFeatures: %d measurement, %d stain and %d texture columns", len(names), len(stain), len(texture)
-        )
+        self.feature_names_out_ = np.asarray(columns, dtype=object)
+        log.debug("CellFeatures: %d measurement columns of %d", len(names), len(columns))
         return self
 
     def transform(self, X: Sequence[Mapping]) -> np.ndarray:
@@ -206,6 +204,3 @@ class CellFeatures(TransformerMixin, BaseEstimator):
     def _lbp_radii(self) -> tuple[float, ...]:
         return check_lbp_radii(self.lbp_radii_um)
 
-    def _texture_names(self) -> list[str]:
-        kw = {"distances_um": self.distances_um, "levels": self.levels, "angles_deg": self.angles_deg}
-        return texture_feature_names(prefix="nuc_", **kw) + texture_feature_names(prefix="cyto_", **kw)

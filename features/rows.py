@@ -15,13 +15,54 @@ import numpy as np
 from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, cell_texture_features, texture_feature_names
 from .stain import _LBP_RADII_UM, STAIN_FEATURE_NAMES, cell_stain_features, lbp_feature_names, nucleus_lbp_features
 
-__all__ = ["CELL_KEYS", "LBP_RADII_UM", "check_lbp_radii", "feature_matrix"]
+__all__ = ["CELL_KEYS", "LBP_RADII_UM", "check_lbp_radii", "feature_matrix", "feature_names"]
 
 #: Default radii (um) of the nucleus LBP histograms.
 LBP_RADII_UM = _LBP_RADII_UM
 
 #: Keys every cell mapping must have.
 CELL_KEYS = ("image", "nucleus", "cell", "um_per_px", "measurements")
+
+
+def feature_names(
+    measurement_names: Sequence[str],
+    *,
+    texture: bool = True,
+    stain: bool = False,
+    lbp_radii_um: Sequence[float] = (),
+    distances_um: Sequence[float] = _DEFAULT_DISTANCES_UM,
+    levels: int = 32,
+    angles_deg: Sequence[float] = _DEFAULT_ANGLES_DEG,
+) -> list[str]:
+    """Names of the columns of :func:`feature_matrix` with the same settings, in order.
+
+    Parameters
+    ----------
+    measurement_names : sequence of str
+        Measurement columns, in order.
+    texture, stain, lbp_radii_um, distances_um, levels, angles_deg
+        As for :func:`feature_matrix`.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ValueError
+        If the LBP radii or the texture settings are invalid.
+
+    Examples
+    --------
+    >>> feature_names(["area"], texture=False, lbp_radii_um=(1.0,))[:3]
+    ['area', 'nuc_lbp_r1um_0', 'nuc_lbp_r1um_1']
+    """
+    radii = check_lbp_radii(lbp_radii_um)
+    columns = [*measurement_names, *(STAIN_FEATURE_NAMES if stain else ()), *lbp_feature_names(radii)]
+    if texture:
+        glcm_kw = {"distances_um": distances_um, "levels": levels, "angles_deg": angles_deg}
+        columns += texture_feature_names(prefix="nuc_", **glcm_kw) + texture_feature_names(prefix="cyto_", **glcm_kw)
+    return columns
 
 
 def feature_matrix(
@@ -73,10 +114,7 @@ def feature_matrix(
     names = list(measurement_names)
     radii = check_lbp_radii(lbp_radii_um)
     glcm_kw = {"distances_um": distances_um, "levels": levels, "angles_deg": angles_deg}
-    n_columns = (
-        len(names) + (len(STAIN_FEATURE_NAMES) if stain else 0) + len(lbp_feature_names(radii))
-        + (2 * len(texture_feature_names(prefix="", **glcm_kw)) if texture else 0)  # nucleus + cytoplasm
-    )  # fmt: skip
+    n_columns = len(feature_names(names, texture=texture, stain=stain, lbp_radii_um=radii, **glcm_kw))
     out = np.empty((len(cells), n_columns), dtype=np.float64)
     for i, cell in enumerate(cells):
         row = _measurement_row(_measurements_of(cell, i), names, i)
