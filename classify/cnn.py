@@ -74,7 +74,7 @@ from sklearn.utils.validation import check_is_fitted
 from leukoseg._stderr import import_keras
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
-from leukoseg.io import write_json
+from leukoseg.io import _python_scalar, write_json
 
 from ._cnn_numpy import (
     ACTIVATIONS,
@@ -472,11 +472,6 @@ def _backend_sees_gpu(backend: str) -> bool:
         jax = importlib.import_module("jax")
         return any(d.platform in ("gpu", "cuda", "rocm") for d in jax.devices())
     return False
-
-
-def _json_scalar(value: Any) -> Any:
-    """A NumPy scalar as the Python scalar JSON can write (class labels are often ``np.int64``)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 @contextlib.contextmanager
@@ -942,7 +937,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         params = self.get_params()
         if isinstance(params["class_weight"], Mapping):
             # JSON object keys are strings: a {0: 1.0, 1: 2.0} would come back keyed "0", "1". Pairs keep the type.
-            params["class_weight"] = [[_json_scalar(c), float(w)] for c, w in params["class_weight"].items()]
+            params["class_weight"] = [[_python_scalar(c), float(w)] for c, w in params["class_weight"].items()]
         config = {
             "format": _FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -211,7 +211,9 @@ class FABSettings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain Python values, for JSON."""
         out = asdict(self)
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
+        from leukoseg.io import _python_scalar
+
+        return {k: _python_scalar(v) for k, v in out.items()}
 
 
 def _check_number(name: str, value: Any, *, low: float, high: float | None = None, low_open: bool = False) -> None:

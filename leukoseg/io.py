@@ -448,6 +448,11 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
 
+def _python_scalar(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (for JSON, and for messages: its repr reads ``np.int64(1)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write an object as indented JSON, atomically (see :func:`atomic_write`).
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import file_sha256
-from ..io import _check_writable_folder
+from ..io import _check_writable_folder, _python_scalar
 
 __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 
@@ -123,13 +123,9 @@ def _cells_for_features(image: np.ndarray, seg) -> list[dict]:
             "nucleus": seg.nuclei[y0:y1, x0:x1] == cid,
             "cell": seg.cells[y0:y1, x0:x1] == cid,
             "um_per_px": seg.um_per_px,
-            "measurements": {k: _number(v[i]) for k, v in m.items()},
+            "measurements": {k: _python_scalar(v[i]) for k, v in m.items()},
         })  # fmt: skip
     return cells
-
-
-def _number(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _compute(path: Path, segment_kw: Mapping, feature_kw: Mapping) -> CachedImage:

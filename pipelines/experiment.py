@@ -107,6 +107,7 @@ from typing import Any
 import numpy as np
 
 from leukoseg.errors import LeukosegError
+from leukoseg.io import _python_scalar
 
 from .cache import default_cache_dir, load_or_compute
 from .folds import assign_folds, check_no_leak
@@ -774,7 +775,7 @@ def _feature_columns(train_rows, feature_names, feature_params) -> tuple[list[in
     """
     from leukoseg.features import CellFeatures
 
-    cells = [{"measurements": {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}}
+    cells = [{"measurements": {k: _python_scalar(v) for k, v in row.items()}}
              for row in train_rows]
     extractor = CellFeatures(**dict(feature_params or {})).fit(cells)
     wanted = [str(n) for n in extractor.get_feature_names_out()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from leukoseg.io import _python_scalar
+
 __all__ = ["assign_folds", "check_no_leak"]
 
 
@@ -55,7 +57,7 @@ def assign_folds(labels, groups, *, n_folds: int = 5, repeats: int = 1, seed: in
         n_groups = len(np.unique(groups[labels == c]))
         if n_groups < n_folds:
             raise ValueError(
-                f"class {_plain(c)!r} has {n_groups} distinct image(s), fewer than the {n_folds} folds; use fewer folds"
+                f"class {_python_scalar(c)!r} has {n_groups} distinct image(s), fewer than the {n_folds} folds; use fewer folds"
             )
     out = np.full((repeats, len(labels)), -1, dtype=int)
     for r in range(repeats):
@@ -86,8 +88,3 @@ def check_no_leak(train_images, test_images, train_groups, test_groups) -> None:
     shared_groups = set(np.asarray(train_groups).tolist()) & set(np.asarray(test_groups).tolist())
     if shared_groups:
         raise AssertionError(f"groups of identical images on both sides of a split: {sorted(shared_groups)[:5]}")
-
-
-def _plain(value):
-    """A NumPy scalar as the Python value it holds (its repr would read ``np.int64(1)``)."""
-    return value.item() if hasattr(value, "item") else value
