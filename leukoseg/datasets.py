@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import LeukosegError
-from .io import image_files
+from .io import _file_problem, image_files
 
 __all__ = [
     "Dataset",
@@ -283,19 +282,12 @@ def _load_folder(root: Path) -> Dataset:
 def _check_image_file(path: Path) -> None:
     """Refuse a listed image that is not a regular file: a broken link, a folder named like an image.
 
-    Only a ``stat``: whether the file can be read is found when it is hashed for the groups
-    (:func:`_with_groups`), which reads every image anyway.
+    Only a ``stat`` (the test of :func:`~leukoseg.io.read_image`): whether the file can be read is found
+    when it is hashed for the groups (:func:`_with_groups`), which reads every image anyway.
     """
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        reason = "broken symbolic link (its target does not exist)" if path.is_symlink() else "no such file"
-        raise LeukosegError(path, f"{reason}; remove it from the data set or replace it by the image") from None
-    except OSError as exc:  # a link loop, a folder that cannot be searched
-        raise LeukosegError(path, f"cannot open the image ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(mode):
-        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise LeukosegError(path, f"{what}, not an image file; remove it from the data set or rename it")
+    problem = _file_problem(path)
+    if problem is not None:
+        raise LeukosegError(path, f"{problem}; remove it from the data set, or replace or rename it")
 
 
 def _image_sha256(path: Path) -> str:
