@@ -293,22 +293,17 @@ def _batch(raw_paths: Sequence[str], out: Path) -> tuple[list[tuple[Path, Path]]
     Folder searches skip `out` and earlier results; files named explicitly are kept. An input that lies
     inside an output folder of this batch is refused: replacing that folder would delete it.
     """
-    from .io import find_images
+    from .io import _search
 
-    paths, refused, seen, empty = [], [], set(), []
+    refused, searched = [], []
     for raw in raw_paths:
         p = Path(raw)
         if p.is_dir() and not os.access(p, os.R_OK | os.X_OK):
             refused.append({"image": str(raw), "error": "cannot read this folder (permission denied)"})
-            continue
-        found = find_images([raw], exclude=[out])
-        if not found:
-            empty.append(_one_line(raw))
-        for q in found:
-            real = os.path.realpath(q)  # the same file named two ways is one input (realpath never raises)
-            if real not in seen:
-                seen.add(real)
-                paths.append(q)
+        else:
+            searched.append(raw)
+    paths, empty = _search(searched, exclude=[out])
+    empty = [_one_line(raw) for raw in empty]
     if not paths and not refused:
         shown = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
         raise LeukosegError(None, f"no images found in {shown}")

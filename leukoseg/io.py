@@ -277,33 +277,43 @@ def find_images(paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[st
     Returns
     -------
     list of pathlib.Path
-        Unique paths in a stable order: the arguments' order, each folder sorted.
+        Unique files (one path per file, however it is named) in a stable order: the arguments' order,
+        each folder sorted.
     """
+    return _search(paths, exclude=exclude)[0]
+
+
+def _search(
+    paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str | os.PathLike[str]] = ()
+) -> tuple[list[Path], list[str]]:
+    """:func:`find_images`, and the folders and patterns among `paths` that contributed no image."""
     import glob
 
     skip = {Path(e).resolve() for e in exclude}
-    found: list[Path] = []
+    unique: list[Path] = []
+    seen: set[str] = set()
+    empty: list[str] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(image_files(p, exclude=skip))
+            found = image_files(p, exclude=skip)
         elif not p.exists() and any(ch in str(raw) for ch in "*?["):
             matches = sorted(Path(q) for q in glob.glob(str(raw), recursive=True) if Path(q).is_file())
             # As for a folder: excluded folders below where the pattern starts are skipped, not that one.
             base = Path(*[part for part in itertools.takewhile(lambda x: not glob.has_magic(x), p.parts)]).resolve()
             below = {s for s in skip if s != base and s not in base.parents}
-            found.extend(q for q in matches if _collectable(q, below))
-            if not matches:
-                found.append(p)  # reported as missing, not silently dropped
+            # A pattern matching nothing is kept, to be reported as missing rather than silently dropped.
+            found = [q for q in matches if _collectable(q, below)] if matches else [p]
         else:
-            found.append(p)
-    seen: set[Path] = set()
-    unique = []
-    for p in found:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    return unique
+            found = [p]
+        if not found:
+            empty.append(str(raw))
+        for q in found:
+            real = os.path.realpath(q)  # the same file named two ways is one input (realpath never raises)
+            if real not in seen:
+                seen.add(real)
+                unique.append(q)
+    return unique, empty
 
 
 def image_files(folder: str | os.PathLike[str], *, exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:

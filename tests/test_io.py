@@ -318,3 +318,10 @@ def test_c_stderr_capture_keeps_what_it_does_not_drop(capfd):
 def test_not_a_regular_file(tmp_path):
     with pytest.raises(LeukosegError, match="not a regular file"):
         read_image("/dev/null")
+
+
+def test_find_images_lists_a_file_once_however_it_is_named(tmp_path, rgb_image):
+    image = _save(tmp_path / "a.png", rgb_image)
+    (tmp_path / "link.png").symlink_to(image)
+    names = [image, tmp_path / "." / "a.png", tmp_path / "link.png", tmp_path]
+    assert find_images(names) == [image]
