@@ -110,7 +110,7 @@ from leukoseg.errors import LeukosegError
 from leukoseg.io import _python_scalar
 
 from .cache import default_cache_dir, load_or_compute
-from .folds import assign_folds, check_no_leak
+from .folds import assign_folds, check_no_leak, groups_per_class
 from .metrics import binary_metrics, choose_image_rule, image_score, multiclass_metrics, roc_auc
 
 __all__ = ["MODELS", "ExperimentResult", "match_blasts", "run_experiment"]
@@ -659,11 +659,10 @@ def check_class_images(dataset, minimum: int, *, what: str, fewer: str | None = 
     LeukosegError
         Naming the data set's folder, the class (its plain label) and its number of distinct images.
     """
-    groups: dict[str, set[int]] = {str(c): set() for c in getattr(dataset, "classes", ())}
-    for r in dataset.records:
-        groups.setdefault(str(r.label), set()).add(int(r.group))
+    counts = groups_per_class([str(r.label) for r in dataset.records], [int(r.group) for r in dataset.records],
+                              classes=[str(c) for c in getattr(dataset, "classes", ())])  # fmt: skip
     meaning = _LABEL_MEANING.get(getattr(dataset, "name", ""), {})
-    for n, label in sorted((len(g), label) for label, g in groups.items()):  # the rarest class first
+    for n, label in sorted((n, label) for label, n in counts.items()):  # the rarest class first
         if n < minimum:
             name = f"{label!r} ({meaning[label]})" if label in meaning else repr(label)
             advice = fewer.format(n=n) if fewer and n >= 2 else "add distinct images of that class"

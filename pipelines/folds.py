@@ -6,7 +6,7 @@ import numpy as np
 
 from leukoseg.io import _python_scalar
 
-__all__ = ["assign_folds", "check_no_leak"]
+__all__ = ["assign_folds", "check_no_leak", "groups_per_class"]
 
 
 def assign_folds(labels, groups, *, n_folds: int = 5, repeats: int = 1, seed: int = 0) -> np.ndarray:
@@ -53,12 +53,9 @@ def assign_folds(labels, groups, *, n_folds: int = 5, repeats: int = 1, seed: in
         raise ValueError(f"n_folds must be an integer >= 2; got {n_folds!r}")
     if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
-    for c in np.unique(labels):
-        n_groups = len(np.unique(groups[labels == c]))
+    for c, n_groups in groups_per_class(labels, groups).items():
         if n_groups < n_folds:
-            raise ValueError(
-                f"class {_python_scalar(c)!r} has {n_groups} distinct image(s), fewer than the {n_folds} folds; use fewer folds"
-            )
+            raise ValueError(f"class {c!r} has {n_groups} distinct image(s), fewer than the {n_folds} folds; use fewer folds")
     out = np.full((repeats, len(labels)), -1, dtype=int)
     for r in range(repeats):
         splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed + r)
@@ -88,3 +85,30 @@ def check_no_leak(train_images, test_images, train_groups, test_groups) -> None:
     shared_groups = set(np.asarray(train_groups).tolist()) & set(np.asarray(test_groups).tolist())
     if shared_groups:
         raise AssertionError(f"groups of identical images on both sides of a split: {sorted(shared_groups)[:5]}")
+
+
+def groups_per_class(labels, groups, classes=()) -> dict:
+    """Number of distinct groups (identical images count once) of each class: what a grouped split can use.
+
+    Parameters
+    ----------
+    labels, groups : (n,) array-like
+        Class and group of each sample.
+    classes : iterable, optional
+        Classes to report even when no sample has them (with 0).
+
+    Returns
+    -------
+    dict
+        Class (as a plain Python value) -> number of distinct groups, the given `classes` first.
+
+    Examples
+    --------
+    >>> groups_per_class([1, 1, 0], [5, 5, 6], classes=[0, 1, 2])
+    {0: 1, 1: 1, 2: 0}
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    counts = {_python_scalar(c): 0 for c in classes}
+    for c in np.unique(labels):
+        counts[_python_scalar(c)] = len(np.unique(groups[labels == c]))
+    return counts

@@ -29,6 +29,7 @@ from leukoseg.errors import LeukosegError
 
 from . import experiment as exp
 from .cache import default_cache_dir, load_or_compute
+from .folds import groups_per_class
 from .metrics import choose_image_rule
 
 __all__ = ["train_bundle"]
@@ -198,8 +199,9 @@ def _check_cell_classes(dataset, cells) -> None:
     cells are not, e.g. when the annotated centroids of all but one ALL image match no detected cell.
     """
     groups = np.array([r.group for r in dataset.records])
+    counts = groups_per_class(cells.label, groups[cells.image], classes=(1, 0))
     for code, what in ((1, "blast cells (matched to annotated centroids)"), (0, "non-blast cells")):
-        n = len(np.unique(groups[cells.image[cells.label == code]]))
+        n = counts[code]
         if n < 2:
             raise LeukosegError(dataset.root, f"{what} found in {n} distinct image(s); training needs them in at "
                                               "least 2 (check the .xyc annotations, or add images)")
