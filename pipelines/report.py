@@ -30,7 +30,7 @@ from typing import Any
 
 from leukoseg.errors import LeukosegError
 
-__all__ = ["MODEL_ORDER", "PUBLISHED", "ReportFiles", "write_report"]
+__all__ = ["MODEL_ORDER", "PUBLISHED", "ReportFiles", "load_metrics", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,25 @@ class _Run:
     repeats: int = 1
 
 
-def _load_metrics(run_dir: Path) -> dict:
-    path = run_dir / "metrics.json"
+def load_metrics(run_dir) -> dict:
+    """Read and check the ``metrics.json`` of a run folder.
+
+    Parameters
+    ----------
+    run_dir : path
+        Folder written by ``leukoseg classify --dataset``.
+
+    Returns
+    -------
+    dict
+        The parsed metrics: a JSON object with a non-empty ``"models"`` object.
+
+    Raises
+    ------
+    LeukosegError
+        Naming the file: missing, unreadable, not UTF-8, not JSON, nested too deeply, or without results.
+    """
+    path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise LeukosegError(path, "no metrics.json here; give the folder that `leukoseg classify --dataset` wrote")
     try:
@@ -147,7 +164,7 @@ def _load_run(run_dir: Path, data_dir) -> _Run:
         raise LeukosegError(run_dir, "no such run folder")
     if not run_dir.is_dir():
         raise LeukosegError(run_dir, "not a folder; give the run folder that `leukoseg classify --dataset` wrote")
-    metrics = _load_metrics(run_dir)
+    metrics = load_metrics(run_dir)
     models = _order_models([m for m, v in metrics["models"].items() if isinstance(v, dict)])
     if not models:
         raise LeukosegError(run_dir / "metrics.json", "no model results in metrics.json")

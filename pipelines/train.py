@@ -17,7 +17,6 @@ estimate of how the bundle performs (figures computed on the training images the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from . import experiment as exp
 from .cache import default_cache_dir, load_or_compute
 from .folds import groups_per_class
 from .metrics import choose_image_rule
+from .report import load_metrics
 
 __all__ = ["train_bundle"]
 
@@ -209,15 +209,7 @@ def _check_cell_classes(dataset, cells) -> None:
 
 def _run_metrics(run_dir) -> dict:
     """The summary of every model from a run folder's metrics.json."""
-    path = Path(run_dir) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LeukosegError(path, f"cannot read the run's metrics ({getattr(exc, 'strerror', None) or exc})") from None
-    except RecursionError:  # nested thousands deep: not a run's metrics
-        raise LeukosegError(path, "cannot read the run's metrics (JSON nested too deeply; corrupt file?)") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("models"), dict):
-        raise LeukosegError(path, "not a metrics.json of leukoseg classify --dataset")
+    metrics = load_metrics(run_dir)
     dataset, settings = metrics.get("dataset"), metrics.get("settings")
     dataset, settings = (dataset if isinstance(dataset, dict) else {}), (settings if isinstance(settings, dict) else {})
     return {

@@ -121,6 +121,22 @@ def test_train_refuses_run_metrics_nested_too_deeply(fast, fake_all_idb1, fake_c
     assert info.value.path == str(run / "metrics.json")
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no metrics.json here"), ("{", "is not valid JSON"), ('{"models": {}}', 'no "models" results')],
+)
+def test_train_reads_run_metrics_as_the_report_does(fast, fake_all_idb1, fake_cache, tmp_path, content, message):
+    # One reader (pipelines.report.load_metrics) for both commands: the same file gets the same message.
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:
+        (run / "metrics.json").write_text(content)
+    with pytest.raises(LeukosegError, match=message) as info:
+        _train(fast, fake_all_idb1, fake_cache, tmp_path / "m", run_dir=run)
+    assert info.value.path == str(run / "metrics.json")
+    assert not (tmp_path / "m").exists()
+
+
 def test_blast_colors_run_blue_to_red():
     colors = blast_colors([1, 2, 3], [0.0, 0.5, 1.0])
     assert colors[1][2] > colors[1][0] and colors[3][0] > colors[3][2] and colors[2][1] > 150
