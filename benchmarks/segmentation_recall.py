@@ -6,7 +6,7 @@ more annotations whose nearest detection is the same cell, of which only one can
 blasts (an annotation with two or more detections within 50 px), and the plain-threshold baseline
 (threshold + connected components) for comparison.
 
-    python benchmarks/segmentation_recall.py [--data-dir DIR] [--every K]
+    python benchmarks/segmentation_recall.py [--data-dir DIR] [--every K] [--no-purple-nuclei]
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_dir_argument(parser)
     parser.add_argument("--every", type=int, default=1, help="use every K-th image (quick look)")
+    parser.add_argument("--no-purple-nuclei", action="store_true",
+                        help="segment without the purple-chromatin rule (segment(purple_nuclei=False)), to compare")
     args = parser.parse_args()
 
     from leukoseg.datasets import load_dataset
@@ -81,7 +83,7 @@ def main() -> int:
     for r in records:
         image = read_image(r.path)
         t = time.perf_counter()
-        seg = segment(image)
+        seg = segment(image, purple_nuclei=not args.no_purple_nuclei)
         seconds.append(time.perf_counter() - t)
         det = np.c_[seg.measurements["x"], seg.measurements["y"]]
         m, merged, split = match(r.points, det, seg.cells)

@@ -436,7 +436,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "gpu" and not has_gpu:
         raise ValueError(
             f"device='gpu' but the {backend} backend sees no GPU; use device='cpu' or 'auto', or install a GPU "
-            "build (for TensorFlow: pip install 'leukoseg[gpu]' in a fresh environment)"
+            "build (pip install 'leukoseg[gpu]' adds PyTorch with CUDA; then set KERAS_BACKEND=torch)"
         )
     return "gpu" if has_gpu else "cpu"
 
