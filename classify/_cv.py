@@ -10,6 +10,8 @@ __all__ = ["inner_cv_splits"]
 
 log = logging.getLogger(__name__)
 
+_REDRAWS = 10  # draws of grouped folds tried per fold count before fewer folds are tried
+
 
 def inner_cv_splits(
     y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
@@ -17,7 +19,8 @@ def inner_cv_splits(
     """Stratified (and, with `groups`, grouped) shuffled k-fold splits of the training data.
 
     The number of folds is lowered, with a debug message, to what the data allow: at most the size of the
-    smallest class and, with groups, at most the number of groups in which the rarest class appears.
+    smallest class and, with groups, at most the number of groups in which the rarest class appears. Grouped
+    folds are redrawn (seeds derived from `seed`, then fewer folds) until every test fold holds every class.
 
     Parameters
     ----------
@@ -64,5 +67,19 @@ def inner_cv_splits(
     if groups is None:
         splitter = StratifiedKFold(n, shuffle=True, random_state=seed)
         return list(splitter.split(np.zeros((len(y), 1)), y))
-    splitter = StratifiedGroupKFold(n, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros((len(y), 1)), y, groups))
+    # StratifiedGroupKFold assigns whole groups greedily, so with few groups of a class a test fold can miss
+    # that class (a fold whose score is undefined). Such a split is redrawn with seeds derived from `seed`,
+    # then with fewer folds; the first draw is kept whenever it holds every class in every fold.
+    first = None
+    for k in range(n, 1, -1):
+        for attempt in range(_REDRAWS):
+            state = seed if attempt == 0 else int(np.random.SeedSequence([seed, k, attempt]).generate_state(1)[0])
+            splits = list(StratifiedGroupKFold(k, shuffle=True, random_state=state).split(y_codes, y_codes, groups))
+            first = splits if first is None else first
+            if all(len(np.unique(y_codes[test])) == len(classes) for _, test in splits):
+                if (k, attempt) != (n, 0):
+                    log.debug("inner cross-validation: %d folds, draw %d, so that every fold holds every class",
+                              k, attempt)
+                return splits
+    log.debug("inner cross-validation: no draw gives every class in every fold; keeping the first")
+    return first

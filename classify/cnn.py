@@ -680,7 +680,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"y must be 1-D with one label per patch ({len(X)}); got shape {y.shape}")
         classes, y_enc = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise ValueError(f"y has a single class ({classes[0]!r}); at least two are needed")
+            raise ValueError(f"y has a single class ({classes.tolist()[0]!r}); at least two are needed")
         if groups is not None:
             groups = np.asarray(groups)
             if groups.ndim != 1 or len(groups) != len(X):

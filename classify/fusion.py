@@ -119,7 +119,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         self.classes_, codes = np.unique(y, return_inverse=True)
         n_classes = len(self.classes_)
         if n_classes < 2:
-            raise ValueError(f"StackingFusion needs at least 2 classes; got {list(self.classes_)}")
+            raise ValueError(f"StackingFusion needs at least 2 classes; got {self.classes_.tolist()}")
         if self.n_inputs < 1 or X.shape[1] != self.n_inputs * n_classes:
             raise ValueError(
                 f"X must have n_inputs * n_classes = {self.n_inputs} * {n_classes} columns; got {X.shape[1]}"
@@ -200,7 +200,8 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples,)
         """
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # first: it checks that the fusion is fitted, before classes_ is read
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def binary_coef(self) -> np.ndarray:
         """For two classes: the weight of each input model's logit in the fused logit.

@@ -17,14 +17,23 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str):
-    """Import a script of benchmarks/ as a module (it is not part of the package)."""
+    """Import a script of benchmarks/ as a module (it is not part of the package).
+
+    The script puts benchmarks/ on sys.path itself and imports `_common` from there: both are undone, so no
+    other test can import a benchmark helper by accident.
+    """
+    saved_path, saved_common = sys.path[:], sys.modules.get("_common")
     sys.path.insert(0, str(BENCHMARKS))  # for its `_common` import
     try:
         spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(BENCHMARKS))
+        sys.path[:] = saved_path
+        if saved_common is None:
+            sys.modules.pop("_common", None)
+        else:
+            sys.modules["_common"] = saved_common
     return module
 
 
@@ -67,7 +76,9 @@ def test_cnn_device_variants_print_inner_auc_and_nested_selection(tmp_path, monk
 
 def test_cnn_device_refuses_a_repeat_the_export_lacks(tmp_path, monkeypatch):
     cells = _tiny_cell_table(tmp_path / "cells.npz", repeats=1)
+    path_before, common_before = sys.path[:], sys.modules.get("_common")
     script = _load("cnn_device")
+    assert sys.path == path_before and sys.modules.get("_common") is common_before  # the import left nothing behind
     monkeypatch.setattr(sys, "argv", ["cnn_device.py", "--cells", str(cells), "--repeat", "2"])
     with pytest.raises(SystemExit, match="holds the folds of 1 repeat"):
         script.main()

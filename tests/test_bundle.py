@@ -789,10 +789,14 @@ def test_cnn_inference_imports_no_sklearn_keras_or_tensorflow(saved, tmp_path, d
 
 def test_bundle_files_hold_no_pickles(saved):
     # Independent of numpy.load: no member of any .npz is a pickle stream (protocol 2+ starts with 0x80).
-    for npz_path in saved.glob("*.npz"):
+    files = sorted(saved.glob("*.npz"))
+    assert [f.name for f in files] == ["cnn.npz", "features.npz", "gknn.npz", "knn.npz", "svm.npz"]
+    for npz_path in files:
         with zipfile.ZipFile(npz_path) as zf:
+            assert zf.namelist(), npz_path.name
             for member in zf.namelist():
                 raw = zf.read(member)
                 header_len = int.from_bytes(raw[8:10], "little") + 10  # .npy v1 header
                 assert b"'descr': '|O'" not in raw[:header_len], (npz_path.name, member)
-                assert np.load(io.BytesIO(raw), allow_pickle=False) is not None
+                # And numpy agrees: it reads the member without pickle, as a plain array.
+                assert np.load(io.BytesIO(raw), allow_pickle=False).dtype != object, (npz_path.name, member)

@@ -12,18 +12,39 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from leukoseg.classify import GeneticKNNClassifier, SVMClassifier, make_knn, make_svm
+from leukoseg.classify import GeneticKNNClassifier, StackingFusion, SVMClassifier, make_knn, make_svm
 from leukoseg.classify._cv import inner_cv_splits
 from leukoseg.classify.gknn import gaussian_vote
 
 SMALL_GA = {"population_size": 6, "n_generations": 2}
+
+# StackingFusion's X is not free columns but n_inputs * n_classes class probabilities, one block per stacked model.
+# With n_inputs=1 the two-class checks on two columns apply; these others feed it another number of columns
+# (or a class_weight dict, which it does not take) and say nothing about it.
+_FUSION_LAYOUT = "X must be n_inputs * n_classes probability columns; the check gives another number"
+_FUSION_EXPECTED_FAILURES = {
+    **dict.fromkeys([
+        "check_estimators_overwrite_params", "check_estimators_fit_returns_self", "check_readonly_memmap_input",
+        "check_n_features_in_after_fitting", "check_positive_only_tag_during_fit", "check_estimators_dtypes",
+        "check_dtype_object", "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
+        "check_classifiers_classes", "check_classifiers_train", "check_fit2d_1feature",
+    ], _FUSION_LAYOUT),  # fmt: skip
+    "check_class_weight_classifiers": "class_weight is 'balanced' or None, never a dict",
+    "check_fit2d_1sample": "one sample is refused as one class, in words the check does not look for",
+}
+
+
+def _expected_failures(estimator) -> dict[str, str]:
+    return _FUSION_EXPECTED_FAILURES if isinstance(estimator, StackingFusion) else {}
 
 
 @parametrize_with_checks(
     [
         GeneticKNNClassifier(**SMALL_GA, random_state=0),
         SVMClassifier(C_grid=(1.0,), gamma_grid=("scale",), random_state=0),
-    ]
+        StackingFusion(n_inputs=1, n_iter=50, device="cpu"),
+    ],
+    expected_failed_checks=_expected_failures,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -111,11 +132,43 @@ def test_gknn_fitness_matches_sklearn_knn():
     assert_allclose(votes.sum(axis=1), 5.0, rtol=0, atol=1e-5)
 
 
+def test_grouped_inner_folds_hold_every_class():
+    # Five images, each class in three of them: scikit-learn's greedy grouping, seeded 0, leaves a test fold
+    # with one class only (a fold whose AUC or grid-search score is undefined); the split is redrawn.
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 0, 0, 1, 1, 0])
+    groups = np.array([0, 1, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4])
+    plain = list(StratifiedGroupKFold(3, shuffle=True, random_state=0).split(y, y, groups))
+    assert any(len(set(y[test])) == 1 for _, test in plain)  # the case this test is about
+    splits = inner_cv_splits(y, groups, 3, seed=0)
+    assert len(splits) == 3
+    for train, test in splits:
+        assert set(y[test]) == {0, 1}
+        assert not set(groups[train]) & set(groups[test])
+    assert sorted(np.concatenate([test for _, test in splits]).tolist()) == list(range(len(y)))
+    assert [t.tolist() for _, t in inner_cv_splits(y, groups, 3, seed=0)] == [t.tolist() for _, t in splits]
+
+
+def test_grouped_inner_folds_keep_the_first_draw_when_it_is_good():
+    # Results of earlier runs stay the same: a draw that already holds every class everywhere is kept.
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.tile([0, 1], 30)
+    groups = np.repeat(np.arange(12), 5)
+    plain = list(StratifiedGroupKFold(3, shuffle=True, random_state=7).split(y, y, groups))
+    splits = inner_cv_splits(y, groups, 3, seed=7)
+    assert [t.tolist() for _, t in splits] == [t.tolist() for _, t in plain]
+
+
 def test_groups_stay_in_one_inner_fold():
     y = np.tile([0, 1], 30)
     groups = np.repeat(np.arange(12), 5)
-    for train, test in inner_cv_splits(y, groups, 3, seed=0):
+    splits = inner_cv_splits(y, groups, 3, seed=0)
+    assert len(splits) == 3  # 12 groups, both classes in each: all 3 folds are possible
+    for train, test in splits:
         assert not set(groups[train]) & set(groups[test])
+        assert len(train) + len(test) == len(y)
     X, y = _informative_problem(n_samples=60, seed=4)
     GeneticKNNClassifier(**SMALL_GA, random_state=0).fit(X, y, groups=groups)
     SVMClassifier(C_grid=(1.0,), gamma_grid=("scale",), random_state=0).fit(X, y, groups=groups)

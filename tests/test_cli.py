@@ -28,7 +28,10 @@ def test_help_imports_nothing_heavy(args):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "usage: leukoseg" in proc.stdout or "leukoseg " in proc.stdout
+    if args == ["--version"]:
+        assert proc.stdout.startswith("leukoseg ") and proc.stdout.count("\n") == 1, proc.stdout
+    else:
+        assert proc.stdout.startswith("usage: leukoseg "), proc.stdout
 
 
 def test_package_import_is_light():
@@ -38,12 +41,21 @@ def test_package_import_is_light():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_usage_errors_exit_2(capsys):
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """Run from tmp_path, with the cache there: a command that got past its usage check writes nothing here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path
+
+
+def test_usage_errors_exit_2(elsewhere, capsys):
     assert main([]) == 2
     assert main(["segment"]) == 2
     assert main(["segment", "x.jpg", "--workers", "0"]) == 2
     assert main(["segment", "x.jpg", "--pixel-size", "-1"]) == 2
     assert main(["no-such-command"]) == 2
+    assert list(elsewhere.iterdir()) == []  # refused before any output folder or cache was made
 
 
 def _smear(path: Path, seed: int = 0) -> Path:
@@ -224,10 +236,11 @@ def test_unexpected_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert err == "leukoseg: error: internal error: RuntimeError: something broke (run with -v for the traceback)\n"
 
 
-def test_usage_errors_are_one_line(capsys):
+def test_usage_errors_are_one_line(elsewhere, capsys):
     assert main(["segment", "x.jpg", "--pixel-size", "1e200"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--pixel-size" in err and "between" in err
+    assert list(elsewhere.iterdir()) == []
 
 
 @pytest.mark.parametrize("args", [["-vv", "segment", "x"], ["segment", "-vv", "x"]])

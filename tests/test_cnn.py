@@ -212,21 +212,21 @@ def test_same_seed_same_weights():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "match"),
     [
-        {"filters": ()},
-        {"filters": (0, 3)},
-        {"kernel_size": 4},
-        {"activation": "gelu"},
-        {"pool_size": 0},
-        {"dropout": 1.0},
-        {"n_classes": 1},
-        {"input_shape": (50, 50)},
-        {"input_shape": (1, 1, 3)},
+        ({"filters": ()}, "filters must be a non-empty sequence"),
+        ({"filters": (0, 3)}, "filters must be a non-empty sequence of positive ints"),
+        ({"kernel_size": 4}, "kernel_size must be a positive odd int"),
+        ({"activation": "gelu"}, "activation must be one of"),
+        ({"pool_size": 0}, "pool_size must be a positive int"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"n_classes": 1}, "n_classes must be an int >= 2"),
+        ({"input_shape": (50, 50)}, r"input_shape must be \(height, width, channels\)"),
+        ({"input_shape": (1, 1, 3)}, "smaller than the pooling window"),
     ],
 )
-def test_build_rejects_bad_parameters(kwargs):
-    with pytest.raises(ValueError):
+def test_build_rejects_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         cnn.build_thanh_cnn(**kwargs)
 
 
@@ -335,18 +335,26 @@ def test_fit_leaves_python_and_numpy_global_streams_alone(discs):
     assert (random.random(), np.random.random()) == expected
 
 
+def test_fit_returns_the_estimator(discs):
+    # scikit-learn's contract (pipelines and `clf = Model().fit(...)` chains rely on it).
+    X, y, groups = discs
+    clf = cnn.CNNClassifier(**TINY, epochs=1, validation_fraction=0.0, random_state=0, device="cpu")
+    assert clf.fit(X, y, groups=groups) is clf
+    assert clf.predict_proba(X[:2]).shape == (2, 2)
+
+
 @pytest.mark.parametrize(
-    "X, y, groups",
+    "X, y, groups, match",
     [
-        (np.zeros((4, 8, 8), np.uint8), [0, 1, 0, 1], None),
-        (np.zeros((4, 8, 8, 3), np.uint8), [1, 1, 1, 1], None),
-        (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0], None),
-        (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], [0, 1]),
-        (np.full((4, 8, 8, 3), np.nan), [0, 1, 0, 1], None),
+        (np.zeros((4, 8, 8), np.uint8), [0, 1, 0, 1], None, "X must be a 4-D array"),
+        (np.zeros((4, 8, 8, 3), np.uint8), [1, 1, 1, 1], None, "y has a single class"),
+        (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0], None, r"y must be 1-D with one label per patch \(4\)"),
+        (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], [0, 1], r"groups must be 1-D with one entry per patch \(4\)"),
+        (np.full((4, 8, 8, 3), np.nan), [0, 1, 0, 1], None, "X contains NaN or infinite values"),
     ],
 )
-def test_fit_rejects_bad_input(X, y, groups):
-    with pytest.raises(ValueError):
+def test_fit_rejects_bad_input(X, y, groups, match):
+    with pytest.raises(ValueError, match=match):
         cnn.CNNClassifier(**TINY).fit(X, y, groups=groups)
 
 
@@ -507,15 +515,15 @@ def test_augment_batch_keeps_non_square_shape():
 
 
 @pytest.mark.parametrize(
-    "patches, kwargs",
+    "patches, kwargs, match",
     [
-        (np.zeros((4, 4, 3)), {}),
-        (np.zeros((1, 4, 4, 3)), {"stain_jitter": 1.5}),
-        (np.zeros((1, 4, 4, 3)), {"brightness_jitter": -0.1}),
+        (np.zeros((4, 4, 3)), {}, "patches must be a 4-D array"),
+        (np.zeros((1, 4, 4, 3)), {"stain_jitter": 1.5}, r"stain_jitter must be in \[0, 1\); got 1.5"),
+        (np.zeros((1, 4, 4, 3)), {"brightness_jitter": -0.1}, r"brightness_jitter must be in \[0, 1\); got -0.1"),
     ],
 )
-def test_augment_batch_rejects_bad_input(patches, kwargs):
-    with pytest.raises(ValueError):
+def test_augment_batch_rejects_bad_input(patches, kwargs, match):
+    with pytest.raises(ValueError, match=match):
         augment_batch(patches, rng=np.random.default_rng(0), **kwargs)
 
 

@@ -127,9 +127,9 @@ def test_glcm_small_regions_give_zeros_without_warnings():
     line[5, 2:5] = True  # three pixels: pairs at 1 px, none at 4 px
     for mask in (empty, single):
         f = glcm_features(gray, mask, um_per_px=0.5)
-        assert all(v == 0.0 for v in f.values())
+        assert len(f) == len(texture_feature_names()) and all(v == 0.0 for v in f.values())
     f = glcm_features(gray, line, um_per_px=0.5, distances_um=(0.5, 2.0))
-    assert all(math.isfinite(v) for v in f.values())
+    assert len(f) == 2 * len(GLCM_PROPERTIES) and all(math.isfinite(v) for v in f.values())
     assert all(f[f"glcm_{p}_d2.0um"] == 0.0 for p in GLCM_PROPERTIES)
     assert f["glcm_homogeneity_d0.5um"] > 0
 
@@ -260,7 +260,9 @@ KW = {"distances_um": (0.5, 1.0)}
 def test_cell_features_columns_are_stable_and_named():
     rng = np.random.default_rng(5)
     cells = [_cell(rng) for _ in range(3)]
-    names = CellFeatures(**KW).fit(cells).get_feature_names_out()
+    features = CellFeatures(**KW)
+    assert features.fit(cells) is features  # scikit-learn's contract: fit returns the estimator
+    names = features.get_feature_names_out()
     # Default measurements: numeric or bool (0/1), not bookkeeping (cell_id, x), sorted; then stain, LBP, texture.
     texture = texture_feature_names(prefix="nuc_", **KW) + texture_feature_names(prefix="cyto_", **KW)
     lbp = lbp_feature_names((0.5, 1.0, 2.0))
@@ -425,7 +427,8 @@ def test_nucleus_lbp_histograms():
     assert list(f) == lbp_feature_names((0.5, 1.0))
     for r in ("0.5", "1"):
         assert_allclose(sum(v for k, v in f.items() if k.startswith(f"nuc_lbp_r{r}um_")), 1.0)
-    assert all(v == 0.0 for v in nucleus_lbp_features(image, np.zeros_like(nucleus), um_per_px=0.25).values())
+    empty = nucleus_lbp_features(image, np.zeros_like(nucleus), um_per_px=0.25)
+    assert list(empty) == lbp_feature_names((0.5, 1.0, 2.0)) and all(v == 0.0 for v in empty.values())
     with pytest.raises(ValueError, match="lbp_radii_um"):
         CellFeatures(lbp_radii_um=(1.0, -1.0)).fit([_cell(np.random.default_rng(0))])
 

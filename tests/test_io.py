@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from leukoseg.errors import LeukosegError
-from leukoseg.io import atomic_write, find_images, read_image, write_image
+from leukoseg.io import atomic_write, find_images, read_image, write_image, write_json
 
 
 def _save(path: Path, array: np.ndarray, **kw) -> Path:
@@ -137,8 +137,9 @@ def test_truncated_png(tmp_path, rgb_image):
     data = full.read_bytes()
     path = tmp_path / "cut.png"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(LeukosegError):
+    with pytest.raises(LeukosegError, match="truncated or corrupt image data") as info:
         read_image(path)
+    assert str(info.value).startswith(f"{path}: ")  # the message names the file
 
 
 def test_huge_image_refused_before_decoding(tmp_path, png_header_only):
@@ -289,9 +290,10 @@ def test_max_pixels_above_pillows_own_limit(tmp_path, png_header_only):
     path = png_header_only(tmp_path / "big.png", 20000, 10000)  # 200 million pixels, no pixel data
     with pytest.raises(LeukosegError, match=r"too large .*150,000,000"):
         read_image(path, max_pixels=150_000_000)
-    with pytest.raises(LeukosegError) as info:
+    # Accepted by the limit; it fails on the missing pixel data instead.
+    with pytest.raises(LeukosegError, match="truncated or corrupt image data") as info:
         read_image(path, max_pixels=300_000_000)
-    assert "too large" not in str(info.value)  # accepted by the limit; fails on the missing data instead
+    assert "too large" not in str(info.value)
     assert Image.MAX_IMAGE_PIXELS == before
 
 
@@ -325,3 +327,25 @@ def test_find_images_lists_a_file_once_however_it_is_named(tmp_path, rgb_image):
     (tmp_path / "link.png").symlink_to(image)
     names = [image, tmp_path / "." / "a.png", tmp_path / "link.png", tmp_path]
     assert find_images(names) == [image]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_write_json_refuses_nan_and_infinity(tmp_path, value):
+    path = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json(path, {"auc": [0.5, value]})
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    path.write_text("kept\n")
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json(path, {"nested": {"x": value}})
+    assert path.read_text() == "kept\n" and list(tmp_path.iterdir()) == [path]
+
+
+def test_write_json_writes_indented_json(tmp_path):
+    import json
+
+    path = tmp_path / "a.json"
+    write_json(path, {"b": [1, 2.5], "a": None})
+    text = path.read_text()
+    assert text == '{\n  "b": [\n    1,\n    2.5\n  ],\n  "a": null\n}\n'  # keys in the given order
+    assert json.loads(text) == {"b": [1, 2.5], "a": None}

@@ -199,19 +199,23 @@ def test_cli_classify_images_with_the_default_model(tmp_path, capsys):
     assert (folder / "overlay.jpg").is_file() and (folder / "cells.png").is_file()
 
 
-def test_cli_classify_refuses_a_corrupt_model_and_mixed_modes(tmp_path, capsys):
+def test_cli_classify_refuses_a_corrupt_model_and_mixed_modes(tmp_path, capsys, monkeypatch):
     from leukoseg.cli import main
 
+    # Two calls below name no --out or --cache: a regression past the checks writes under tmp_path, not here.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     model = tmp_path / "model"
     model.mkdir()
     (model / "bundle.json").write_text("{broken")
-    sample = str(sorted(SAMPLES.iterdir())[0])
+    sample = str(sorted(SAMPLES.glob("*.jpg"))[0])  # a readable smear: only the model can be refused
     assert main(["classify", sample, "--model", str(model), "--out", str(tmp_path / "o")]) == 2
     assert "bundle.json" in _one_line_error(capsys.readouterr().err)
     assert main(["classify", sample, "--dataset", "all-idb1"]) == 2
     _one_line_error(capsys.readouterr().err)
     assert main(["classify"]) == 2
     _one_line_error(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no output folder, no cache
 
 
 def test_cli_train_then_classify_and_report(fake_all_idb1, fake_cache, tmp_path, capsys):
@@ -237,9 +241,10 @@ def test_cli_device_gpu_without_a_gpu_is_a_one_line_error(fake_all_idb1, tmp_pat
     if resolve_device("auto") == "gpu":
         pytest.skip("a GPU is visible")
     rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--device", "gpu",
-               "--out", str(tmp_path / "run")])  # fmt: skip
+               "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")])  # fmt: skip
     assert rc == 2
     assert "GPU" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists()  # refused before any image was segmented
 
 
 def _damaged_copy(tmp_path: Path, change) -> Path:
@@ -275,7 +280,7 @@ def test_damaged_bundle_settings_are_one_error_at_load(tmp_path, capsys, change,
     model = _damaged_copy(tmp_path, change)
     with pytest.raises(LeukosegError, match=message):
         load_model(model)
-    sample = str(sorted(SAMPLES.iterdir())[0])
+    sample = str(sorted(SAMPLES.glob("*.jpg"))[0])  # a readable smear: the model is refused, not the image
     assert main(["classify", sample, "--model", str(model), "--out", str(tmp_path / "o")]) == 2
     assert "bundle.json: invalid classification settings" in _one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "o").exists()

@@ -253,28 +253,28 @@ def test_inputs_not_mutated():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "match"),
     [
-        dict(kinds=("monocyte",)),
-        dict(kinds="blast_L1"),
-        dict(kinds=("blast_L1",), n_touching_pairs=1),
-        dict(n_touching_pairs=-1),
-        dict(red_cell_density=0.9),
-        dict(stain_jitter=1.5),
-        dict(illumination=-0.1),
-        dict(n_platelets=-1),
-        dict(um_per_px=0.0),
-        dict(shape=(8, 8)),
-        dict(seed=-1),
+        (dict(kinds=("monocyte",)), r"unknown white-cell kind\(s\) \['monocyte'\]"),
+        (dict(kinds="blast_L1"), "kinds must be a sequence of kind names, not a single string"),
+        (dict(kinds=("blast_L1",), n_touching_pairs=1), r"n_touching_pairs must be in \[0, 0\] for 1 white cells"),
+        (dict(n_touching_pairs=-1), r"n_touching_pairs must be in \[0, 2\]"),
+        (dict(red_cell_density=0.9), "red_cell_density must be in"),
+        (dict(stain_jitter=1.5), "stain_jitter must be in"),
+        (dict(illumination=-0.1), "illumination must be in"),
+        (dict(n_platelets=-1), "n_platelets must be >= 0"),
+        (dict(um_per_px=0.0), "um_per_px must be in"),
+        (dict(shape=(8, 8)), "shape must be at least 16x16 pixels"),
+        (dict(seed=-1), "seed must be a non-negative integer"),
     ],
 )
-def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         make_smear(**kwargs)
 
 
 def test_bad_seed_type_and_kind():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="seed must be an int or a numpy.random.Generator, got float"):
         make_smear(seed=1.5)
     with pytest.raises(ValueError, match="unknown"):
         render_cell("myeloblast")
