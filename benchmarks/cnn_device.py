@@ -89,7 +89,7 @@ def _variant_patches(path, entry, variant: str) -> np.ndarray:
 
     from leukoseg.io import read_image
     from leukoseg.segmentation import extract_patches, segment
-    from leukoseg.segmentation._color import background_level
+    from leukoseg.segmentation import background_level
 
     image = read_image(path)
     x, y, um = entry.measurements["x"], entry.measurements["y"], entry.um_per_px

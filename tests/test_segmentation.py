@@ -23,6 +23,7 @@ from leukoseg.features.stain import nucleus_lbp_features
 from leukoseg.segmentation import (
     MEASUREMENT_COLUMNS,
     Scale,
+    background_level,
     draw_overlay,
     estimate_scale,
     extract_patch,
@@ -32,7 +33,6 @@ from leukoseg.segmentation import (
     stain_excess,
     write_segmentation,
 )
-from leukoseg.segmentation._color import background_level  # in _color's __all__, not re-exported
 from leukoseg.synthetic import make_smear, render_cell, touching_discs
 
 

@@ -4,7 +4,7 @@ Nuclei by a per-image stain-colour threshold, touching cells split by watershed,
 micrometre scale from the red cells, per-cell measurements, crops and scale-normalised patches.
 """
 
-from ._color import stain_excess
+from ._color import background_level, stain_excess
 from ._crops import extract_patch, extract_patches
 from ._measure import MEASUREMENT_COLUMNS, measure_cells
 from ._outputs import cells_geojson, draw_overlay, write_segmentation
@@ -15,6 +15,7 @@ __all__ = [
     "MEASUREMENT_COLUMNS",
     "Scale",
     "Segmentation",
+    "background_level",
     "cells_geojson",
     "draw_overlay",
     "estimate_scale",
