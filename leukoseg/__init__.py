@@ -19,12 +19,17 @@ from pathlib import Path as _Path
 from ._version import __version__
 from .errors import LeukosegError
 
-# Imported straight from a source checkout (``python -m leukoseg`` in the repository root), the stage
-# folders beside this one are not yet mapped into the namespace as an install maps them
-# (pyproject's package-dir): let ``leukoseg.features`` and friends resolve there too.
+# Imported straight from a source checkout that is not installed (``python -m leukoseg`` in the repository
+# root), the stage folders beside this one are not mapped into the namespace as an install maps them
+# (pyproject's package-dir): let ``leukoseg.features`` and friends resolve there too. Installs, editable ones
+# included, map them already, and then nothing is added (so ``leukoseg.tests`` and such stay unimportable).
 _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and (_root / "features" / "__init__.py").is_file():
-    __path__.append(str(_root))  # noqa: F821  (__path__ is defined for packages)
+    from importlib.util import find_spec as _find_spec
+
+    if _find_spec(f"{__name__}.features") is None:
+        __path__.append(str(_root))  # noqa: F821  (__path__ is defined for packages)
+    del _find_spec
 del _Path, _root
 
 __all__ = ["LeukosegError", "__version__"]

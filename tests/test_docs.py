@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 
 import pytest
-
-
 
 #: The packages of the installed namespace (the stage folders are mapped into it by pyproject's package-dir).
 _PACKAGES = ("leukoseg", "leukoseg.segmentation", "leukoseg.features", "leukoseg.classify", "leukoseg.pipelines")
@@ -65,3 +64,24 @@ def test_public_names_resolve(package):
         lazy = getattr(module, "_SUBMODULE", None)
         if lazy is not None:
             assert sorted(names) == sorted(lazy), f"{module.__name__}.__all__ differs from the names it serves"
+
+
+def test_stage_folders_resolve_from_a_plain_checkout_and_only_there():
+    # Not installed (no site-packages, so no editable finder), the root's stage folders are found through
+    # leukoseg's path; installed, pyproject's mapping serves them and the root is not on that path.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import leukoseg
+
+    root = Path(leukoseg.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        pytest.skip("leukoseg is imported from an installed copy, not from a checkout")
+    code = (f"import sys; sys.path.insert(0, {str(root)!r}); import leukoseg, leukoseg.features, leukoseg.pipelines; "
+            "print(len(leukoseg.__path__), leukoseg.features.__file__)")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", str(root / "features" / "__init__.py")]
+    if len(leukoseg.__path__) == 1:  # installed here (editable or not): the mapping serves the stage folders
+        assert importlib.util.find_spec("leukoseg.features").origin == str(root / "features" / "__init__.py")
+        assert importlib.util.find_spec("leukoseg.tests") is None  # no stray names from the repository root
