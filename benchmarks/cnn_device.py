@@ -88,8 +88,7 @@ def _variant_patches(path, entry, variant: str) -> np.ndarray:
     import cv2
 
     from leukoseg.io import read_image
-    from leukoseg.segmentation import extract_patches, segment
-    from leukoseg.segmentation import background_level
+    from leukoseg.segmentation import background_level, extract_patches, segment
 
     image = read_image(path)
     x, y, um = entry.measurements["x"], entry.measurements["y"], entry.um_per_px

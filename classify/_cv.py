@@ -75,7 +75,8 @@ def inner_cv_splits(
         for attempt in range(_REDRAWS):
             state = seed if attempt == 0 else int(np.random.SeedSequence([seed, k, attempt]).generate_state(1)[0])
             splits = list(StratifiedGroupKFold(k, shuffle=True, random_state=state).split(y_codes, y_codes, groups))
-            first = splits if first is None else first
+            if first is None:
+                first = splits
             if all(len(np.unique(y_codes[test])) == len(classes) for _, test in splits):
                 if (k, attempt) != (n, 0):
                     log.debug("inner cross-validation: %d folds, draw %d, so that every fold holds every class",

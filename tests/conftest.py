@@ -45,6 +45,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """Run from tmp_path, with the cache there: a command that got past its checks writes nothing elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path
+
+
+@pytest.fixture
 def rgb_image() -> np.ndarray:
     """A small colour image with distinct pixels (to catch flips and channel swaps)."""
     rng = np.random.default_rng(0)

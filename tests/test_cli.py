@@ -41,14 +41,6 @@ def test_package_import_is_light():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.fixture
-def elsewhere(tmp_path, monkeypatch):
-    """Run from tmp_path, with the cache there: a command that got past its usage check writes nothing here."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    return tmp_path
-
-
 def test_usage_errors_exit_2(elsewhere, capsys):
     assert main([]) == 2
     assert main(["segment"]) == 2

@@ -199,12 +199,11 @@ def test_cli_classify_images_with_the_default_model(tmp_path, capsys):
     assert (folder / "overlay.jpg").is_file() and (folder / "cells.png").is_file()
 
 
-def test_cli_classify_refuses_a_corrupt_model_and_mixed_modes(tmp_path, capsys, monkeypatch):
+@pytest.mark.usefixtures("elsewhere")  # two calls below name no --out or --cache
+def test_cli_classify_refuses_a_corrupt_model_and_mixed_modes(tmp_path, capsys):
     from leukoseg.cli import main
 
-    # Two calls below name no --out or --cache: a regression past the checks writes under tmp_path, not here.
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    # A regression past the checks writes under tmp_path, not here.
     model = tmp_path / "model"
     model.mkdir()
     (model / "bundle.json").write_text("{broken")

@@ -265,10 +265,9 @@ def test_experiment_refuses_a_class_in_too_few_images_before_any_work(fake_all_i
     assert "np." not in str(info.value) and info.value.path == str(fake_all_idb1)
 
 
-def test_cli_cnn_params_must_be_a_json_object(tmp_path, capsys, monkeypatch):
+@pytest.mark.usefixtures("elsewhere")
+def test_cli_cnn_params_must_be_a_json_object(capsys):
     # No --out or --cache: a regression that got past the check would write under tmp_path, not here or ~/.cache.
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     assert main(["classify", "--dataset", "all-idb1", "--cnn-params", "[1]"]) == 2
     assert "must be a JSON object" in capsys.readouterr().err
 

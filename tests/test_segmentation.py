@@ -20,6 +20,7 @@ from scipy.spatial.distance import cdist
 from leukoseg.features import cell_stain_features
 from leukoseg.features.rows import feature_matrix
 from leukoseg.features.stain import nucleus_lbp_features
+from leukoseg.pipelines.cache import _cells_for_features
 from leukoseg.segmentation import (
     MEASUREMENT_COLUMNS,
     Scale,
@@ -136,13 +137,7 @@ def _stage_inputs() -> dict:
     seg = segment(smear.image)
     assert seg.n_cells == 2
     m = seg.measurements
-    cells = []
-    for i in range(seg.n_cells):
-        cid = int(m["cell_id"][i])
-        x0, y0, x1, y1 = (int(m[k][i]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
-        cells.append({"image": smear.image[y0:y1, x0:x1].copy(), "nucleus": seg.nuclei[y0:y1, x0:x1] == cid,
-                      "cell": seg.cells[y0:y1, x0:x1] == cid, "um_per_px": seg.um_per_px,
-                      "measurements": {k: v[i].item() for k, v in m.items()}})  # fmt: skip
+    cells = _cells_for_features(smear.image, seg)  # the cells as the pipeline gives them to the features
     # seg.nuclei and seg.cells are cached on first use: the arrays below are the ones the calls see.
     return {"image": smear.image, "seg": seg, "nuclei": seg.nuclei, "cells": seg.cells,
             "working": (seg.working_nuclei, seg.working_cells), "measurements": dict(m), "stained": seg.cells > 0,
