@@ -57,7 +57,7 @@ def _normalise(patches: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nda
 def numpy_predict_proba(
     params: Mapping[str, np.ndarray], X: np.ndarray, *, chunk: int = 64, tta: bool | None = None
 ) -> np.ndarray:
-    """Class probabilities from the arrays of :func:`export_numpy`, with NumPy only.
+    """Compute class probabilities from the arrays of :func:`export_numpy`, with NumPy only.
 
     Same-padded convolutions run as im2col (one column block per few patches) and a float32 matrix
     product, so memory stays small and the BLAS does the work.

@@ -27,6 +27,7 @@ def gaussian_vote(distances: np.ndarray) -> np.ndarray:
     Returns
     -------
     (n_queries, k) ndarray of float64
+        Weight of each neighbour, from ``exp(-2)`` to 1.
 
     Examples
     --------

@@ -470,7 +470,7 @@ def _verify(name: str, reference, exported, X: np.ndarray, atol: float) -> None:
 
 
 def knn_predict_proba(params: Mapping[str, np.ndarray], X: Any) -> np.ndarray:
-    """Class probabilities of an exported kNN (:func:`export_gknn`, :func:`export_knn`), with NumPy only.
+    """Compute the class probabilities of an exported kNN (:func:`export_gknn`, :func:`export_knn`), with NumPy only.
 
     Reproduces scikit-learn's ``KNeighborsClassifier.predict_proba`` (brute force, Euclidean): uniform
     votes rank neighbours by directly summed squared differences, distance and Gaussian votes by
@@ -757,6 +757,7 @@ class ModelBundle:
     path : pathlib.Path
         The bundle folder.
     format_version : int
+        Bundle format version it was written with.
     leukoseg_version : str
         Version of leukoseg that wrote it.
     models : mapping of str to mapping of str to ndarray
@@ -1186,6 +1187,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
     Returns
     -------
     ModelBundle
+        The checked bundle: its models, feature columns, fusion and settings.
 
     Raises
     ------

@@ -408,12 +408,13 @@ def resolve_device(device: str = "auto") -> str:
 
     Parameters
     ----------
-    device : {'auto', 'cpu', 'gpu'}
+    device : {'auto', 'cpu', 'gpu'}, optional
         'auto' picks the GPU when the backend sees one, else the CPU.
 
     Returns
     -------
     {'cpu', 'gpu'}
+        The device to train and predict on.
 
     Raises
     ------
@@ -505,9 +506,23 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    filters, kernel_size, activation, activate_every_conv, pool_size, dense_units, dropout
-        Architecture, passed to :func:`build_thanh_cnn`; the defaults are the paper's network. With
-        ``architecture='densenet121'`` only `dropout` applies (before the output layer).
+    filters : sequence of int, optional
+        Feature maps of each convolution; its length is the number of convolutions. This parameter and
+        the next six, up to `dropout`, are the architecture passed to :func:`build_thanh_cnn`; their
+        defaults are the paper's network. With ``architecture='densenet121'`` only `dropout` applies.
+    kernel_size : int, optional
+        Odd side of the square convolution kernels.
+    activation : {'relu', 'selu', 'elu', 'tanh', 'sigmoid', 'linear'}, optional
+        Non-linearity.
+    activate_every_conv : bool, optional
+        Put the activation after every convolution instead of only after the last.
+    pool_size : int, optional
+        Side and stride of the max-pooling window; 1 means no pooling.
+    dense_units : sequence of int, optional
+        Hidden fully connected layers between the pooling and the output layer.
+    dropout : float, optional
+        Dropout rate before each fully connected layer, in ``[0, 1)`` (with ``architecture='densenet121'``,
+        before the output layer).
     architecture : {'thanh', 'densenet121'}, optional
         The network: the paper's family (:func:`build_thanh_cnn`), or DenseNet121 with a new head
         (:func:`build_densenet121`), for comparison on the same folds. DenseNet121 models are trained and
@@ -519,7 +534,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     epochs : int, optional
         Most passes over the training patches.
     batch_size : int, optional
-        Patches per gradient step (and per prediction batch).
+        Patches per gradient step; prediction batches hold ``max(batch_size, 256)`` patches.
     learning_rate : float, optional
         Adam step size.
     validation_fraction : float, optional
@@ -668,6 +683,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : CNNClassifier
+            The fitted classifier.
 
         Raises
         ------
@@ -817,7 +833,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     # -- prediction ----------------------------------------------------------------------------------------
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities of patches.
+        """Predict the class probabilities of patches.
 
         Parameters
         ----------

@@ -209,7 +209,13 @@ class FABSettings:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain Python values, for JSON."""
+        """Return the settings as plain Python values, for JSON.
+
+        Returns
+        -------
+        dict of str to object
+            Every field, by name, with NumPy scalars turned into Python numbers.
+        """
         out = asdict(self)
         from leukoseg.io import _python_scalar
 
@@ -241,11 +247,12 @@ class FABResult:
         Blasts given.
     n_scored : int
         Blasts scored (without those left out: border, smudge, non-finite values).
-    percent : Mapping[str, float]
+    percent : mapping of str to float
         Percentage (0-100) of scored blasts meeting each criterion of :data:`FAB_CRITERIA`; NaN when
         `n_scored` is 0.
     size_cv : float or None
-        Coefficient of variation of the scored blasts' cell diameters (None without scored blasts).
+        Coefficient of variation of the scored blasts' cell diameters (None without scored blasts, or when
+        their mean diameter is 0).
     """
 
     subtype: str | None
@@ -256,9 +263,15 @@ class FABResult:
     size_cv: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat, JSON-ready dict (one CSV row): ``fab_subtype``, ``fab_score``, counts, ``fab_pct_<criterion>``.
+        """Return the result as a flat, JSON-ready dict (one CSV row).
 
         The keys are the same for every result; a missing value (no scored blast) is None, never NaN.
+
+        Returns
+        -------
+        dict of str to object
+            ``fab_subtype``, ``fab_score``, ``fab_n_blasts``, ``fab_n_scored``, ``fab_size_cv``, then
+            ``fab_pct_<criterion>`` for every criterion of :data:`FAB_CRITERIA`, in order.
         """
         out: dict[str, Any] = {
             "fab_subtype": self.subtype,
@@ -294,11 +307,14 @@ def blast_mask(p_blast, *, threshold: float = 0.5) -> np.ndarray:
     Parameters
     ----------
     p_blast : (n_cells,) array-like of float
+        Blast probability of each cell of the image.
     threshold : float, optional
+        Smallest probability at which a cell is a blast.
 
     Returns
     -------
     (n_cells,) ndarray of bool
+        True for the cells taken as blasts; all False only when there are no cells.
 
     Examples
     --------
@@ -338,6 +354,7 @@ def fab_classify(
     Returns
     -------
     FABResult
+        The subtype, the score, the blast counts and the percentage of scored blasts meeting each criterion.
 
     Raises
     ------

@@ -52,8 +52,9 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : ndarray
         Class labels.
-    coef_ : ndarray of shape (n_features, n_classes)
-        Weights of the raw inputs (logits or log-probabilities), standardisation folded in.
+    coef_ : ndarray of shape (n_inputs, n_classes) or (n_inputs * n_classes, n_classes)
+        Weights of the raw inputs (for two classes one logit per model, for more the log-probabilities of
+        every model and class), standardisation folded in.
     intercept_ : ndarray of shape (n_classes,)
         Intercepts.
     device_ : str
@@ -108,6 +109,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : StackingFusion
+            The fitted fusion.
         """
         keras = import_keras()
         from keras import ops
@@ -171,10 +173,12 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_inputs * n_classes)
+            Probabilities of the stacked models, columns as in :meth:`fit`.
 
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
+            Fused probabilities; column ``j`` is the probability of ``classes_[j]``.
         """
         from keras import ops
 
@@ -195,10 +199,12 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_inputs * n_classes)
+            Probabilities of the stacked models, columns as in :meth:`fit`.
 
         Returns
         -------
         ndarray of shape (n_samples,)
+            The label from ``classes_`` with the highest fused probability.
         """
         proba = self.predict_proba(X)  # first: it checks that the fusion is fitted, before classes_ is read
         return self.classes_[np.argmax(proba, axis=1)]
@@ -209,6 +215,8 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_inputs,)
+            ``coef_[:, 1] - coef_[:, 0]``: the weight of each model's logit in the fused log-odds of
+            ``classes_[1]``.
         """
         check_is_fitted(self)
         if len(self.classes_) != 2:

@@ -49,7 +49,7 @@ class _Chromosome(list):
 
 
 class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
-    """k-nearest neighbours with feature weights and k tuned by a genetic algorithm (GkNN).
+    """K-nearest neighbours with feature weights and k tuned by a genetic algorithm (GkNN).
 
     Features are standardised (zero mean, unit variance on the training data) and multiplied by learned
     weights, so that the distance between two cells is ``sqrt(sum_f (w_f * (z_f - z'_f))**2)``; k and the
@@ -164,7 +164,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
     matrix product and a partition per fold give the k nearest neighbours and their distances. The
     fitted `knn_` (double precision) then predicts; it may break exact distance ties differently.
 
-    **Cost**: at most about ``population_size * (1 + 0.8 * n_generations)`` scorings (about 330 with
+    **Cost**: at most about ``population_size * (1 + 0.8 * n_generations)`` scorings (about 390 with
     the defaults; unchanged and repeated individuals are not rescored), each
     ``inner_cv`` nearest-neighbour searches of ``n / inner_cv`` against ``n (inner_cv - 1) / inner_cv``
     samples; with 4000 samples, 60 features and uniform votes, about 12 CPU-seconds. The callable votes
@@ -234,6 +234,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : GeneticKNNClassifier
+            The fitted classifier.
         """
         from sklearn.neighbors import KNeighborsClassifier
         from sklearn.preprocessing import StandardScaler
@@ -281,6 +282,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Feature rows of the cells to score, columns as in :meth:`fit`.
 
         Returns
         -------
@@ -300,15 +302,17 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         return proba / len(self.runs_)
 
     def predict(self, X) -> np.ndarray:
-        """Class with the most votes (ties: the first in `classes_`).
+        """Predict the class with the most votes (ties: the first in `classes_`).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Feature rows of the cells to classify, columns as in :meth:`fit`.
 
         Returns
         -------
         ndarray of shape (n_samples,)
+            The label from `classes_` with the largest vote share.
         """
         proba = self.predict_proba(X)  # checks fitted first
         return self.classes_[np.argmax(proba, axis=1)]

@@ -47,7 +47,9 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        Class labels.
     n_features_in_ : int
+        Number of features seen in ``fit``.
     feature_names_in_ : ndarray of str
         Feature names, when ``X`` had them.
     search_ : :class:`~sklearn.model_selection.GridSearchCV`
@@ -118,6 +120,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : SVMClassifier
+            The fitted classifier.
         """
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.model_selection import GridSearchCV
@@ -154,6 +157,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Feature rows of the cells to score, columns as in :meth:`fit`.
 
         Returns
         -------
@@ -170,10 +174,12 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Feature rows of the cells to classify, columns as in :meth:`fit`.
 
         Returns
         -------
         ndarray of shape (n_samples,)
+            The label from `classes_` with the highest calibrated probability.
         """
         proba = self.predict_proba(X)  # checks fitted first
         return self.classes_[np.argmax(proba, axis=1)]
@@ -191,12 +197,21 @@ def make_svm(
 
     Parameters
     ----------
-    random_state, C_grid, gamma_grid, inner_cv, scoring
-        As in :class:`SVMClassifier`.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the inner folds, as in :class:`SVMClassifier`.
+    C_grid : sequence of float, default=(0.1, 1.0, 10.0, 100.0)
+        Values of the SVM's C to try.
+    gamma_grid : sequence of float or "scale", default=("scale", 0.003, 0.03, 0.3)
+        Values of the RBF kernel's gamma to try.
+    inner_cv : int, default=3
+        Folds of the inner cross-validation, for both tuning and calibration.
+    scoring : str, default="balanced_accuracy"
+        Score maximised by the grid search.
 
     Returns
     -------
     SVMClassifier
+        Unfitted, with these settings and the defaults of the other parameters.
 
     Examples
     --------

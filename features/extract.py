@@ -44,6 +44,8 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         of :data:`BOOKKEEPING_MEASUREMENTS` (ids, centroids, boxes). Booleans become 0/1 columns: e.g.
         ``touches_border`` (a cell cut by the image edge: half a cell, which annotators of ALL-IDB1 do
         not mark as a blast) and ``smudge``. ``()`` for image features only.
+    texture : bool, optional
+        Include the GLCM texture of nucleus and cytoplasm.
     stain : bool, optional
         Include the stain, chromatin and rim features of
         :func:`~leukoseg.features.stain.cell_stain_features` (names in
@@ -51,10 +53,13 @@ class CellFeatures(TransformerMixin, BaseEstimator):
     lbp_radii_um : sequence of float, optional
         Radii (um) of the nucleus LBP histograms (``nuc_lbp_r{r}um_{code}``, 10 columns per radius);
         ``()`` for none.
-    texture : bool, optional
-        Include the GLCM texture of nucleus and cytoplasm.
-    distances_um, levels, angles_deg
-        Texture settings of :func:`~leukoseg.features.glcm.glcm_features`.
+    distances_um : sequence of float, optional
+        Pixel-pair distances of the GLCM texture, in micrometres
+        (:func:`~leukoseg.features.glcm.glcm_features`).
+    levels : int, optional
+        Number of grey levels of the GLCM texture, 2 to 256.
+    angles_deg : sequence of float, optional
+        Pixel-pair directions of the GLCM texture, in degrees.
 
     Attributes
     ----------
@@ -119,10 +124,12 @@ class CellFeatures(TransformerMixin, BaseEstimator):
             Cells (see Notes of the class). With ``measurements=None`` the first cell chooses the
             measurement columns; every cell must have them.
         y : ignored
+            Not used; present for scikit-learn API compatibility.
 
         Returns
         -------
         self : CellFeatures
+            The fitted transformer.
 
         Raises
         ------
@@ -181,7 +188,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         )  # fmt: skip
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        """Names of the output columns.
+        """Return the names of the output columns.
 
         Parameters
         ----------
@@ -191,6 +198,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         Returns
         -------
         ndarray of str
+            A copy of `feature_names_out_`: the columns of :meth:`transform`, in order.
         """
         check_is_fitted(self, "feature_names_out_")
         return self.feature_names_out_.copy()

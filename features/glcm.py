@@ -40,13 +40,17 @@ def texture_feature_names(
     angles_deg: Sequence[float] = _DEFAULT_ANGLES_DEG,
     prefix: str = "",
 ) -> list[str]:
-    """Names of the features that :func:`glcm_features` returns, in order.
+    """Return the names of the features that :func:`glcm_features` returns, in order.
 
     Parameters
     ----------
-    distances_um, levels, angles_deg
-        Texture settings, as in :func:`glcm_features` (`levels` and `angles_deg` do not change the names
-        but are checked).
+    distances_um : sequence of float, optional
+        Pixel-pair distances, in micrometres, as in :func:`glcm_features`; one name per property and
+        distance.
+    levels : int, optional
+        Number of grey levels, as in :func:`glcm_features`; checked, but does not change the names.
+    angles_deg : sequence of float, optional
+        Pair directions, in degrees, as in :func:`glcm_features`; checked, but does not change the names.
     prefix : str, optional
         Put before every name, e.g. ``"nuc_"``.
 

@@ -34,18 +34,30 @@ def feature_names(
     levels: int = 32,
     angles_deg: Sequence[float] = _DEFAULT_ANGLES_DEG,
 ) -> list[str]:
-    """Names of the columns of :func:`feature_matrix` with the same settings, in order.
+    """Return the names of the columns of :func:`feature_matrix` with the same settings, in order.
 
     Parameters
     ----------
     measurement_names : sequence of str
         Measurement columns, in order.
-    texture, stain, lbp_radii_um, distances_um, levels, angles_deg
-        As for :func:`feature_matrix`.
+    texture : bool, optional
+        Append the names of the nucleus and cytoplasm GLCM texture columns.
+    stain : bool, optional
+        Put the names of :data:`~leukoseg.features.stain.STAIN_FEATURE_NAMES` after the measurements.
+    lbp_radii_um : sequence of float, optional
+        Radii (um) of the nucleus LBP histograms, after the stain columns; ``()`` for none.
+    distances_um : sequence of float, optional
+        Pixel-pair distances of the GLCM texture, in micrometres.
+    levels : int, optional
+        Number of grey levels of the GLCM texture (checked; does not change the names).
+    angles_deg : sequence of float, optional
+        Pixel-pair directions of the GLCM texture, in degrees (checked; does not change the names).
 
     Returns
     -------
     list of str
+        The measurement names, then the stain, nucleus LBP, nucleus GLCM (``nuc_``) and cytoplasm GLCM
+        (``cyto_``) feature names.
 
     Raises
     ------
@@ -93,12 +105,18 @@ def feature_matrix(
     lbp_radii_um : sequence of float, optional
         Radii (um) of the nucleus LBP histograms (:func:`~leukoseg.features.stain.nucleus_lbp_features`),
         after the stain columns; ``()`` for none.
-    distances_um, levels, angles_deg
-        Texture settings.
+    distances_um : sequence of float, optional
+        Pixel-pair distances of the GLCM texture, in micrometres
+        (:func:`~leukoseg.features.glcm.glcm_features`).
+    levels : int, optional
+        Number of grey levels of the GLCM texture, 2 to 256.
+    angles_deg : sequence of float, optional
+        Pixel-pair directions of the GLCM texture, in degrees.
 
     Returns
     -------
     (n_cells, n_features) ndarray of float64
+        One row per cell, columns as in :func:`feature_names` with the same settings.
 
     Raises
     ------
@@ -147,6 +165,7 @@ def check_lbp_radii(radii_um) -> tuple[float, ...]:
     Returns
     -------
     tuple of float
+        The radii, in the order given.
 
     Raises
     ------

@@ -29,11 +29,13 @@ _LBP_POINTS = 8
 
 
 def stain_feature_names() -> list[str]:
-    """Names of the features of :func:`cell_stain_features`, in order.
+    """Return the names of the features of :func:`cell_stain_features`, in order.
 
     Returns
     -------
     list of str
+        Nucleus optical densities, cytoplasm optical densities, cytoplasm area and rim, chromatin bands,
+        then ``nucleus_box_fraction``.
 
     Examples
     --------
@@ -200,7 +202,7 @@ def _gaussian(values: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def lbp_feature_names(radii_um: Sequence[float] = _LBP_RADII_UM, *, points: int = _LBP_POINTS) -> list[str]:
-    """Names of the features of :func:`nucleus_lbp_features`, in order.
+    """Return the names of the features of :func:`nucleus_lbp_features`, in order.
 
     Parameters
     ----------
@@ -212,6 +214,8 @@ def lbp_feature_names(radii_um: Sequence[float] = _LBP_RADII_UM, *, points: int 
     Returns
     -------
     list of str
+        ``f"nuc_lbp_r{r:g}um_{code}"`` for every radius (outer loop) and every code from 0 to
+        ``points + 1`` (inner loop).
 
     Examples
     --------
@@ -232,6 +236,7 @@ def nucleus_lbp_features(
     image : (H, W, 3) ndarray of uint8
         RGB crop around the cell.
     nucleus_mask : (H, W) ndarray of bool
+        The nucleus; the histogram counts its pixels only (their circle neighbours may lie outside it).
     um_per_px : float
         Pixel size, in micrometres.
     radii_um : sequence of float, optional
@@ -244,8 +249,8 @@ def nucleus_lbp_features(
     dict of str to float
         For every radius, the fraction of nucleus pixels with each of the ``points + 2`` pattern codes of
         :func:`skimage.feature.local_binary_pattern` (``method="uniform"``: codes ``0..points`` count the
-        neighbours brighter than the centre in one contiguous arc, i.e. spots, edges and flat areas of
-        the chromatin; ``points + 1`` collects the non-uniform patterns). Names as in
+        neighbours at least as bright as the centre in one contiguous arc, i.e. spots, edges and flat
+        areas of the chromatin; ``points + 1`` collects the non-uniform patterns). Names as in
         :func:`lbp_feature_names`. An empty nucleus gives zeros.
 
     Examples

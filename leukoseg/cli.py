@@ -42,7 +42,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``leukoseg`` and its subcommands."""
+    """Build the argument parser of ``leukoseg`` and its subcommands.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser; each subcommand's namespace holds ``func``, the function that runs it.
+    """
     def verbosity_options(default_verbose: Any, default_quiet: Any) -> argparse.ArgumentParser:
         options = _Parser(add_help=False)
         verbosity = options.add_mutually_exclusive_group()
@@ -197,12 +203,19 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code instead of exiting (tests call it in-process).
+    """Run the command line; return the exit code instead of exiting (tests call it in-process).
 
     Parameters
     ----------
     argv : sequence of str, optional
         Arguments without the program name; ``sys.argv[1:]`` when omitted.
+
+    Returns
+    -------
+    int
+        0 when every input was processed; 1 when some failed (each named on stderr) or on an unexpected
+        error; 2 for a usage or configuration error (e.g. an output folder that cannot be written); 130 when
+        interrupted.
     """
     parser = build_parser()
     try:

@@ -64,7 +64,22 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A data set: its name, folder, image records and class names (sorted)."""
+    """A data set: its name, folder, image records and class names (sorted).
+
+    Attributes
+    ----------
+    name : str
+        ``'all-idb1'``, ``'all-idb2'`` or ``'folder:PATH'``.
+    root : pathlib.Path
+        The data set's folder.
+    records : tuple of ImageRecord
+        Its images, in a stable order (sorted by file path).
+    classes : tuple of str
+        Class names, sorted.
+    unit : {'image', 'cell'}
+        What one record is: a whole smear to segment (``'image'``), or a single-cell crop classified as one
+        image with one cell (``'cell'``, ALL-IDB2).
+    """
 
     name: str
     root: Path
@@ -86,10 +101,15 @@ class Dataset:
         return np.array([r.group for r in self.records], dtype=int)
 
     def fingerprint(self) -> str:
-        """A SHA-256 over the names, contents, labels and annotations of all images.
+        """Hash the names, contents, labels and annotations of all images (SHA-256).
 
         Identifies the exact data used by an experiment: an edited ``.xyc`` annotation (which changes the
         cell labels) changes it as much as an edited image.
+
+        Returns
+        -------
+        str
+            The hexadecimal digest.
         """
         h = hashlib.sha256()
         for r in self.records:
@@ -102,7 +122,7 @@ class Dataset:
 
 
 def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where data set `name` is looked for.
+    """Return the folder where data set `name` is looked for.
 
     ``data_dir`` if given, else ``$LEUKOSEG_DATA/<name>``, else ``~/.leukoseg/data/<name>``.
 
@@ -112,6 +132,11 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
         Folder name of the data set, e.g. ``'ALL_IDB1'``.
     data_dir : str or os.PathLike, optional
         An explicit folder (wins over everything).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (``~`` expanded); whether it exists is not checked.
     """
     if data_dir is not None:
         return Path(data_dir).expanduser()
@@ -134,6 +159,7 @@ def parse_xyc(path: str | os.PathLike[str]) -> np.ndarray:
     Returns
     -------
     (N, 2) ndarray of float64
+        The centroids ``(x, y)`` in pixels, in file order; shape (0, 2) for an empty file.
 
     Raises
     ------
@@ -184,6 +210,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None) -> D
     Returns
     -------
     Dataset
+        Its records (sorted by file path), with labels, groups of identical images and (ALL-IDB1) annotations.
 
     Raises
     ------

@@ -389,8 +389,14 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
     ----------
     path : str or os.PathLike
         The final file name.
-    mode : {'wb', 'w'}
+    mode : {'wb', 'w'}, default='wb'
         Binary or text (UTF-8, ``\\n`` newlines).
+
+    Yields
+    ------
+    file object
+        The open temporary file, to write to; it is closed and renamed to `path` when the block ends
+        without an exception, and deleted otherwise.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)

@@ -74,7 +74,13 @@ class CachedImage:
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/leukoseg``, else ``~/.cache/leukoseg``."""
+    """Return the default cache folder: ``$XDG_CACHE_HOME/leukoseg``, else ``~/.cache/leukoseg``.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder; it is created by the first run that writes to it.
+    """
     base = os.environ.get("XDG_CACHE_HOME")
     return (Path(base).expanduser() if base else Path.home() / ".cache") / "leukoseg"
 
@@ -96,7 +102,7 @@ def _settings(segment_kw: Mapping, feature_kw: Mapping) -> dict:
 
 
 def cache_key(content_hash: str, *, segment_kw: Mapping | None = None, feature_kw: Mapping | None = None) -> str:
-    """Name of the cache entry of an image: hash of its content hash and of all settings.
+    """Name the cache entry of an image: a hash of its content hash and of all settings.
 
     Parameters
     ----------
@@ -105,6 +111,11 @@ def cache_key(content_hash: str, *, segment_kw: Mapping | None = None, feature_k
     segment_kw, feature_kw : mapping, optional
         Keyword arguments given to :func:`~leukoseg.segmentation.segment` and
         :class:`~leukoseg.features.CellFeatures` (defaults filled in for ``segment``).
+
+    Returns
+    -------
+    str
+        32 hexadecimal digits; it changes with the image, any setting, the cache format or leukoseg's version.
     """
     settings = _settings(segment_kw or {}, feature_kw or {})
     text = json.dumps([content_hash, settings], sort_keys=True, default=list)

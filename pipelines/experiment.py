@@ -168,6 +168,7 @@ def match_blasts(points, xs, ys, *, radius: float = 50.0) -> np.ndarray:
     Returns
     -------
     (n_cells,) ndarray of bool
+        True for the cells matched to an annotated point within `radius`.
 
     Examples
     --------
@@ -334,6 +335,7 @@ def run_experiment(
     Returns
     -------
     ExperimentResult
+        The run folder, the metrics written to its ``metrics.json``, and the files written.
 
     Raises
     ------

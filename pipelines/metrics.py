@@ -32,6 +32,7 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, 
     Returns
     -------
     (low, high) : tuple of float
+        The interval's bounds, in [0, 1].
 
     Examples
     --------
@@ -67,6 +68,7 @@ def image_score(cell_scores, *, top_k: int = 3) -> float:
     Returns
     -------
     float in [0, 1]
+        The mean of the `top_k` highest cell scores, missing cells counted as 0.
 
     Examples
     --------
@@ -82,7 +84,7 @@ def image_score(cell_scores, *, top_k: int = 3) -> float:
 
 
 def choose_threshold(scores, labels) -> float:
-    """The image-score threshold that maximises the balanced accuracy of ``score >= threshold``.
+    """Choose the image-score threshold that maximises the balanced accuracy of ``score >= threshold``.
 
     Candidates are the midpoints between consecutive distinct scores (and 0.5 when all scores are on one
     side); ties in balanced accuracy go to the candidate nearest 0.5, then the lower one.
@@ -90,11 +92,14 @@ def choose_threshold(scores, labels) -> float:
     Parameters
     ----------
     scores : (n,) array-like of float
+        Image scores (e.g. of :func:`image_score`) of the training images.
     labels : (n,) array-like of {0, 1}
+        Their classes (1: ALL).
 
     Returns
     -------
     float
+        The threshold; an image is called positive when its score is at or above it.
 
     Examples
     --------
@@ -117,7 +122,7 @@ def choose_threshold(scores, labels) -> float:
 
 
 def choose_image_rule(cell_scores, labels, *, top_ks=(1, 2, 3)) -> tuple[int, float]:
-    """The image rule of training images: which top-k mean, and its threshold (:func:`choose_threshold`).
+    """Choose the image rule on training images: which top-k mean, and its threshold (:func:`choose_threshold`).
 
     The k whose image scores, at their best threshold, give the highest balanced accuracy wins; ties go to
     the higher image AUC, then to the larger k (more robust to one false-positive cell). Only training
@@ -128,13 +133,16 @@ def choose_image_rule(cell_scores, labels, *, top_ks=(1, 2, 3)) -> tuple[int, fl
     cell_scores : sequence of (n_cells_i,) array-like
         Blast probabilities of the cells of each image.
     labels : (n_images,) array-like of {0, 1}
+        Class of each image (1: ALL).
     top_ks : sequence of int, optional
         Candidate k of :func:`image_score`.
 
     Returns
     -------
     k : int
+        The number of highest cell scores averaged into the image score.
     threshold : float
+        The threshold on that score.
 
     Examples
     --------
@@ -180,6 +188,7 @@ def roc_auc(labels, scores) -> float | None:
     Returns
     -------
     float or None
+        The AUC (ties count one half), or None when `labels` hold a single class.
     """
     from sklearn.metrics import roc_auc_score
 

@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def default_model_dir() -> Path:
-    """Folder of the bundled default model (``leukoseg/models/default`` in the installed package)."""
+    """Return the folder of the bundled default model.
+
+    Returns
+    -------
+    pathlib.Path
+        ``leukoseg/models/default`` in the installed package.
+    """
     from importlib import resources
 
     return Path(str(resources.files("leukoseg") / "models" / "default"))
@@ -44,6 +50,7 @@ def load_model(path: str | os.PathLike[str] | None = None):
     Returns
     -------
     ModelBundle
+        The bundle's models, image rule, thresholds and settings, ready for :func:`classify_image`.
 
     Raises
     ------
@@ -136,7 +143,14 @@ class Classification:
     model: str
 
     def to_dict(self) -> dict[str, Any]:
-        """Image-level fields as plain JSON-able data."""
+        """Return the image-level fields as plain JSON-able data.
+
+        Returns
+        -------
+        dict
+            ``p_all``, ``decision``, ``threshold``, ``model``, ``n_cells``, ``n_blasts`` and the entries of
+            `fab` (none for an image called normal).
+        """
         return {
             "p_all": round(float(self.p_all), 6),
             "decision": self.decision,
@@ -165,7 +179,9 @@ def classify_image(image: np.ndarray, model, *, seg=None, pixel_size: float | No
     Returns
     -------
     seg : Segmentation
+        The segmentation (`seg` itself when given).
     result : Classification
+        Cell blast probabilities, the image verdict and, for an image called ALL, its FAB subtype.
     """
     from leukoseg.classify.fab import FABSettings, blast_mask, fab_classify
     from leukoseg.features.rows import feature_matrix
@@ -246,8 +262,12 @@ def write_classification(out_dir, image: np.ndarray, seg, result: Classification
     ----------
     out_dir : path
         The image's output folder (replaced).
-    image, seg, result
-        The smear, its segmentation and :func:`classify_image`'s result.
+    image : (H, W, 3) ndarray of uint8
+        The RGB smear.
+    seg : Segmentation
+        Its segmentation.
+    result : Classification
+        :func:`classify_image`'s result for it.
     crops : bool, optional
         Write ``crops/`` too.
     summary : mapping, optional
@@ -258,6 +278,7 @@ def write_classification(out_dir, image: np.ndarray, seg, result: Classification
     Returns
     -------
     pathlib.Path
+        The folder written (`out_dir`).
     """
     from leukoseg.segmentation import write_segmentation
 

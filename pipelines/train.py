@@ -68,8 +68,25 @@ def train_bundle(
         ``all-idb1`` (cells labelled from annotated blast centroids).
     out_dir : path
         Bundle folder to write (atomically).
-    seed, cache_dir, workers, device, cnn, top_k, match_radius_px, inner_folds, cnn_inner_folds
-        As in :func:`~leukoseg.pipelines.experiment.run_experiment`.
+    seed : int, optional
+        Seed of everything random (inner folds, genetic search, SVM, CNNs).
+    cache_dir : path, optional
+        Segmentation cache; default :func:`~leukoseg.pipelines.cache.default_cache_dir`.
+    workers : int, optional
+        Processes for segmenting images not yet cached.
+    device : {'auto', 'cpu', 'gpu'}, optional
+        Where the CNN and the fusion are trained (recorded in the provenance).
+    cnn : bool, optional
+        Train the CNN and the fusion; ``False`` gives a baseline-only bundle.
+    top_k : int or sequence of int, optional
+        Candidate numbers of cells averaged into the image score; one, and the image threshold, are chosen on
+        out-of-fold scores of the training images.
+    match_radius_px : float, optional
+        Radius of the matching of annotated blast centroids to cells (the cell labels).
+    inner_folds : int, optional
+        Folds of the inner cross-validation that scores the training images for the image rule and the fusion.
+    cnn_inner_folds : int, optional
+        Parts of the CNN's cross-fitting (at least 2).
     gknn_params, svm_params, knn_params, cnn_params, fusion_params : mapping, optional
         Keyword arguments of the models.
     fab_settings : FABSettings, optional

@@ -85,3 +85,65 @@ def test_stage_folders_resolve_from_a_plain_checkout_and_only_there():
     if len(leukoseg.__path__) == 1:  # installed here (editable or not): the mapping serves the stage folders
         assert importlib.util.find_spec("leukoseg.features").origin == str(root / "features" / "__init__.py")
         assert importlib.util.find_spec("leukoseg.tests") is None  # no stray names from the repository root
+
+
+#: numpydoc checks not enforced, as scikit-learn's own docstring test does: GL01/GL02 (where the text starts and
+#: the quotes close), RT02 (``self : GeneticKNNClassifier`` names what fit returns), and the optional sections
+#: (SA01 See Also, ES01 extended summary, EX01 Examples: the main entry points have examples, run above).
+_NUMPYDOC_IGNORED = {"GL01", "GL02", "RT02", "SA01", "ES01", "EX01"}
+
+
+def _documented_modules() -> list[str]:
+    # Every public module (no part of its name private) that declares its public names.
+    names = []
+    for name in _modules():
+        if any(part.startswith("_") for part in name.split(".")):
+            continue
+        if hasattr(importlib.import_module(name), "__all__"):
+            names.append(name)
+    return names
+
+
+def _numpydoc_errors(path: str, obj) -> list[str]:
+    import dataclasses
+
+    from numpydoc.docscrape import NumpyDocString
+    from numpydoc.validate import validate
+
+    errors = [f"{path}: {code} {message}" for code, message in validate(path)["errors"]
+              if code not in _NUMPYDOC_IGNORED]  # fmt: skip
+    if dataclasses.is_dataclass(obj) and isinstance(obj, type):
+        # A frozen result documents its fields under Attributes (as scipy's result objects do), not as
+        # constructor parameters: check that instead of PR01.
+        errors = [e for e in errors if " PR01 " not in e]
+        doc = NumpyDocString(obj.__doc__ or "")
+        documented = {n.strip() for entry in [*doc["Attributes"], *doc["Parameters"]] for n in entry.name.split(",")}
+        missing = [f.name for f in dataclasses.fields(obj) if not f.name.startswith("_") and f.name not in documented]
+        if missing:
+            errors.append(f"{path}: fields not documented under Attributes: {missing}")
+    return errors
+
+
+@pytest.mark.parametrize("name", _documented_modules())
+def test_numpydoc_sections(name):
+    # numpydoc's own validator over every public function, class and public method: parameters documented
+    # with a type and a description, in the signature's order, returns described, summaries well formed.
+    pytest.importorskip("numpydoc.validate")
+    import inspect
+
+    module = importlib.import_module(name)
+    errors, checked = [], 0
+    for public in module.__all__:
+        obj = getattr(module, public)
+        if not callable(obj):
+            continue  # constants: documented by comments (#:), not docstrings of their own
+        targets = [(f"{name}.{public}", obj)]
+        if inspect.isclass(obj):
+            methods = [(attr, value) for attr, value in vars(obj).items() if not attr.startswith("_")]
+            targets += [(f"{name}.{public}.{attr}", value) for attr, value in methods
+                        if inspect.isfunction(value) or isinstance(value, property)]  # fmt: skip
+        for path, target in targets:
+            errors += _numpydoc_errors(path, target)
+            checked += 1
+    assert checked, f"{name} exports nothing callable"
+    assert not errors, "\n".join(errors)

@@ -15,7 +15,7 @@ __all__ = ["background_level", "stain_excess"]
 
 
 def background_level(image: np.ndarray, *, channel: int = 1) -> float:
-    """Brightness of the slide background: a high percentile of one channel (green by default; never below 1).
+    """Estimate the slide background's brightness: a high percentile of one channel (green by default; never below 1).
 
     Parameters
     ----------

@@ -97,7 +97,7 @@ def extract_patches(
     patch_size: int = 50,
     patch_um_per_px: float = 0.5,
 ) -> np.ndarray:
-    """:func:`extract_patch` for many centres.
+    """Cut scale-normalised patches around many centres (:func:`extract_patch` for each).
 
     Parameters
     ----------
@@ -115,6 +115,7 @@ def extract_patches(
     Returns
     -------
     (N, patch_size, patch_size, 3) ndarray of uint8
+        One patch per centre, in the order of `xs` and `ys`.
     """
     if len(xs) != len(ys):
         raise ValueError(f"xs and ys must have the same length, got {len(xs)} and {len(ys)}")

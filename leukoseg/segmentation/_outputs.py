@@ -147,7 +147,7 @@ def _cells_geojson(rows: list[dict[str, Any]], outlines: list[tuple[Any, Any]]) 
 
 def draw_overlay(image: np.ndarray, seg: Segmentation, *, max_side: int = OVERLAY_MAX_SIDE,
                  colors: Mapping[int, tuple[int, int, int]] | None = None) -> np.ndarray:
-    """Outlines of cells (green, or `colors` per id) and nuclei (dark blue) with ids, on a copy of the smear.
+    """Draw outlines of cells (green, or `colors` per id) and nuclei (dark blue) with ids, on a copy of the smear.
 
     Parameters
     ----------

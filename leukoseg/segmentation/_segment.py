@@ -163,7 +163,14 @@ class Segmentation:
         return int(len(self.measurements.get("cell_id", ())))
 
     def rows(self) -> list[dict[str, float | int | bool]]:
-        """The measurements as one dict per cell, in id order."""
+        """Return the measurements as one dict per cell, in id order.
+
+        Returns
+        -------
+        list of dict
+            One dict per cell: measurement name (see :data:`~leukoseg.segmentation.MEASUREMENT_COLUMNS`) to
+            Python number or bool.
+        """
         names = list(self.measurements)
         columns = [self.measurements[k].tolist() for k in names]  # one conversion per column, to Python types
         return [dict(zip(names, values)) for values in zip(*columns)]
@@ -251,6 +258,8 @@ def segment(
     Returns
     -------
     Segmentation
+        The cell and nucleus labels (input-size label images in its ``cells`` and ``nuclei``), the pixel size
+        and where it came from, the stain thresholds used, and the measurements of every cell.
 
     Raises
     ------
