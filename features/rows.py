@@ -106,12 +106,12 @@ def feature_matrix(
         Radii (um) of the nucleus LBP histograms (:func:`~leukoseg.features.stain.nucleus_lbp_features`),
         after the stain columns; ``()`` for none.
     distances_um : sequence of float, optional
-        Pixel-pair distances of the GLCM texture, in micrometres
-        (:func:`~leukoseg.features.glcm.glcm_features`).
+        Pixel-pair distances of the GLCM texture, in micrometres.
     levels : int, optional
-        Number of grey levels of the GLCM texture, 2 to 256.
+        Grey levels of the GLCM texture.
     angles_deg : sequence of float, optional
-        Pixel-pair directions of the GLCM texture, in degrees.
+        Pixel-pair directions of the GLCM texture, in degrees; all three as in
+        :func:`~leukoseg.features.glcm.glcm_features`.
 
     Returns
     -------
