@@ -567,8 +567,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Per-epoch loss and accuracy (``val_`` prefixed for the validation split).
     n_iter_ : int
         Epochs run.
-    best_epoch_ : int
-        Epoch (1-based) whose weights were kept.
+    best_epoch_ : int or None
+        Epoch (1-based) whose weights were kept; None when loaded from a ``config.json`` that does not record it.
     train_indices_, validation_indices_ : ndarray of int
         Rows of the `X` given to fit used for training and for early stopping.
     device_ : str
@@ -754,7 +754,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = {k: [float(v) for v in vals] for k, vals in fit_history.history.items()}
         self.n_iter_ = len(self.history_.get("loss", []))
         if "val_loss" in self.history_ and self.history_["val_loss"]:
-            self.best_epoch_ = int(np.argmin(self.history_["val_loss"])) + 1
+            self.best_epoch_: int | None = int(np.argmin(self.history_["val_loss"])) + 1
         else:
             self.best_epoch_ = self.n_iter_
         self.train_indices_ = train_idx
