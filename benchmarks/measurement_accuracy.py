@@ -39,7 +39,7 @@ def main() -> int:
     from leukoseg.synthetic import make_smear
 
     rows = defaultdict(list)
-    missed = defaultdict(int)
+    missed: defaultdict[str, int] = defaultdict(int)
     for seed in range(args.smears):
         smear = make_smear(shape=(512, 640), kinds=KINDS, n_touching_pairs=0, seed=seed)
         m = segment(smear.image, purple_nuclei=not args.no_purple_nuclei).measurements

@@ -153,6 +153,7 @@ class _Pipe:
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
+        assert self.proc.stderr is not None  # stderr=PIPE
         for line in self.proc.stderr:
             self._stderr.append(line)
 

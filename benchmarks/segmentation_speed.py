@@ -89,7 +89,7 @@ def main() -> int:
         from leukoseg.io import read_image
         from leukoseg.segmentation import segment, write_segmentation
 
-        stages = {"read": [], "segment": [], "write": []}
+        stages: dict[str, list[float]] = {"read": [], "segment": [], "write": []}
         for p in files:
             t0 = time.perf_counter()
             image = read_image(p)

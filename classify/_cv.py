@@ -83,4 +83,5 @@ def inner_cv_splits(
                               k, attempt)
                 return splits
     log.debug("inner cross-validation: no draw gives every class in every fold; keeping the first")
+    assert first is not None  # n >= 2: at least one draw was made
     return first

@@ -77,6 +77,7 @@ def dihedral_mean(predict, patches: np.ndarray) -> np.ndarray:
     for k, flip in symmetries:
         out = np.asarray(predict(np.ascontiguousarray(dihedral(patches, k, flip))), np.float64)
         total = out if total is None else total + out
+    assert total is not None  # both symmetry groups are non-empty
     return total / len(symmetries)
 
 

@@ -529,7 +529,7 @@ def _knn_proba(params: Mapping[str, np.ndarray], X: Any) -> tuple[np.ndarray, np
     block = max(1, _DIST_BLOCK // max(1, len(train)))
     for start in range(0, len(query), block):
         q = query[start : start + block]
-        if gemm:
+        if train_sq is not None:  # gemm
             q_sq = np.array([np.dot(v, v) for v in q])
             middle = q @ train.T
             middle *= -2.0
@@ -705,7 +705,7 @@ def _svc_decision(params: Mapping[str, np.ndarray], p: str, z: np.ndarray) -> np
     if n_cls == 2:
         return (kernel @ coef[0] + intercept[0])[:, None]
     bounds = np.concatenate([[0], np.cumsum(n_support)])
-    ovo = []
+    ovo: list[np.ndarray] = []
     for a in range(n_cls):
         for b in range(a + 1, n_cls):
             sa, sb = slice(bounds[a], bounds[a + 1]), slice(bounds[b], bounds[b + 1])
@@ -1009,11 +1009,11 @@ def save_bundle(
         files: dict[str, str] = {}
         for name, content in arrays.items():
             file_name = f"{name}.npz"
-            for key, value in content.items():
-                if np.asarray(value).dtype.kind == "O":
+            for key, array in content.items():
+                if np.asarray(array).dtype.kind == "O":
                     raise TypeError(f"{name} array {key!r} holds Python objects; it cannot be saved without pickle")
             with open(tmp / file_name, "wb") as f:
-                np.savez(f, **content)
+                np.savez(f, **content)  # type: ignore[arg-type]  # (for mypy, a key could be savez's allow_pickle)
             files[file_name] = file_sha256(tmp / file_name)
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -1271,7 +1271,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         if not isinstance(meta, dict):
             raise LeukosegError(manifest_path, f"model {name!r} entry is not an object")
         path = listed(meta.get("file"))
-        arrays = _read_npz(path)
+        arrays: Mapping[str, np.ndarray] = _read_npz(path)
         _check_model_arrays(name, arrays, path)
         models[name] = types.MappingProxyType(arrays)
     unknown = sorted(set(models_meta) - set(MODEL_NAMES))
@@ -1572,11 +1572,11 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
     n_folds = int(need("n_folds", "iu", 0))
     if n_folds < 1:
         fail("has no folds")
-    f = None
+    n_features: int | None = None
     for i in range(n_folds):
         p = f"fold{i}_"
         mean = need(p + "mean", "f", 1)
-        f = len(mean) if f is None else f
+        n_features = len(mean) if n_features is None else n_features
         scale = need(p + "scale", "f", 1)
         sv = need(p + "support_vectors", "f", 2)
         coef = need(p + "dual_coef", "f", 2)
@@ -1585,8 +1585,8 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
         need(p + "gamma", "f", 0)
         class_index = need(p + "class_index", "iu", 1)
         n_cls = len(n_support)
-        if mean.shape != (f,) or scale.shape != (f,) or sv.shape[1:] != (f,):
-            fail(f"fold {i}: feature arrays do not all have {f} columns")
+        if mean.shape != (n_features,) or scale.shape != (n_features,) or sv.shape[1:] != (n_features,):
+            fail(f"fold {i}: feature arrays do not all have {n_features} columns")
         if coef.shape != (n_cls - 1, len(sv)) or int(n_support.sum()) != len(sv):
             fail(f"fold {i}: dual_coef {coef.shape} does not match {len(sv)} support vectors of {n_cls} classes")
         if intercept.shape != (n_cls * (n_cls - 1) // 2,) or len(class_index) != n_cls:
@@ -1599,6 +1599,7 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
         n_cal = 1 if n_cls == 2 else n_cls
         for j in range(n_cal):
             c = f"{p}cal{j}_"
+            calibrator: tuple[np.ndarray, ...]
             if method == "sigmoid":
                 calibrator = (need(c + "a", "f", 0), need(c + "b", "f", 0))
             else:

@@ -582,8 +582,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Per-epoch loss and accuracy (``val_`` prefixed for the validation split).
     n_iter_ : int
         Epochs run.
-    best_epoch_ : int
-        Epoch (1-based) whose weights were kept.
+    best_epoch_ : int or None
+        Epoch (1-based) whose weights were kept; None when loaded from a ``config.json`` that does not record it.
     train_indices_, validation_indices_ : ndarray of int
         Rows of the `X` given to fit used for training and for early stopping.
     device_ : str
@@ -770,7 +770,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = {k: [float(v) for v in vals] for k, vals in fit_history.history.items()}
         self.n_iter_ = len(self.history_.get("loss", []))
         if "val_loss" in self.history_ and self.history_["val_loss"]:
-            self.best_epoch_ = int(np.argmin(self.history_["val_loss"])) + 1
+            self.best_epoch_: int | None = int(np.argmin(self.history_["val_loss"])) + 1
         else:
             self.best_epoch_ = self.n_iter_
         self.train_indices_ = train_idx
@@ -1213,7 +1213,7 @@ def _training_batches(
     The batch order of epoch ``e`` and the augmentation of batch ``b`` in it depend only on
     ``(seed, e, b)``, so batches are the same whatever order or thread Keras asks for them in.
     """
-    keras = import_keras()
+    keras: Any = import_keras()  # declared: mypy takes a base class from an Any variable only
 
     class TrainingBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -1244,7 +1244,7 @@ def _training_batches(
 
 
 def _logging_callback():
-    keras = import_keras()
+    keras: Any = import_keras()  # declared: mypy takes a base class from an Any variable only
 
     class LogEpochs(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -1288,6 +1288,9 @@ def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
     >>> [str(s) for s in params["layers"]]
     ['conv2d/linear', 'conv2d/linear', 'activation/relu', 'maxpool2d/2,2/2,2', 'flatten', 'dense/linear', 'softmax']
     """
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    classes: np.ndarray | None
     if isinstance(model_or_estimator, CNNClassifier):
         check_is_fitted(model_or_estimator, "model_")
         if model_or_estimator.architecture != "thanh":
@@ -1311,7 +1314,7 @@ def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
         raise NotImplementedError(f"NumPy inference needs a fixed (H, W, C) input; the model takes {input_shape}")
     channels = input_shape[2]
     n_out = model.output_shape[-1]
-    if mean is None:
+    if mean is None or std is None or classes is None:  # a bare model: all three
         mean = np.zeros(channels, np.float32)
         std = np.ones(channels, np.float32)
         classes = np.arange(n_out)

@@ -287,7 +287,7 @@ class FABResult:
 
 
 def _required_columns(settings: FABSettings) -> tuple[str, ...]:
-    cols = (
+    cols: tuple[str, ...] = (
         "nc_ratio", "cell_diameter_um", "nucleus_area_um2", "nucleoli_count", "nucleoli_fraction",
         "nucleus_irregularity", "nucleus_solidity", "cytoplasm_basophilia", "nucleus_stain", "vacuole_count",
     )  # fmt: skip

@@ -299,6 +299,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
             support = run["support"]
             votes = run["knn"].predict_proba(standardised[:, support] * run["weights"][support])
             proba = votes if proba is None else proba + votes
+        assert proba is not None  # fit made n_runs >= 1 searches
         return proba / len(self.runs_)
 
     def predict(self, X) -> np.ndarray:

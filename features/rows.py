@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def feature_names(
     radii = check_lbp_radii(lbp_radii_um)
     columns = [*measurement_names, *(STAIN_FEATURE_NAMES if stain else ()), *lbp_feature_names(radii)]
     if texture:
-        glcm_kw = {"distances_um": distances_um, "levels": levels, "angles_deg": angles_deg}
+        glcm_kw: dict[str, Any] = {"distances_um": distances_um, "levels": levels, "angles_deg": angles_deg}
         columns += texture_feature_names(prefix="nuc_", **glcm_kw) + texture_feature_names(prefix="cyto_", **glcm_kw)
     return columns
 
@@ -131,7 +132,7 @@ def feature_matrix(
     cells = _as_cells(cells)
     names = list(measurement_names)
     radii = check_lbp_radii(lbp_radii_um)
-    glcm_kw = {"distances_um": distances_um, "levels": levels, "angles_deg": angles_deg}
+    glcm_kw: dict[str, Any] = {"distances_um": distances_um, "levels": levels, "angles_deg": angles_deg}
     n_columns = len(feature_names(names, texture=texture, stain=stain, lbp_radii_um=radii, **glcm_kw))
     out = np.empty((len(cells), n_columns), dtype=np.float64)
     for i, cell in enumerate(cells):

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .errors import LeukosegError
@@ -37,7 +37,7 @@ MIN_SIDE = 16
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors on one line (``leukoseg segment: error: ...``) like every other error."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The parser; each subcommand's namespace holds ``func``, the function that runs it.
     """
-    def verbosity_options(default_verbose: Any, default_quiet: Any) -> argparse.ArgumentParser:
+    def verbosity_options(default_verbose: Any, default_quiet: Any) -> _Parser:
         options = _Parser(add_help=False)
         verbosity = options.add_mutually_exclusive_group()
         verbosity.add_argument("-v", "--verbose", action="count", default=default_verbose,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -355,7 +356,7 @@ def _pixel_digest(path: Path) -> str | None:
     return hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
 
 
-def _with_groups(records: list[tuple[Path, str, str, np.ndarray | None]]) -> tuple[ImageRecord, ...]:
+def _with_groups(records: Sequence[tuple[Path, str, str, np.ndarray | None]]) -> tuple[ImageRecord, ...]:
     """Give byte-identical and pixel-identical images one group id.
 
     Pixel identity catches re-encoded or re-tagged copies that byte hashes miss; it costs one decode per
@@ -370,7 +371,7 @@ def _with_groups(records: list[tuple[Path, str, str, np.ndarray | None]]) -> tup
             i = parent[i]
         return i
 
-    def union_by(keys: list[str | None]) -> None:
+    def union_by(keys: Sequence[str | None]) -> None:
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
             if k is None:
@@ -382,7 +383,7 @@ def _with_groups(records: list[tuple[Path, str, str, np.ndarray | None]]) -> tup
 
     union_by(byte_keys)
     union_by([_pixel_digest(p) for p, *_ in records])
-    roots = {}
+    roots: dict[int, int] = {}
     out = []
     for i, (path, name, label, points) in enumerate(records):
         gid = roots.setdefault(find(i), len(roots))

@@ -103,7 +103,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         except OSError as exc:
             raise LeukosegError(path, f"cannot read file ({exc.strerror or exc})") from None
         try:
-            pil = Image.open(io.BytesIO(data))
+            pil: Image.Image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise LeukosegError(path, "not a readable image (JPEG, PNG, TIFF or BMP expected)") from None
         except (OSError, ValueError, SyntaxError) as exc:
@@ -336,7 +336,7 @@ def image_files(folder: str | os.PathLike[str], *, exclude: Iterable[str | os.Pa
         Files with an extension in :data:`IMAGE_EXTENSIONS`, sorted.
     """
     skip = {Path(e).resolve() for e in exclude} - {Path(folder).resolve()}  # the folder searched is searched
-    out = []
+    out: list[Path] = []
 
     def unreadable(exc: OSError) -> None:  # os.walk would skip it silently
         log.warning("%s: cannot read this folder (%s); its images are skipped", exc.filename, exc.strerror or exc)

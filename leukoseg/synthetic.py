@@ -59,6 +59,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -369,7 +370,8 @@ def _lobes(rng: np.random.Generator, k: int, rc: float) -> np.ndarray:
         a = rng.uniform(1.3, 1.7, k)
         b = rng.uniform(0.8, 1.0, k)
         # Long axes across the band: the direction of the band at each lobe, turned by 90 degrees.
-        tangent = np.gradient(pts, axis=0)
+        # numpy's stubs give a 2-D array's gradient as a tuple of two, but with axis= it is one array
+        tangent: np.ndarray = np.gradient(pts, axis=0)  # type: ignore[assignment]
         angle = np.arctan2(tangent[:, 1], tangent[:, 0]) + np.pi / 2 + rng.uniform(-0.25, 0.25, k)
         gaps = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1)) + 9.0 * np.eye(k)
         reach = float((np.hypot(pts[:, 0], pts[:, 1]) + a).max())
@@ -468,7 +470,7 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) ->
     """Gaussian-smoothed white noise of unit standard deviation (float32)."""
     import cv2
 
-    n = rng.standard_normal(shape, dtype=np.float32)
+    n: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
     if sigma_px >= 0.3:
         n = cv2.GaussianBlur(n, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     sd = float(n.std())
@@ -811,6 +813,7 @@ def _compose(
             boxes.append(None)
             masks.append(None)
             continue
+        assert c is not None  # box is None where c is
         y0, y1, x0, x1 = box
         gx = (np.arange(x0, x1) + 0.5) * px
         gy = (np.arange(y0, y1) + 0.5) * px
@@ -820,8 +823,8 @@ def _compose(
         if i in partner:
             j = partner[i]
             a, b = (i, j) if i < j else (j, i)
-            ca, cb = centres[a], centres[b]
-            assert ca is not None and cb is not None
+            ca, cb, cj = centres[a], centres[b], centres[j]
+            assert ca is not None and cb is not None and cj is not None
             dist = math.hypot(cb[0] - ca[0], cb[1] - ca[1])
             phi = math.atan2(cb[1] - ca[1], cb[0] - ca[0])
             ra = float(specs[a].cell.r(np.asarray(phi)))
@@ -829,7 +832,7 @@ def _compose(
             # Signed distance (µm) from the contact line (power-diagram bisector): < 0 on a's side.
             s = ((gx[None, :] - ca[0]) * (cb[0] - ca[0]) + (gy[:, None] - ca[1]) * (cb[1] - ca[1])) / dist
             s = s - (dist * dist + ra * ra - rb * rb) / (2 * dist)
-            other = specs[j].cell_mask(gx[None, :] - centres[j][0], gy[:, None] - centres[j][1], px)
+            other = specs[j].cell_mask(gx[None, :] - cj[0], gy[:, None] - cj[1], px)
             mine = (s <= 0) if i == a else (s > 0)
             cellm &= ~other | mine
             gap = max(0.3, 1.0 * px)  # the nuclei stay apart: cytoplasm or membrane between them
@@ -900,7 +903,9 @@ def _compose(
     bgr = np.ascontiguousarray(image[..., ::-1])
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
     if ok:
-        image = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        assert decoded is not None  # the JPEG just encoded
+        image = np.ascontiguousarray(decoded[..., ::-1])
 
     # Records, measured on the label images.
     records = []
@@ -1163,7 +1168,7 @@ def touching_discs(
 # Bundled samples
 # --------------------------------------------------------------------------------------------------
 
-_SAMPLES = (
+_SAMPLES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     (
         "smear_01",
         "acute lymphoblastic leukemia: L1 and L2 blasts (two touching pairs) and a lymphocyte",
@@ -1275,7 +1280,7 @@ def write_samples(folder: str | os.PathLike[str], *, seed: int = 0) -> list[Path
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for k, (name, what, kw) in enumerate(_SAMPLES):
-        smear = make_smear(**kw, seed=np.random.default_rng([int(seed), k]))  # type: ignore[arg-type]
+        smear = make_smear(**kw, seed=np.random.default_rng([int(seed), k]))
         image_path = folder / f"{name}.jpg"
         write_image(image_path, smear.image, quality=92)
         truth = {
@@ -1308,8 +1313,9 @@ def write_samples(folder: str | os.PathLike[str], *, seed: int = 0) -> list[Path
         write_json(json_path, truth)
         npz_path = folder / f"{name}.truth.npz"
         with atomic_write(npz_path, "wb") as f:
-            arrays = {"nuclei": smear.nuclei, "cells": smear.cells}
-            np.savez_compressed(f, **arrays, red_cells=smear.red_cells, platelets=smear.platelets)
+            np.savez_compressed(
+                f, nuclei=smear.nuclei, cells=smear.cells, red_cells=smear.red_cells, platelets=smear.platelets
+            )
         written += [image_path, json_path, npz_path]
         logger.info("wrote %s (%d white cells)", image_path, len(smear.white_cells))
     readme = folder / "README.md"

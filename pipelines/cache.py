@@ -29,6 +29,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def _feature_names_without_cells(feature_kw: Mapping) -> tuple[str, ...]:
 def _save(path: Path, entry: CachedImage) -> None:
     from leukoseg.io import atomic_write
 
-    arrays = {
+    arrays: dict[str, np.ndarray | np.generic] = {
         "um_per_px": np.float64(entry.um_per_px),
         "columns": np.array(list(entry.measurements), dtype=str),
         "features": entry.features,
@@ -184,7 +185,7 @@ def _save(path: Path, entry: CachedImage) -> None:
     for k, v in entry.measurements.items():
         arrays[f"m_{k}"] = v
     with atomic_write(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # (for mypy, a key could be savez's allow_pickle)
 
 
 def _load(path: Path) -> CachedImage:
@@ -276,7 +277,8 @@ def load_or_compute(
             bar.close()
     for i in todo:
         entries[i] = _load(targets[i])
-    return entries, {"computed": len(missing), "reused": len(targets) - len(missing), "compute_seconds": seconds}
+    loaded = cast(list[CachedImage], entries)  # every None was loaded above
+    return loaded, {"computed": len(missing), "reused": len(targets) - len(missing), "compute_seconds": seconds}
 
 
 def _try_load(path: Path) -> CachedImage | None:

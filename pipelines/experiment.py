@@ -193,7 +193,7 @@ def match_blasts(points, xs, ys, *, radius: float = 50.0) -> np.ndarray:
 
 def _one_camera(name: str) -> bool:
     m = _IMAGE_NUMBER.search(name)
-    return bool(m) and int(m.group(1)) >= _ONE_CAMERA_FIRST
+    return m is not None and int(m.group(1)) >= _ONE_CAMERA_FIRST
 
 
 def _seed(*parts: int) -> int:
@@ -228,7 +228,8 @@ def _mode(dataset) -> str:
 
 
 def _cell_table(records, entries, classes, mode, match_radius_px) -> _Cells:
-    image, label, rows, X, patches = [], [], [], [], []
+    image, label, X, patches = [], [], [], []
+    rows: list[dict[str, Any]] = []
     n_points = n_matched = 0
     for i, (r, e) in enumerate(zip(records, entries)):
         m = e.measurements
@@ -466,7 +467,7 @@ def run_experiment(
     # 6. Metrics and outputs.
     t = time.perf_counter()
     stratum = np.array([_one_camera(n) for n in names]) if mode == "points" else None
-    metrics = {
+    metrics: dict[str, Any] = {
         "task": "binary" if binary else "multiclass",
         "classes": classes,
         "primary_model": primary,
@@ -493,6 +494,7 @@ def run_experiment(
         "versions": _versions(cnn),
     }
     if mode == "points":
+        assert stratum is not None
         metrics["dataset"].update({
             "n_images_all": int(image_label.sum()), "n_blast_cells": int(cell_label.sum()),
             "n_annotated_points": cells.n_points, "n_points_matched": cells.n_matched,
@@ -501,7 +503,7 @@ def run_experiment(
     for m in models:
         per_repeat = []
         for r in range(repeats):
-            entry = {"repeat": r}
+            entry: dict[str, Any] = {"repeat": r}
             strata = [("all", np.ones(len(records), bool))] + ([("one_camera", stratum)] if stratum is not None else [])
             for key, mask in strata:
                 if binary:
@@ -908,7 +910,7 @@ def _settings(mode: str, top_ks: tuple[int, ...], n_features: int, plain: Mappin
 
 
 def _summary(per_repeat: list[dict]) -> dict:
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for stratum in [s for s in ("all", "one_camera") if s in per_repeat[0]]:
         out[stratum] = {}
         keys = [k for k, v in per_repeat[0][stratum].items()
@@ -926,7 +928,7 @@ def _summary(per_repeat: list[dict]) -> dict:
 def _versions(cnn: bool) -> dict:
     from importlib import metadata
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     dists = [("leukoseg", "leukoseg"), ("numpy", "numpy"), ("scipy", "scipy"), ("scikit-learn", "scikit-learn"),
              ("scikit-image", "scikit-image"), ("opencv", "opencv-python-headless"), ("deap", "deap")]
     if cnn:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -241,12 +241,12 @@ def blast_colors(cell_ids, p_blast) -> dict[int, tuple[int, int, int]]:
     {1: (40, 120, 255), 2: (230, 20, 20)}
     """
     stops = np.array([[40, 120, 255], [250, 210, 30], [230, 20, 20]], np.float64)
-    out = {}
+    out: dict[int, tuple[int, int, int]] = {}
     for cid, p in zip(cell_ids, p_blast):
         t = float(np.clip(p, 0, 1)) * 2
         i = min(int(t), 1)
         rgb = stops[i] + (stops[i + 1] - stops[i]) * (t - i)
-        out[int(cid)] = tuple(int(round(v)) for v in rgb)
+        out[int(cid)] = cast(tuple[int, int, int], tuple(int(round(v)) for v in rgb))  # rgb has 3 entries
     return out
 
 

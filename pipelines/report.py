@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from leukoseg.errors import LeukosegError
 
@@ -91,7 +91,7 @@ class _Run:
     task: str
     classes: list[str]
     models: list[str]
-    primary: str | None
+    primary: str
     images: list[dict[str, str]] | None
     cells: list[dict[str, str]] | None
     data_dir: Path | None
@@ -196,7 +196,7 @@ def _load_run(run_dir: Path, data_dir) -> _Run:
         seen = {r.get("repeat") for r in images}
         repeats = max(repeats, len(seen))
     if not classes and task == "multiclass":
-        found = set()
+        found: set[str] = set()
         for row in images or []:
             found.update(x for x in (row.get("label"), row.get("pred")) if x)
         classes = sorted(found)
@@ -245,11 +245,12 @@ def _stat(values: Sequence[Any], *, cis: Sequence[Any] = (), denominators: Seque
     number of trials of one repeat, so that repeating the same images does not narrow it.
     """
     vals = [v for v in (_num(x) for x in values) if v is not None]
+    std: float | None
     if vals:
         mean = statistics.fmean(vals)
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0  # the sample SD, as metrics.json's summary
-    elif isinstance(summary, Mapping) and _num(summary.get("mean")) is not None:
-        mean, std = _num(summary.get("mean")), _num(summary.get("std"))
+    elif isinstance(summary, Mapping) and (summary_mean := _num(summary.get("mean"))) is not None:
+        mean, std = summary_mean, _num(summary.get("std"))
     else:
         return _Stat(None, None, 0)
     ci = None
@@ -279,7 +280,7 @@ def _confusion(entry: Mapping) -> list[list[float]] | None:
         return None
 
 
-def _repeats(run: _Run, model: str) -> list[dict]:
+def _repeats(run: _Run, model: str) -> list[Mapping]:
     entry = run.metrics["models"].get(model) or {}
     reps = entry.get("repeats") if isinstance(entry, Mapping) else None
     return [r for r in reps or [] if isinstance(r, Mapping)]
@@ -349,7 +350,7 @@ def _summed_confusion(run: _Run, model: str) -> list[list[float]] | None:
     index = {c: i for i, c in enumerate(run.classes)}
     total = [[0.0] * k for _ in range(k)]
     counted = 0
-    for row in run.images:
+    for row in run.images or []:
         t, p = _class_of(run, row.get("label")), _class_of(run, row.get(col))
         if t in index and p in index:
             total[index[t]][index[p]] += 1
@@ -481,8 +482,9 @@ def _verdict(run: _Run) -> str:
     if not others:
         return f"{_label(primary)} is the only model in this run: {what} {_pct(p.mean)}."
     aucs = {m: (_binary_stat(run, m, "all", "auc").mean if run.task == "binary" else None) or 0.0 for m in others}
-    best = max(others, key=lambda m: (round(others[m].mean, 12), aucs[m]))
+    best = max(others, key=lambda m: (round(others[m].mean or 0.0, 12), aucs[m]))  # every mean is set (above)
     o = others[best]
+    assert o.mean is not None
     diff = 100 * (p.mean - o.mean)
     n = _n_images(run)
     one = f"; one image is {100 / n:.1f} points" if n and key == "accuracy" else ""
@@ -625,8 +627,8 @@ def _multiclass_curves(run: _Run) -> str | None:
         return None
     curves = []
     for i, cls in enumerate(run.classes):
-        data = _scores_by(run, f"p_{cls}", lambda row, c=cls: None if not row.get("label") else
-                          int(row.get("label") == c))
+        data = _scores_by(run, f"p_{cls}", lambda row, c=cls: None if not row.get("label") else  # type: ignore[misc]
+                          int(row.get("label") == c))  # (mypy cannot infer a lambda with a default argument)
         if data is not None:
             curves.append((cls, _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)] if i >= 6 else
                            ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")[i], _roc(*data)))
@@ -707,7 +709,7 @@ def _prob_colour(p: float | None) -> tuple[int, int, int]:
     for (p0, c0), (p1, c1) in zip(_PROB_STOPS, _PROB_STOPS[1:]):
         if p <= p1:
             t = (p - p0) / (p1 - p0)
-            return tuple(int(round(a + t * (b - a))) for a, b in zip(c0, c1))
+            return cast(tuple[int, int, int], tuple(int(round(a + t * (b - a))) for a, b in zip(c0, c1)))
     return _PROB_STOPS[-1][1]
 
 
@@ -932,20 +934,20 @@ def _kv_table(mapping: Mapping, *, numeric: bool = False) -> str:
 def _fab_data(run: _Run) -> dict | None:
     fab = run.metrics.get("fab") if isinstance(run.metrics.get("fab"), Mapping) else None
     cols = [c for c in (run.images[0] if run.images else {}) if c.startswith("fab_pct_")]
-    has_col = bool(run.images) and "fab_subtype" in run.images[0]
+    has_col = bool(run.images and "fab_subtype" in run.images[0])
     if fab is None and not has_col:
         return None
     dist = {}
     if fab and isinstance(fab.get("distribution"), Mapping):
         dist = {str(k): _num(v) or 0 for k, v in fab["distribution"].items()}
-    rows_by = {}
+    rows_by: dict[str, list[dict[str, str]]] = {}
     for row in run.images or []:
         sub = (row.get("fab_subtype") or "").strip()
         if sub:
             rows_by.setdefault(sub, []).append(row)
     if not dist:
         dist = {k: len(v) for k, v in sorted(rows_by.items())}
-    crit = {}
+    crit: dict[str, dict[str, float | None]] = {}
     for sub, rows in rows_by.items():
         crit[sub] = {}
         for c in cols:
@@ -969,8 +971,8 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
     from leukoseg._version import __version__
 
     m = run.metrics
-    ds = m.get("dataset") if isinstance(m.get("dataset"), Mapping) else {}
-    settings = m.get("settings") if isinstance(m.get("settings"), Mapping) else {}
+    ds = _dict(m.get("dataset"))
+    settings = _dict(m.get("settings"))
     primary = run.primary
     sections: list[tuple[str, str, str]] = []  # (id, title, body)
 
@@ -1092,11 +1094,11 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
         sections.append(("fab", "FAB subtypes", body))
 
     # Timings and device.
-    timings = m.get("timings_s") if isinstance(m.get("timings_s"), Mapping) else {}
-    device = m.get("device") if isinstance(m.get("device"), Mapping) else {}
+    timings = _dict(m.get("timings_s"))
+    device = _dict(m.get("device"))
     body = ""
     if timings:
-        stages = [(k, _num(v)) for k, v in timings.items() if k != "total" and _num(v) is not None]
+        stages = [(k, x) for k, v in timings.items() if k != "total" and (x := _num(v)) is not None]
         total = _num(timings.get("total")) or sum(v for _, v in stages) or None
         top = max((v for _, v in stages), default=0.0) or 1.0
         rows = []
@@ -1123,13 +1125,13 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
     show_published = run.task == "binary" and str(ds.get("name") or "all-idb1").lower() == "all-idb1"
     acc = (_binary_stat(run, primary, "all", "accuracy") if run.task == "binary"
            else _multi_stat(run, primary, "accuracy"))
-    rows = "".join(f'<tr><td>{_esc(a)}</td><td>{_esc(b)}</td><td class="num">{_esc(c)}</td><td>{_esc(d)}</td></tr>'
-                   for a, b, c, d in PUBLISHED)
+    published = "".join(f'<tr><td>{_esc(a)}</td><td>{_esc(b)}</td><td class="num">{_esc(c)}</td><td>{_esc(d)}</td></tr>'
+                        for a, b, c, d in PUBLISHED)
     this = (f'<tr class="primary"><td>This run</td><td>{_esc(_label(primary))}</td>'
             f'<td class="num">{_pct(acc.mean, 2)}</td><td>accuracy, {_esc(n_folds or "?")}-fold cross-validation '
             f'× {_esc(reps)}, all {n or "?"} images out of fold</td></tr>')
     body = (f'<table><thead><tr><th>Source</th><th>Method</th><th class="num">Figure</th><th>Protocol</th>'
-            f"</tr></thead><tbody>{rows}{this}</tbody></table>"
+            f"</tr></thead><tbody>{published}{this}</tbody></table>"
             '<p class="note">Other protocols: different splits, image sets and sizes; these figures are not '
             "comparable one to one with this run, or with each other.</p>")
     if show_published:
@@ -1240,8 +1242,8 @@ def _md_stat(s: _Stat, percent: bool, repeats: int, best: bool) -> str:
 
 def _markdown(run: _Run, misses: list[_Miss], curve_rows) -> str:
     m = run.metrics
-    ds = m.get("dataset") if isinstance(m.get("dataset"), Mapping) else {}
-    settings = m.get("settings") if isinstance(m.get("settings"), Mapping) else {}
+    ds = _dict(m.get("dataset"))
+    settings = _dict(m.get("settings"))
     out = [f"# leukoseg report: {ds.get('name') or run.dir.name}", ""]
     facts = [f"{k} {ds[k2]}" for k, k2 in (("images", "n_images"), ("cells", "n_cells")) if ds.get(k2) is not None]
     if settings.get("n_folds"):
@@ -1280,9 +1282,9 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows) -> str:
                               [False, True, True]), ""]
     else:
         out += ["## Models", ""]
-        keys = [("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy")]
-        stats = {k: {mm: _multi_stat(run, mm, k) for mm in run.models} for k, _ in keys}
-        rows = [[names[mm], *(_md_stat(stats[k][mm], True, run.repeats, mm in _best(stats[k])) for k, _ in keys)]
+        multi_keys = [("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy")]
+        stats = {k: {mm: _multi_stat(run, mm, k) for mm in run.models} for k, _ in multi_keys}
+        rows = [[names[mm], *(_md_stat(stats[k][mm], True, run.repeats, mm in _best(stats[k])) for k, _ in multi_keys)]
                 for mm in run.models]
         out += [_md_table(["Model", "Accuracy", "Balanced accuracy"], rows, [False, True, True]), "", pct_note, ""]
         rec = {c: {mm: _multi_stat(run, mm, "recall", c) for mm in run.models} for c in run.classes}
@@ -1309,8 +1311,8 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows) -> str:
                     for s, n in fab["distribution"].items()]
             out += [_md_table(["Subtype", "Images", "Share", *fab["criteria"]], rows,
                               [False, True, True] + [True] * len(fab["criteria"])), ""]
-    timings = m.get("timings_s") if isinstance(m.get("timings_s"), Mapping) else {}
-    device = m.get("device") if isinstance(m.get("device"), Mapping) else {}
+    timings = _dict(m.get("timings_s"))
+    device = _dict(m.get("device"))
     if timings or device:
         out += ["## Timings and device", ""]
         if timings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from leukoseg.classify import GeneticKNNClassifier, StackingFusion, SVMClassifie
 from leukoseg.classify._cv import inner_cv_splits
 from leukoseg.classify.gknn import gaussian_vote
 
-SMALL_GA = {"population_size": 6, "n_generations": 2}
+SMALL_GA: dict[str, Any] = {"population_size": 6, "n_generations": 2}
 
 # StackingFusion's X is not free columns but n_inputs * n_classes class probabilities, one block per stacked model.
 # With n_inputs=1 the two-class checks on two columns apply; these others feed it another number of columns

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from leukoseg.errors import LeukosegError
 
 keras = pytest.importorskip("keras")
 
-TINY = dict(filters=(4, 4), kernel_size=5)
+TINY: dict[str, Any] = dict(filters=(4, 4), kernel_size=5)
 
 # Keras 3.15 saving under TensorFlow 2.21 with NumPy 2 calls np.array(tf.Variable), which NumPy warns about;
 # the warning is theirs (keras/src/backend/tensorflow/core.py, convert_to_numpy), not leukoseg's.

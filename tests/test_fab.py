@@ -400,7 +400,7 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="measurements must be a mapping"):
         fab_classify([1, 2, 3])  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        fab_classify(_table(2), None, FABSettings())  # type: ignore[misc]  # keyword-only
+        fab_classify(_table(2), None, FABSettings())  # type: ignore[call-arg]  # keyword-only
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from leukoseg.features.stain import lbp_feature_names, nucleus_lbp_features
 # level 0 and 255 in level 1.
 STRIPES = np.array([[0, 0, 255, 255]] * 4, dtype=np.uint8)
 FULL = np.ones((4, 4), dtype=bool)
-ONE_PX = {"um_per_px": 1.0, "distances_um": (1.0,), "levels": 2}
+ONE_PX: dict[str, Any] = {"um_per_px": 1.0, "distances_um": (1.0,), "levels": 2}
 
 
 def _props(p: np.ndarray) -> dict[str, float]:
@@ -254,7 +255,7 @@ def _cell(rng: np.random.Generator, size: int = 24, **measurements) -> dict:
     }
 
 
-KW = {"distances_um": (0.5, 1.0)}
+KW: dict[str, Any] = {"distances_um": (0.5, 1.0)}
 
 
 def test_cell_features_columns_are_stable_and_named():

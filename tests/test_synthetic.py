@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from leukoseg.synthetic import (
     touching_discs,
 )
 
-SMALL = dict(shape=(256, 320), um_per_px=0.3, n_platelets=4)
+SMALL: dict[str, Any] = dict(shape=(256, 320), um_per_px=0.3, n_platelets=4)
 EIGHT = np.ones((3, 3), bool)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = ["extract_patch", "extract_patches"]
@@ -90,8 +92,8 @@ def _window(image: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
 
 def extract_patches(
     image: np.ndarray,
-    xs: np.ndarray,
-    ys: np.ndarray,
+    xs: Sequence[float] | np.ndarray,
+    ys: Sequence[float] | np.ndarray,
     *,
     um_per_px: float,
     patch_size: int = 50,

@@ -85,7 +85,7 @@ def measure_cells(
         if nbox is None:
             continue
         lab = index + 1
-        cbox = cell_boxes[index] if index < len(cell_boxes) and cell_boxes[index] is not None else nbox
+        cbox = (cell_boxes[index] if index < len(cell_boxes) else None) or nbox
         r0, r1 = min(cbox[0].start, nbox[0].start), max(cbox[0].stop, nbox[0].stop)
         c0, c1 = min(cbox[1].start, nbox[1].start), max(cbox[1].stop, nbox[1].stop)
         nmask = nuclei[r0:r1, c0:c1] == lab

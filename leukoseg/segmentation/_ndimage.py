@@ -7,6 +7,8 @@ scikit-image's) and keep ``leukoseg segment``'s start-up light.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 __all__ = ["find_objects", "peak_local_max", "threshold_otsu", "watershed"]
@@ -81,7 +83,7 @@ def find_objects(labels: np.ndarray) -> list[tuple[slice, slice] | None]:
         # Which rows and columns each label touches, from two small histograms (no sorting).
         in_row = np.bincount(lab * h + ys, minlength=(n + 1) * h).reshape(n + 1, h) > 0
         in_col = np.bincount(lab * w + xs, minlength=(n + 1) * w).reshape(n + 1, w) > 0
-        present = in_row.any(axis=1)
+        present = cast(np.ndarray, in_row.any(axis=1))  # numpy's stubs allow a scalar: not for a 2-D array
         r0, r1 = in_row.argmax(axis=1), h - in_row[:, ::-1].argmax(axis=1)
         c0, c1 = in_col.argmax(axis=1), w - in_col[:, ::-1].argmax(axis=1)
     else:  # very many labels: per-label extremes directly

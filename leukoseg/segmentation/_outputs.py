@@ -211,7 +211,7 @@ def write_segmentation(
     patch_um_per_px: float = 0.5,
     summary: Mapping[str, Any] | None = None,
     threads: int = 2,
-    cell_columns: Mapping[str, Sequence[float]] | None = None,
+    cell_columns: Mapping[str, Sequence[float] | np.ndarray] | None = None,
     colors: Mapping[int, tuple[int, int, int]] | None = None,
     extra_json: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
@@ -234,7 +234,7 @@ def write_segmentation(
         Extra entries for ``segmentation.json`` (e.g. the input path and timings).
     threads : int, optional
         Threads that encode the images (PNG and JPEG encoding runs outside Python's lock).
-    cell_columns : mapping of str to sequence of float, optional
+    cell_columns : mapping of str to sequence or 1-D ndarray of float, optional
         Extra per-cell columns (one value per cell, in id order) appended to ``cells.csv`` and to the
         GeoJSON measurements, e.g. ``{"p_blast": ...}``.
     colors : mapping of int to (r, g, b), optional

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 import zlib
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def label_png(labels: np.ndarray, rows: np.ndarray | None = None, cols: np.ndarr
     row_bytes = 1 + 2 * width  # filter byte (0: none) + big-endian samples
     # The distinct rows, widened to the output width (columns first: the few working rows only).
     wide = labels.astype(np.uint16)[:, cols]
-    filled = wide.any(axis=1)
+    filled = cast(np.ndarray, wide.any(axis=1))  # numpy's stubs allow a scalar: not for a 2-D array
     scanlines = np.zeros((h, row_bytes), np.uint8)
     scanlines[filled, 1:] = wide[filled].astype(">u2").view(np.uint8)
     # Runs of output rows that show the same source row.

@@ -68,7 +68,7 @@ def estimate_scale(
         return None
     # Red cells absorb green light (haemoglobin): darker than the background in the green channel. The
     # threshold ignores white cells, which are darker still and would otherwise take Otsu's split.
-    foreground = (green < threshold_otsu(candidates)).astype(np.uint8)
+    foreground: np.ndarray = (green < threshold_otsu(candidates)).astype(np.uint8)
     if stained is not None:
         foreground[cv2.dilate(stained.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0] = 0
     foreground = _fill_holes(foreground)  # central pallor
@@ -104,7 +104,7 @@ def _fill_holes(mask: np.ndarray, max_area_px: float | None = None) -> np.ndarra
     padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     flood = padded.copy()
     cv2.floodFill(flood, np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8), (0, 0), 1)
-    holes = (1 - flood)[1:-1, 1:-1]
+    holes: np.ndarray = (1 - flood)[1:-1, 1:-1]
     if max_area_px is not None and holes.any():
         # Areas by counting labels: OpenCV's per-component statistics cost twice the labelling itself.
         n, lab = cv2.connectedComponents(holes, connectivity=4)

@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeGuard
 
 import numpy as np
 
@@ -297,6 +298,7 @@ def segment(
     # 1. Scale from the red cells, on a coarse copy (a few ms even for a 5-megapixel smear).
     coarse = min(1.0, _RULER_SIDE / max(height, width))
     small = pyramid.resize(coarse) if coarse < 1 else image
+    scale: Scale | None
     if pixel_size is not None:
         scale = Scale(float(pixel_size), "given")
     else:
@@ -328,6 +330,7 @@ def segment(
         um = scale.um_per_px / factor
         log.info("too few red cells for a ruler; fallback scale %.4f um/px from nucleus size", scale.um_per_px)
 
+    assert um is not None  # set with the scale
     nuclei = _split_nuclei(nuclear, um, min_nucleus_area_um2, split_distance_um)
     cells = _grow_cells(nuclei, stained | (nuclei > 0), um, max_cytoplasm_um)
     nuclei, cells = _relabel(nuclei, cells)
@@ -354,7 +357,7 @@ def segment(
     )
 
 
-def _is_real(value: object) -> bool:
+def _is_real(value: object) -> TypeGuard[int | float | np.integer | np.floating]:
     # bool is an int to Python, but True as a size in micrometres is a mistake, not 1.0.
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
@@ -462,7 +465,7 @@ def _split_nuclei(nuclear: np.ndarray, um: float, min_area_um2: float, split_um:
 
     from ._scale import _fill_holes
 
-    mask = nuclear.astype(np.uint8)
+    mask: np.ndarray = nuclear.astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(0.5 / um))  # lobes and nucleolus gaps
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(0.5 / um))  # speckle and thin strands of debris
     min_area_px = min_area_um2 / um**2
@@ -529,7 +532,7 @@ def _grow_cells(nuclei: np.ndarray, stained: np.ndarray, um: float, max_cytoplas
 
     if not nuclei.any():
         return nuclei.copy()
-    region = cv2.morphologyEx(stained.astype(np.uint8), cv2.MORPH_CLOSE, _disk(0.5 / um))
+    region: np.ndarray = cv2.morphologyEx(stained.astype(np.uint8), cv2.MORPH_CLOSE, _disk(0.5 / um))
     region = cv2.morphologyEx(region, cv2.MORPH_OPEN, _disk(0.7 / um))
     region = _fill_holes(region, max_area_px=20 / um**2).astype(bool) | (nuclei > 0)
     dist_to_nucleus = cv2.distanceTransform((nuclei == 0).astype(np.uint8), cv2.DIST_L2, 5)
