@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                      help="where the CNN and the fusion run; auto: the GPU when one is visible (default: auto)")
     cls.add_argument("--no-cnn", dest="cnn", action="store_false",
-                     help="baseline models only (no CNN, no fusion): a run of seconds")
+                     help="baseline models only (no CNN, no fusion): minutes on a 2-core CPU, most of them "
+                          "GkNN's genetic search")
     cls.add_argument("--cnn-params", type=_json_object, default=None, metavar="JSON",
                      help="CNN settings over the experiment's, as a JSON object, to compare variants on the same "
                      "folds, e.g. '{\"activation\": \"selu\"}' or '{\"architecture\": \"densenet121\", "

@@ -1008,7 +1008,7 @@ def _write_outputs(out_dir, names, classes, binary, image_label, folds, cells: _
                 res = fab["per_image"].get((r, i), {}) if fab else {}
                 row += [int(img_pred[primary][r, i]), int((cell_p[primary][r, in_image, 1] >= 0.5).sum()),
                         _fmt(thresholds[primary][r, folds[r, i]]),
-                        *(_fab_value(res.get(c)) for c in fab_cols)]  # fmt: skip
+                        *(_fab_value(c, res.get(c)) for c in fab_cols)]  # fmt: skip
             else:
                 row = [*head, *(_fmt(v) for v in img_p[primary][r, i]), cls[img_pred[primary][r, i]],
                        *(cls[img_pred[m][r, i]] for m in models)]  # fmt: skip
@@ -1017,9 +1017,10 @@ def _write_outputs(out_dir, names, classes, binary, image_label, folds, cells: _
     return [out_dir / "folds.csv", out_dir / "cells.csv", out_dir / "images.csv"]
 
 
-def _fab_value(v) -> str:
+def _fab_value(name: str, v) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.1f}"
+        # Percentages to 0.1 point; the size CV is a fraction (L3 needs at most 0.15): to 6 decimals, as the scores.
+        return f"{v:.1f}" if name.startswith("fab_pct_") else _fmt(v)
     return str(v)

@@ -209,7 +209,18 @@ def test_experiment_guard_catches_a_leak(fast, fake_all_idb1, fake_cache, tmp_pa
         run_experiment(dataset, tmp_path / "run", n_folds=3, cache_dir=fake_cache, **fast)
 
 
-def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path):
+def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
+    import leukoseg.classify.fab as fab
+
+    computed = []
+
+    def recording(*args, **kwargs):
+        result = real(*args, **kwargs)
+        computed.append(result.to_dict())
+        return result
+
+    real = fab.fab_classify
+    monkeypatch.setattr(fab, "fab_classify", recording)
     dataset = load_dataset("all-idb1", fake_all_idb1)
     fast = {k: v for k, v in fast.items() if k not in ("cnn_params", "fusion_params")}
     result = run_experiment(dataset, tmp_path / "run", n_folds=3, cnn=False, cache_dir=fake_cache, **fast)
@@ -218,6 +229,13 @@ def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path):
     images = _read(tmp_path / "run" / "images.csv")
     assert all(i["pred"] == i["pred_baseline"] for i in images)
     assert "p_cnn" not in images[0]
+    # The FAB values as computed: percentages to 0.1 point, the size CV (a fraction that L3 needs at most
+    # 0.15 of) unrounded, not to one decimal (0.149 and 0.151 both read 0.1 and 0.2 then).
+    scored = [i for i in images if i["fab_subtype"]]
+    assert len(scored) == len(computed) > 0
+    for key, tol in (("fab_size_cv", 1e-6), ("fab_pct_high_nc_ratio", 0.05)):
+        written = sorted(float(i[key]) for i in scored if i[key] != "")
+        assert written == pytest.approx(sorted(d[key] for d in computed if d[key] is not None), abs=tol), key
 
 
 @pytest.mark.parametrize(

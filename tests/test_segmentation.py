@@ -24,7 +24,9 @@ from leukoseg.pipelines.cache import _cells_for_features
 from leukoseg.segmentation import (
     MEASUREMENT_COLUMNS,
     Scale,
+    Segmentation,
     background_level,
+    cells_geojson,
     draw_overlay,
     estimate_scale,
     extract_patch,
@@ -434,6 +436,69 @@ def test_output_contract(tmp_path):
     patch = cv2.imread(str(out / "crops" / "cell_0001_patch.png"))
     assert patch.shape == (50, 50, 3)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def _ring_is_simple(ring: np.ndarray) -> bool:
+    """Whether a closed ring neither crosses nor touches itself, nor doubles back along an edge."""
+    a, b = ring[:-1], ring[1:]
+    n = len(a)
+
+    def side(p, q, r):  # sign of the turn p -> q -> r, broadcast over the segment pairs
+        (pq_x, pq_y), (pr_x, pr_y) = np.moveaxis(q - p, -1, 0), np.moveaxis(r - p, -1, 0)
+        return np.sign(pq_x * pr_y - pq_y * pr_x)
+
+    def within(p, q, r):  # r, collinear with p-q, lies on the segment
+        return ((np.minimum(p, q) <= r) & (r <= np.maximum(p, q))).all(axis=-1)
+
+    p1, q1, p2, q2 = a[:, None], b[:, None], a[None, :], b[None, :]
+    d1, d2, d3, d4 = side(p2, q2, p1), side(p2, q2, q1), side(p1, q1, p2), side(p1, q1, q2)
+    meet = ((d1 * d2 < 0) & (d3 * d4 < 0)) | ((d1 == 0) & within(p2, q2, p1)) | ((d2 == 0) & within(p2, q2, q1)) \
+        | ((d3 == 0) & within(p1, q1, p2)) | ((d4 == 0) & within(p1, q1, q2))
+    i, j = np.triu_indices(n, 1)
+    apart = (j - i > 1) & ~((i == 0) & (j == n - 1))  # neighbours share their common vertex, no more
+    e_in, e_out = b - a, np.roll(b - a, -1, axis=0)
+    doubles_back = (e_in[:, 0] * e_out[:, 1] == e_in[:, 1] * e_out[:, 0]) & ((e_in * e_out).sum(axis=1) < 0)
+    return not meet[i[apart], j[apart]].any() and not doubles_back.any()
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_geojson_polygons_are_simple_and_outline_the_label_images(scale):
+    # Working-resolution labels with the shapes that trip a contour through pixel centres: a one-pixel spur
+    # and neck (the contour runs out and back along it), two squares touching only at a corner (the contour
+    # passes the corner twice), and a cell at the image's corner. At the input's resolution (scale 1, as for
+    # a smear finer than 0.35 um/px), or upscaled to an input that is not a whole multiple of the working size,
+    # with the boxes measured with the nominal factor, as segment() does.
+    h, w = 30, 40
+    cells = np.zeros((h, w), np.int32)
+    cells[3:12, 3:12] = 1
+    cells[7, 12:17] = 1  # spur
+    cells[12:15, 6] = 1  # neck ...
+    cells[15:19, 4:9] = 1  # ... to a lobe
+    cells[4:8, 20:24] = 2
+    cells[8:12, 24:28] = 2  # touches the first square at one corner only
+    cells[22:, 32:] = 3
+    nuclei = np.where(np.isin(cells, [2, 3]), cells, 0).astype(np.int32)
+    nuclei[5:10, 5:10] = 1
+    input_shape = (h, w) if scale == 1 else (scale * h + 2, scale * w + 1)
+    m = measure_cells(np.full((h, w, 3), 200, np.uint8), nuclei, cells, um_per_px=0.35 * scale, to_input=scale,
+                      input_shape=input_shape)  # fmt: skip
+    seg = Segmentation(nuclei, cells, input_shape, 0.35, "given", 0, 0.35 * scale, {"stained": 0.0, "nucleus": 0.0}, m)
+    features = cells_geojson(seg)["features"]
+    assert len(features) == 3
+    for feature in features:
+        cid = int(feature["properties"]["measurements"]["cell_id"])
+        for geometry, labels in ((feature["geometry"], seg.cells), (feature["nucleusGeometry"], seg.nuclei)):
+            ring = np.array(geometry["coordinates"][0], float)
+            assert geometry["type"] == "Polygon" and len(geometry["coordinates"]) == 1 and (ring[0] == ring[-1]).all()
+            assert _ring_is_simple(ring), (cid, ring.tolist())
+            x, y = ring[:, 0], ring[:, 1]
+            area = (x[:-1] * y[1:] - x[1:] * y[:-1]).sum() / 2
+            assert area > 0  # RFC 7946: the exterior ring is counterclockwise
+            # Along the pixel edges of the label image (pixel (r, c) is the square [c, c+1] x [r, r+1]): its
+            # area is the pixel count, bar the corners cut where two pixels touch diagonally (1/32 px each).
+            ys, xs = np.nonzero(labels == cid)
+            assert area == pytest.approx(len(xs), abs=0.1), cid
+            assert (x.min(), y.min(), x.max(), y.max()) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), cid
 
 
 def test_rewrite_replaces_atomically(tmp_path):
