@@ -41,7 +41,7 @@ __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of a cache entry or the way it is computed changes.
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5  # 5: centroids and boxes exactly those of the upscaled label images
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,12 @@ def measure_cells(
     excess : (H, W) ndarray of float, optional
         Blue-green excess of `image` (:func:`stain_excess`), computed when omitted.
     to_input : float, optional
-        Factor from these pixel coordinates to the input image's (centroids and boxes are reported in
-        input-image pixels).
+        Size of the input image over that of `image`, when `input_shape` is not given.
     input_shape : (int, int), optional
-        Shape of the input image, for box clipping; defaults to the scaled shape of `image`.
+        Shape of the input image; defaults to the shape of `image` times `to_input`. Centroids and boxes are
+        reported in input-image pixels, exactly as the labels upscaled to this shape by nearest neighbour
+        (:attr:`Segmentation.nuclei <leukoseg.segmentation.Segmentation.nuclei>`, ``nuclei.png``) show them:
+        a centroid is that of the upscaled nucleus, a box the bounding box of the upscaled cell.
     smudge_area_um2, smudge_solidity : float, optional
         A nucleus larger than ``smudge_area_um2`` and less solid than ``smudge_solidity`` is flagged as
         a smudge (ruptured) cell.
@@ -78,6 +80,8 @@ def measure_cells(
     h, w = nuclei.shape
     if input_shape is None:
         input_shape = (round(h * to_input), round(w * to_input))
+    # Input rows and columns of every working row and column, as the upscaled labels repeat them.
+    edges_y, edges_x = _input_edges(h, input_shape[0]), _input_edges(w, input_shape[1])
     area_px = um_per_px**2
     rows: list[dict[str, float]] = []
     cell_boxes = find_objects(cells)
@@ -99,7 +103,7 @@ def measure_cells(
         c_area = float(cmask.sum())
         shape = _shape(nmask)
         ys, xs = np.nonzero(nmask)
-        cy, cx = ys.mean() + r0, xs.mean() + c0
+        cx, cy = _input_centroid(xs + c0, ys + r0, edges_x, edges_y)
         nucleoli_n, nucleoli_px = _spots(win_gray, _erode(nmask), um_per_px, (0.25, 6.0))
         # The outer ~0.5 um of a cell mask mixes cytoplasm with the brighter slide background: a pale spot
         # there is background seen through the edge, not a vacuole (a vacuole is enclosed by cytoplasm).
@@ -113,12 +117,12 @@ def measure_cells(
         rows.append(
             {
                 "cell_id": lab,
-                "x": (cx + 0.5) * to_input - 0.5,
-                "y": (cy + 0.5) * to_input - 0.5,
-                "bbox_x0": int(np.floor(c0 * to_input)),
-                "bbox_y0": int(np.floor(r0 * to_input)),
-                "bbox_x1": min(int(np.ceil(c1 * to_input)), input_shape[1]),
-                "bbox_y1": min(int(np.ceil(r1 * to_input)), input_shape[0]),
+                "x": cx,
+                "y": cy,
+                "bbox_x0": int(edges_x[c0]),
+                "bbox_y0": int(edges_y[r0]),
+                "bbox_x1": int(edges_x[c1]),
+                "bbox_y1": int(edges_y[r1]),
                 "nucleus_area_um2": n_area * area_px,
                 "cell_area_um2": c_area * area_px,
                 "nucleus_diameter_um": float(np.sqrt(4 * n_area / np.pi)) * um_per_px,
@@ -147,6 +151,34 @@ def measure_cells(
             }
         )
     return _columns(rows)
+
+
+def _input_edges(n: int, n_input: int) -> np.ndarray:
+    """First input row (or column) of each of `n` working rows, then `n_input`: shape (n + 1,).
+
+    The labels are upscaled by nearest neighbour with input index ``i`` showing working index
+    ``i * n // n_input`` (``Segmentation._upscaled``), so working index ``j`` covers input indices
+    ``ceil(j * n_input / n)`` up to, not including, ``ceil((j + 1) * n_input / n)``.
+    """
+    return -(-np.arange(n + 1, dtype=np.int64) * n_input // n)
+
+
+def _input_centroid(
+    cols: np.ndarray, rows: np.ndarray, edges_x: np.ndarray, edges_y: np.ndarray
+) -> tuple[float, float]:
+    """Centroid (x, y), in input pixels, of the upscaled image of the working pixels (rows, cols).
+
+    Each working pixel stands for a block of input pixels; the centroid is the mean of the block centres
+    weighted by the block sizes, exactly that of the upscaled mask.
+    """
+    width_x, width_y = edges_x[cols + 1] - edges_x[cols], edges_y[rows + 1] - edges_y[rows]
+    weight = (width_x * width_y).astype(np.float64)
+    total = weight.sum()
+    mid_x = (edges_x[cols] + edges_x[cols + 1] - 1) / 2.0
+    mid_y = (edges_y[rows] + edges_y[rows + 1] - 1) / 2.0
+    if total == 0:  # an input smaller than the labels: no block holds a pixel of the mask
+        return float(mid_x.mean()), float(mid_y.mean())
+    return float((weight * mid_x).sum() / total), float((weight * mid_y).sum() / total)
 
 
 def _shape(mask: np.ndarray) -> dict[str, float]:
