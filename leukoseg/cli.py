@@ -582,8 +582,10 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
             _error(f"{result['image']}: {result['error']}", 0)
         elif not args.json and not args.quiet:
             fab = f", FAB {result['fab_subtype']} (score {result['fab_score']})" if result.get("fab_subtype") else ""
+            # A smear without white cells scores 0 by the image rule: say so, lest 'normal' read as evidence.
+            empty = "; no white cells found: 'normal' by default, not a healthy smear" if not result["n_cells"] else ""
             sys.stderr.write(f"{result['image']}: {result['decision']} (p_all {result['p_all']:.3f}), "
-                             f"{result['n_blasts']} of {result['n_cells']} cells blasts{fab}\n")  # fmt: skip
+                             f"{result['n_blasts']} of {result['n_cells']} cells blasts{fab}{empty}\n")  # fmt: skip
         if args.json:
             result.pop("traceback", None)
             sys.stdout.write(_json_line(result))

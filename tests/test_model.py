@@ -199,6 +199,21 @@ def test_cli_classify_images_with_the_default_model(tmp_path, capsys):
     assert (folder / "overlay.jpg").is_file() and (folder / "cells.png").is_file()
 
 
+def test_cli_classify_says_when_a_smear_has_no_white_cell(tmp_path, capsys):
+    # Scored 0 by the image rule and so called normal; the line says that rests on no cell.
+    from leukoseg.cli import main
+    from leukoseg.io import write_image
+
+    blank = tmp_path / "blank.png"
+    write_image(blank, np.full((300, 300, 3), (230, 200, 210), np.uint8))
+    rc = main(["classify", str(blank), str(sorted(SAMPLES.glob("*.jpg"))[0]), "--out", str(tmp_path / "out"),
+               "--workers", "1"])  # fmt: skip
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().err.splitlines()}
+    assert rc == 0
+    assert "normal (p_all 0.000), 0 of 0 cells blasts; no white cells found" in lines[str(blank)]
+    assert "no white cells" not in "".join(v for k, v in lines.items() if k != str(blank))
+
+
 @pytest.mark.usefixtures("elsewhere")  # two calls below name no --out or --cache
 def test_cli_classify_refuses_a_corrupt_model_and_mixed_modes(tmp_path, capsys):
     from leukoseg.cli import main
