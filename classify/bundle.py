@@ -27,7 +27,8 @@ On-disk layout::
         gknn.npz         one file per model: kind, format_version, classes and the model's arrays
         svm.npz
         knn.npz
-        cnn.npz
+        cnn.npz          one network, or an ensemble whose probabilities are averaged (``n_members``,
+                         ``member{i}_<key>``: the cross-fitted CNNs that ``leukoseg train`` ships)
 """
 
 from __future__ import annotations
@@ -401,6 +402,33 @@ def _knn_members(params: Mapping[str, np.ndarray]) -> list[Mapping[str, np.ndarr
     return [
         {**shared, **{key: params[f"member{i}_{key}"] for key in _MEMBER_KEYS}} for i in range(int(params["n_members"]))
     ]
+
+
+def _cnn_ensemble_arrays(members: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One flat array dict for CNNs whose probabilities are averaged: ``member{i}_<key>``.
+
+    The classes and the input shape, which every member must share, are kept at the top as well (the
+    bundle's checks and the positive column read them there).
+    """
+    first = members[0]
+    for i, member in enumerate(members[1:], 1):
+        same_shape = tuple(int(s) for s in member["input_shape"]) == tuple(int(s) for s in first["input_shape"])
+        if not same_shape or not np.array_equal(member["classes"], first["classes"]):
+            raise ValueError(f"CNN {i} of the ensemble takes other patches or classes than CNN 0")
+    out = {key: first[key] for key in ("format_version", "classes", "input_shape")}
+    out["kind"] = np.array("cnn")
+    out["n_members"] = np.array(len(members), np.int64)
+    for i, member in enumerate(members):
+        out.update({f"member{i}_{key}": value for key, value in member.items() if key != "kind"})
+    return out
+
+
+def _cnn_members(params: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The single networks of exported CNN arrays: itself, or the members of an ensemble."""
+    if "n_members" not in params:
+        return [dict(params)]
+    prefixes = [f"member{i}_" for i in range(int(params["n_members"]))]
+    return [{key[len(p) :]: value for key, value in params.items() if key.startswith(p)} for p in prefixes]
 
 
 def _vote_name(weights: Any) -> str | None:
@@ -859,7 +887,10 @@ class ModelBundle:
             patches = np.asarray(patches)
             if X is not None and len(patches) != len(X):
                 raise ValueError(f"{len(patches)} patches for {len(X)} rows of features")
-            out["cnn"] = numpy_predict_proba(self.models["cnn"], patches)[:, self._positive_column("cnn")]
+            # An ensemble (the cross-fitted CNNs of train) scores a cell with its members' mean, as the
+            # experiment's test cells were scored.
+            proba = np.mean([numpy_predict_proba(m, patches) for m in _cnn_members(self.models["cnn"])], axis=0)
+            out["cnn"] = proba[:, self._positive_column("cnn")]
         if "gknn" in out and "svm" in out:
             out["baseline"] = 0.5 * (out["gknn"] + out["svm"])
         if self.fusion is not None:
@@ -934,7 +965,8 @@ def save_bundle(
         The bundle folder to create.
     models : mapping of str to estimator or dict of ndarray
         Fitted estimators keyed ``'gknn'`` (GeneticKNNClassifier), ``'svm'`` (SVMClassifier), ``'knn'``
-        (:func:`~leukoseg.classify.knn.make_knn` pipeline), ``'cnn'`` (CNNClassifier); or their exports.
+        (:func:`~leukoseg.classify.knn.make_knn` pipeline), ``'cnn'`` (CNNClassifier, or a list of them whose
+        probabilities are averaged); or their exports.
     fusion : mapping, optional
         ``{"inputs": [names], "coef": [floats], "intercept": float, "eps": float}``: ``p_fused =
         sigmoid(intercept + sum_i coef_i * logit(clip(p_i, eps, 1 - eps)))``; inputs among the models
@@ -1046,6 +1078,11 @@ def save_bundle(
 
 
 def _export(name: str, model: Any, check_features: Any, check_patches: Any) -> dict[str, np.ndarray]:
+    if name == "cnn" and isinstance(model, (list, tuple)):
+        if not model:
+            raise ValueError("the CNN ensemble given is empty")
+        members = [_export(name, m, check_features, check_patches) for m in model]
+        return members[0] if len(members) == 1 else _cnn_ensemble_arrays(members)
     if isinstance(model, Mapping):
         arrays = {k: np.asarray(v) for k, v in model.items()}
         if name == "cnn":
@@ -1519,14 +1556,20 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
     if len(classes) < 2:
         fail(f"has {len(classes)} class(es); at least 2 are needed")
     if kind == "cnn":
-        for key in ("layers", "input_shape", "mean", "std"):
-            need(key, "Uiuf")
         from ._cnn_numpy import check_params  # NumPy only
 
-        try:  # layers, shapes and weights, and one blank patch through the network: a few ms
-            check_params(arrays)
-        except ValueError as exc:
-            fail(_one_line(exc))
+        shape = need("input_shape", "iu", 1)
+        if "n_members" in arrays and int(need("n_members", "iu", 0)) < 1:
+            fail("is an ensemble of no CNN")
+        members = _cnn_members(arrays)
+        for i, net in enumerate(members):
+            where = f"CNN {i} of the ensemble: " if "n_members" in arrays else ""
+            try:  # layers, shapes and weights, and one blank patch through the network: a few ms
+                check_params(net)
+            except ValueError as exc:
+                fail(where + _one_line(exc))
+            if not np.array_equal(net["input_shape"], shape) or not np.array_equal(net["classes"], classes):
+                fail(f"{where}takes other patches or classes than the bundle's CNN")
         return
     if int(version) != BUNDLE_FORMAT_VERSION:
         fail(f"arrays have format version {int(version)}; this leukoseg reads {BUNDLE_FORMAT_VERSION}")

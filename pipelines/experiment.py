@@ -62,8 +62,9 @@ Per fold, on the same cells:
 - ``cnn``: the network of Thanh et al. (:class:`~leukoseg.classify.CNNClassifier`) on the patches,
   **cross-fitted**: the fold's training images are split into ``cnn_inner_folds`` (2) grouped stratified
   parts; one CNN is trained on the other parts for each part and scores that part's cells (out of fold),
-  and the test cells get the mean of these CNNs (an ensemble). This costs about one CNN fit per fold and
-  gives every training cell an honest CNN score for the fusion. Each CNN prediction is the mean over the 8
+  and the test cells get the mean of these CNNs (an ensemble; ``train`` ships the same). This costs about one
+  CNN fit per fold and gives every training cell an honest CNN score for the fusion (the setting ``refit``
+  scores the test cells with one more CNN, fitted on all the training cells, instead). Each CNN prediction is the mean over the 8
   flips and quarter turns of the patch (test-time augmentation, ``CNNClassifier(tta=True)``);
 - ``fused``: :class:`~leukoseg.classify.StackingFusion`, a logistic stacking of the baseline and CNN
   probabilities in ``keras.ops`` (on the GPU when there is one), fitted on the training cells' inner
@@ -124,11 +125,11 @@ _BASELINE_MODELS = ("knn", "gknn", "svm", "baseline")
 _ONE_CAMERA_FIRST = 34  # Im034-Im108: one camera; Im001-Im033 another one, all ALL
 _IMAGE_NUMBER = re.compile(r"Im(\d+)_")
 
-#: CNN training settings of the experiment (the paper's architecture; see CNNClassifier for each). A fixed 15
+#: CNN training settings of the experiment (the paper's architecture; see CNNClassifier for each). A fixed 30
 #: epochs on all the training images, without an early-stopping split: a split of a cross-fitting half is
-#: about six images of noisy labels, and training on all of them ranked the training cells' cross-fitted
-#: scores better in every repeat (README, "CNN variants").
-CNN_DEFAULTS = {"epochs": 15, "validation_fraction": 0.0, "batch_size": 64, "learning_rate": 1e-3}
+#: about six images of noisy labels, and training on all of them, and then twice as long, ranked the training
+#: cells' cross-fitted scores better in every repeat (README, "CNN variants").
+CNN_DEFAULTS = {"epochs": 30, "validation_fraction": 0.0, "batch_size": 64, "learning_rate": 1e-3}
 #: GkNN settings of the experiment (updated by ``gknn_params``): five genetic searches, their votes averaged
 #: (steadier than one search, whose weights depend on its draw of inner folds).
 GKNN_DEFAULTS = {"n_runs": 5}
@@ -688,7 +689,9 @@ def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> 
     Raises
     ------
     LeukosegError
-        If a key is not a CNNClassifier parameter, is set by the experiment, or a value is out of range.
+        If a key is neither a CNNClassifier parameter nor ``refit`` (a boolean: score the test cells with one
+        CNN fitted on all training cells, and ship that one with ``train``, instead of the mean of the
+        cross-fitted CNNs), is set by the experiment, or a value is out of range.
     """
     from leukoseg.classify import CNNClassifier
 
@@ -696,9 +699,11 @@ def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> 
     own = sorted({"device", "random_state"} & set(params))
     if own:
         raise LeukosegError(None, f"CNN settings {own} are the experiment's own (use --device and --seed)")
-    unknown = sorted(set(params) - set(CNNClassifier().get_params()))
+    unknown = sorted(set(params) - set(CNNClassifier().get_params()) - {"refit"})
     if unknown:
         raise LeukosegError(None, f"unknown CNN settings {unknown}; see leukoseg.classify.CNNClassifier")
+    if not isinstance(params.pop("refit", False), bool):
+        raise LeukosegError(None, "invalid CNN settings: refit must be true or false")
     try:
         est = CNNClassifier(**{**CNN_DEFAULTS, **params})
         est._check_training_params()
@@ -707,8 +712,14 @@ def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> 
         raise LeukosegError(None, f"invalid CNN settings: {exc}") from None
 
 
-def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info) -> tuple[np.ndarray, np.ndarray]:
-    """Cross-fitted CNNs: out-of-fold probabilities of the training cells, ensemble mean on the test cells."""
+def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info,
+             fitted_out: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-fitted CNNs: out-of-fold probabilities of the training cells, ensemble mean on the test cells.
+
+    With the setting ``refit`` (an experiment setting, not a CNNClassifier one), the test cells are scored by
+    one CNN fitted on all the training cells instead. `fitted_out`, when given, receives under ``'cnn'`` the
+    list of the CNNs that score new cells (what ``train`` ships).
+    """
     from leukoseg.classify import CNNClassifier
 
     cells = fold.cells
@@ -719,19 +730,35 @@ def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info) -> tuple
     splits = fold.inner_splits(n_parts, _seed(fold.seed, 2))
     if not splits:
         raise LeukosegError(None, "too few training images to cross-fit the CNN; use fewer folds or --no-cnn")
-    for j, (tr, te) in enumerate(splits):
-        params = {**CNN_DEFAULTS, **dict(cnn_params or {}), "device": device, "random_state": _seed(fold.seed, 2, j)}
+    settings = {**CNN_DEFAULTS, **dict(cnn_params or {})}
+    refit = bool(settings.pop("refit", False))
+
+    def fit(mask, j):
         t = time.perf_counter()
-        model = CNNClassifier(**params).fit(X_train[tr], y_train[tr], groups=g_train[tr])
+        params = {**settings, "device": device, "random_state": _seed(fold.seed, 2, j)}
+        model = CNNClassifier(**params).fit(X_train[mask], y_train[mask], groups=g_train[mask])
         timer.add("fit_cnn", time.perf_counter() - t)
         run_info["cnn_patch_epochs"] += len(model.train_indices_) * model.n_iter_
         run_info["device"].update({"cnn": model.device_, "backend": model.backend_})
         run_info["cnn_architecture"] = model.architecture_  # with the SHA-256 of a DenseNet121 weights file
+        return model
+
+    def predict(model, X):
         t = time.perf_counter()
-        p_inner[te] = _columns(model, model.predict_proba(X_train[te]), fold.K)
-        if len(X_test):
-            p_test += _columns(model, model.predict_proba(X_test), fold.K) / len(splits)
+        p = _columns(model, model.predict_proba(X), fold.K)
         timer.add("predict_cnn", time.perf_counter() - t)
+        return p
+
+    models = []
+    for j, (tr, te) in enumerate(splits):
+        models.append(fit(tr, j))
+        p_inner[te] = predict(models[-1], X_train[te])
+    if refit and (len(X_test) or fitted_out is not None):
+        models = [fit(np.ones(len(y_train), bool), len(splits))]
+    if len(X_test):
+        p_test = np.mean([predict(model, X_test) for model in models], axis=0)
+    if fitted_out is not None:
+        fitted_out["cnn"] = models
     return p_test, p_inner
 
 

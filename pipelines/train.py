@@ -5,8 +5,9 @@ The bundle is what ``leukoseg classify IMAGE`` uses (:mod:`.predict`). Training 
 
 - the baseline models (GkNN, SVM, kNN) are fitted on every cell; their inner out-of-fold scores (grouped by
   image) feed the fusion and the threshold;
-- the CNN is cross-fitted over ``cnn_inner_folds`` parts of the images for out-of-fold scores, then one CNN
-  is trained on every cell for the bundle;
+- the CNN is cross-fitted over ``cnn_inner_folds`` parts of the images for out-of-fold scores, and the
+  bundle holds these CNNs, whose mean scores new cells: the experiment scores its test cells so, and the
+  fusion is fitted on their scores (with the setting ``refit``, one CNN trained on every cell instead);
 - the fusion (logistic stacking of baseline and CNN) is fitted on those out-of-fold scores, and the image
   threshold maximises the balanced accuracy of the images' out-of-fold fused scores.
 
@@ -109,7 +110,7 @@ def train_bundle(
         For a data set other than ALL-IDB1-like smears, a run folder without metrics or of other data, an
         existing bundle without `overwrite`, or an existing folder that is not a bundle.
     """
-    from leukoseg.classify import CNNClassifier, FABSettings
+    from leukoseg.classify import FABSettings
     from leukoseg.classify.bundle import _check_replaceable, save_bundle
     from leukoseg.features.rows import check_lbp_radii
 
@@ -151,15 +152,15 @@ def train_bundle(
     fusion = None
     primary = "baseline"
     if cnn:
-        _, p_inner["cnn"] = exp._fit_cnn(fold, cnn_inner_folds, cnn_params, device, timer, run_info)
+        # The CNNs that scored the training cells out of fold also score new cells (their mean), as the
+        # experiment scores its test cells: the bundle is the model the experiment measured.
+        _, p_inner["cnn"] = exp._fit_cnn(fold, cnn_inner_folds, cnn_params, device, timer, run_info,
+                                         fitted_out=fitted)  # fmt: skip
+        models["cnn"] = fitted["cnn"]
         p_test = {m: np.zeros((0, 2)) for m in ("baseline", "cnn")}
         _, p_inner["fused"] = exp._fit_fusion(fold, p_test, p_inner, fusion_params, device, timer, run_info,
                                               fitted_out=fitted, inner_folds=inner_folds)  # fmt: skip
         fusion, primary = fitted["fusion"], "fused"
-        t = time.perf_counter()
-        params = {**exp.CNN_DEFAULTS, **dict(cnn_params or {}), "device": device, "random_state": exp._seed(seed, 3)}
-        models["cnn"] = CNNClassifier(**params).fit(cells.patches, cells.label, groups=fold.image_group[cells.image])
-        timer.add("fit_cnn_final", time.perf_counter() - t)
 
     top_ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
     k, threshold = choose_image_rule([p_inner[primary][cells.image == i, 1] for i in range(len(records))],

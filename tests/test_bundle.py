@@ -638,6 +638,63 @@ def test_damaged_cnn_is_refused_at_load(saved, tmp_path, edit, reason):
     assert reason in err.reason
 
 
+@pytest.fixture(scope="module")
+def saved_ensemble(tmp_path_factory, data, cnn_model):
+    """A CNN-only bundle whose CNN is two networks averaged (as train ships its cross-fitted CNNs)."""
+    from leukoseg.classify import CNNClassifier
+
+    _, y, patches = data
+    other = CNNClassifier(filters=(4, 4), epochs=1, random_state=1, device="cpu").fit(patches[:60], y[:60])
+    path = tmp_path_factory.mktemp("bundles") / "ensemble"
+    B.save_bundle(path, models={"cnn": [cnn_model, other]}, check_patches=patches[:8])
+    return path, (cnn_model, other)
+
+
+def test_cnn_ensemble_scores_cells_with_the_mean_of_its_networks(saved_ensemble, data):
+    path, members = saved_ensemble
+    patches = data[2][:30]
+    with np.load(path / "cnn.npz", allow_pickle=False) as npz:
+        assert int(npz["n_members"]) == 2 and "member1_layer0_kernel" in npz.files
+    out = B.load_bundle(path).predict_cells(patches=patches)
+    expected = np.mean([m.predict_proba(patches)[:, 1] for m in members], axis=0)
+    assert_allclose(out["cnn"], expected, rtol=0, atol=CNN_ATOL)
+    assert np.abs(members[0].predict_proba(patches)[:, 1] - expected).max() > 10 * CNN_ATOL  # two networks differ
+
+
+def _drop_member(arrays):
+    for key in [k for k in arrays if k.startswith("member1_")]:
+        del arrays[key]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_drop_member, "CNN 1 of the ensemble: lacks the array 'format_version'"),
+        (lambda a: a.__setitem__("n_members", np.array(0)), "is an ensemble of no CNN"),
+        (lambda a: a.__setitem__("member1_classes", np.array([0, 2])), "CNN 1 of the ensemble: takes other patches or"),
+        (lambda a: a.__setitem__("member0_std", np.zeros(3, np.float32)), "CNN 0 of the ensemble: 'std' must be finite"),
+    ],
+)
+def test_damaged_cnn_ensemble_is_refused_at_load(saved_ensemble, tmp_path, edit, reason):
+    path = _copy(saved_ensemble[0], tmp_path)
+    _rewrite_npz(path, "cnn.npz", edit)
+    err = _refusal(path)
+    assert err.path == str(path / "cnn.npz")
+    assert reason in err.reason
+
+
+def test_save_bundle_refuses_an_ensemble_of_unlike_networks(tmp_path, data, cnn_model):
+    from leukoseg.classify.cnn import export_numpy
+
+    other = dict(export_numpy(cnn_model))
+    other["classes"] = np.array([0, 2])
+    with pytest.raises(ValueError, match="CNN 1 of the ensemble takes other patches or classes than CNN 0"):
+        B.save_bundle(tmp_path / "m", models={"cnn": [cnn_model, other]})
+    with pytest.raises(ValueError, match="the CNN ensemble given is empty"):
+        B.save_bundle(tmp_path / "m", models={"cnn": []})
+    assert not (tmp_path / "m").exists()
+
+
 MEASUREMENTS = ["nucleus_area_um2", "cell_area_um2", "nc_ratio", "nucleus_solidity", "nucleus_circularity"]
 SETTINGS = {
     "image_rule": {"top_k": 3, "threshold": 0.5},

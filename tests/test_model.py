@@ -29,6 +29,9 @@ def test_train_then_classify_a_smear(fast, fake_all_idb1, fake_cache, tmp_path):
     assert set(manifest["models"]) == {"gknn", "svm", "knn", "cnn"}
     assert manifest["provenance"]["dataset"]["fingerprint"] == load_dataset("all-idb1", fake_all_idb1).fingerprint()
     assert 0 < manifest["config"]["image_rule"]["threshold"] < 1
+    # The bundle's CNN is the experiment's: the two cross-fitted CNNs, averaged.
+    with np.load(path / "cnn.npz", allow_pickle=False) as npz:
+        assert int(npz["n_members"]) == 2
 
     model = load_model(path)
     image = make_smear(shape=(360, 480), kinds=("blast_L1", "blast_L2", "lymphocyte"), n_touching_pairs=0,
@@ -76,6 +79,15 @@ def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1,
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(LeukosegError, match="metrics"):
         _train(fast, fake_all_idb1, fake_cache, tmp_path / "other", run_dir=run)
+
+
+def test_train_with_refit_ships_one_cnn_fitted_on_every_cell(fast, fake_all_idb1, fake_cache, tmp_path):
+    fast["cnn_params"]["refit"] = True
+    path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model")
+    with np.load(path / "cnn.npz", allow_pickle=False) as npz:
+        assert "n_members" not in npz.files and "layers" in npz.files
+    manifest = json.loads((path / "bundle.json").read_text())
+    assert manifest["provenance"]["settings"]["cnn"]["refit"] is True
 
 
 def _subset(src: Path, dst: Path, stems) -> Path:

@@ -192,6 +192,39 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
         int(Path(i["image"]).stem[2:5]) >= 34 for i in images if i["repeat"] == "0")
 
 
+@pytest.mark.parametrize("refit", [False, True])
+def test_test_cells_are_scored_by_the_cnns_that_train_ships(fast, refit):
+    """Default: the mean of the cross-fitted CNNs; ``refit``: one CNN fitted on every training cell."""
+    from leukoseg.pipelines import experiment as exp
+
+    rng = np.random.default_rng(0)
+    n_images, per_image = 8, 6
+    image = np.repeat(np.arange(n_images), per_image)
+    image_label = np.arange(n_images) % 2
+    label = image_label[image] * (np.arange(len(image)) % 2)  # blasts only in ALL images
+    patches = rng.integers(0, 256, (len(image), 16, 16, 3), dtype=np.uint8)
+    patches[label == 1, 4:12, 4:12] = (150, 60, 190)
+    cells = exp._Cells(image=image, label=label, rows=[], X=np.zeros((len(label), 0)), patches=patches,
+                       n_points=0, n_matched=0)  # fmt: skip
+    test_image = np.isin(np.arange(n_images), [0, 1])
+    fold = exp._Fold(cells=cells, train=~test_image[image], test=test_image[image],
+                     train_img=np.flatnonzero(~test_image), image_label=image_label,
+                     image_group=np.arange(n_images), K=2, seed=0)  # fmt: skip
+    fitted: dict = {}
+    info = {"device": {}, "cnn_patch_epochs": 0}
+    p_test, p_inner = exp._fit_cnn(fold, 2, {**fast["cnn_params"], "refit": refit}, "cpu", exp._Timer(), info,
+                                   fitted_out=fitted)  # fmt: skip
+    models = fitted["cnn"]
+    n_train = int(fold.train.sum())
+    if refit:
+        assert len(models) == 1 and len(models[0].train_indices_) == n_train
+    else:
+        assert len(models) == 2 and sum(len(m.train_indices_) for m in models) == n_train  # the two halves
+    expected = np.mean([m.predict_proba(patches[fold.test]) for m in models], axis=0)
+    np.testing.assert_allclose(p_test, expected, rtol=0, atol=1e-6)
+    assert p_inner.shape == (n_train, 2) and np.all(p_inner.sum(axis=1) > 0.999)
+
+
 def test_experiment_guard_catches_a_leak(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
     """The in-code guard fires when folds put a copy of a test image in training."""
     import leukoseg.pipelines.experiment as experiment
@@ -244,6 +277,7 @@ def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path, monke
         ('{"architecture": "resnet"}', "invalid CNN settings: architecture must be one of"),
         ('{"filters": [0]}', "invalid CNN settings: filters must be"),
         ('{"no_such": 1}', "unknown CNN settings ['no_such']"),
+        ('{"refit": "yes"}', "invalid CNN settings: refit must be true or false"),
         ('{"random_state": 3}', "the experiment's own"),
         ('{"architecture": "densenet121", "backbone_weights": "imagenet"}', "never downloads"),
     ],
