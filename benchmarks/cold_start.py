@@ -5,7 +5,7 @@ Each measurement is a fresh process started from the shell, as a user would run 
 - ``leukoseg classify IMAGE --out DIR``: end to end (start-up, reading, segmentation, features, NumPy
   inference of every model, FAB, outputs);
 - the Keras path of the same CNN: a process that imports Keras (TensorFlow backend), rebuilds the bundled
-  network, loads its weights and predicts the same patches, which is what inference would cost if it needed
+  networks, loads their weights and predicts the same patches, which is what inference would cost if it needed
   TensorFlow.
 
     python benchmarks/cold_start.py [--data-dir DIR] [--image NAME] [--runs 5]
@@ -30,14 +30,16 @@ import sys, time
 t0 = time.perf_counter()
 import numpy as np
 import keras
+from leukoseg.classify.bundle import _cnn_members
 from leukoseg.classify.cnn import build_thanh_cnn
 from leukoseg.pipelines.predict import default_model_dir
-p = dict(np.load(f"{default_model_dir()}/cnn.npz", allow_pickle=False))
-model = build_thanh_cnn(input_shape=tuple(int(v) for v in p["input_shape"]), seed=0)
-weights = [p[f"layer{i}_{w}"] for i in range(len(p["layers"])) for w in ("kernel", "bias") if f"layer{i}_{w}" in p]
-model.set_weights(weights)
-x = (np.zeros((12,) + tuple(int(v) for v in p["input_shape"]), np.float32) - p["mean"]) / p["std"]
-model.predict(x, verbose=0)
+# The bundled CNN may be an ensemble (the cross-fitted CNNs of train): every member predicts.
+for p in _cnn_members(dict(np.load(f"{default_model_dir()}/cnn.npz", allow_pickle=False))):
+    model = build_thanh_cnn(input_shape=tuple(int(v) for v in p["input_shape"]), seed=0)
+    weights = [p[f"layer{i}_{w}"] for i in range(len(p["layers"])) for w in ("kernel", "bias") if f"layer{i}_{w}" in p]
+    model.set_weights(weights)
+    x = (np.zeros((12,) + tuple(int(v) for v in p["input_shape"]), np.float32) - p["mean"]) / p["std"]
+    model.predict(x, verbose=0)
 print(time.perf_counter() - t0)
 """
 

@@ -82,3 +82,16 @@ def test_cnn_device_refuses_a_repeat_the_export_lacks(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cnn_device.py", "--cells", str(cells), "--repeat", "2"])
     with pytest.raises(SystemExit, match="holds the folds of 1 repeat"):
         script.main()
+
+
+def test_cold_start_keras_path_runs_on_the_bundled_model():
+    """The Keras comparison of cold_start.py rebuilds every CNN of the bundled model and predicts."""
+    pytest.importorskip("keras")
+    import os
+    import subprocess
+
+    script = _load("cold_start")._KERAS
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) > 0
