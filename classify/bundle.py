@@ -412,8 +412,9 @@ def _cnn_ensemble_arrays(members: Sequence[Mapping[str, np.ndarray]]) -> dict[st
     """
     first = members[0]
     for i, member in enumerate(members[1:], 1):
-        same_shape = tuple(int(s) for s in member["input_shape"]) == tuple(int(s) for s in first["input_shape"])
-        if not same_shape or not np.array_equal(member["classes"], first["classes"]):
+        if not np.array_equal(member["input_shape"], first["input_shape"]) or not np.array_equal(
+            member["classes"], first["classes"]
+        ):
             raise ValueError(f"CNN {i} of the ensemble takes other patches or classes than CNN 0")
     out = {key: first[key] for key in ("format_version", "classes", "input_shape")}
     out["kind"] = np.array("cnn")

@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--cnn-params", type=_json_object, default=None, metavar="JSON",
                      help="CNN settings over the experiment's, as a JSON object, to compare variants on the same "
                      "folds, e.g. '{\"activation\": \"selu\"}' or '{\"architecture\": \"densenet121\", "
-                     "\"backbone_weights\": \"densenet121_notop.h5\"}' (see leukoseg.classify.CNNClassifier)")
+                     "\"backbone_weights\": \"densenet121_notop.h5\"}' (see leukoseg.classify.CNNClassifier); "
+                     "'{\"refit\": true}' scores the test cells with one CNN fitted on all training cells instead "
+                     "of the mean of the cross-fitted CNNs")
     cls.set_defaults(func=_cmd_classify)
 
     trn = sub.add_parser(
