@@ -1113,6 +1113,9 @@ def _export(name: str, model: Any, check_features: Any, check_patches: Any) -> d
 
 
 def _estimator_name(model: Any) -> str:
+    if isinstance(model, (list, tuple)):  # a CNN ensemble
+        names = sorted({_estimator_name(m) for m in model})
+        return f"ensemble of {len(model)} {'/'.join(names)}"
     return "export" if isinstance(model, Mapping) else type(model).__name__
 
 
@@ -1311,6 +1314,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         path = listed(meta.get("file"))
         arrays: Mapping[str, np.ndarray] = _read_npz(path)
         _check_model_arrays(name, arrays, path)
+        _check_model_entry(name, meta, arrays, manifest_path)
         models[name] = types.MappingProxyType(arrays)
     unknown = sorted(set(models_meta) - set(MODEL_NAMES))
     if unknown:
@@ -1318,6 +1322,23 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
             manifest_path, f"unknown models {_short(unknown)}; this leukoseg knows {', '.join(MODEL_NAMES)}"
         )
 
+    # The models' probability columns are combined (baseline, fusion) by position: one set of classes.
+    first = next(iter(models))
+    for name, arrays in models.items():
+        if not np.array_equal(arrays["classes"], models[first]["classes"]):
+            raise LeukosegError(
+                root / models_meta[name]["file"], f"has classes {_short(arrays['classes'].tolist())}; the "
+                f"bundle's {first!r} model has {_short(models[first]['classes'].tolist())}"
+            )  # fmt: skip
+    if "classes" in config and config["classes"] != [str(c) for c in models[first]["classes"].tolist()]:
+        raise LeukosegError(
+            manifest_path, f"config classes {_short(config['classes'])} are not the models' classes "
+            f"{_short([str(c) for c in models[first]['classes'].tolist()])}"
+        )  # fmt: skip
+    if not isinstance(manifest.get("leukoseg_version", ""), str):
+        raise LeukosegError(
+            manifest_path, f"leukoseg_version must be a string; got {_short(manifest['leukoseg_version'])}"
+        )
     n_features = {
         len(a["mean"] if "mean" in a else a["fold0_mean"]) for n, a in models.items() if n != "cnn"
     }
@@ -1376,6 +1397,24 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         config=types.MappingProxyType(config),
         provenance=types.MappingProxyType(provenance),
     )
+
+
+def _check_model_entry(name: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], path: Path) -> None:
+    """The descriptive fields of a model's ``bundle.json`` entry, where present, must agree with its arrays.
+
+    A hand-edited entry that contradicts the file it describes is refused (naming `path`) rather than shown,
+    e.g. by ``leukoseg report``, as the truth.
+    """
+    kind = meta.get("kind", _KINDS[name])
+    if kind != _KINDS[name]:
+        raise LeukosegError(path, f"model {name!r} has kind {_short(kind)}; a {name} model is {_KINDS[name]!r}")
+    if not isinstance(meta.get("estimator", ""), str):
+        raise LeukosegError(path, f"model {name!r} estimator must be a string; got {_short(meta['estimator'])}")
+    if "classes" in meta and meta["classes"] != arrays["classes"].tolist():
+        raise LeukosegError(
+            path, f"model {name!r} lists classes {_short(meta['classes'])}; its file holds "
+            f"{_short(arrays['classes'].tolist())}"
+        )  # fmt: skip
 
 
 def _check_config(

@@ -200,7 +200,7 @@ def _pixel_size(text: str) -> float:
     return value
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     """`text` on one line: control characters (a newline in a file name, say) written as Python escapes."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
@@ -257,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"internal error: {type(exc).__name__}: {exc}{hint}", args.verbose)
         return EXIT_FAILED_INPUTS
     finally:
+        _remove_empty(getattr(args, "created_folders", []))
         # main() may be called in-process (tests, notebooks): leave logging as it was found.
         logger.handlers[:], logger.level, logger.propagate = saved
         tf_logger.setLevel(saved_tf_level)
@@ -278,11 +279,30 @@ def _error(message: str, verbose: int) -> None:
     sys.stderr.flush()
 
 
-def _check_writable(folder: Path) -> None:
-    """Fail early, on one line, when the output folder cannot be written (leukoseg.io loads on first use)."""
+def _check_writable(folder: Path, args: argparse.Namespace) -> None:
+    """Fail early, on one line, when the output folder cannot be written (leukoseg.io loads on first use).
+
+    The folders this creates are noted in ``args.created_folders`` (deepest first): :func:`main` removes
+    those still empty at the end, so that a run whose every input failed leaves no empty tree behind.
+    """
     from .io import _check_writable_folder
 
+    created = []
+    for p in (folder, *folder.parents):
+        if os.path.lexists(p):
+            break
+        created.append(p)
     _check_writable_folder(folder)
+    args.created_folders = [*getattr(args, "created_folders", []), *created]
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty; stop at the first that is not."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # results written there, or already gone
+            break
 
 
 def _output_names(paths: Sequence[Path]) -> list[str]:
@@ -490,7 +510,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _single_blas_thread()
     # A folder given as input may hold earlier results (label PNGs): never segment our own outputs.
     pairs, refused = _batch(args.paths, args.out.resolve())
-    _check_writable(args.out)
+    _check_writable(args.out, args)
     opts = {"pixel_size": args.pixel_size, "crops": args.crops, "max_pixels": args.max_pixels,
             "verbose": args.verbose}
     tasks = [(str(p), str(args.out / folder.name), opts) for p, folder in pairs]
@@ -505,7 +525,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 sys.stderr.write(result["traceback"])
             _error(f"{result['image']}: {result['error']}", 0)
         else:
-            log.info("%s: %d cells, %.4f um/px (%s), %.2f s", result["image"], result["n_cells"],
+            log.info("%s: %d cells, %.4f um/px (%s), %.2f s", _one_line(result["image"]), result["n_cells"],
                      result["um_per_px"], result["scale_source"], result["seconds"])
         if args.json:
             result.pop("traceback", None)
@@ -513,7 +533,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     if not args.json and not args.quiet:
         total = len(tasks) + len(refused)
-        sys.stderr.write(f"leukoseg: {total - failed} of {total} images segmented into {args.out}\n")
+        sys.stderr.write(f"leukoseg: {total - failed} of {total} images segmented into {_one_line(args.out)}\n")
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
@@ -536,7 +556,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         raise LeukosegError(None, f"--folds must be at least 2, got {args.folds}")
     out = args.out or Path("leukoseg-classify")
     dataset = load_dataset(args.dataset, args.data_dir)
-    _check_writable(out)
+    _check_writable(out, args)
     if args.device == "gpu":
         _check_gpu()
     result = run_experiment(
@@ -568,7 +588,7 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
     model_dir = str(args.model if args.model is not None else default_model_dir())
     load_model(model_dir)  # a bad bundle is one error before any image is read
     pairs, refused = _batch(args.paths, out)
-    _check_writable(out)
+    _check_writable(out, args)
     opts = {"pixel_size": args.pixel_size, "crops": args.crops, "max_pixels": args.max_pixels,
             "verbose": args.verbose, "model": model_dir}  # fmt: skip
     tasks = [(str(p), str(folder), opts) for p, folder in pairs]
@@ -586,7 +606,7 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
             fab = f", FAB {result['fab_subtype']} (score {result['fab_score']})" if result.get("fab_subtype") else ""
             # A smear without white cells scores 0 by the image rule: say so, lest 'normal' read as evidence.
             empty = "; no white cells found: 'normal' by default, not a healthy smear" if not result["n_cells"] else ""
-            sys.stderr.write(f"{result['image']}: {result['decision']} (p_all {result['p_all']:.3f}), "
+            sys.stderr.write(f"{_one_line(result['image'])}: {result['decision']} (p_all {result['p_all']:.3f}), "
                              f"{result['n_blasts']} of {result['n_cells']} cells blasts{fab}{empty}\n")  # fmt: skip
         if args.json:
             result.pop("traceback", None)
@@ -594,7 +614,7 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     if not args.json and not args.quiet:
         total = len(tasks) + len(refused)
-        sys.stderr.write(f"leukoseg: {total - failed} of {total} images classified into {out} "
+        sys.stderr.write(f"leukoseg: {total - failed} of {total} images classified into {_one_line(out)} "
                          "(research use only, not a diagnosis)\n")  # fmt: skip
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
@@ -632,7 +652,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .pipelines.train import train_bundle
 
     dataset = load_dataset(args.dataset, args.data_dir)
-    _check_writable(args.out.parent if args.out.parent != Path("") else Path("."))
+    _check_writable(args.out.parent if args.out.parent != Path("") else Path("."), args)
     if args.device == "gpu":
         _check_gpu()
     path = train_bundle(

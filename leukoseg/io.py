@@ -146,6 +146,10 @@ def _check_writable_folder(folder: str | os.PathLike[str], *, what: str = "outpu
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        if folder.exists() and not folder.is_dir():
+            raise LeukosegError(folder, f"{what} is a file, not a folder{hint}") from None
+        if isinstance(exc, (FileExistsError, NotADirectoryError)) and not folder.exists():
+            raise LeukosegError(folder, f"{what} cannot be created: a parent of it is a file{hint}") from None
         raise LeukosegError(folder, f"{what} is not writable ({exc.strerror or exc}){hint}") from None
 
 

@@ -94,6 +94,8 @@ def _check_config(bundle) -> None:
     rule = config.get("image_rule")
     if not isinstance(rule, Mapping) or not number(rule.get("threshold")):
         raise bad("image_rule needs an integer top_k >= 1 and a finite number threshold")
+    if not 0 <= rule["threshold"] <= 1:  # image scores are probabilities: outside, every call is the same
+        raise bad(f"image_rule threshold must be a number in [0, 1]; got {rule['threshold']!r}")
     cell_threshold = config.get("blast_cell_threshold", 0.5)
     if not number(cell_threshold) or not 0 <= cell_threshold <= 1:
         raise bad(f"blast_cell_threshold must be a number in [0, 1]; got {cell_threshold!r}")

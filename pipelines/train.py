@@ -121,10 +121,14 @@ def train_bundle(
     exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
     out_dir = Path(out_dir)
     try:
+        _check_replaceable(out_dir, overwrite=True)
+    except FileExistsError:  # --overwrite would not help: never suggest it
+        raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced, "
+                            "choose another output folder") from None  # fmt: skip
+    try:
         _check_replaceable(out_dir, overwrite=overwrite)
     except FileExistsError:
-        raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced"
-                            if overwrite else "exists; pass --overwrite to replace it") from None  # fmt: skip
+        raise LeukosegError(out_dir, "exists; pass --overwrite to replace it") from None
     fingerprint = dataset.fingerprint()  # hashes every image: once, for the run check and the provenance
     run_metrics = _run_metrics(run_dir) if run_dir is not None else None
     if run_metrics is not None and run_metrics["dataset_fingerprint"] != fingerprint:

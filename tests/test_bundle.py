@@ -529,7 +529,45 @@ def _nonfinite_svm_calibrator(path):
     return "svm.npz", "calibrator 0 holds non-finite values"
 
 
+def _entry_kind_contradicts_file(path):
+    _rewrite_manifest(path, lambda m: m["models"]["svm"].__setitem__("kind", "cnn"))
+    return "bundle.json", "model 'svm' has kind 'cnn'; a svm model is 'svm'"
+
+
+def _entry_estimator_not_a_string(path):
+    _rewrite_manifest(path, lambda m: m["models"]["svm"].__setitem__("estimator", 5))
+    return "bundle.json", "model 'svm' estimator must be a string; got 5"
+
+
+def _entry_classes_contradict_file(path):
+    _rewrite_manifest(path, lambda m: m["models"]["svm"].__setitem__("classes", ["a", "b"]))
+    return "bundle.json", "model 'svm' lists classes ['a', 'b']; its file holds [0, 1]"
+
+
+def _models_with_other_classes(path):
+    # The file and its entry agree, but the models do not: their probability columns would be mixed up.
+    _rewrite_npz(path, "svm.npz", lambda a: a.__setitem__("classes", np.array([0, 2])))
+    _rewrite_manifest(path, lambda m: m["models"]["svm"].__setitem__("classes", [0, 2]))
+    return "svm.npz", "has classes [0, 2]; the bundle's 'gknn' model has [0, 1]"
+
+
+def _config_classes_contradict_models(path):
+    _rewrite_manifest(path, lambda m: m["config"].__setitem__("classes", 5))
+    return "bundle.json", "config classes 5 are not the models' classes ['0', '1']"
+
+
+def _version_not_a_string(path):
+    _rewrite_manifest(path, lambda m: m.__setitem__("leukoseg_version", 5))
+    return "bundle.json", "leukoseg_version must be a string; got 5"
+
+
 CORRUPTIONS = [
+    _entry_kind_contradicts_file,
+    _entry_estimator_not_a_string,
+    _entry_classes_contradict_file,
+    _models_with_other_classes,
+    _config_classes_contradict_models,
+    _version_not_a_string,
     _truncate,
     _truncate_with_checksum,
     _flip_byte,
@@ -693,6 +731,14 @@ def test_save_bundle_refuses_an_ensemble_of_unlike_networks(tmp_path, data, cnn_
     with pytest.raises(ValueError, match="the CNN ensemble given is empty"):
         B.save_bundle(tmp_path / "m", models={"cnn": []})
     assert not (tmp_path / "m").exists()
+
+
+def test_bundle_names_the_estimator_of_each_model(saved, saved_ensemble):
+    manifest = json.loads((saved / "bundle.json").read_text())
+    assert {n: e["estimator"] for n, e in manifest["models"].items()} == {
+        "gknn": "GeneticKNNClassifier", "svm": "SVMClassifier", "knn": "Pipeline", "cnn": "CNNClassifier"}
+    ensemble = json.loads((saved_ensemble[0] / "bundle.json").read_text())["models"]["cnn"]
+    assert ensemble["estimator"] == "ensemble of 2 CNNClassifier"
 
 
 MEASUREMENTS = ["nucleus_area_um2", "cell_area_um2", "nc_ratio", "nucleus_solidity", "nucleus_circularity"]

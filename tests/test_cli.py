@@ -113,7 +113,24 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
     rc = main(["segment", str(image), "--out", str(blocker / "out")])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.count("\n") == 1 and err.startswith("leukoseg: error: ") and "not writable" in err
+    assert err.count("\n") == 1 and err.startswith("leukoseg: error: ")
+    assert f"{blocker / 'out'}: output folder cannot be created: a parent of it is a file" in err
+    assert main(["segment", str(image), "--out", str(blocker)]) == 2
+    assert capsys.readouterr().err == f"leukoseg: error: {blocker}: output folder is a file, not a folder\n"
+
+
+def test_a_run_whose_inputs_all_fail_leaves_no_empty_output_folders(tmp_path, capsys):
+    out = tmp_path / "o" / "sub" / "deep"
+    assert main(["segment", str(tmp_path / "missing.jpg"), "--out", str(out)]) == 1
+    assert "missing.jpg: " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # the folders it made for results are gone again
+    # A folder that existed before stays, empty or not; one that got results stays.
+    (tmp_path / "mine").mkdir()
+    assert main(["segment", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "mine")]) == 1
+    assert (tmp_path / "mine").is_dir()
+    image = _smear(tmp_path / "a.jpg")
+    assert main(["segment", str(image), str(tmp_path / "missing.jpg"), "--out", str(out), "--workers", "1"]) == 1
+    assert (out / "a" / "cells.csv").is_file()
 
 
 def test_no_images_found(tmp_path, capsys):
@@ -270,6 +287,15 @@ def test_batch_of_awkward_inputs(tmp_path, capsys):
     assert any("new\\nline.jpg: " in line for line in errors)  # the newline written as an escape: one line
     assert any("empty: no images found" in line for line in err)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good"]  # segmented once
+
+
+def test_result_lines_write_control_characters_as_escapes(tmp_path, capsys):
+    image = _smear(tmp_path / "new\nline.jpg")
+    assert main(["classify", str(image), "--out", str(tmp_path / "o\nut"), "--workers", "1", "--no-crops"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2, err  # one line for the image, one for the batch
+    assert "new\\nline.jpg: normal (p_all " in err[0] or "new\\nline.jpg: ALL (p_all " in err[0]
+    assert err[1].startswith("leukoseg: 1 of 1 images classified into ") and "o\\nut" in err[1]
 
 
 def _killed_on_b(task):

@@ -57,8 +57,10 @@ def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1,
     # --overwrite replaces a bundle or an empty folder, never a folder of other files.
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.txt").write_text("keep me")
-    with pytest.raises(LeukosegError, match="not a leukoseg model bundle"):
-        _train(fast, fake_all_idb1, fake_cache, tmp_path / "notes", overwrite=True)
+    for overwrite in (True, False):  # and it is not suggested where it would not help
+        with pytest.raises(LeukosegError, match="not a leukoseg model bundle") as info:
+            _train(fast, fake_all_idb1, fake_cache, tmp_path / "notes", overwrite=overwrite)
+        assert "--overwrite" not in str(info.value)
     assert (tmp_path / "notes" / "thesis.txt").read_text() == "keep me"
     run = tmp_path / "run"
     run.mkdir()
@@ -290,6 +292,9 @@ def _damaged_copy(tmp_path: Path, change) -> Path:
         (lambda m: m["config"].pop("image_rule"), "image_rule"),
         (lambda m: m["config"]["image_rule"].update(top_k=0), "image_rule"),
         (lambda m: m["config"]["image_rule"].update(threshold="abc"), "image_rule"),
+        # Outside [0, 1] every smear gets the same call (all ALL, or all normal), silently.
+        (lambda m: m["config"]["image_rule"].update(threshold=-1), r"threshold must be a number in \[0, 1\]"),
+        (lambda m: m["config"]["image_rule"].update(threshold=5.0), r"threshold must be a number in \[0, 1\]"),
         (lambda m: m.update(fusion=None), "primary_model 'fused'"),
         (lambda m: m["config"].update(primary_model="nope"), "primary_model"),
         (lambda m: m["config"]["fab"].update(bogus=1), "fab"),

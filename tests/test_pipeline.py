@@ -432,7 +432,7 @@ def test_cache_recomputes_a_damaged_entry_and_refuses_an_unusable_folder(tmp_pat
     np.testing.assert_array_equal(again.features, first.features)  # the same computation, bit for bit
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
-    with pytest.raises(LeukosegError, match="cache folder is not writable"):
+    with pytest.raises(LeukosegError, match="cache folder cannot be created: a parent of it is a file"):
         load_or_compute([tmp_path / "s.png"], blocker / "cache")
 
 
