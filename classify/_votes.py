@@ -7,7 +7,7 @@ import numpy as np
 __all__ = ["gaussian_vote"]
 
 
-def gaussian_vote(distances: np.ndarray) -> np.ndarray:
+def gaussian_vote(distances: np.ndarray, *, width: float = 2.0) -> np.ndarray:
     """Neighbour weights of a Gaussian kernel whose width adapts to each query's neighbourhood.
 
     A `weights` callable for :class:`~sklearn.neighbors.KNeighborsClassifier` (and the `vote` of
@@ -23,11 +23,14 @@ def gaussian_vote(distances: np.ndarray) -> np.ndarray:
     ----------
     distances : (n_queries, k) ndarray
         Distances of the k nearest neighbours of each query (any order).
+    width : float, optional
+        The 2 of ``exp(-2 * (d_i / d_k)**2)``: larger weighs near neighbours more (``benchmarks/gknn_settings.py``
+        compares widths through :func:`functools.partial`; a model bundle stores the default only).
 
     Returns
     -------
     (n_queries, k) ndarray of float64
-        Weight of each neighbour, from ``exp(-2)`` to 1.
+        Weight of each neighbour, from ``exp(-width)`` to 1.
 
     Examples
     --------
@@ -37,6 +40,6 @@ def gaussian_vote(distances: np.ndarray) -> np.ndarray:
     d = np.asarray(distances, dtype=np.float64)
     if d.ndim != 2 or d.shape[1] == 0:
         return np.ones_like(d)
-    width = d.max(axis=1, keepdims=True)
-    scaled = np.divide(d, width, out=np.zeros_like(d), where=width > 0)
-    return np.exp(-2.0 * scaled**2)
+    kth = d.max(axis=1, keepdims=True)
+    scaled = np.divide(d, kth, out=np.zeros_like(d), where=kth > 0)
+    return np.exp(-width * scaled**2)

@@ -95,3 +95,31 @@ def test_cold_start_keras_path_runs_on_the_bundled_model():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.strip().splitlines()[-1]) > 0
+
+
+def test_gknn_settings_prints_nested_inner_auc_of_each_setting(capsys):
+    """benchmarks/gknn_settings.py on a tiny feature table: one line per setting, then the nested choice."""
+    rng = np.random.default_rng(0)
+    n_images, per_image = 12, 8
+    image_label = np.arange(n_images) % 2
+    image = np.repeat(np.arange(n_images), per_image)
+    label = ((image_label[image] == 1) & (np.arange(len(image)) % 2 == 0)).astype(int)
+    X = rng.normal(size=(len(image), 4))
+    X[:, 0] += 2.0 * label  # one informative feature, three of noise
+    groups = np.arange(n_images)
+    folds = assign_folds(image_label, groups, n_folds=3, repeats=1, seed=0)[0]
+    script = _load("gknn_settings")
+    tiny = {"population_size": 4, "n_generations": 1, "n_runs": 1, "k_max": 5}
+    settings = [{"name": "a", **tiny}, {"name": "b", **tiny, "gaussian_width": 5.0}]
+    results = script.evaluate(X, label, image, image_label, groups, folds, settings, seed=0, repeat=0)
+    out = capsys.readouterr().out.splitlines()
+    assert [r["name"] for r in results] == ["a", "b"] and len(out) == 3
+    assert all(0.5 < r["nested_inner_auc"] <= 1 and 0.5 < r["cell_auc"] <= 1 for r in results)
+    assert out[2].startswith("best by nested inner AUC: ")
+    # The width reweighs neighbours: the nearest (distance 0) weighs 1, the k-th exp(-width).
+    from leukoseg.classify.gknn import gaussian_vote
+
+    w = gaussian_vote(np.array([[0.0, 1.0, 2.0]]), width=5.0)
+    np.testing.assert_allclose(w, [[1.0, np.exp(-1.25), np.exp(-5.0)]], rtol=1e-12)
+    np.testing.assert_array_equal(gaussian_vote(np.array([[0.0, 1.0, 2.0]])),
+                                  gaussian_vote(np.array([[0.0, 1.0, 2.0]]), width=2.0))

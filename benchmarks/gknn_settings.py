@@ -1,0 +1,148 @@
+"""GkNN settings compared on the folds of the ALL-IDB1 experiment, chosen by a nested inner cross-validation.
+
+For each setting and each outer fold of one repeat (the experiment's folds, seeds and feature columns), the
+script runs the genetic search afresh on each inner split of the training images (the experiment's inner
+splits) and scores the inner test cells: the pooled **nested inner AUC** uses training images only, so it
+may choose a setting. The **out-of-fold cell AUC** (GkNN fitted on all training images of the fold, as in the
+experiment) is printed beside it for information; choosing by it would fit the test images.
+
+    python benchmarks/gknn_settings.py [--data-dir DIR] [--cache DIR] [--repeat 0] [--settings JSON]
+
+``--settings`` is a JSON list of ``{"name": ..., <GeneticKNNClassifier parameters>}``; a ``gaussian_width``
+entry replaces the Gaussian vote's width (2 by default: a neighbour at the k-th distance weighs
+``exp(-2)``). Without it, the settings of the README's "GkNN settings" table are run (about 25 minutes on
+2 cores; the segmentation cache of an experiment run is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import data_dir_argument  # noqa: E402
+
+#: The settings of the README table: the experiment's (first), then one change each.
+DEFAULT_SETTINGS = [
+    {"name": "experiment (5 searches)"},
+    {"name": "10 searches", "n_runs": 10},
+    {"name": "feature cost 0.02", "feature_cost": 0.02},
+    {"name": "feature cost 0.10", "feature_cost": 0.1},
+    {"name": "initial sparsity 0.8", "init_sparsity": 0.8},
+    {"name": "population 50, 25 generations", "population_size": 50, "n_generations": 25},
+    {"name": "Gaussian width 0.5", "gaussian_width": 0.5},
+    {"name": "Gaussian width 5", "gaussian_width": 5.0},
+    {"name": "fitness balanced accuracy + AUC", "fitness": "balanced_accuracy+auc"},
+]
+
+
+def _params(setting: dict) -> dict:
+    from leukoseg.classify.gknn import gaussian_vote
+    from leukoseg.pipelines.experiment import GKNN_DEFAULTS
+
+    params = {**GKNN_DEFAULTS, **{k: v for k, v in setting.items() if k not in ("name", "gaussian_width")}}
+    if "gaussian_width" in setting:
+        params["vote"] = functools.partial(gaussian_vote, width=float(setting["gaussian_width"]))
+    return params
+
+
+def evaluate(
+    X: np.ndarray, label: np.ndarray, image: np.ndarray, image_label: np.ndarray, image_group: np.ndarray,
+    fold_of_image: np.ndarray, settings: Sequence[dict], *, seed: int, repeat: int, inner_folds: int = 3,
+    columns: Callable[[np.ndarray], list[int]] | None = None, log=print,
+) -> list[dict]:  # fmt: skip
+    """Nested inner AUC and out-of-fold cell AUC of each setting on one repeat's folds.
+
+    `fold_of_image` is the repeat's fold of each image; `columns(train_mask)` the feature columns a fold
+    uses (all when None). Fold seeds and inner splits are the experiment's.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from leukoseg.classify import GeneticKNNClassifier
+    from leukoseg.pipelines import experiment as exp
+
+    cells = exp._Cells(image=image, label=label, rows=[], X=X, patches=np.zeros((len(label), 1, 1, 3), np.uint8),
+                       n_points=0, n_matched=0)  # fmt: skip
+    results = []
+    for setting in settings:
+        params = _params(setting)
+        t = time.perf_counter()
+        p_out = np.full(len(label), np.nan)
+        inner_auc = []
+        for k in np.unique(fold_of_image):
+            test_img = fold_of_image == k
+            train, test = ~test_img[image], test_img[image]
+            fold = exp._Fold(cells=cells, train=train, test=test, train_img=np.flatnonzero(~test_img),
+                             image_label=image_label, image_group=image_group, K=2,
+                             seed=exp._seed(seed, repeat, int(k)))  # fmt: skip
+            cols = columns(train) if columns is not None else list(range(X.shape[1]))
+            X_train, X_test, _ = exp._impute(X[train][:, cols], X[test][:, cols])
+            y, groups = fold.y_train, image_group[fold.train_cell_img]
+            model = GeneticKNNClassifier(random_state=fold.seed, **params).fit(X_train, y, groups=groups)
+            p_out[test] = model.predict_proba(X_test)[:, 1]
+            p_inner = np.full(len(y), np.nan)
+            for j, (a, b) in enumerate(fold.inner_splits(inner_folds, exp._seed(fold.seed, 1))):
+                inner = GeneticKNNClassifier(random_state=exp._seed(fold.seed, 1, j), **params)
+                p_inner[b] = inner.fit(X_train[a], y[a], groups=groups[a]).predict_proba(X_train[b])[:, 1]
+            done = ~np.isnan(p_inner)
+            if len(np.unique(y[done])) == 2:
+                inner_auc.append(roc_auc_score(y[done], p_inner[done]))
+        result = {
+            "name": setting.get("name", json.dumps(setting)),
+            "nested_inner_auc": float(np.mean(inner_auc)) if inner_auc else float("nan"),
+            "cell_auc": float(roc_auc_score(label, p_out)),
+            "seconds": time.perf_counter() - t,
+        }
+        log(f"{result['name']:<34} nested inner AUC {result['nested_inner_auc']:.4f}   out-of-fold cell AUC "
+            f"{result['cell_auc']:.4f}   {result['seconds']:.0f} s")  # fmt: skip
+        results.append(result)
+    best = max(results, key=lambda r: r["nested_inner_auc"])
+    log(f"best by nested inner AUC: {best['name']} ({best['nested_inner_auc']:.4f}; the first setting "
+        f"{results[0]['nested_inner_auc']:.4f})")  # fmt: skip
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    data_dir_argument(parser)
+    parser.add_argument("--cache", type=Path, help="segmentation cache (default: ~/.cache/leukoseg)")
+    parser.add_argument("--repeat", type=int, default=0, help="which repeat's folds (default 0)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the experiment whose folds to use")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS, help="JSON list of settings")
+    args = parser.parse_args()
+    if not 0 <= args.repeat < args.repeats:
+        parser.error(f"--repeat must be from 0 to {args.repeats - 1}")
+
+    from leukoseg.datasets import load_dataset
+    from leukoseg.pipelines import experiment as exp
+    from leukoseg.pipelines.cache import default_cache_dir, load_or_compute
+    from leukoseg.pipelines.folds import assign_folds
+
+    records = load_dataset("all-idb1", args.data_dir).records
+    entries, _ = load_or_compute([r.path for r in records], args.cache or default_cache_dir())
+    cells = exp._cell_table(records, entries, ["0", "1"], "points", 50.0)
+    image_label = np.array([int(r.label) for r in records])
+    image_group = np.array([r.group for r in records])
+    folds = assign_folds(image_label, image_group, n_folds=5, repeats=args.repeats, seed=args.seed)
+    names = entries[0].feature_names
+
+    def columns(train: np.ndarray) -> list[int]:
+        return exp._feature_columns([cells.rows[j] for j in np.flatnonzero(train)], names, None)[0]
+
+    print(f"ALL-IDB1: {len(records)} images, {len(cells.label)} cells; repeat {args.repeat} of {args.repeats}, "
+          f"seed {args.seed}; GkNN {exp.GKNN_DEFAULTS} plus each setting")  # fmt: skip
+    evaluate(cells.X, cells.label, cells.image, image_label, image_group, folds[args.repeat], args.settings,
+             seed=args.seed, repeat=args.repeat, columns=columns)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
