@@ -20,7 +20,8 @@ script splits the work:
 
 ``--cnn-params`` compares variants of the network (filters, activation, dense layers, DenseNet121...) or of
 the experiment's use of it (``{"refit": true}``: test cells scored by one CNN fitted on all the training
-cells, not by the mean of the cross-fitted ones) on the same folds; ``--variants '[{...}, {...}]'`` runs several in one go, prints each one's inner cell AUC (of the
+cells, not by the mean of the cross-fitted ones) on the same folds; ``--variants '[{...}, {...}]'`` runs
+several in one go, prints each one's inner cell AUC (of the
 cross-fitted scores of the training cells) and adds a nested selection among them (each fold takes the
 variant whose inner AUC on its own training cells is best); ``--cnn-inner-folds`` the parts of the
 cross-fitting; ``--export ... --patches VARIANT`` other patches (cells alone on the background,

@@ -1330,10 +1330,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
                 root / models_meta[name]["file"], f"has classes {_short(arrays['classes'].tolist())}; the "
                 f"bundle's {first!r} model has {_short(models[first]['classes'].tolist())}"
             )  # fmt: skip
-    if "classes" in config and config["classes"] != [str(c) for c in models[first]["classes"].tolist()]:
+    class_names = [str(c) for c in models[first]["classes"].tolist()]  # as config writes them
+    if "classes" in config and config["classes"] != class_names:
         raise LeukosegError(
             manifest_path, f"config classes {_short(config['classes'])} are not the models' classes "
-            f"{_short([str(c) for c in models[first]['classes'].tolist()])}"
+            f"{_short(class_names)}"
         )  # fmt: skip
     if not isinstance(manifest.get("leukoseg_version", ""), str):
         raise LeukosegError(

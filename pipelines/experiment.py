@@ -64,8 +64,9 @@ Per fold, on the same cells:
   parts; one CNN is trained on the other parts for each part and scores that part's cells (out of fold),
   and the test cells get the mean of these CNNs (an ensemble; ``train`` ships the same). This costs about one
   CNN fit per fold and gives every training cell an honest CNN score for the fusion (the setting ``refit``
-  scores the test cells with one more CNN, fitted on all the training cells, instead). Each CNN prediction is the mean over the 8
-  flips and quarter turns of the patch (test-time augmentation, ``CNNClassifier(tta=True)``);
+  scores the test cells with one more CNN, fitted on all the training cells, instead). Each CNN prediction
+  is the mean over the 8 flips and quarter turns of the patch (test-time augmentation,
+  ``CNNClassifier(tta=True)``);
 - ``fused``: :class:`~leukoseg.classify.StackingFusion`, a logistic stacking of the baseline and CNN
   probabilities in ``keras.ops`` (on the GPU when there is one), fitted on the training cells' inner
   out-of-fold scores; its own scores of the training cells (for the image rule) are cross-fitted over the
