@@ -58,6 +58,9 @@ _BINARY_KEYS = (("accuracy", "Accuracy", True), ("sensitivity", "Sensitivity", T
 
 _THUMB_WIDTH = 400
 _MAX_GALLERY = 36
+_MAX_CELLS = 12  # cells shown per list of disagreements
+_CROP_FRACTION = 0.13  # side of a cell crop, as a share of the image's shorter side
+_CROP_PX = 128
 
 # Blast probability -> colour of a cell's circle: cyan (0), yellow (0.5), red (1), all visible on a
 # purple-and-pink stained smear.
@@ -759,6 +762,130 @@ def _thumbnails(run: _Run, misses: list[_Miss]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Cells where the model and the labels disagree
+
+
+@dataclass
+class _CellCard:
+    image: str
+    cell_id: str
+    x: float
+    y: float
+    p: float
+    crop: str | None = None
+
+
+@dataclass
+class _Disputed:
+    column: str
+    repeat: str  # the repeat whose cells are listed
+    repeats: list[str]  # the repeats counted, in order
+    # (kind of cell, what disagreeing means, [(cells, disagreeing) per repeat])
+    counts: list[tuple[str, str, list[tuple[int, int]]]]
+    high_negatives: list[_CellCard]
+    low_positives: list[_CellCard]
+    note: str | None = None  # why there are no crops
+
+    def row(self, counts: list[tuple[int, int]]) -> tuple[str, str, str]:
+        """Cells, disagreeing and share as shown: the repeats' counts joined by " / " (the number of cells once
+        when every repeat has the same), and the share pooled over repeats."""
+        cells = [n for n, _ in counts]
+        return (" / ".join(str(n) for n in (cells if len(set(cells)) > 1 else cells[:1])),
+                " / ".join(str(k) for _, k in counts),
+                f"{sum(k for _, k in counts) / sum(n for n, _ in counts):.1%}")
+
+
+_CELL_KINDS = (("blast", "cells labelled blast", "probability below 0.5"),
+               ("other_all", "other cells of ALL images", "probability 0.5 or more"),
+               ("healthy", "cells of healthy images", "probability 0.5 or more"),
+               ("other", "other cells labelled non-blast", "probability 0.5 or more"))
+
+
+def _disputed(run: _Run) -> _Disputed | None:
+    """The cells whose out-of-fold blast probability disagrees with their label: counts per repeat, and the
+    most disagreeing cells of the first repeat (every cell is scored once per repeat, so one repeat lists each
+    cell once). Binary runs with cell labels only.
+    """
+    column = _cell_prob_column(run)
+    if run.task != "binary" or not run.cells or column is None or "label" not in run.cells[0]:
+        return None
+    image_label = {r.get("image") or "": _class_of(run, r.get("label")) for r in run.images or []}
+    by_repeat: dict[str, dict[str, list[_CellCard]]] = {}
+    for row in run.cells:
+        p, label = _num(row.get(column)), _class_of(run, row.get("label"))
+        x, y = _num(row.get("x")), _num(row.get("y"))
+        if p is None or label is None or x is None or y is None:
+            continue
+        card = _CellCard(image=row.get("image") or "", cell_id=row.get("cell_id") or "", x=x, y=y, p=p)
+        kind = "blast" if label == "1" else {"1": "other_all", "0": "healthy"}.get(
+            image_label.get(card.image) or "", "other")
+        by_repeat.setdefault(row.get("repeat") or "", {}).setdefault(kind, []).append(card)
+    # Repeats in numeric order; only those with both a blast and another cell count.
+    repeats = sorted((r for r, g in by_repeat.items() if "blast" in g and len(g) > 1),
+                     key=lambda v: (_num(v) is None, _num(v) or 0, v))
+    if not repeats:
+        return None
+    counts = []
+    for kind, title, what in _CELL_KINDS:
+        per_repeat = []
+        for r in repeats:
+            cards = by_repeat[r].get(kind, [])
+            wrong = sum(c.p < 0.5 for c in cards) if kind == "blast" else sum(c.p >= 0.5 for c in cards)
+            per_repeat.append((len(cards), wrong))
+        if any(n for n, _ in per_repeat):
+            counts.append((title, what, per_repeat))
+    first = by_repeat[repeats[0]]
+    negatives = [c for kind, cards in first.items() if kind != "blast" for c in cards if c.p >= 0.5]
+    positives = [c for c in first["blast"] if c.p < 0.5]
+    return _Disputed(column=column, repeat=repeats[0], repeats=repeats, counts=counts,
+                     high_negatives=sorted(negatives, key=lambda c: (-c.p, c.image, c.cell_id))[:_MAX_CELLS],
+                     low_positives=sorted(positives, key=lambda c: (c.p, c.image, c.cell_id))[:_MAX_CELLS])
+
+
+def _cell_crops(run: _Run, disputed: _Disputed) -> None:
+    """Fill in a crop centred on each listed cell: a square of _CROP_FRACTION of the image's shorter side."""
+    if run.data_dir is None:
+        disputed.note = run.data_note
+        return
+    import cv2
+    import numpy as np
+
+    from leukoseg.io import read_image
+
+    by_image: dict[str, list[_CellCard]] = {}
+    for card in disputed.high_negatives + disputed.low_positives:
+        by_image.setdefault(card.image, []).append(card)
+    for name, cards in sorted(by_image.items()):
+        rel = Path(name)
+        if not name or rel.is_absolute() or ".." in rel.parts:
+            continue
+        try:
+            image = read_image(run.data_dir / rel)
+        except LeukosegError as exc:
+            logger.warning("cell crops left out: %s", exc)
+            disputed.note = disputed.note or exc.reason
+            continue
+        h, w = image.shape[:2]
+        half = max(8, round(_CROP_FRACTION * min(h, w) / 2))
+        # Pad with white (the slide's background, roughly) so that a cell near the border stays centred.
+        padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        for card in cards:
+            cx, cy = int(round(card.x)), int(round(card.y))
+            if not (0 <= cx < w and 0 <= cy < h):
+                continue
+            crop = padded[cy:cy + 2 * half + 1, cx:cx + 2 * half + 1]
+            crop = np.ascontiguousarray(cv2.resize(crop, (_CROP_PX, _CROP_PX), interpolation=cv2.INTER_AREA))
+            # Ticks at the middle of each side point at the cell without covering it.
+            c, t = _CROP_PX // 2, _CROP_PX // 10
+            for p0, p1 in (((c, 0), (c, t)), ((c, _CROP_PX - 1), (c, _CROP_PX - 1 - t)),
+                           ((0, c), (t, c)), ((_CROP_PX - 1, c), (_CROP_PX - 1 - t, c))):
+                cv2.line(crop, p0, p1, (0, 0, 0), 2, cv2.LINE_AA)
+            ok, buf = cv2.imencode(".jpg", crop[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if ok:
+                card.crop = base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+# --------------------------------------------------------------------------------------------------
 # HTML
 
 
@@ -816,6 +943,7 @@ figcaption { color: var(--muted); font-size: 0.86em; }
 .card img { display: block; width: 100%; height: auto; }
 .card .meta { padding: 8px 10px; font-size: 0.86em; }
 .card .name { font-weight: 600; word-break: break-all; }
+.cells { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px; }
 .tag { display: inline-block; border-radius: 10px; padding: 0 8px; font-size: 0.85em; font-weight: 600; }
 .tag.fn { background: #fde2e1; color: #8a1c14; }
 .tag.fp { background: #fff0c2; color: #7a5200; }
@@ -967,7 +1095,8 @@ def _pct_value(v: float | None) -> str:
     return f"{v:.1f}%" if v > 1 else f"{100 * v:.1f}%"
 
 
-def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str | None) -> str:
+def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str | None,
+          disputed: _Disputed | None = None) -> str:
     from leukoseg._version import __version__
 
     m = run.metrics
@@ -1119,6 +1248,8 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
 
     # Gallery.
     sections.append(("errors", "Misclassified images", _gallery_html(run, misses)))
+    if disputed is not None:
+        sections.append(("cells", "Cells where the model and the labels disagree", _disputed_html(run, disputed)))
 
     # Published figures: ALL-IDB1 results, so only beside a binary ALL-IDB1 run (or one that does not say).
     n = _n_images(run)
@@ -1222,6 +1353,54 @@ def _gallery_html(run: _Run, misses: list[_Miss]) -> str:
     return out
 
 
+def _disputed_html(run: _Run, d: _Disputed) -> str:
+    rows = "".join("<tr><td>{}</td>{}<td>{}</td></tr>".format(
+        _esc(kind), "".join(f'<td class="num">{_esc(v)}</td>' for v in d.row(counts)), _esc(what))
+        for kind, what, counts in d.counts)
+    head = "".join(f'<th class="num">{_esc(h)}</th>' for h in _disputed_heads(d))
+    out = (f"<table><thead><tr><th>Cells</th>{head}<th>Disagreeing means</th></tr></thead><tbody>{rows}</tbody>"
+           f'</table><p class="note">{_esc(_disputed_note(run, d, crops=True))}</p>')
+    for title, cards in (("Highest-scored cells labelled non-blast", d.high_negatives),
+                         ("Lowest-scored cells labelled blast", d.low_positives)):
+        if not cards:
+            continue
+        out += f"<h3>{title} ({len(cards)} shown)</h3>"
+        drawn = [c for c in cards if c.crop]
+        if drawn:
+            out += '<div class="cells">' + "".join(
+                f'<div class="card"><img alt="cell {_esc(c.cell_id)} of {_esc(c.image)}" '
+                f'src="data:image/jpeg;base64,{c.crop}"><div class="meta"><div class="name">{_esc(c.image)}</div>'
+                f"<div>cell {_esc(c.cell_id)} · p {c.p:.3f}</div></div></div>" for c in drawn) + "</div>"
+        rest = [c for c in cards if not c.crop]
+        if rest:
+            if not drawn and d.note:
+                out += f'<p class="note">No crops: {_esc(d.note)}.</p>'
+            out += ('<table><thead><tr><th>Image</th><th class="num">Cell</th><th class="num">x</th>'
+                    '<th class="num">y</th><th class="num">p</th></tr></thead><tbody>' + "".join(
+                        f'<tr><td class="mono">{_esc(c.image)}</td><td class="num">{_esc(c.cell_id)}</td>'
+                        f'<td class="num">{c.x:.0f}</td><td class="num">{c.y:.0f}</td><td class="num">{c.p:.3f}</td>'
+                        "</tr>" for c in rest) + "</tbody></table>")
+    return out
+
+
+def _disputed_heads(d: _Disputed) -> list[str]:
+    several = f" (repeats {', '.join(d.repeats)})" if len(d.repeats) > 1 else ""
+    return ["Number", f"Disagreeing{several}", "Share" + (" (pooled)" if several else "")]
+
+
+def _disputed_note(run: _Run, d: _Disputed, *, crops: bool) -> str:
+    which = f"; the cells shown are those of repeat {d.repeat}, each cell once" if len(d.repeats) > 1 else ""
+    text = (f"Out-of-fold blast probabilities of the {_label(d.column[len('p_blast_'):])} model against the "
+            f"cell labels, at 0.5{which}. A high score on a cell of an ALL image labelled non-blast may be a "
+            "blast that the annotation left out (ALL-IDB1 marks most blasts, not all); on a cell of a healthy "
+            "image it is a false positive of the model. A low score on a labelled blast is a miss, or a cell "
+            "the segmentation cut badly.")
+    if crops:
+        text += (f" Crops are centred on the cell (ticks), a square of {_CROP_FRACTION:.0%} of the image's "
+                 "shorter side.")
+    return text + " Look at the cells before trusting either the labels or the model."
+
+
 # --------------------------------------------------------------------------------------------------
 # Markdown
 
@@ -1240,7 +1419,7 @@ def _md_stat(s: _Stat, percent: bool, repeats: int, best: bool) -> str:
     return f"{main} {extra}".strip()
 
 
-def _markdown(run: _Run, misses: list[_Miss], curve_rows) -> str:
+def _markdown(run: _Run, misses: list[_Miss], curve_rows, disputed: _Disputed | None = None) -> str:
     m = run.metrics
     ds = _dict(m.get("dataset"))
     settings = _dict(m.get("settings"))
@@ -1330,6 +1509,18 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows) -> str:
                  "" if mi.score is None else f"{mi.score:.3f}", f"{mi.wrong}/{mi.seen}"] for mi in misses]
         out += [_md_table(["Image", "Truth", "Predicted", "Score", "Wrong in repeats"], rows,
                           [False, False, False, True, True]), ""]
+    if disputed is not None:
+        out += ["## Cells where the model and the labels disagree", ""]
+        out += [_md_table(["Cells", *_disputed_heads(disputed), "Disagreeing means"],
+                          [[kind, *disputed.row(counts), what] for kind, what, counts in disputed.counts],
+                          [False, True, True, True, False]), "",
+                _disputed_note(run, disputed, crops=False) + " report.html shows the cells below.", ""]
+        for title, cards in (("Highest-scored cells labelled non-blast", disputed.high_negatives),
+                             ("Lowest-scored cells labelled blast", disputed.low_positives)):
+            if cards:
+                out += [f"### {title}", "", _md_table(["Image", "Cell", "x", "y", "p"], [
+                    [c.image, c.cell_id, f"{c.x:.0f}", f"{c.y:.0f}", f"{c.p:.3f}"] for c in cards],
+                    [False, True, True, True, True]), ""]
     if run.task == "binary" and str(ds.get("name") or "all-idb1").lower() == "all-idb1":
         out += ["## Published figures (other protocols, not comparable one to one)", ""]
         out += [_md_table(["Source", "Method", "Figure", "Protocol"], [list(p) for p in PUBLISHED],
@@ -1353,8 +1544,9 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
         ``cells.csv`` (optional).
     data_dir : str or os.PathLike, optional
         The data folder that the image paths of ``images.csv`` are relative to, for the thumbnails of the
-        misclassified images. Default: ``dataset.root`` of ``metrics.json`` when that folder exists;
-        without one, the misclassified images are listed in a table.
+        misclassified images and the crops of the cells where the model and the labels disagree.
+        Default: ``dataset.root`` of ``metrics.json`` when that folder exists; without one, the
+        misclassified images and the cells are listed in tables.
     out_dir : str or os.PathLike, optional
         Where to write the two files (created if needed). Default: `run_dir`.
 
@@ -1386,6 +1578,9 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
 
     misses = _misclassified(run)
     _thumbnails(run, misses)
+    disputed = _disputed(run)
+    if disputed is not None:
+        _cell_crops(run, disputed)
     if run.task == "binary":
         curves_png, curve_rows = _binary_curves(run)
         multi_png = None
@@ -1395,8 +1590,8 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
 
     files = ReportFiles(html=out / "report.html", markdown=out / "report.md")
     try:
-        write_text(files.html, _html(run, misses, curves_png, multi_png))
-        write_text(files.markdown, _markdown(run, misses, curve_rows))
+        write_text(files.html, _html(run, misses, curves_png, multi_png, disputed))
+        write_text(files.markdown, _markdown(run, misses, curve_rows, disputed))
     except OSError as exc:
         raise LeukosegError(out, f"cannot write the report ({exc.strerror or exc})") from None
     logger.info("report written: %s, %s", files.html, files.markdown)

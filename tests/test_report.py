@@ -492,3 +492,103 @@ def test_spread_over_repeats_is_the_sample_standard_deviation():
     assert summary["all"]["accuracy"]["std"] == pytest.approx(expected, abs=1e-12)
     assert _stat([0.9]).std == 0.0
     assert _summary([{"all": {"accuracy": 0.9, "n": 108}}])["all"]["accuracy"]["std"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells where the model and the labels disagree
+
+
+def _write_cells(run: Path, rows: list[list]) -> None:
+    """Replace cells.csv: rows of (image, cell_id, x, y, repeat, label, p_blast_baseline)."""
+    (run / "cells.csv").write_text(_csv_text(
+        ["image", "cell_id", "x", "y", "repeat", "fold", "label", "p_blast_baseline"],
+        [[im, cid, x, y, rep, 0, lab, p] for im, cid, x, y, rep, lab, p in rows]))
+
+
+def test_disputed_cells_counts_and_order(tmp_path):
+    run = make_binary_run(tmp_path, repeats=2)
+    # Image labels: Im030_0 healthy, Im031_1 ALL. Repeat 1 must be ignored (each cell once).
+    _write_cells(run, [
+        ["im/Im031_1.jpg", 1, 20, 30, 0, 1, "0.10"],   # blast missed
+        ["im/Im031_1.jpg", 2, 60, 50, 0, 1, "0.90"],   # blast found
+        ["im/Im031_1.jpg", 3, 100, 70, 0, 1, "0.49"],  # blast missed, just
+        ["im/Im031_1.jpg", 4, 20, 90, 0, 0, "0.95"],   # unannotated cell of an ALL image, scored high
+        ["im/Im031_1.jpg", 5, 40, 90, 0, 0, "0.20"],
+        ["im/Im030_0.jpg", 1, 20, 30, 0, 0, "0.50"],   # healthy image, false positive at exactly 0.5
+        ["im/Im030_0.jpg", 2, 60, 50, 0, 0, "0.30"],
+        ["im/Im030_0.jpg", 3, 100, 70, 0, 0, ""],      # no score: left out
+        ["im/Im030_0.jpg", 1, 20, 30, 1, 0, "0.99"],  # repeat 1: counted, not listed
+        ["im/Im031_1.jpg", 1, 20, 30, 1, 1, "0.30"],
+        ["im/Im031_1.jpg", 1, 20, 30, 2, 1, "0.30"],  # repeat 2: no other cell, left out
+    ])
+    files = write_report(run)
+    part = section(files.html.read_text(encoding="utf-8"), "cells")
+    rows = re.findall(r'<tr><td>([^<]+)</td><td class="num">([^<]+)</td><td class="num">([^<]+)</td>'
+                      r'<td class="num">([^<]+)</td>', part)
+    assert rows == [("cells labelled blast", "3 / 1", "2 / 1", "75.0%"),
+                    ("other cells of ALL images", "2 / 0", "1 / 0", "50.0%"),
+                    ("cells of healthy images", "2 / 1", "1 / 1", "66.7%")]
+    assert ">Disagreeing (repeats 0, 1)</th>" in part and ">Share (pooled)</th>" in part
+    assert "Baseline model against the cell labels" in part and "those of repeat 0, each cell once" in part
+    # No data folder: the cells are listed, most disagreeing first, with the reason for no crops.
+    assert "No crops: the run does not record its data folder" in part
+    tables = part.split("<h3>")[1:]
+    assert tables[0].startswith("Highest-scored cells labelled non-blast (2 shown)")
+    assert re.findall(r'class="mono">([^<]+)</td><td class="num">(\d+)', tables[0]) == [
+        ("im/Im031_1.jpg", "4"), ("im/Im030_0.jpg", "1")]
+    assert tables[1].startswith("Lowest-scored cells labelled blast (2 shown)")
+    assert re.findall(r'class="mono">([^<]+)</td><td class="num">(\d+)', tables[1]) == [
+        ("im/Im031_1.jpg", "1"), ("im/Im031_1.jpg", "3")]
+    md = files.markdown.read_text(encoding="utf-8")
+    assert "| other cells of ALL images | 2 / 0 | 1 / 0 | 50.0% | probability 0.5 or more |" in md
+    assert "| im/Im031_1.jpg | 4 | 20 | 90 | 0.950 |" in md
+
+
+def test_disputed_cells_at_most_twelve_each(tmp_path):
+    run = make_binary_run(tmp_path, repeats=1)
+    # 20 blasts scored below 0.5 and 20 other cells above: all disagree, 12 of each are shown.
+    _write_cells(run, [["im/Im031_1.jpg", i, 10, 10, 0, i % 2, f"{0.45 - i / 100 if i % 2 else 0.55 + i / 100:.2f}"]
+                       for i in range(1, 41)])
+    part = section(write_report(run).html.read_text(encoding="utf-8"), "cells")
+    assert "(12 shown)" in part and part.count('<td class="mono">') == 24
+    assert "repeat" not in part  # one repeat: nothing to say about repeats
+    assert '<td>cells labelled blast</td><td class="num">20</td><td class="num">20</td>' in part
+
+
+def test_disputed_cells_crops_are_centred_on_the_cell(tmp_path):
+    data = tmp_path / "data"
+    (data / "im").mkdir(parents=True)
+    for name, (x, y) in (("Im031_1", (60, 50)), ("Im030_0", (0, 119))):  # the second at a corner
+        arr = np.full((120, 160, 3), (230, 225, 235), np.uint8)
+        arr[max(0, y - 2):y + 3, max(0, x - 2):x + 3] = (200, 0, 0)
+        Image.fromarray(arr).save(data / "im" / f"{name}.png")
+    run = make_binary_run(tmp_path, repeats=1, data_root=data)
+    _write_cells(run, [["im/Im031_1.png", 1, 60, 50, 0, 1, "0.1"], ["im/Im030_0.png", 1, 0, 119, 0, 0, "0.8"],
+                       ["im/Im031_1.png", 2, 20, 20, 0, 0, "0.2"], ["im/Im099_1.png", 1, 5, 5, 0, 0, "0.9"]])
+    part = section(write_report(run).html.read_text(encoding="utf-8"), "cells")
+    import base64
+
+    crops = re.findall(r'alt="cell (\d+) of ([^"]+)" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', part)
+    assert [(c, n) for c, n, _ in crops] == [("1", "im/Im030_0.png"), ("1", "im/Im031_1.png")]
+    for _, _, b64 in crops:
+        crop = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")).astype(int)
+        assert crop.shape == (128, 128, 3)
+        # The red square is at the centre (JPEG: tolerance 60 per channel), the rest is background.
+        assert np.abs(crop[64, 64] - (200, 0, 0)).max() < 60
+        assert np.abs(crop[20, 20] - (230, 225, 235)).max() < 60 or crop[20, 20].min() > 200
+    # The missing image is listed instead of drawn.
+    assert '<td class="mono">im/Im099_1.png</td>' in part
+    # No image at all: every cell listed, with the reason.
+    shutil.rmtree(data / "im")
+    (data / "im").mkdir()
+    part = section(write_report(run).html.read_text(encoding="utf-8"), "cells")
+    assert "data:image/jpeg" not in part and "No crops: no such file" in part and part.count('class="mono"') == 3
+
+
+def test_disputed_cells_only_for_binary_runs_with_cell_labels(tmp_path):
+    text = write_report(make_multiclass_run(tmp_path / "m")).html.read_text(encoding="utf-8")
+    assert 'id="cells"' not in text
+    run = make_binary_run(tmp_path / "b")
+    (run / "cells.csv").write_text("image,cell_id,x,y,repeat,p_blast_svm\nim/Im031_1.jpg,1,5,5,0,0.9\n")
+    text = write_report(run).html.read_text(encoding="utf-8")
+    assert 'id="cells"' not in text and "## Cells where" not in write_report(run).markdown.read_text()
