@@ -716,6 +716,20 @@ def _prob_colour(p: float | None) -> tuple[int, int, int]:
     return _PROB_STOPS[-1][1]
 
 
+def _read_data_image(data_dir: Path, name: str, what: str):
+    """The image at `name` (relative to `data_dir`) and None, or None and why it cannot be read."""
+    from leukoseg.io import read_image
+
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts:
+        return None, "not a path inside the data folder"
+    try:
+        return read_image(data_dir / rel), None
+    except LeukosegError as exc:
+        logger.warning("%s left out: %s", what, exc)
+        return None, exc.reason
+
+
 def _thumbnails(run: _Run, misses: list[_Miss]) -> None:
     """Fill in the overlay thumbnail of the first misclassified images (at most _MAX_GALLERY)."""
     if run.data_dir is None:
@@ -723,23 +737,13 @@ def _thumbnails(run: _Run, misses: list[_Miss]) -> None:
     import cv2
     import numpy as np
 
-    from leukoseg.io import read_image
-
     prob_col = _cell_prob_column(run)
     cells: dict[tuple[str, str], list[dict]] = {}
     for row in run.cells or []:
         cells.setdefault((row.get("image") or "", row.get("repeat") or ""), []).append(row)
     for miss in misses[:_MAX_GALLERY]:
-        rel = Path(miss.image)
-        if not miss.image or rel.is_absolute() or ".." in rel.parts:
-            miss.thumb_note = "not a path inside the data folder"
-            continue
-        path = run.data_dir / rel
-        try:
-            image = read_image(path)
-        except LeukosegError as exc:
-            logger.warning("thumbnail left out: %s", exc)
-            miss.thumb_note = exc.reason
+        image, miss.thumb_note = _read_data_image(run.data_dir, miss.image, "thumbnail")
+        if image is None:
             continue
         h, w = image.shape[:2]
         scale = min(1.0, _THUMB_WIDTH / w)
@@ -778,13 +782,17 @@ class _CellCard:
 @dataclass
 class _Disputed:
     column: str
-    repeat: str  # the repeat whose cells are listed
-    repeats: list[str]  # the repeats counted, in order
+    repeats: list[str]  # the repeats counted, in order; the cells listed are those of the first
     # (kind of cell, what disagreeing means, [(cells, disagreeing) per repeat])
     counts: list[tuple[str, str, list[tuple[int, int]]]]
     high_negatives: list[_CellCard]
     low_positives: list[_CellCard]
     note: str | None = None  # why there are no crops
+
+    def lists(self) -> tuple[tuple[str, list[_CellCard]], ...]:
+        """The two lists of cells shown, with their titles."""
+        return (("Highest-scored cells labelled non-blast", self.high_negatives),
+                ("Lowest-scored cells labelled blast", self.low_positives))
 
     def row(self, counts: list[tuple[int, int]]) -> tuple[str, str, str]:
         """Cells, disagreeing and share as shown: the repeats' counts joined by " / " (the number of cells once
@@ -837,7 +845,7 @@ def _disputed(run: _Run) -> _Disputed | None:
     first = by_repeat[repeats[0]]
     negatives = [c for kind, cards in first.items() if kind != "blast" for c in cards if c.p >= 0.5]
     positives = [c for c in first["blast"] if c.p < 0.5]
-    return _Disputed(column=column, repeat=repeats[0], repeats=repeats, counts=counts,
+    return _Disputed(column=column, repeats=repeats, counts=counts,
                      high_negatives=sorted(negatives, key=lambda c: (-c.p, c.image, c.cell_id))[:_MAX_CELLS],
                      low_positives=sorted(positives, key=lambda c: (c.p, c.image, c.cell_id))[:_MAX_CELLS])
 
@@ -850,20 +858,14 @@ def _cell_crops(run: _Run, disputed: _Disputed) -> None:
     import cv2
     import numpy as np
 
-    from leukoseg.io import read_image
-
     by_image: dict[str, list[_CellCard]] = {}
-    for card in disputed.high_negatives + disputed.low_positives:
-        by_image.setdefault(card.image, []).append(card)
+    for _, cards in disputed.lists():
+        for card in cards:
+            by_image.setdefault(card.image, []).append(card)
     for name, cards in sorted(by_image.items()):
-        rel = Path(name)
-        if not name or rel.is_absolute() or ".." in rel.parts:
-            continue
-        try:
-            image = read_image(run.data_dir / rel)
-        except LeukosegError as exc:
-            logger.warning("cell crops left out: %s", exc)
-            disputed.note = disputed.note or exc.reason
+        image, why = _read_data_image(run.data_dir, name, "cell crops")
+        if image is None:
+            disputed.note = disputed.note or why
             continue
         h, w = image.shape[:2]
         half = max(8, round(_CROP_FRACTION * min(h, w) / 2))
@@ -1249,7 +1251,7 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
     # Gallery.
     sections.append(("errors", "Misclassified images", _gallery_html(run, misses)))
     if disputed is not None:
-        sections.append(("cells", "Cells where the model and the labels disagree", _disputed_html(run, disputed)))
+        sections.append(("cells", "Cells where the model and the labels disagree", _disputed_html(disputed)))
 
     # Published figures: ALL-IDB1 results, so only beside a binary ALL-IDB1 run (or one that does not say).
     n = _n_images(run)
@@ -1353,15 +1355,14 @@ def _gallery_html(run: _Run, misses: list[_Miss]) -> str:
     return out
 
 
-def _disputed_html(run: _Run, d: _Disputed) -> str:
+def _disputed_html(d: _Disputed) -> str:
     rows = "".join("<tr><td>{}</td>{}<td>{}</td></tr>".format(
         _esc(kind), "".join(f'<td class="num">{_esc(v)}</td>' for v in d.row(counts)), _esc(what))
         for kind, what, counts in d.counts)
     head = "".join(f'<th class="num">{_esc(h)}</th>' for h in _disputed_heads(d))
     out = (f"<table><thead><tr><th>Cells</th>{head}<th>Disagreeing means</th></tr></thead><tbody>{rows}</tbody>"
-           f'</table><p class="note">{_esc(_disputed_note(run, d, crops=True))}</p>')
-    for title, cards in (("Highest-scored cells labelled non-blast", d.high_negatives),
-                         ("Lowest-scored cells labelled blast", d.low_positives)):
+           f'</table><p class="note">{_esc(_disputed_note(d, crops=True))}</p>')
+    for title, cards in d.lists():
         if not cards:
             continue
         out += f"<h3>{title} ({len(cards)} shown)</h3>"
@@ -1388,8 +1389,8 @@ def _disputed_heads(d: _Disputed) -> list[str]:
     return ["Number", f"Disagreeing{several}", "Share" + (" (pooled)" if several else "")]
 
 
-def _disputed_note(run: _Run, d: _Disputed, *, crops: bool) -> str:
-    which = f"; the cells shown are those of repeat {d.repeat}, each cell once" if len(d.repeats) > 1 else ""
+def _disputed_note(d: _Disputed, *, crops: bool) -> str:
+    which = f"; the cells shown are those of repeat {d.repeats[0]}, each cell once" if len(d.repeats) > 1 else ""
     text = (f"Out-of-fold blast probabilities of the {_label(d.column[len('p_blast_'):])} model against the "
             f"cell labels, at 0.5{which}. A high score on a cell of an ALL image labelled non-blast may be a "
             "blast that the annotation left out (ALL-IDB1 marks most blasts, not all); on a cell of a healthy "
@@ -1514,9 +1515,8 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows, disputed: _Disputed | 
         out += [_md_table(["Cells", *_disputed_heads(disputed), "Disagreeing means"],
                           [[kind, *disputed.row(counts), what] for kind, what, counts in disputed.counts],
                           [False, True, True, True, False]), "",
-                _disputed_note(run, disputed, crops=False) + " report.html shows the cells below.", ""]
-        for title, cards in (("Highest-scored cells labelled non-blast", disputed.high_negatives),
-                             ("Lowest-scored cells labelled blast", disputed.low_positives)):
+                _disputed_note(disputed, crops=False) + " report.html shows the cells below.", ""]
+        for title, cards in disputed.lists():
             if cards:
                 out += [f"### {title}", "", _md_table(["Image", "Cell", "x", "y", "p"], [
                     [c.image, c.cell_id, f"{c.x:.0f}", f"{c.y:.0f}", f"{c.p:.3f}"] for c in cards],

@@ -125,10 +125,11 @@ def train_bundle(
     except FileExistsError:  # --overwrite would not help: never suggest it
         raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced, "
                             "choose another output folder") from None  # fmt: skip
-    try:
-        _check_replaceable(out_dir, overwrite=overwrite)
-    except FileExistsError:
-        raise LeukosegError(out_dir, "exists; pass --overwrite to replace it") from None
+    if not overwrite:  # replaceable with --overwrite (checked above): only its existence can refuse now
+        try:
+            _check_replaceable(out_dir, overwrite=False)
+        except FileExistsError:
+            raise LeukosegError(out_dir, "exists; pass --overwrite to replace it") from None
     fingerprint = dataset.fingerprint()  # hashes every image: once, for the run check and the provenance
     run_metrics = _run_metrics(run_dir) if run_dir is not None else None
     if run_metrics is not None and run_metrics["dataset_fingerprint"] != fingerprint:
