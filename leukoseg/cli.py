@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model bundle written by 'leukoseg train' (default: the bundled model)")
     cls.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
     cls.add_argument("--pixel-size", type=_pixel_size, default=None, metavar="UM",
-                     help="micrometres per pixel, if known (default: measured from the red cells)")
+                     help="micrometres per pixel, if known, of every image (with --dataset too); default: "
+                     "measured from the red cells, or, where too few are visible (single-cell crops), set so that "
+                     "the median nucleus is 9 um")
     cls.add_argument("--no-crops", dest="crops", action="store_false", help="do not write crops/")
     cls.add_argument("--max-pixels", type=_positive_int, default=None,
                      help="refuse images with more pixels (default: 100 million)")
@@ -113,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the data set's folder (default: $LEUKOSEG_DATA/<NAME> or ~/.leukoseg/data/<NAME>)")
     cls.add_argument("--out", type=Path, default=None,
                      help="output folder (default: leukoseg-out for images, leukoseg-classify for --dataset)")
-    cls.add_argument("--folds", type=_positive_int, default=5, help="outer folds (default: %(default)s)")
-    cls.add_argument("--repeats", type=_positive_int, default=1, help="repeats of the folds (default: %(default)s)")
+    cls.add_argument("--folds", type=_positive_int, default=None,
+                     help="outer folds (default: 5; all-idb2: 2, its published protocol)")
+    cls.add_argument("--repeats", type=_positive_int, default=None,
+                     help="repeats of the folds (default: 1; all-idb2: 10)")
     cls.add_argument("--seed", type=int, default=0, help="seed; repeat r uses seed + r (default: %(default)s)")
     cls.add_argument("--cache", type=Path, default=None,
                      help="segmentation cache folder (default: $XDG_CACHE_HOME/leukoseg or ~/.cache/leukoseg)")
@@ -537,14 +541,36 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
+# Options that one mode of 'classify' uses and the other has no use for: refused there, not silently ignored.
+_IMAGES_ONLY = {"model": "--model", "json": "--json", "crops": "--no-crops", "max_pixels": "--max-pixels"}
+_EXPERIMENT_ONLY = {"data_dir": "--data-dir", "folds": "--folds", "repeats": "--repeats", "seed": "--seed",
+                    "cache": "--cache", "device": "--device", "cnn": "--no-cnn", "cnn_params": "--cnn-params"}
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     if args.dataset and args.paths:
         raise LeukosegError(None, "give image PATHs or --dataset, not both")
     if args.dataset:
+        _refuse_unused(args, _IMAGES_ONLY, "image PATHs, not to --dataset")
         return _cmd_experiment(args)
     if not args.paths:
         raise LeukosegError(None, "nothing to classify: give image PATHs, or --dataset NAME for the experiment")
+    _refuse_unused(args, _EXPERIMENT_ONLY, "--dataset, not to image PATHs")
     return _cmd_classify_images(args)
+
+
+def _refuse_unused(args: argparse.Namespace, options: Mapping[str, str], applies_to: str) -> None:
+    """One error naming the given `options` (dest -> flag) that this mode of 'classify' would ignore."""
+    defaults = vars(build_parser().parse_args(["classify"]))
+    given = [flag for dest, flag in options.items() if getattr(args, dest) != defaults[dest]]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise LeukosegError(None, f"{', '.join(given)} {verb} to {applies_to}")
+
+
+# Outer folds and repeats by data set, where its published figures use others than 5 x 1: ALL-IDB2's are
+# 10 repeats of 2-fold cross-validation (Genovese et al.).
+_PROTOCOLS = {"all-idb2": (2, 10)}
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
@@ -552,17 +578,20 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from .pipelines.experiment import run_experiment
     from .pipelines.report import write_report
 
-    if args.folds < 2:
+    if args.folds is not None and args.folds < 2:
         raise LeukosegError(None, f"--folds must be at least 2, got {args.folds}")
     out = args.out or Path("leukoseg-classify")
     dataset = load_dataset(args.dataset, args.data_dir)
+    folds, repeats = _PROTOCOLS.get(dataset.name, (5, 1))
     _check_writable(out, args)
     if args.device == "gpu":
         _check_gpu()
     result = run_experiment(
-        dataset, out, n_folds=args.folds, repeats=args.repeats, seed=args.seed, cache_dir=args.cache,
-        workers=args.workers or os.cpu_count() or 1, cnn=args.cnn, device=args.device, progress=not args.quiet,
-        cnn_params=args.cnn_params,
+        dataset, out, n_folds=args.folds or folds, repeats=args.repeats or repeats, seed=args.seed,
+        cache_dir=args.cache, workers=args.workers or os.cpu_count() or 1, cnn=args.cnn, device=args.device,
+        progress=not args.quiet, cnn_params=args.cnn_params,
+        # A known pixel size for every image: single-cell crops (ALL-IDB2) hold too few red cells for the ruler.
+        segment_params=None if args.pixel_size is None else {"pixel_size": args.pixel_size},
     )  # fmt: skip
     report = write_report(out, data_dir=dataset.root)
     if not args.quiet:

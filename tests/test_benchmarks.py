@@ -123,3 +123,47 @@ def test_gknn_settings_prints_nested_inner_auc_of_each_setting(capsys):
     np.testing.assert_allclose(w, [[1.0, np.exp(-1.25), np.exp(-5.0)]], rtol=1e-12)
     np.testing.assert_array_equal(gaussian_vote(np.array([[0.0, 1.0, 2.0]])),
                                   gaussian_vote(np.array([[0.0, 1.0, 2.0]]), width=2.0))
+
+
+def test_all_idb2_proxy_cuts_centred_crops_in_all_idb2_layout(fake_all_idb1, fake_cache, tmp_path):
+    """benchmarks/all_idb2_proxy.py on the fake ALL-IDB1: crops centred on blasts and on healthy smears' cells."""
+    from PIL import Image
+
+    from leukoseg.datasets import load_dataset
+    from leukoseg.io import read_image
+
+    script = _load("all_idb2_proxy")
+    size = 61
+    rows = script.make_proxy(fake_all_idb1, tmp_path / "ALL_IDB2", n_per_class=4, size=size, seed=0, cache=fake_cache)
+    labels = [r["label"] for r in rows]
+    assert labels == ["1"] * 4 + ["0"] * 4  # both classes alike, blasts numbered first, as ALL-IDB2
+    assert [r["crop"] for r in rows] == [f"img/Im{i + 1:03d}_{y}.tif" for i, y in enumerate(labels)]
+    copy = sorted((fake_all_idb1 / "im").glob("*.jpg"))[-1].name  # the byte copy of Im031_0 is not cut twice
+    assert "im/Im031_0.jpg" != f"im/{copy}" and f"im/{copy}" not in {r["source"] for r in rows}
+    xyc = {}
+    for r in rows:
+        crop = read_image(tmp_path / "ALL_IDB2" / r["crop"])
+        assert crop.shape == (size, size, 3)
+        # The crop's centre pixel is the cell's pixel in its smear (a lossless TIFF of the smear's pixels).
+        smear = read_image(fake_all_idb1 / r["source"])
+        np.testing.assert_array_equal(crop[size // 2, size // 2], smear[r["y"], r["x"]])
+        assert r["um_per_px"] == r["smear_um_per_px"]
+        if r["label"] == "1":  # centred on an annotated blast
+            stem = Path(r["source"]).stem
+            xyc.setdefault(stem, np.loadtxt(fake_all_idb1 / "xyc" / f"{stem}.xyc", ndmin=2))
+            assert np.min(np.hypot(*(xyc[stem] - [r["x"], r["y"]]).T)) <= 0.5 * np.sqrt(2)
+    dataset = load_dataset("all-idb2", tmp_path / "ALL_IDB2")
+    assert [rec.label for rec in dataset.records] == labels
+    grouped = script._dataset_grouped_by_smear(dataset, rows)
+    assert [rec.group for rec in grouped.records] == [r["group"] for r in rows]
+    # Resampled to a given pixel size: the same cells, crops of the same size, the pixel size recorded.
+    scaled = script.make_proxy(fake_all_idb1, tmp_path / "scaled", n_per_class=4, size=size, seed=0,
+                               cache=fake_cache, um_per_px=0.2, fit_um_per_px=0.2)  # fmt: skip
+    again = script.make_proxy(fake_all_idb1, tmp_path / "again", n_per_class=4, size=size, seed=0,
+                              cache=fake_cache, fit_um_per_px=0.2)  # fmt: skip
+    assert [(r["source"], r["x"], r["y"]) for r in scaled] == [(r["source"], r["x"], r["y"]) for r in again]
+    assert all(abs(r["um_per_px"] - 0.2) < 0.2 / size * 2 for r in scaled)
+    with Image.open(tmp_path / "scaled" / scaled[0]["crop"]) as im:
+        assert im.size == (size, size)
+    lines = script.scale_report(tmp_path / "ALL_IDB2", rows)
+    assert len(lines) >= 2 and sum(int(line.split(":")[1].split(";")[0]) for line in lines[1:]) == len(rows)

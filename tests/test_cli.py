@@ -314,3 +314,47 @@ def test_a_killed_worker_fails_its_image_not_the_batch():
     results = list(_run_tasks(_killed_on_b, [("a",), ("b",), ("c",)], 2, quiet=True, unit="image"))
     assert results == [{"image": "a"}, {"image": "b", "error": "its worker process was killed (out of memory?)"},
                        {"image": "c"}]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["classify", "--dataset", "all-idb1", "--json"], "--json applies to image PATHs"),
+        (["classify", "--dataset", "all-idb1", "--no-crops", "--model", "m"], "--model, --no-crops apply to image"),
+        (["classify", "x.jpg", "--folds", "3"], "--folds applies to --dataset"),
+        (["classify", "x.jpg", "--no-cnn", "--device", "cpu"], "--device, --no-cnn apply to --dataset"),
+    ],
+)
+def test_classify_refuses_the_options_of_the_other_mode(elsewhere, capsys, argv, named):
+    """An option the chosen mode would ignore is one error naming it, before any work."""
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("leukoseg: error:") and named in err[0]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_classify_dataset_pixel_size_and_protocol(elsewhere, monkeypatch, capsys):
+    """--pixel-size reaches the experiment's segmentation (single-cell crops have no red-cell ruler)."""
+    from types import SimpleNamespace
+
+    from leukoseg import datasets
+    from leukoseg.pipelines import experiment
+
+    seen = {}
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, data_dir: SimpleNamespace(name=name))
+    monkeypatch.setattr(experiment, "run_experiment", recording)
+    assert main(["classify", "--dataset", "all-idb2", "--pixel-size", "0.1", "--out", "run"]) != 0
+    assert seen["segment_params"] == {"pixel_size": 0.1}
+    # ALL-IDB2's protocol by default (10 repeats of 2-fold CV); ALL-IDB1's 5 folds, once; the options win.
+    assert (seen["n_folds"], seen["repeats"]) == (2, 10)
+    seen.clear()
+    assert main(["classify", "--dataset", "all-idb1", "--out", "run"]) != 0
+    assert seen["segment_params"] is None and (seen["n_folds"], seen["repeats"]) == (5, 1)
+    assert main(["classify", "--dataset", "all-idb2", "--out", "run", "--folds", "3", "--repeats", "2"]) != 0
+    assert (seen["n_folds"], seen["repeats"]) == (3, 2)
+    assert "stop here" in capsys.readouterr().err
