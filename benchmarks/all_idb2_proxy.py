@@ -11,8 +11,8 @@ The figures are not ALL-IDB2's. How the stand-in differs, and so how to read the
   white cells that leukoseg itself finds in the healthy smears (ALL-IDB1 marks no other cell), so every
   non-blast crop holds a cell that leukoseg segments;
 - only windows wholly inside their smear are cut (a window shifted at the border would put another cell in
-  the centre), one smear of a byte-identical pair is used (Im108_0 is Im093_0), and when a class has fewer
-  candidates than ``--n-per-class`` all of them are taken;
+  the centre), one smear of a byte-identical pair is used (Im108_0 is Im093_0), and both classes get as many
+  crops, at most ``--n-per-class`` (the healthy smears hold fewer whole cells than ALL-IDB2's 130);
 - the protocol's folds are drawn over crops, so crops of one smear land on both sides, as in published work
   on ALL-IDB2; ``--grouped`` adds a run whose folds keep each smear's crops together.
 
