@@ -440,9 +440,18 @@ def _colour(model: str, i: int = 0) -> str:
     return _MODEL_COLOUR.get(model, _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)])
 
 
+# Names of the two classes of a binary run; ALL-IDB2's records are cells, not smears.
+_BINARY_NAMES = {"all-idb2": {"0": "not blast", "1": "blast"}}
+
+
+def _dataset_name(run: _Run) -> str:
+    dataset = run.metrics.get("dataset")
+    return str(dataset.get("name", "")) if isinstance(dataset, dict) else ""
+
+
 def _class_label(run: _Run, cls: str) -> str:
     if run.task == "binary":
-        return {"0": "normal", "1": "ALL"}.get(cls, cls)
+        return _BINARY_NAMES.get(_dataset_name(run), {"0": "normal", "1": "ALL"}).get(cls, cls)
     return cls
 
 
@@ -812,10 +821,12 @@ _CELL_KINDS = (("blast", "cells labelled blast", "probability below 0.5"),
 def _disputed(run: _Run) -> _Disputed | None:
     """The cells whose out-of-fold blast probability disagrees with their label: counts per repeat, and the
     most disagreeing cells of the first repeat (every cell is scored once per repeat, so one repeat lists each
-    cell once). Binary runs with cell labels only.
+    cell once). Binary runs of smears with cell labels only.
     """
     column = _cell_prob_column(run)
     if run.task != "binary" or not run.cells or column is None or "label" not in run.cells[0]:
+        return None
+    if _dataset_name(run) in _BINARY_NAMES:  # one cell per image: its misclassified images are these cells
         return None
     image_label = {r.get("image") or "": _class_of(run, r.get("label")) for r in run.images or []}
     by_repeat: dict[str, dict[str, list[_CellCard]]] = {}

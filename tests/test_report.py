@@ -592,3 +592,18 @@ def test_disputed_cells_only_for_binary_runs_with_cell_labels(tmp_path):
     (run / "cells.csv").write_text("image,cell_id,x,y,repeat,p_blast_svm\nim/Im031_1.jpg,1,5,5,0,0.9\n")
     text = write_report(run).html.read_text(encoding="utf-8")
     assert 'id="cells"' not in text and "## Cells where" not in write_report(run).markdown.read_text()
+
+
+def test_single_cell_runs_name_their_classes_blast_and_not_blast(tmp_path):
+    """ALL-IDB2's images are cells: 'blast' / 'not blast', not 'ALL' / 'normal'; no label-audit section (its
+    misclassified images are those cells)."""
+    run = make_binary_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["dataset"]["name"] = "all-idb2"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    md = write_report(run).markdown.read_text(encoding="utf-8")
+    assert "| truth \\ predicted | not blast | blast |" in md
+    assert "| normal |" not in md and "| ALL |" not in md
+    assert "Cells where the model and the labels disagree" not in md
+    smears = write_report(make_binary_run(tmp_path / "smears")).markdown.read_text(encoding="utf-8")
+    assert "Cells where the model and the labels disagree" in smears and "| normal |" in smears
