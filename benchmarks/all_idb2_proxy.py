@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import data_dir_argument  # noqa: E402
+from _common import data_dir_argument, metrics_table  # noqa: E402
 
 MANIFEST = "proxy.csv"
 
@@ -170,16 +170,6 @@ def scale_report(out, rows: list[dict]) -> list[str]:
     return lines
 
 
-def _table(metrics: dict) -> list[str]:
-    lines = [f"{'model':9} {'accuracy':>8} {'+-':>6} {'95% CI, repeat 0':>17} {'sens':>6} {'spec':>6} {'AUC':>6}"]
-    for name, m in metrics["models"].items():
-        s, r0 = m["summary"]["all"], m["repeats"][0]["all"]
-        ci = "[{:.3f}, {:.3f}]".format(*r0["accuracy_ci"])
-        lines.append(f"{name:9} {s['accuracy']['mean']:8.3f} {s['accuracy']['std']:6.3f} {ci:>17} "
-                     f"{s['sensitivity']['mean']:6.3f} {s['specificity']['mean']:6.3f} {s['auc']['mean']:6.3f}")
-    return lines
-
-
 def _dataset_grouped_by_smear(dataset, rows: list[dict]):
     """The same crops, each with its source smear's group id (folds then keep a smear's crops together)."""
     source_group = {r["crop"]: int(r["group"]) for r in rows}
@@ -238,7 +228,7 @@ def main() -> int:
                                     segment_params=segment_params)  # fmt: skip
             print(f"\n{args.repeats} x {args.folds}-fold CV, {title}: crop accuracy (mean +- std over repeats; "
                   f"Wilson 95 % CI of repeat 0), {(time.perf_counter() - t0) / 60:.1f} min")
-            print("\n".join(_table(result.metrics)))
+            print("\n".join(metrics_table(result.metrics)))
             print(f"device: {json.dumps(result.metrics['device'])}")
     return 0
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import data_dir_argument  # noqa: E402
+from _common import data_dir_argument, metrics_table  # noqa: E402
 
 _THROUGHPUT = """
 import json, os, sys, time
@@ -36,10 +36,6 @@ clf = CNNClassifier(epochs=2, validation_fraction=0.0, random_state=0, device=sy
 dt = time.perf_counter() - t
 print(json.dumps({"backend": clf.backend_, "device": clf.device_, "patches_per_s": 2 * len(X) / dt}))
 """
-
-
-def _f(v) -> str:
-    return "   -  " if v is None else f"{v:6.3f}"
 
 
 def _throughput(patches_file: Path, device: str) -> list[str]:
@@ -105,14 +101,7 @@ def main() -> int:
           f"points matched); {m['settings']['n_folds']} folds x {args.repeats} repeat(s), seed {args.seed}")
     for stratum, title in (("all", "all 108 images"), ("one_camera", "one-camera stratum Im034-Im108")):
         print(f"\nOut-of-fold, {title} (mean +- std over repeats; Wilson 95 % CI of repeat 0)")
-        print(f"{'model':9} {'img acc':>7} {'+-':>6} {'95% CI':>15} {'sens':>6} {'spec':>6} {'img AUC':>7} "
-              f"{'cell AUC':>8} {'clean':>6}")
-        for model, res in m["models"].items():
-            s = res["summary"][stratum]
-            ci = res["repeats"][0][stratum]["accuracy_ci"]
-            print(f"{model:9} {_f(s['accuracy']['mean']):>7} {_f(s['accuracy']['std'])} [{ci[0]:.3f}, {ci[1]:.3f}] "
-                  f"{_f(s['sensitivity']['mean'])} {_f(s['specificity']['mean'])} {_f(s['auc']['mean']):>7} "
-                  f"{_f(s['cell_auc']['mean']):>8} {_f(s['cell_auc_clean']['mean'])}")
+        print("\n".join(metrics_table(m, stratum)))
     print("\n'clean': cell AUC of annotated blasts vs the cells of healthy images only (no unannotated blasts)")
     t = m["timings_s"]
     base = sum(t.get(k, 0) for k in ("fit_gknn", "fit_svm", "fit_knn", "inner_baseline"))

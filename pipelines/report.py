@@ -445,8 +445,7 @@ _BINARY_NAMES = {"all-idb2": {"0": "not blast", "1": "blast"}}
 
 
 def _dataset_name(run: _Run) -> str:
-    dataset = run.metrics.get("dataset")
-    return str(dataset.get("name", "")) if isinstance(dataset, dict) else ""
+    return str(_dict(run.metrics.get("dataset")).get("name", ""))
 
 
 def _class_label(run: _Run, cls: str) -> str:

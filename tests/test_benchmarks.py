@@ -167,3 +167,19 @@ def test_all_idb2_proxy_cuts_centred_crops_in_all_idb2_layout(fake_all_idb1, fak
         assert im.size == (size, size)
     lines = script.scale_report(tmp_path / "ALL_IDB2", rows)
     assert len(lines) >= 2 and sum(int(line.split(":")[1].split(";")[0]) for line in lines[1:]) == len(rows)
+
+
+def test_metrics_table_marks_figures_a_run_lacks():
+    """The benchmarks' shared table: one row per model; a single-cell run has no 'clean' cell AUC, shown as -."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _common import metrics_table
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop("_common", None)
+    figure = {"mean": 0.9, "std": 0.01}
+    summary = {k: figure for k in ("accuracy", "sensitivity", "specificity", "auc", "cell_auc")}
+    metrics = {"models": {"fused": {"summary": {"all": summary}, "repeats": [{"all": {"accuracy_ci": [0.8, 0.95]}}]}}}
+    header, row = metrics_table(metrics)
+    assert header.split()[:3] == ["model", "img", "acc"]
+    assert row.split() == ["fused", "0.900", "0.010", "[0.800,", "0.950]", "0.900", "0.900", "0.900", "0.900", "-"]
