@@ -6,7 +6,9 @@ leukoseg version give a new entry and a stale one is never read. Entries are wri
 
 An entry holds:
 
-- ``um_per_px`` (scalar) and ``columns`` (the measurement names, str);
+- ``um_per_px`` (scalar), ``scale_source`` (where it came from: ``'red cells'``, ``'given'`` or
+  ``'fallback'``, as :attr:`~leukoseg.segmentation.Segmentation.scale_source`) and ``columns`` (the
+  measurement names, str);
 - ``m_<column>`` for each measurement column of :data:`~leukoseg.segmentation.MEASUREMENT_COLUMNS`, one
   row per cell in id order;
 - ``features`` (n_cells, n_features) float64 and ``feature_names``: the :class:`~leukoseg.features.CellFeatures`
@@ -41,7 +43,7 @@ __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of a cache entry or the way it is computed changes.
-CACHE_FORMAT = 5  # 5: centroids and boxes exactly those of the upscaled label images
+CACHE_FORMAT = 6  # 6: scale_source stored; 5: centroids and boxes exactly those of the upscaled label images
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class CachedImage:
     ----------
     um_per_px : float
         Pixel size found by the segmentation.
+    scale_source : str
+        Where it came from: ``'red cells'`` (the ruler), ``'given'`` or ``'fallback'`` (too few red cells;
+        the median nucleus taken as the segmentation's fallback diameter).
     measurements : Mapping[str, ndarray]
         One array per measurement column, one row per cell.
     features : (n_cells, n_features) ndarray of float64
@@ -63,6 +68,7 @@ class CachedImage:
     """
 
     um_per_px: float
+    scale_source: str
     measurements: Mapping[str, np.ndarray] = field(repr=False)
     features: np.ndarray = field(repr=False)
     feature_names: tuple[str, ...]
@@ -157,7 +163,7 @@ def _compute(path: Path, segment_kw: Mapping, feature_kw: Mapping) -> CachedImag
         names = _feature_names_without_cells(feature_kw)
         features = np.zeros((0, len(names)))
     patches = extract_patches(image, measurements["x"], measurements["y"], um_per_px=seg.um_per_px)
-    return CachedImage(float(seg.um_per_px), measurements, features, names, patches)
+    return CachedImage(float(seg.um_per_px), str(seg.scale_source), measurements, features, names, patches)
 
 
 def _feature_names_without_cells(feature_kw: Mapping) -> tuple[str, ...]:
@@ -177,6 +183,7 @@ def _save(path: Path, entry: CachedImage) -> None:
 
     arrays: dict[str, np.ndarray | np.generic] = {
         "um_per_px": np.float64(entry.um_per_px),
+        "scale_source": np.array(entry.scale_source, dtype=str),
         "columns": np.array(list(entry.measurements), dtype=str),
         "features": entry.features,
         "feature_names": np.array(entry.feature_names, dtype=str),
@@ -193,6 +200,7 @@ def _load(path: Path) -> CachedImage:
         columns = [str(c) for c in z["columns"]]
         return CachedImage(
             float(z["um_per_px"]),
+            str(z["scale_source"]),
             {c: z[f"m_{c}"] for c in columns},
             z["features"].astype(np.float64),
             tuple(str(n) for n in z["feature_names"]),

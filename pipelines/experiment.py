@@ -89,7 +89,11 @@ Bennett et al. 1981 from the micrometre measurements). FAB is a historical morph
 reported for research only.
 
 Outputs (under the run folder, written atomically; the CSVs are byte-identical for the same seed, data,
-device and library versions): ``folds.csv``, ``cells.csv``, ``images.csv``, ``metrics.json``.
+device and library versions): ``folds.csv``, ``cells.csv``, ``images.csv``, ``metrics.json``. Each row of
+``images.csv`` ends with the image's pixel size (``um_per_px``) and where it came from (``scale_source``):
+``fallback`` marks an image with too few whole red cells for the ruler, measured as if its median nucleus
+were 9 um across (every crop of ALL-IDB2, whose 257-pixel crops hold few whole red cells); the run logs a
+warning with their number, and ``metrics.json`` counts them (``dataset.n_images_per_scale_source``).
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ import platform
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +201,16 @@ def match_blasts(points, xs, ys, *, radius: float = 50.0) -> np.ndarray:
 def _one_camera(name: str) -> bool:
     m = _IMAGE_NUMBER.search(name)
     return m is not None and int(m.group(1)) >= _ONE_CAMERA_FIRST
+
+
+def _fallback_diameter(segment_params: Mapping | None) -> float:
+    """The nucleus diameter (um) that the segmentation assumes for an image without a red-cell ruler."""
+    import inspect
+
+    from leukoseg.segmentation import segment
+
+    default = inspect.signature(segment).parameters["fallback_nucleus_diameter_um"].default
+    return float(dict(segment_params or {}).get("fallback_nucleus_diameter_um", default))
 
 
 def _seed(*parts: int) -> int:
@@ -379,6 +394,13 @@ def run_experiment(
     )  # fmt: skip
     timer.add("segment_and_features", time.perf_counter() - t)
     timer["segment_and_features_compute_cpu"] = cache_info["compute_seconds"]
+    scale_sources = dict(sorted(Counter(e.scale_source for e in entries).items()))
+    n_fallback = scale_sources.get("fallback", 0)
+    if n_fallback:
+        # Measurements (and the patches' field of view) of these images rest on an assumed nucleus size.
+        log.warning("%d of %d images hold too few whole red cells for the micrometre ruler and take the fallback "
+                    "scale (median nucleus %s um); pass the pixel size (--pixel-size) if it is known",
+                    n_fallback, len(entries), _fallback_diameter(segment_params))  # fmt: skip
 
     # 2. The cell table.
     t = time.perf_counter()
@@ -479,6 +501,7 @@ def run_experiment(
                                                               for j, c in enumerate(classes)},
             "n_cells": int(len(cell_label)), "n_cells_per_class": {c: int((cell_label == j).sum())
                                                                    for j, c in enumerate(classes)},
+            "n_images_per_scale_source": scale_sources,
         },  # fmt: skip
         "seed": seed,
         "settings": _settings(
@@ -537,7 +560,7 @@ def run_experiment(
         metrics["fab"] = fab["summary"]
 
     files = _write_outputs(out_dir, names, classes, binary, image_label, folds, cells, cell_p, img_p, img_pred,
-                           thresholds, models, primary, fab)
+                           thresholds, models, primary, fab, entries)
     timer.add("write", time.perf_counter() - t)
     timer["total"] = time.perf_counter() - t0
     metrics["timings_s"] = {k: round(v, 3) for k, v in timer.items()}
@@ -983,7 +1006,7 @@ def _csv(header: list[str], rows: list[list]) -> str:
 
 
 def _write_outputs(out_dir, names, classes, binary, image_label, folds, cells: _Cells, cell_p, img_p, img_pred,
-                   thresholds, models: Sequence[str], primary: str, fab) -> list[Path]:
+                   thresholds, models: Sequence[str], primary: str, fab, entries) -> list[Path]:
     from leukoseg.io import write_text
 
     repeats = folds.shape[0]
@@ -1023,6 +1046,7 @@ def _write_outputs(out_dir, names, classes, binary, image_label, folds, cells: _
     else:
         header = ["image", "label", "repeat", "fold", "n_cells", *(f"p_{c}" for c in classes), "pred",
                   *(f"pred_{m}" for m in models)]  # fmt: skip
+    header += ["um_per_px", "scale_source"]
     rows = []
     for r in range(repeats):
         for i in order:
@@ -1040,7 +1064,7 @@ def _write_outputs(out_dir, names, classes, binary, image_label, folds, cells: _
             else:
                 row = [*head, *(_fmt(v) for v in img_p[primary][r, i]), cls[img_pred[primary][r, i]],
                        *(cls[img_pred[m][r, i]] for m in models)]  # fmt: skip
-            rows.append(row)
+            rows.append([*row, _fmt(entries[i].um_per_px), entries[i].scale_source])
     write_text(out_dir / "images.csv", _csv(header, rows))
     return [out_dir / "folds.csv", out_dir / "cells.csv", out_dir / "images.csv"]
 

@@ -444,6 +444,14 @@ def _colour(model: str, i: int = 0) -> str:
 _BINARY_NAMES = {"all-idb2": {"0": "not blast", "1": "blast"}}
 
 
+def _fallback_fact(ds: Mapping) -> str | None:
+    """'N images without a red-cell ruler (fallback scale)', when the run counted any."""
+    n = _num(_dict(ds.get("n_images_per_scale_source")).get("fallback"))
+    if not n:
+        return None
+    return f"{int(n)} image{'s' if n != 1 else ''} without a red-cell ruler (fallback scale)"
+
+
 def _dataset_name(run: _Run) -> str:
     return str(_dict(run.metrics.get("dataset")).get("name", ""))
 
@@ -1077,11 +1085,17 @@ def _fab_data(run: _Run) -> dict | None:
     has_col = bool(run.images and "fab_subtype" in run.images[0])
     if fab is None and not has_col:
         return None
+    # One repeat's images (the first): over all repeats the counts would be image-calls, each image up to R times.
+    images = run.images or []
+    repeats = sorted({(row.get("repeat") or "").strip() for row in images}, key=lambda r: (_num(r) is None, _num(r)))
+    first = repeats[0] if repeats else ""
+    images = [row for row in images if (row.get("repeat") or "").strip() == first]
     dist = {}
-    if fab and isinstance(fab.get("distribution"), Mapping):
-        dist = {str(k): _num(v) or 0 for k, v in fab["distribution"].items()}
+    stored = fab and next((fab[k] for k in ("distribution_repeat0", "distribution") if k in fab), None)
+    if not has_col and isinstance(stored, Mapping):
+        dist = {str(k): _num(v) or 0 for k, v in stored.items()}
     rows_by: dict[str, list[dict[str, str]]] = {}
-    for row in run.images or []:
+    for row in images:
         sub = (row.get("fab_subtype") or "").strip()
         if sub:
             rows_by.setdefault(sub, []).append(row)
@@ -1095,9 +1109,10 @@ def _fab_data(run: _Run) -> dict | None:
             crit[sub][c[len("fab_pct_"):]] = sum(vals) / len(vals) if vals else None
     scores = {sub: [v for v in (_num(r.get("fab_score")) for r in rows) if v is not None]
               for sub, rows in rows_by.items()}
-    extra = {k: v for k, v in (fab or {}).items() if k not in ("distribution", "settings")}
+    extra = {k: v for k, v in (fab or {}).items() if k not in ("distribution", "distribution_repeat0", "settings")}
     return {"distribution": dist, "criteria": [c[len("fab_pct_"):] for c in cols], "pct": crit,
-            "scores": scores, "settings": (fab or {}).get("settings"), "extra": extra}
+            "scores": scores, "settings": (fab or {}).get("settings"), "extra": extra,
+            "images_of": f"repeat {first}" if len(repeats) > 1 else ""}
 
 
 def _pct_value(v: float | None) -> str:
@@ -1138,6 +1153,8 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
         facts.append(f"{_esc(ds['n_images'])} images")
     if ds.get("n_cells") is not None:
         facts.append(f"{_esc(ds['n_cells'])} cells")
+    if fallback := _fallback_fact(ds):
+        facts.append(_esc(fallback))
     if n_folds:
         facts.append(f"{_esc(n_folds)}-fold cross-validation × {_esc(reps)} repeat{'s' if reps != 1 else ''}, "
                      "folds grouped by image")
@@ -1221,7 +1238,9 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
             score = f"{sum(sc) / len(sc):.3f}" if sc else "–"
             rows.append(f'<tr><td>{_esc(sub)}</td><td class="num">{count:g}</td><td class="num">{share}</td>'
                         f'<td class="num">{score}</td>{pcts}</tr>')
-        table = (f'<table><thead><tr><th>Subtype</th><th class="num">Images</th><th class="num">Share</th>'
+        images_head = f"Images ({fab['images_of']})" if fab["images_of"] else "Images"
+        table = (f'<table><thead><tr><th>Subtype</th><th class="num">{_esc(images_head)}</th>'
+                 f'<th class="num">Share</th>'
                  f'<th class="num">Mean score</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
                  if rows else '<p class="note">No image was given a FAB subtype.</p>')
         body = (f'<p class="callout">{_esc(_FAB_NOTE)}</p>' + table
@@ -1436,6 +1455,8 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows, disputed: _Disputed | 
     settings = _dict(m.get("settings"))
     out = [f"# leukoseg report: {ds.get('name') or run.dir.name}", ""]
     facts = [f"{k} {ds[k2]}" for k, k2 in (("images", "n_images"), ("cells", "n_cells")) if ds.get(k2) is not None]
+    if fallback := _fallback_fact(ds):
+        facts.append(fallback)
     if settings.get("n_folds"):
         r = settings.get("repeats", run.repeats)
         facts.append(f"{settings['n_folds']}-fold × {r} repeat{'' if r == 1 else 's'}")
@@ -1499,7 +1520,8 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows, disputed: _Disputed | 
             rows = [[s, f"{n:g}", f"{n / total:.0%}" if total else "–",
                      *(_pct_value(fab["pct"].get(s, {}).get(cr)) for cr in fab["criteria"])]
                     for s, n in fab["distribution"].items()]
-            out += [_md_table(["Subtype", "Images", "Share", *fab["criteria"]], rows,
+            images_head = f"Images ({fab['images_of']})" if fab["images_of"] else "Images"
+            out += [_md_table(["Subtype", images_head, "Share", *fab["criteria"]], rows,
                               [False, True, True] + [True] * len(fab["criteria"])), ""]
     timings = _dict(m.get("timings_s"))
     device = _dict(m.get("device"))

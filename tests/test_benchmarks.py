@@ -97,7 +97,7 @@ def test_cold_start_keras_path_runs_on_the_bundled_model():
     assert float(out.stdout.strip().splitlines()[-1]) > 0
 
 
-def test_gknn_settings_prints_nested_inner_auc_of_each_setting(capsys):
+def test_gknn_settings_prints_inner_auc_of_each_setting_and_a_nested_choice(capsys):
     """benchmarks/gknn_settings.py on a tiny feature table: one line per setting, then the nested choice."""
     rng = np.random.default_rng(0)
     n_images, per_image = 12, 8
@@ -114,8 +114,16 @@ def test_gknn_settings_prints_nested_inner_auc_of_each_setting(capsys):
     results = script.evaluate(X, label, image, image_label, groups, folds, settings, seed=0, repeat=0)
     out = capsys.readouterr().out.splitlines()
     assert [r["name"] for r in results] == ["a", "b"] and len(out) == 3
-    assert all(0.5 < r["nested_inner_auc"] <= 1 and 0.5 < r["cell_auc"] <= 1 for r in results)
-    assert out[2].startswith("best by nested inner AUC: ")
+    assert all(0.5 < r["inner_auc"] <= 1 and 0.5 < r["cell_auc"] <= 1 for r in results)
+    assert out[2].startswith("nested selection (setting per fold [")
+    # Each fold takes the setting with its best inner AUC; its test cells get that setting's scores.
+    from sklearn.metrics import roc_auc_score
+
+    p = np.full(len(label), np.nan)
+    for k in range(3):
+        best = max(results, key=lambda r: r["fold_inner_auc"][k])
+        p[folds[image] == k] = best["p_out"][folds[image] == k]
+    assert f"out-of-fold cell AUC {roc_auc_score(label, p):.4f};" in out[2]
     # The width reweighs neighbours: the nearest (distance 0) weighs 1, the k-th exp(-width).
     from leukoseg.classify.gknn import gaussian_vote
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,13 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert {"numpy", "scikit-learn", "scikit-image", "opencv", "deap"} <= set(metrics["versions"])
     assert metrics["models"]["baseline"]["repeats"][0]["one_camera"]["n"] == sum(
         int(Path(i["image"]).stem[2:5]) >= 34 for i in images if i["repeat"] == "0")
+    # Every image says its pixel size and where it came from; metrics.json counts the sources.
+    sources = {i["image"]: (i["um_per_px"], i["scale_source"]) for i in images}
+    assert len(sources) == len(dataset)  # one value per image, the same in every repeat
+    assert all(float(um) > 0 and src in ("red cells", "fallback") for um, src in sources.values())
+    counts = metrics["dataset"]["n_images_per_scale_source"]
+    assert sum(counts.values()) == len(dataset)
+    assert counts == {s: sum(src == s for _, src in sources.values()) for s in counts}
 
 
 @pytest.mark.parametrize("refit", [False, True])
@@ -355,7 +363,7 @@ def test_experiment_on_a_folder_of_classes(fast, tmp_path):
     assert m["models"]["baseline"]["summary"]["all"]["accuracy"]["mean"] >= 0.75
 
 
-def test_experiment_on_single_cell_crops(fast, tmp_path):
+def test_experiment_on_single_cell_crops(fast, tmp_path, caplog):
     """ALL-IDB2 layout: img/ImXXX_Y.tif crops; one cell (the central one) per image."""
     root = tmp_path / "ALL_IDB2" / "img"
     root.mkdir(parents=True)
@@ -365,7 +373,14 @@ def test_experiment_on_single_cell_crops(fast, tmp_path):
                           seed=700 + i).image  # fmt: skip
         Image.fromarray(crop).save(root / f"Im{i + 1:03d}_{label}.tif")
     dataset = load_dataset("all-idb2", root.parent)
-    result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **fast)
+    with caplog.at_level(logging.WARNING, logger="leukoseg.pipelines.experiment"):
+        result = run_experiment(dataset, tmp_path / "run", n_folds=2, cache_dir=tmp_path / "cache", **fast)
+    # A small crop may hold too few whole red cells for the ruler (here the drawn red cells are small, and
+    # most crops have enough): the run counts and names the fallback, and says how to avoid it.
+    counts = result.metrics["dataset"]["n_images_per_scale_source"]
+    assert sum(counts.values()) == 12 and counts.get("fallback", 0) >= 1
+    message = f"{counts['fallback']} of 12 images hold too few whole red cells"
+    assert any(message in r.getMessage() and "--pixel-size" in r.getMessage() for r in caplog.records)
     cells = _read(tmp_path / "run" / "cells.csv")
     per_image = {}
     for c in cells:
@@ -374,6 +389,8 @@ def test_experiment_on_single_cell_crops(fast, tmp_path):
     assert result.metrics["task"] == "binary" and "one_camera" not in result.metrics["models"]["fused"]["summary"]
     images = _read(tmp_path / "run" / "images.csv")
     assert {i["label"] for i in images} == {"0", "1"} and {i["pred"] for i in images} <= {"0", "1"}
+    repeats = result.metrics["settings"]["repeats"]
+    assert sum(i["scale_source"] == "fallback" for i in images) == counts["fallback"] * repeats
 
 
 # --- command line ----------------------------------------------------------------------------------------

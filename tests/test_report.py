@@ -95,7 +95,7 @@ def make_binary_run(root: Path, *, models=ALL_MODELS, repeats: int = 2, fab: boo
         metrics["versions"] = {"python": "3.11", "leukoseg": "0.1.0"}
     primary = metrics["primary_model"]
     if fab:
-        metrics["fab"] = {"settings": {"min_blasts": 3}, "distribution": {"L1": 3, "L2": 1, "L3": 0},
+        metrics["fab"] = {"settings": {"min_blasts": 3}, "distribution_repeat0": {"L1": 3, "L2": 1, "L3": 0},
                           "note": "research only"}
     header = ["image", "label", "repeat", "fold", "n_cells", *(f"p_{m}" for m in models),
               *(f"pred_{m}" for m in models), "pred", "n_blasts_predicted", "threshold"]
@@ -607,3 +607,34 @@ def test_single_cell_runs_name_their_classes_blast_and_not_blast(tmp_path):
     assert "Cells where the model and the labels disagree" not in md
     smears = write_report(make_binary_run(tmp_path / "smears")).markdown.read_text(encoding="utf-8")
     assert "Cells where the model and the labels disagree" in smears and "| normal |" in smears
+
+
+def test_report_says_how_many_images_took_the_fallback_scale(tmp_path):
+    run = make_binary_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    report = write_report(run)
+    assert "red-cell ruler" not in report.markdown.read_text(encoding="utf-8")  # older runs: no count, no claim
+    for counts, phrase in (({"fallback": 3, "red cells": 105}, "3 images without a red-cell ruler"),
+                           ({"fallback": 1}, "1 image without a red-cell ruler"), ({"red cells": 108}, None)):
+        metrics["dataset"]["n_images_per_scale_source"] = counts
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        report = write_report(run)
+        for text in (report.markdown.read_text(encoding="utf-8"), report.html.read_text(encoding="utf-8")):
+            assert (phrase in text) if phrase else ("red-cell ruler" not in text)
+
+
+def test_fab_table_counts_the_images_of_one_repeat(tmp_path):
+    """Over R repeats images.csv holds R rows per image: the FAB table counts images, not image-calls."""
+    run = make_binary_run(tmp_path, repeats=3)
+    rows = list(csv.DictReader((run / "images.csv").read_text().splitlines()))
+    first = [r for r in rows if r["repeat"] == "0" and r["fab_subtype"]]
+    expected = {s: sum(r["fab_subtype"] == s for r in first) for s in ("L1", "L2")}
+    assert 0 < len(first) < sum(bool(r["fab_subtype"]) for r in rows)  # the other repeats would add calls
+    md = write_report(run).markdown.read_text(encoding="utf-8")
+    assert "| Subtype | Images (repeat 0) | Share |" in md
+    for sub, n in expected.items():
+        assert f"| {sub} | {n} |" in md
+    html = write_report(run).html.read_text(encoding="utf-8")
+    assert "Images (repeat 0)" in html
+    one = make_binary_run(tmp_path / "one", repeats=1)
+    assert "| Subtype | Images | Share |" in write_report(one).markdown.read_text(encoding="utf-8")
