@@ -33,3 +33,51 @@ def metrics_table(metrics: dict, stratum: str = "all") -> list[str]:
                      f"{_f(s['sensitivity']['mean'])} {_f(s['specificity']['mean'])} {_f(s['auc']['mean']):>7} "
                      f"{_f(mean['cell_auc']):>8} {_f(mean['cell_auc_clean'])}")
     return lines
+
+
+def cell_count_reference(run_dir: Path) -> list[str]:
+    """What the number of detected cells alone does on a run's folds: a reference row for the image figures.
+
+    For each repeat and fold, the smear is called ALL when its cell count reaches a threshold chosen on that
+    fold's training images (maximum balanced accuracy, as the models' thresholds), read from the run's
+    ``images.csv``. ALL smears of ALL-IDB1 hold more white cells than healthy ones, so a model's image
+    accuracy is best read beside this, and beside the image AUC of the model's highest cell probability
+    (``cells.csv``; 0 for a smear without cells), a score that does not count cells.
+    """
+    import csv
+
+    import numpy as np
+
+    from leukoseg.pipelines.metrics import choose_threshold, roc_auc
+
+    with open(Path(run_dir) / "images.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(Path(run_dir) / "cells.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    model = "fused" if cells and "p_blast_fused" in cells[0] else "baseline"
+    top: dict[tuple[str, str], float] = {}  # (repeat, image): the model's highest cell probability
+    for c in cells:
+        key = (c["repeat"], c["image"])
+        top[key] = max(top.get(key, 0.0), float(c[f"p_blast_{model}"]))
+    lines = []
+    for stratum, keep in (("all images", lambda name: True),
+                          ("one camera (Im034-Im108)", lambda name: int(Path(name).stem[2:5]) >= 34)):  # fmt: skip
+        acc, auc, auc_top = [], [], []
+        for r in sorted({row["repeat"] for row in rows}, key=int):
+            rep = [row for row in rows if row["repeat"] == r]
+            n = np.array([int(row["n_cells"]) for row in rep], dtype=float)
+            y = np.array([int(row["label"]) for row in rep])
+            fold = np.array([int(row["fold"]) for row in rep])
+            pred = np.zeros(len(rep), dtype=int)
+            for k in np.unique(fold):
+                pred[fold == k] = n[fold == k] >= choose_threshold(n[fold != k], y[fold != k])
+            mask = np.array([keep(row["image"]) for row in rep])
+            acc.append(float(np.mean(pred[mask] == y[mask])))
+            auc.append(roc_auc(y[mask], n[mask]))
+            p_top = np.array([top.get((r, row["image"]), 0.0) for row in rep])  # no cell: 0
+            auc_top.append(roc_auc(y[mask], p_top[mask]))
+        spread = f" +- {np.std(acc, ddof=1):.3f}" if len(acc) > 1 else ""
+        lines.append(f"cell count alone, {stratum}: image accuracy {np.mean(acc):.3f}{spread} (threshold from "
+                     f"each fold's training images), AUC of the count {np.mean(auc):.3f}; AUC of the {model} "
+                     f"model's highest cell probability, which ignores the count, {np.mean(auc_top):.3f}")
+    return lines

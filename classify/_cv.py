@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["inner_cv_splits"]
 
@@ -14,7 +15,7 @@ _REDRAWS = 10  # draws of grouped folds tried per fold count before fewer folds 
 
 
 def inner_cv_splits(
-    y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
+    y: np.ndarray, groups: ArrayLike | None, n_splits: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified (and, with `groups`, grouped) shuffled k-fold splits of the training data.
 
@@ -26,7 +27,7 @@ def inner_cv_splits(
     ----------
     y : (n_samples,) ndarray
         Class labels.
-    groups : (n_samples,) ndarray or None
+    groups : (n_samples,) array-like or None
         Group of each sample (e.g. its image); samples of a group stay in the same fold.
     n_splits : int
         Wanted number of folds, at least 2.

@@ -7,7 +7,10 @@ the same batch every time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["DIHEDRAL_SQUARE", "DIHEDRAL_RECT", "augment_batch", "dihedral", "dihedral_mean"]
 
@@ -47,7 +50,7 @@ def dihedral(patches: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.rot90(out, k=k, axes=(1, 2))
 
 
-def dihedral_mean(predict, patches: np.ndarray) -> np.ndarray:
+def dihedral_mean(predict: Callable[[np.ndarray], ArrayLike], patches: np.ndarray) -> np.ndarray:
     """Test-time augmentation: the mean of `predict` over the shape-keeping dihedral views of the patches.
 
     A cell has no preferred orientation on a smear, so a classifier's output should not depend on how the

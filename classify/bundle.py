@@ -83,7 +83,6 @@ MODEL_NAMES = ("gknn", "svm", "knn", "cnn")
 _MANIFEST = "bundle.json"
 _FEATURES_FILE = "features.npz"
 _KINDS = {"gknn": "knn", "knn": "knn", "svm": "svm", "cnn": "cnn"}
-_OUTPUTS = (*MODEL_NAMES, "baseline")
 _EXPORT_ATOL = 1e-9  # exporters check the NumPy predictor against the estimator to this
 _CNN_EXPORT_ATOL = 1e-4  # float32 network
 _DIST_BLOCK = 1 << 20  # float64 values per block of the distance matrices (8 MiB)

@@ -65,7 +65,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -84,6 +84,9 @@ from ._cnn_numpy import (
     numpy_predict_proba,
 )
 from .augment import augment_batch, dihedral_mean
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = [
     "ACTIVATIONS",
@@ -125,7 +128,7 @@ def build_thanh_cnn(
     n_classes: int = 2,
     seed: int | None = None,
     activate_every_conv: bool = False,
-):
+) -> keras.Model:
     """Build the CNN of Thanh et al. (2017), or a variant of it, as an uncompiled Keras model.
 
     Layers: one "same"-padded stride-1 convolution per entry of `filters`, the activation (after the last
@@ -238,7 +241,7 @@ def build_densenet121(
     weights: str | os.PathLike[str] | None = None,
     dropout: float = 0.0,
     seed: int | None = None,
-):
+) -> keras.Model:
     """DenseNet121 (Huang et al. 2017) with a new softmax head, as an uncompiled Keras model.
 
     The convolutional part is ``keras.applications.DenseNet121(include_top=False, pooling="avg")``; its

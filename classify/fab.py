@@ -298,7 +298,7 @@ def _required_columns(settings: FABSettings) -> tuple[str, ...]:
     return cols
 
 
-def blast_mask(p_blast, *, threshold: float = 0.5) -> np.ndarray:
+def blast_mask(p_blast: ArrayLike, *, threshold: float = 0.5) -> np.ndarray:
     """The cells of an image called ALL whose morphology FAB scores: its predicted blasts.
 
     Cells with a blast probability of at least `threshold`; when there is none, the single most probable

@@ -14,10 +14,11 @@ In the experiment the fusion is fitted on *inner out-of-fold* scores of the trai
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -96,7 +97,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.device = device
 
-    def fit(self, X, y) -> StackingFusion:
+    def fit(self, X: ArrayLike, y: ArrayLike) -> StackingFusion:
         """Learn the stacking weights.
 
         Parameters
@@ -116,7 +117,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
 
         from .cnn import device_scope, resolve_device
 
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         n_classes = len(self.classes_)
@@ -167,7 +168,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
     def _inputs(self, X: np.ndarray, n_classes: int) -> np.ndarray:
         return _stack_inputs(X, n_classes, self.n_inputs, self.eps)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Fused class probabilities, computed with ``keras.ops`` on the fit's device.
 
         Parameters
@@ -185,7 +186,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         from .cnn import device_scope
 
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = cast(np.ndarray, validate_data(self, X, dtype=np.float64, reset=False))
         F = self._inputs(X, len(self.classes_))
         with device_scope(self.device_):
             # Every operand a tensor: a NumPy intercept added to a GPU tensor fails under the torch backend.
@@ -193,7 +194,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
                              ops.convert_to_tensor(self.intercept_))  # fmt: skip
             return ops.convert_to_numpy(ops.softmax(logits, axis=-1)).astype(np.float64)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Most probable class.
 
         Parameters
@@ -223,12 +224,12 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
             raise ValueError("binary_coef needs two classes")
         return self.coef_[:, 1] - self.coef_[:, 0]
 
-    def to_dict(self, inputs: list[str]) -> dict[str, Any]:
+    def to_dict(self, inputs: Sequence[str]) -> dict[str, Any]:
         """The fitted fusion as plain JSON-able data (read by :func:`fuse_numpy` and the model bundle).
 
         Parameters
         ----------
-        inputs : list of str
+        inputs : sequence of str
             Names of the stacked models, in column order.
 
         Returns

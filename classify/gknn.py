@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 from deap import base, tools
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -43,7 +45,7 @@ class _Chromosome(list):
     module, picklable, and no global state changes when a classifier is fitted.
     """
 
-    def __init__(self, genes=()) -> None:
+    def __init__(self, genes: Any = ()) -> None:
         super().__init__(genes)
         self.fitness = _FitnessMax()
 
@@ -197,12 +199,12 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         crossover_prob: float = 0.7,
         mutation_prob: float = 0.2,
         min_weight: float = 0.05,
-        vote=gaussian_vote,
+        vote: str | Callable[[np.ndarray], np.ndarray] = gaussian_vote,
         fitness: str = "auc",
         feature_cost: float = 0.05,
         init_sparsity: float = 0.5,
         n_runs: int = 1,
-        random_state=None,
+        random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.population_size = population_size
         self.n_generations = n_generations
@@ -218,7 +220,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         self.n_runs = n_runs
         self.random_state = random_state
 
-    def fit(self, X, y, groups=None) -> GeneticKNNClassifier:
+    def fit(self, X: ArrayLike, y: ArrayLike, *, groups: ArrayLike | None = None) -> GeneticKNNClassifier:
         """Run the genetic algorithm (`n_runs` times) and fit the kNN of each search's best individual.
 
         Parameters
@@ -239,7 +241,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.neighbors import KNeighborsClassifier
         from sklearn.preprocessing import StandardScaler
 
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
         check_classification_targets(y)
         self._check_params()
         self.classes_, y_codes = np.unique(y, return_inverse=True)
@@ -276,7 +278,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         self.runs_ = runs
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Neighbour votes per class.
 
         Parameters
@@ -292,7 +294,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
             to 1.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = cast(np.ndarray, validate_data(self, X, dtype=np.float64, reset=False))
         standardised = self.scaler_.transform(X)
         proba = None
         for run in self.runs_:
@@ -302,7 +304,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         assert proba is not None  # fit made n_runs >= 1 searches
         return proba / len(self.runs_)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict the class with the most votes (ties: the first in `classes_`).
 
         Parameters

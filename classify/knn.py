@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
 __all__ = ["make_knn"]
 
 
-def make_knn(*, n_neighbors: int = 5, weights: str = "uniform"):
+def make_knn(*, n_neighbors: int = 5, weights: str = "uniform") -> Pipeline:
     """Unweighted-feature kNN on standardised features, the reference for :class:`GeneticKNNClassifier`.
 
     Parameters

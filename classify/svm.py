@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -95,7 +97,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         scoring: str = "balanced_accuracy",
         calibration: str = "sigmoid",
         n_jobs: int | None = None,
-        random_state=None,
+        random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.C_grid = C_grid
         self.gamma_grid = gamma_grid
@@ -105,7 +107,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def fit(self, X, y, groups=None) -> SVMClassifier:
+    def fit(self, X: ArrayLike, y: ArrayLike, *, groups: ArrayLike | None = None) -> SVMClassifier:
         """Tune, then fit the calibrated SVMs.
 
         Parameters
@@ -125,7 +127,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.model_selection import GridSearchCV
 
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
@@ -151,7 +153,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         )  # fmt: skip
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Calibrated class probabilities.
 
         Parameters
@@ -165,10 +167,10 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
             Columns in the order of `classes_`; rows sum to 1.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = cast(np.ndarray, validate_data(self, X, dtype=np.float64, reset=False))
         return self.calibrated_.predict_proba(X)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Most probable class.
 
         Parameters
@@ -187,7 +189,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
 
 def make_svm(
     *,
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
     C_grid: Sequence[float] = _C_GRID,
     gamma_grid: Sequence[float | str] = _GAMMA_GRID,
     inner_cv: int = 3,
@@ -223,7 +225,7 @@ def make_svm(
     )
 
 
-def _svm_pipeline():
+def _svm_pipeline() -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC

@@ -9,9 +9,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from leukoseg._checks import is_real
+
 from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM
 from .rows import (
-    CELL_KEYS, LBP_RADII_UM, _as_cells, _is_bool, _is_real, _measurement_row, _measurements_of, check_lbp_radii,
+    CELL_KEYS, LBP_RADII_UM, _as_cells, _is_bool, _measurement_row, _measurements_of, check_lbp_radii,
     feature_matrix, feature_names,
 )  # fmt: skip
 
@@ -143,7 +145,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
             first = _measurements_of(cells[0], 0)
             names = sorted(
                 name for name, value in first.items()
-                if (_is_real(value) or _is_bool(value)) and name not in BOOKKEEPING_MEASUREMENTS
+                if (is_real(value) or _is_bool(value)) and name not in BOOKKEEPING_MEASUREMENTS
             )  # fmt: skip
         else:
             if isinstance(self.measurements, str):

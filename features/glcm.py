@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from leukoseg._checks import check_image, check_mask
+
 __all__ = ["GLCM_PROPERTIES", "cell_texture_features", "glcm_features", "texture_feature_names"]
 
 #: Texture properties, in the order in which they appear in the feature names.
@@ -284,12 +286,9 @@ def _as_float_vector(values: Sequence[float], name: str) -> np.ndarray:
 
 def _check_cell_crop(image: np.ndarray, nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> None:
     """An (H, W, 3) uint8 crop with boolean nucleus and cell masks of its size; ValueError otherwise."""
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be an (H, W, 3) RGB array; got shape {getattr(image, 'shape', None)}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8; got {image.dtype} (convert with skimage.util.img_as_ubyte)")
-    _check_mask(nucleus_mask, image.shape[:2], name="nucleus_mask")
-    _check_mask(cell_mask, image.shape[:2], name="cell_mask")
+    check_image(image)
+    check_mask(nucleus_mask, image.shape[:2], name="nucleus_mask")
+    check_mask(cell_mask, image.shape[:2], name="cell_mask")
 
 
 def _check_gray_and_mask(gray: np.ndarray, mask: np.ndarray, *, name: str) -> None:
@@ -297,12 +296,4 @@ def _check_gray_and_mask(gray: np.ndarray, mask: np.ndarray, *, name: str) -> No
         raise ValueError(f"{name} must be a 2-D array; got shape {getattr(gray, 'shape', None)}")
     if gray.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8; got {gray.dtype} (convert with skimage.util.img_as_ubyte)")
-    _check_mask(mask, gray.shape, name="mask")
-
-
-def _check_mask(mask: np.ndarray, shape: tuple[int, ...], *, name: str) -> None:
-    if not isinstance(mask, np.ndarray) or mask.dtype != bool:
-        dtype = getattr(mask, "dtype", type(mask).__name__)
-        raise ValueError(f"{name} must be a boolean array; got {dtype} (use mask.astype(bool) or labels == i)")
-    if mask.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {mask.shape} but the image is {tuple(shape)}; they must match")
+    check_mask(mask, gray.shape, name="mask")

@@ -7,11 +7,12 @@ directly, so the one-image ``leukoseg classify`` never imports scikit-learn.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from leukoseg._checks import is_real
 
 from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM, cell_texture_features, texture_feature_names
 from .stain import _LBP_RADII_UM, STAIN_FEATURE_NAMES, cell_stain_features, lbp_feature_names, nucleus_lbp_features
@@ -214,14 +215,10 @@ def _measurement_row(measurements: Mapping, names: Sequence[str], index: int) ->
                 "Pass measurements=[...] to choose the columns, or drop cells measured differently"
             )
         value = measurements[name]
-        if not (_is_real(value) or _is_bool(value)):
+        if not (is_real(value) or _is_bool(value)):
             raise ValueError(f"measurement {name!r} of cell {index} is not a number: {value!r}")
         row.append(float(value))
     return row
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_bool(value) -> bool:

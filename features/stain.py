@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from leukoseg._checks import check_image
+
 __all__ = [
     "STAIN_FEATURE_NAMES", "cell_stain_features", "lbp_feature_names", "nucleus_lbp_features", "stain_feature_names",
 ]  # fmt: skip
@@ -266,8 +268,7 @@ def nucleus_lbp_features(
 
     from .glcm import _check_gray_and_mask, _check_um_per_px
 
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be an (H, W, 3) RGB array; got shape {getattr(image, 'shape', None)}")
+    check_image(image)
     green = image[:, :, 1]
     _check_gray_and_mask(green, nucleus_mask, name="image")
     um_per_px = _check_um_per_px(um_per_px)

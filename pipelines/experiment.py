@@ -105,6 +105,7 @@ import platform
 import re
 import sys
 import time
+import types
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,10 +136,11 @@ _IMAGE_NUMBER = re.compile(r"Im(\d+)_")
 #: epochs on all the training images, without an early-stopping split: a split of a cross-fitting half is
 #: about six images of noisy labels, and training on all of them, and then twice as long, ranked the training
 #: cells' cross-fitted scores better in every repeat (README, "CNN variants").
-CNN_DEFAULTS = {"epochs": 30, "validation_fraction": 0.0, "batch_size": 64, "learning_rate": 1e-3}
+CNN_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
+    {"epochs": 30, "validation_fraction": 0.0, "batch_size": 64, "learning_rate": 1e-3})  # read-only
 #: GkNN settings of the experiment (updated by ``gknn_params``): five genetic searches, their votes averaged
 #: (steadier than one search, whose weights depend on its draw of inner folds).
-GKNN_DEFAULTS = {"n_runs": 5}
+GKNN_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"n_runs": 5})
 
 
 @dataclass(frozen=True)
@@ -394,8 +396,10 @@ def run_experiment(
     )  # fmt: skip
     timer.add("segment_and_features", time.perf_counter() - t)
     timer["segment_and_features_compute_cpu"] = cache_info["compute_seconds"]
+    from leukoseg.segmentation import SCALE_FALLBACK
+
     scale_sources = dict(sorted(Counter(e.scale_source for e in entries).items()))
-    n_fallback = scale_sources.get("fallback", 0)
+    n_fallback = scale_sources.get(SCALE_FALLBACK, 0)
     if n_fallback:
         # Measurements (and the patches' field of view) of these images rest on an assumed nucleus size.
         log.warning("%d of %d images hold too few whole red cells for the micrometre ruler and take the fallback "

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from leukoseg.io import _python_scalar
 
 __all__ = ["assign_folds", "check_no_leak", "groups_per_class"]
 
 
-def assign_folds(labels, groups, *, n_folds: int = 5, repeats: int = 1, seed: int = 0) -> np.ndarray:
+def assign_folds(
+    labels: ArrayLike, groups: ArrayLike, *, n_folds: int = 5, repeats: int = 1, seed: int = 0
+) -> np.ndarray:
     """Fold of every image in every repeat.
 
     :class:`~sklearn.model_selection.StratifiedGroupKFold` over images, stratified by the image label and
@@ -55,7 +61,9 @@ def assign_folds(labels, groups, *, n_folds: int = 5, repeats: int = 1, seed: in
         raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
     for c, n_groups in groups_per_class(labels, groups).items():
         if n_groups < n_folds:
-            raise ValueError(f"class {c!r} has {n_groups} distinct image(s), fewer than the {n_folds} folds; use fewer folds")
+            raise ValueError(
+                f"class {c!r} has {n_groups} distinct image(s), fewer than the {n_folds} folds; use fewer folds"
+            )
     out = np.full((repeats, len(labels)), -1, dtype=int)
     for r in range(repeats):
         splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed + r)
@@ -64,7 +72,9 @@ def assign_folds(labels, groups, *, n_folds: int = 5, repeats: int = 1, seed: in
     return out
 
 
-def check_no_leak(train_images, test_images, train_groups, test_groups) -> None:
+def check_no_leak(
+    train_images: ArrayLike, test_images: ArrayLike, train_groups: ArrayLike, test_groups: ArrayLike
+) -> None:
     """Raise if an image, or a group of identical images, is on both sides of a split.
 
     Parameters
@@ -87,7 +97,7 @@ def check_no_leak(train_images, test_images, train_groups, test_groups) -> None:
         raise AssertionError(f"groups of identical images on both sides of a split: {sorted(shared_groups)[:5]}")
 
 
-def groups_per_class(labels, groups, classes=()) -> dict:
+def groups_per_class(labels: ArrayLike, groups: ArrayLike, classes: Iterable[Any] = ()) -> dict[Any, int]:
     """Number of distinct groups (identical images count once) of each class: what a grouped split can use.
 
     Parameters

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "binary_metrics",
@@ -15,6 +19,8 @@ __all__ = [
     "roc_auc",
     "wilson_interval",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
@@ -50,7 +56,7 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def image_score(cell_scores, *, top_k: int = 3) -> float:
+def image_score(cell_scores: ArrayLike, *, top_k: int = 3) -> float:
     """Score of an image from the blast probabilities of its cells: the mean of its `top_k` highest.
 
     Missing cells count as 0: an image with fewer than `top_k` cells is scored ``sum / top_k``, and an
@@ -83,7 +89,7 @@ def image_score(cell_scores, *, top_k: int = 3) -> float:
     return float(round(s.sum() / top_k, 12))
 
 
-def choose_threshold(scores, labels) -> float:
+def choose_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
     """Choose the image-score threshold that maximises the balanced accuracy of ``score >= threshold``.
 
     Candidates are the midpoints between consecutive distinct scores (and 0.5 when all scores are on one
@@ -101,15 +107,34 @@ def choose_threshold(scores, labels) -> float:
     float
         The threshold; an image is called positive when its score is at or above it.
 
+    Raises
+    ------
+    ValueError
+        If `scores` and `labels` differ in length.
+
+    Notes
+    -----
+    When `labels` hold a single class (or none: no images), no threshold is better than another and 0.5 is
+    returned, with a debug log line. :func:`choose_image_rule` relies on this: a training set of one class
+    still gets a rule.
+
     Examples
     --------
     >>> choose_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])
     0.25
+    >>> choose_threshold([0.2, 0.3], [1, 1])
+    0.5
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
+    if len(scores) != len(labels):
+        raise ValueError(
+            f"scores and labels must have the same length; got {len(scores)} scores and {len(labels)} labels"
+        )
     values = np.unique(scores)
     candidates = np.concatenate([[0.5], (values[:-1] + values[1:]) / 2]) if len(values) > 1 else np.array([0.5])
     if len(np.unique(labels)) < 2:
+        log.debug("choose_threshold: the %d labels hold %s; threshold 0.5", len(labels),
+                  f"one class ({labels[0]})" if len(labels) else "no class")  # fmt: skip
         return 0.5
     best, best_key = 0.5, None
     for t in candidates:
@@ -121,7 +146,9 @@ def choose_threshold(scores, labels) -> float:
     return float(round(best, 12))
 
 
-def choose_image_rule(cell_scores, labels, *, top_ks=(1, 2, 3)) -> tuple[int, float]:
+def choose_image_rule(
+    cell_scores: Sequence[ArrayLike], labels: ArrayLike, *, top_ks: Sequence[int] = (1, 2, 3)
+) -> tuple[int, float]:
     """Choose the image rule on training images: which top-k mean, and its threshold (:func:`choose_threshold`).
 
     The k whose image scores, at their best threshold, give the highest balanced accuracy wins; ties go to
@@ -175,7 +202,7 @@ def choose_image_rule(cell_scores, labels, *, top_ks=(1, 2, 3)) -> tuple[int, fl
     return best
 
 
-def roc_auc(labels, scores) -> float | None:
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """Area under the ROC curve, or None when only one class is present.
 
     Parameters
@@ -198,7 +225,7 @@ def roc_auc(labels, scores) -> float | None:
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
-def binary_metrics(labels, pred, scores=None) -> dict:
+def binary_metrics(labels: ArrayLike, pred: ArrayLike, scores: ArrayLike | None = None) -> dict[str, Any]:
     """Accuracy, sensitivity, specificity (each with its Wilson 95 % interval) and the AUC of `scores`.
 
     Parameters
@@ -228,7 +255,7 @@ def binary_metrics(labels, pred, scores=None) -> dict:
     return out
 
 
-def multiclass_metrics(labels, pred, classes) -> dict:
+def multiclass_metrics(labels: ArrayLike, pred: ArrayLike, classes: Sequence[Any]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class recall (Wilson 95 % intervals) and the confusion matrix.
 
     Parameters

@@ -17,9 +17,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from leukoseg.classify.bundle import ModelBundle
+    from leukoseg.segmentation import Segmentation
 
 __all__ = ["Classification", "classify_image", "default_model_dir", "load_model", "write_classification"]
 
@@ -39,7 +43,7 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("leukoseg") / "models" / "default"))
 
 
-def load_model(path: str | os.PathLike[str] | None = None):
+def load_model(path: str | os.PathLike[str] | None = None) -> ModelBundle:
     """Load a model bundle (default: the bundled one), checked for version and integrity.
 
     Parameters
@@ -164,7 +168,9 @@ class Classification:
         }
 
 
-def classify_image(image: np.ndarray, model, *, seg=None, pixel_size: float | None = None):
+def classify_image(
+    image: np.ndarray, model: ModelBundle, *, seg: Segmentation | None = None, pixel_size: float | None = None
+) -> tuple[Segmentation, Classification]:
     """Segment one smear and classify it.
 
     Parameters
@@ -252,8 +258,16 @@ def blast_colors(cell_ids, p_blast) -> dict[int, tuple[int, int, int]]:
     return out
 
 
-def write_classification(out_dir, image: np.ndarray, seg, result: Classification, *, crops: bool = True,
-                         summary: Mapping[str, Any] | None = None, threads: int = 1) -> Path:
+def write_classification(
+    out_dir: str | os.PathLike[str],
+    image: np.ndarray,
+    seg: Segmentation,
+    result: Classification,
+    *,
+    crops: bool = True,
+    summary: Mapping[str, Any] | None = None,
+    threads: int = 1,
+) -> Path:
     """Write the segmentation outputs of one image plus its classification, atomically.
 
     ``cells.csv`` and ``cells.geojson`` gain ``p_blast`` (the primary model) and ``p_blast_<model>``

@@ -19,9 +19,11 @@ estimate of how the bundle performs (figures computed on the training images the
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,21 +35,25 @@ from .folds import groups_per_class
 from .metrics import choose_image_rule
 from .report import load_metrics
 
+if TYPE_CHECKING:
+    from leukoseg.classify.fab import FABSettings
+    from leukoseg.datasets import Dataset
+
 __all__ = ["train_bundle"]
 
 log = logging.getLogger(__name__)
 
 
 def train_bundle(
-    dataset,
-    out_dir,
+    dataset: Dataset,
+    out_dir: str | os.PathLike[str],
     *,
     seed: int = 0,
-    cache_dir=None,
+    cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 1,
     device: str = "auto",
     cnn: bool = True,
-    top_k=(1, 2, 3),
+    top_k: int | Sequence[int] = (1, 2, 3),
     match_radius_px: float = 50.0,
     inner_folds: int = 3,
     cnn_inner_folds: int = 2,
@@ -56,8 +62,8 @@ def train_bundle(
     knn_params: Mapping | None = None,
     cnn_params: Mapping | None = None,
     fusion_params: Mapping | None = None,
-    fab_settings=None,
-    run_dir=None,
+    fab_settings: FABSettings | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -131,11 +137,13 @@ def train_bundle(
         except FileExistsError:
             raise LeukosegError(out_dir, "exists; pass --overwrite to replace it") from None
     fingerprint = dataset.fingerprint()  # hashes every image: once, for the run check and the provenance
-    run_metrics = _run_metrics(run_dir) if run_dir is not None else None
-    if run_metrics is not None and run_metrics["dataset_fingerprint"] != fingerprint:
-        # The bundle's provenance would otherwise quote the scores of another data set.
-        raise LeukosegError(Path(run_dir) / "metrics.json", "this run was made on other data (its data-set "
-                            "fingerprint differs from that of the training images); pass the run of this data set")
+    run_metrics = None
+    if run_dir is not None:
+        run_metrics = _run_metrics(run_dir)
+        if run_metrics["dataset_fingerprint"] != fingerprint:
+            # The bundle's provenance would otherwise quote the scores of another data set.
+            raise LeukosegError(Path(run_dir) / "metrics.json", "this run was made on other data (its data-set "
+                                "fingerprint differs from that of the training images); pass the run of this data set")
     records = list(dataset.records)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entries, _ = load_or_compute([r.path for r in records], cache_dir, workers=workers, progress=progress)

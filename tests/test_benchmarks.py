@@ -191,3 +191,26 @@ def test_metrics_table_marks_figures_a_run_lacks():
     header, row = metrics_table(metrics)
     assert header.split()[:3] == ["model", "img", "acc"]
     assert row.split() == ["fused", "0.900", "0.010", "[0.800,", "0.950]", "0.900", "0.900", "0.900", "0.900", "-"]
+
+
+def test_cell_count_reference_thresholds_the_count_on_training_folds(tmp_path):
+    """Images Im030-Im037, two folds: the count separates the classes except in one ALL smear of few cells."""
+    names = [f"im/Im{i:03d}_{label}.jpg" for i, label in zip(range(30, 38), (1, 1, 0, 0, 1, 1, 0, 0))]
+    labels = [int(n[-5]) for n in names]
+    counts = [20, 3, 2, 1, 30, 25, 4, 2]  # Im031_1 holds 3 cells: below a healthy smear's 4
+    folds = [0, 1, 0, 1, 0, 1, 0, 1]
+    (tmp_path / "images.csv").write_text("image,label,repeat,fold,n_cells\n" + "".join(
+        f"{n},{y},0,{k},{c}\n" for n, y, k, c in zip(names, labels, folds, counts)))
+    # The fused model's highest cell ranks every ALL smear first; Im036_0 has no cell (scored 0).
+    top = [0.9, 0.8, 0.1, 0.2, 0.95, 0.7, None, 0.3]
+    (tmp_path / "cells.csv").write_text("image,cell_id,repeat,p_blast_fused\n" + "".join(
+        f"{n},1,0,{p}\n" for n, p in zip(names, top) if p is not None))
+    lines = _load("experiment").cell_count_reference(tmp_path)
+    # Fold 0 tests on training fold 1's counts {3, 1, 25, 2} (labels 1, 0, 1, 0): threshold 2.5, and
+    # Im036_0 (4 cells) is called ALL. Fold 1 tests on fold 0's {20, 2, 30, 4}: threshold 12, and Im031_1
+    # (3 cells) is called normal. 6 of 8 right.
+    assert lines[0].startswith("cell count alone, all images: image accuracy 0.750 (threshold")
+    assert "AUC of the count 0.938" in lines[0]  # Im031_1's 3 cells rank below Im036_0's 4: 15 of 16 pairs
+    assert lines[0].endswith("fused model's highest cell probability, which ignores the count, 1.000")
+    # One camera: Im034-Im037 only; Im036_0 is the one error of four.
+    assert "one camera (Im034-Im108): image accuracy 0.750" in lines[1]

@@ -179,6 +179,32 @@ def test_groups_stay_in_one_inner_fold():
         GeneticKNNClassifier(**SMALL_GA).fit(X, y, groups=groups[:-1])
 
 
+@pytest.mark.parametrize("estimator", [GeneticKNNClassifier, SVMClassifier])
+def test_groups_is_keyword_only(estimator):
+    import inspect
+
+    assert inspect.signature(estimator.fit).parameters["groups"].kind is inspect.Parameter.KEYWORD_ONLY
+    X, y = _informative_problem(n_samples=40, seed=4)
+    with pytest.raises(TypeError):
+        estimator().fit(X, y, np.arange(40) % 8)  # refused before any fitting
+
+
+def test_gknn_individuals_pickle():
+    # The GA's individuals and their fitness (a DEAP Fitness of this module) survive a pickle round trip.
+    import pickle
+
+    from leukoseg.classify.gknn import _Chromosome
+
+    scored = _Chromosome([0.5, 1.0, 3])
+    scored.fitness.values = (0.75,)
+    for individual in (scored, _Chromosome([0.2, 0.0, 1])):
+        restored = pickle.loads(pickle.dumps(individual))
+        assert restored == individual
+        assert type(restored.fitness) is type(individual.fitness)
+        assert restored.fitness.valid == individual.fitness.valid
+        assert restored.fitness.wvalues == individual.fitness.wvalues
+
+
 @pytest.mark.parametrize(
     ("params", "match"),
     [

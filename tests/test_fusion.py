@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from leukoseg.classify import StackingFusion, fuse_numpy
 
@@ -78,6 +78,75 @@ def test_fusion_validates_and_does_not_mutate():
         StackingFusion(device="cpu").fit(X, np.zeros(len(y)))
     with pytest.raises(ValueError, match="class_weight"):
         StackingFusion(class_weight="auto", device="cpu").fit(X, y)
+
+
+def _three_models_three_classes(n: int = 150, seed: int = 0):
+    """String labels of three classes; model A informative, models B and C noise (n_inputs=3, 9 columns)."""
+    rng = np.random.default_rng(seed)
+    codes = np.arange(n) % 3
+    good = np.eye(3)[codes] * 0.6 + rng.dirichlet(np.ones(3), n) * 0.4
+    X = np.hstack([good, rng.dirichlet(np.ones(3), n), rng.dirichlet(np.ones(3), n)])
+    return X, np.array(["blast", "lymphocyte", "other"])[codes]
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fusion_estimator_contract(n_classes):
+    """What the expected failures of scikit-learn's checks (tests/test_classifiers.py) leave unchecked.
+
+    Those checks feed X of another number of columns than ``n_inputs * n_classes``, so they say nothing of
+    StackingFusion; here the same contract is checked on inputs of its layout.
+    """
+    import pickle
+
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    if n_classes == 2:
+        X, y = _two_models(n=120, seed=4)
+        fusion = StackingFusion(n_iter=50, l2=0.1, device="cpu")
+    else:
+        X, y = _three_models_three_classes(seed=4)
+        fusion = StackingFusion(n_inputs=3, n_iter=50, l2=0.1, class_weight=None, device="cpu")
+    params = fusion.get_params()
+
+    # Not fitted: check_is_fitted and the predictions refuse.
+    with pytest.raises(NotFittedError):
+        check_is_fitted(fusion)
+    with pytest.raises(NotFittedError):
+        fusion.predict_proba(X)
+
+    # get_params / set_params round trip.
+    other = StackingFusion()
+    assert other.set_params(**params) is other
+    assert other.get_params() == params
+    assert StackingFusion(**params).get_params() == params
+
+    # fit returns self, and changes neither the parameters nor the input arrays.
+    X_before, y_before = X.copy(), y.copy()
+    assert fusion.fit(X, y) is fusion
+    check_is_fitted(fusion)
+    assert fusion.get_params() == params
+    assert_array_equal(X, X_before)
+    assert_array_equal(y, y_before)
+    assert_array_equal(fusion.classes_, np.unique(y))
+    proba = fusion.predict_proba(X)
+    assert proba.shape == (len(y), n_classes)
+
+    # clone: a new, unfitted estimator with equal parameters; the fitted one is left as it was.
+    unfitted = clone(fusion)
+    assert unfitted is not fusion
+    assert unfitted.get_params() == params
+    with pytest.raises(NotFittedError):
+        check_is_fitted(unfitted)
+    assert_array_equal(fusion.predict_proba(X), proba)
+
+    # A pickle round trip (in memory) predicts identically.
+    restored = pickle.loads(pickle.dumps(fusion))
+    assert restored.get_params() == params
+    assert_array_equal(restored.classes_, fusion.classes_)
+    assert_array_equal(restored.predict_proba(X), proba)
+    assert_array_equal(restored.predict(X), fusion.predict(X))
 
 
 @pytest.mark.gpu

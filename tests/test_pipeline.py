@@ -17,7 +17,9 @@ from leukoseg.datasets import load_dataset
 from leukoseg.errors import LeukosegError
 from leukoseg.pipelines.experiment import match_blasts, run_experiment
 from leukoseg.pipelines.folds import assign_folds, check_no_leak
-from leukoseg.pipelines.metrics import binary_metrics, choose_threshold, image_score, roc_auc, wilson_interval
+from leukoseg.pipelines.metrics import (
+    binary_metrics, choose_image_rule, choose_threshold, image_score, roc_auc, wilson_interval,
+)  # fmt: skip
 from leukoseg.synthetic import make_smear
 
 ALL_MODELS = ("knn", "gknn", "svm", "baseline", "cnn", "fused")
@@ -57,6 +59,23 @@ def test_choose_image_rule_learns_k_and_threshold():
     assert choose_image_rule([[0.9], [0.6, 0.6, 0.6]], [1, 0], top_ks=(3,))[0] == 3
     with pytest.raises(ValueError, match="top_ks is empty"):
         choose_image_rule([[0.5]], [1], top_ks=())
+
+
+def test_choose_threshold_refuses_unequal_lengths():
+    with pytest.raises(ValueError, match="same length; got 3 scores and 2 labels"):
+        choose_threshold([0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(ValueError, match="same length"):
+        choose_image_rule([[0.9], [0.1]], [1, 0, 1])
+
+
+def test_choose_threshold_one_class_is_logged(caplog):
+    with caplog.at_level(logging.DEBUG, logger="leukoseg.pipelines.metrics"):
+        assert choose_threshold([0.2, 0.3], [1, 1]) == 0.5
+        assert choose_threshold([], []) == 0.5
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG] * 2
+    assert "one class (1)" in caplog.records[0].getMessage()
+    assert "no class" in caplog.records[1].getMessage()
+    assert choose_image_rule([[0.9], [0.8]], [1, 1]) == (1, 0.5)
 
 
 def test_choose_threshold_maximises_balanced_accuracy():

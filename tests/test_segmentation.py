@@ -287,6 +287,70 @@ def test_bad_arrays_are_refused(bad):
         segment(bad)
 
 
+_BAD_IMAGES = {
+    "grey-level": (np.zeros((40, 40), np.uint8), r"image must be \(H, W, 3\) RGB, got shape \(40, 40\)"),
+    "RGBA": (np.zeros((40, 40, 4), np.uint8), r"image must be \(H, W, 3\) RGB, got shape \(40, 40, 4\)"),
+    "float": (np.zeros((40, 40, 3)), "image must be uint8, got float64"),
+    "16-bit": (np.zeros((40, 40, 3), np.uint16), "image must be uint8, got uint16"),
+    "empty": (np.zeros((0, 40, 3), np.uint8), "image is empty"),
+    "list": ([[[0, 0, 0]]], "image must be a numpy array, got list"),
+}
+_IMAGE_STAGES = {
+    "segment": lambda im: segment(im),
+    "estimate_scale": lambda im: estimate_scale(im),
+    "background_level": lambda im: background_level(im),
+    "stain_excess": lambda im: stain_excess(im, background=200.0),
+    "measure_cells": lambda im: measure_cells(im, np.zeros((40, 40), int), np.zeros((40, 40), int), um_per_px=0.5),
+    "extract_patch": lambda im: extract_patch(im, 5.0, 5.0, um_per_px=0.5),
+    "extract_patches": lambda im: extract_patches(im, [], [], um_per_px=0.5),
+    "cell_stain_features": lambda im: cell_stain_features(im, np.ones((40, 40), bool), np.ones((40, 40), bool),
+                                                          um_per_px=0.5),  # fmt: skip
+    "nucleus_lbp_features": lambda im: nucleus_lbp_features(im, np.ones((40, 40), bool), um_per_px=0.5),
+}
+
+
+@pytest.mark.parametrize("bad", list(_BAD_IMAGES))
+@pytest.mark.parametrize("stage", list(_IMAGE_STAGES))
+def test_every_image_stage_refuses_a_bad_image_with_one_message(stage, bad):
+    """The stages share one check: a clear ValueError before any work (never None, nor an OpenCV assertion)."""
+    image, message = _BAD_IMAGES[bad]
+    with pytest.raises(ValueError, match=message):
+        _IMAGE_STAGES[stage](image)
+
+
+def test_stages_refuse_bad_labels_masks_and_numbers():
+    image = np.full((40, 40, 3), 200, np.uint8)
+    labels = np.zeros((40, 40), np.int32)
+    with pytest.raises(ValueError, match="nuclei must be an integer label image"):
+        measure_cells(image, labels.astype(float), labels, um_per_px=0.5)
+    with pytest.raises(ValueError, match=r"cells has shape \(40, 39\) but the image is \(40, 40\)"):
+        measure_cells(image, labels, labels[:, 1:], um_per_px=0.5)
+    with pytest.raises(ValueError, match="nuclei holds negative labels"):
+        measure_cells(image, labels - 1, labels, um_per_px=0.5)
+    with pytest.raises(ValueError, match="um_per_px must be a finite positive number"):
+        measure_cells(image, labels, labels, um_per_px=-0.5)
+    with pytest.raises(ValueError, match="excess has shape"):
+        measure_cells(image, labels, labels, um_per_px=0.5, excess=np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="stained must be a boolean array"):
+        estimate_scale(image, stained=labels)
+    with pytest.raises(ValueError, match="min_red_cells must be a positive int"):
+        estimate_scale(image, min_red_cells=0)
+    with pytest.raises(ValueError, match="channel must be 0"):
+        background_level(image, channel=3)
+    with pytest.raises(ValueError, match="background must be a finite positive number"):
+        stain_excess(image, background=0)
+    with pytest.raises(ValueError, match="patch centre must be finite"):
+        extract_patch(image, float("nan"), 3.0, um_per_px=0.5)
+    with pytest.raises(ValueError, match="patch_size must be a positive int"):
+        extract_patches(image, [], [], um_per_px=0.5, patch_size=0)
+    smear = make_smear(shape=(120, 160), kinds=("lymphocyte",), n_touching_pairs=0, seed=2)
+    seg = segment(smear.image)
+    with pytest.raises(ValueError, match="but the segmentation is of a"):
+        draw_overlay(smear.image[:60], seg)
+    with pytest.raises(ValueError, match="max_side must be a positive int"):
+        draw_overlay(smear.image, seg, max_side=0)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -8,11 +8,14 @@ from ._color import background_level, stain_excess
 from ._crops import extract_patch, extract_patches
 from ._measure import MEASUREMENT_COLUMNS, measure_cells
 from ._outputs import cells_geojson, draw_overlay, write_segmentation
-from ._scale import Scale, estimate_scale
+from ._scale import SCALE_FALLBACK, SCALE_GIVEN, SCALE_RED_CELLS, Scale, estimate_scale
 from ._segment import Segmentation, segment
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
+    "SCALE_FALLBACK",
+    "SCALE_GIVEN",
+    "SCALE_RED_CELLS",
     "Scale",
     "Segmentation",
     "background_level",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import check_image, check_positive
+
 __all__ = ["background_level", "stain_excess"]
 
 
@@ -32,11 +34,12 @@ def background_level(image: np.ndarray, *, channel: int = 1) -> float:
     Raises
     ------
     ValueError
-        If `image` is empty.
+        If `image` is not a non-empty (H, W, 3) uint8 array or `channel` is not 0, 1 or 2.
     """
+    check_image(image)
+    if isinstance(channel, bool) or channel not in (0, 1, 2):
+        raise ValueError(f"channel must be 0 (red), 1 (green) or 2 (blue), got {channel!r}")
     values = image[::4, ::4, channel]
-    if values.size == 0:
-        raise ValueError("image is empty")
     return float(max(_percentile_uint8(values, 95.0), 1.0))
 
 
@@ -67,12 +70,20 @@ def stain_excess(image: np.ndarray, *, background: float | None = None) -> np.nd
     (H, W) ndarray of float32
         ``255 * (B - G) / background``: about 0 on red cells and background, 40-120 on nuclei.
 
+    Raises
+    ------
+    ValueError
+        If `image` is not a non-empty (H, W, 3) uint8 array or `background` is not positive.
+
     Examples
     --------
     >>> px = np.array([[[110, 50, 160], [220, 210, 200]]], np.uint8)  # a nucleus and the background
     >>> stain_excess(px, background=210).astype(np.float64).round(1).tolist()
     [[133.6, -12.1]]
     """
+    check_image(image)
+    if background is not None:
+        check_positive("background", background)
     bg = background_level(image) if background is None else float(background)
     b = image[..., 2].astype(np.float32)
     g = image[..., 1].astype(np.float32)

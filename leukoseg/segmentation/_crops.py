@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._checks import check_image, is_real
+
 __all__ = ["extract_patch", "extract_patches"]
 
 
@@ -42,18 +44,38 @@ def extract_patch(
         Borders beyond the image are filled by reflection; a patch shrunk from a window that lies wholly
         outside the image (a centre far off the image) is black.
 
+    Raises
+    ------
+    ValueError
+        If `image` is not a non-empty (H, W, 3) uint8 array, the centre is not finite, or a size is not
+        positive.
+
     Examples
     --------
     >>> image = np.zeros((100, 100, 3), np.uint8)
     >>> extract_patch(image, 50, 50, um_per_px=0.25).shape
     (50, 50, 3)
     """
-    import cv2
+    check_image(image)
+    _check_patch_settings(um_per_px, patch_size, patch_um_per_px)
+    return _extract_patch(image, x, y, um_per_px=um_per_px, patch_size=patch_size, patch_um_per_px=patch_um_per_px)
 
-    if not (np.isfinite(um_per_px) and np.isfinite(patch_um_per_px) and um_per_px > 0 and patch_um_per_px > 0):
+
+def _check_patch_settings(um_per_px: float, patch_size: int, patch_um_per_px: float) -> None:
+    if not (is_real(um_per_px) and is_real(patch_um_per_px) and np.isfinite(um_per_px)
+            and np.isfinite(patch_um_per_px) and um_per_px > 0 and patch_um_per_px > 0):  # fmt: skip
         raise ValueError(f"um_per_px and patch_um_per_px must be positive, got {um_per_px!r} and {patch_um_per_px!r}")
     if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
         raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+
+
+def _extract_patch(image: np.ndarray, x: float, y: float, *, um_per_px: float, patch_size: int,
+                   patch_um_per_px: float) -> np.ndarray:
+    """:func:`extract_patch` of an image and settings already checked."""
+    import cv2
+
+    if not (is_real(x) and is_real(y) and np.isfinite(x) and np.isfinite(y)):
+        raise ValueError(f"the patch centre must be finite numbers, got x={x!r}, y={y!r}")
     s = um_per_px / patch_um_per_px  # patch pixels per image pixel
     c = (patch_size - 1) / 2.0
     # Affine map from image to patch: scale about (x, y), then move (x, y) to the patch centre.
@@ -65,12 +87,9 @@ def extract_patch(
     half = int(np.ceil(patch_size / s / 2)) + 2
     x0, y0 = int(np.floor(x)) - half, int(np.floor(y)) - half
     window = _window(image, x0, y0, 2 * half, 2 * half)
-    if window.dtype == np.uint8:
-        # OpenCV's fractional INTER_AREA is faster on float32; rounding back gives the uint8 answer exactly.
-        small = cv2.resize(window.astype(np.float32), None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
-        small = cv2.convertScaleAbs(small)
-    else:
-        small = cv2.resize(window, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    # OpenCV's fractional INTER_AREA is faster on float32; rounding back gives the uint8 answer exactly.
+    small = cv2.resize(window.astype(np.float32), None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    small = cv2.convertScaleAbs(small)
     shift = np.array([[1.0, 0.0, c - (s * (x - x0 + 0.5) - 0.5)], [0.0, 1.0, c - (s * (y - y0 + 0.5) - 0.5)]])
     return cv2.warpAffine(small, shift, (patch_size, patch_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
@@ -118,10 +137,18 @@ def extract_patches(
     -------
     (N, patch_size, patch_size, 3) ndarray of uint8
         One patch per centre, in the order of `xs` and `ys`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`extract_patch`, or if `xs` and `ys` differ in length.
     """
+    check_image(image)
+    _check_patch_settings(um_per_px, patch_size, patch_um_per_px)
     if len(xs) != len(ys):
         raise ValueError(f"xs and ys must have the same length, got {len(xs)} and {len(ys)}")
     out = np.zeros((len(xs), patch_size, patch_size, 3), np.uint8)
     for i, (x, y) in enumerate(zip(xs, ys)):
-        out[i] = extract_patch(image, x, y, um_per_px=um_per_px, patch_size=patch_size, patch_um_per_px=patch_um_per_px)
+        out[i] = _extract_patch(image, x, y, um_per_px=um_per_px, patch_size=patch_size,
+                                patch_um_per_px=patch_um_per_px)
     return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import check_image, check_labels, check_positive
+
 __all__ = ["MEASUREMENT_COLUMNS", "measure_cells"]
 
 #: Columns of the measurement table, in order (also the columns of ``cells.csv``).
@@ -71,12 +73,25 @@ def measure_cells(
     -------
     dict of str to ndarray
         The columns of :data:`MEASUREMENT_COLUMNS`, one row per cell id present, in id order.
+
+    Raises
+    ------
+    ValueError
+        If `image` is not a non-empty (H, W, 3) uint8 array, `nuclei`, `cells` or `excess` do not match its
+        size, the labels are not non-negative integers, or a size is not positive.
     """
     from ._color import stain_excess
     from ._ndimage import find_objects
 
+    check_image(image)
+    check_labels(nuclei, image.shape[:2], name="nuclei")
+    check_labels(cells, image.shape[:2], name="cells")
+    check_positive("um_per_px", um_per_px)
+    check_positive("to_input", to_input)
     if excess is None:
         excess = stain_excess(image)
+    elif np.shape(excess) != image.shape[:2]:
+        raise ValueError(f"excess has shape {np.shape(excess)} but the image is {image.shape[:2]}; they must match")
     h, w = nuclei.shape
     if input_shape is None:
         input_shape = (round(h * to_input), round(w * to_input))

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_image
 from ..errors import LeukosegError
 from ..io import _RESULT_MARKER, _refusal_to_replace, _swap_folder, _umask, encode_image
 from ._crops import extract_patch
@@ -234,7 +235,18 @@ def draw_overlay(image: np.ndarray, seg: Segmentation, *, max_side: int = OVERLA
     -------
     ndarray of uint8
         RGB overlay.
+
+    Raises
+    ------
+    ValueError
+        If `image` is not a non-empty (H, W, 3) uint8 array of the segmented image's size, or `max_side` is
+        not a positive int.
     """
+    check_image(image)
+    if image.shape[:2] != tuple(seg.input_shape):
+        raise ValueError(f"image is {image.shape[:2]} but the segmentation is of a {tuple(seg.input_shape)} image")
+    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1:
+        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
     rows = seg.rows()
     return _draw_overlay(image, seg, rows, _outlines(seg, rows), max_side=max_side, colors=colors)
 

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Scale", "estimate_scale"]
+from .._checks import check_image, check_mask, check_positive
+
+__all__ = ["SCALE_FALLBACK", "SCALE_GIVEN", "SCALE_RED_CELLS", "Scale", "estimate_scale"]
+
+#: :attr:`Scale.source` of a pixel size measured on the red cells.
+SCALE_RED_CELLS = "red cells"
+#: :attr:`Scale.source` of a pixel size given by the user.
+SCALE_GIVEN = "given"
+#: :attr:`Scale.source` of a guess: too few red cells, the median white-cell nucleus taken as a known size.
+SCALE_FALLBACK = "fallback"
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,23 @@ def estimate_scale(
     -------
     Scale or None
         None when too few red cells are visible (a single-cell crop, a thick area).
+
+    Raises
+    ------
+    ValueError
+        If `image` is not a non-empty (H, W, 3) uint8 array, `stained` not a boolean mask of its size, or a
+        setting is out of range.
     """
     import cv2
 
     from ._ndimage import threshold_otsu
 
+    check_image(image)
+    if stained is not None:
+        check_mask(stained, image.shape[:2], name="stained")
+    check_positive("red_cell_diameter_um", red_cell_diameter_um)
+    if isinstance(min_red_cells, bool) or not isinstance(min_red_cells, (int, np.integer)) or min_red_cells < 1:
+        raise ValueError(f"min_red_cells must be a positive int, got {min_red_cells!r}")
     green = cv2.GaussianBlur(image[..., 1], (0, 0), 1.0)
     candidates = green if stained is None else green[~stained]
     if candidates.size == 0 or candidates.max() == candidates.min():
@@ -90,7 +111,7 @@ def estimate_scale(
     d = d[(d > 0.6 * med) & (d < 1.5 * med)]  # drop platelets clumps and giant overlaps
     if len(d) < min_red_cells:
         return None
-    return Scale(float(red_cell_diameter_um / np.median(d)), "red cells", int(len(d)))
+    return Scale(float(red_cell_diameter_um / np.median(d)), SCALE_RED_CELLS, int(len(d)))
 
 
 def _fill_holes(mask: np.ndarray, max_area_px: float | None = None) -> np.ndarray:

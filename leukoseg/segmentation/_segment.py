@@ -32,14 +32,14 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TypeGuard
 
 import numpy as np
 
+from .._checks import check_image, check_positive, is_real
 from ._color import background_level, stain_excess
 from ._measure import _dilate, measure_cells
 from ._ndimage import find_objects, peak_local_max, threshold_otsu, watershed
-from ._scale import Scale, estimate_scale
+from ._scale import SCALE_FALLBACK, SCALE_GIVEN, Scale, estimate_scale
 
 __all__ = ["Segmentation", "segment"]
 
@@ -274,20 +274,20 @@ def segment(
     >>> segment(image, pixel_size=0.35).n_cells
     2
     """
-    _check_image(image)
+    check_image(image)
     if pixel_size is not None:
-        _check_positive("pixel_size", pixel_size)
+        check_positive("pixel_size", pixel_size)
     for name, value in (
         ("red_cell_diameter_um", red_cell_diameter_um), ("fallback_nucleus_diameter_um", fallback_nucleus_diameter_um),
         ("working_um_per_px", working_um_per_px), ("median_um", median_um), ("stain_sigmas", stain_sigmas),
         ("min_nucleus_area_um2", min_nucleus_area_um2), ("split_distance_um", split_distance_um),
         ("max_cytoplasm_um", max_cytoplasm_um),
     ):  # fmt: skip
-        _check_positive(name, value)
-    _check_positive("min_stain_excess", min_stain_excess, allow_zero=True)
+        check_positive(name, value)
+    check_positive("min_stain_excess", min_stain_excess, allow_zero=True)
     if (
         len(nucleus_excess_range) != 2
-        or not all(_is_real(v) and np.isfinite(v) for v in nucleus_excess_range)
+        or not all(is_real(v) and np.isfinite(v) for v in nucleus_excess_range)
         or nucleus_excess_range[0] > nucleus_excess_range[1]
     ):
         raise ValueError(f"nucleus_excess_range must be two finite numbers (low, high), got {nucleus_excess_range!r}")
@@ -300,7 +300,7 @@ def segment(
     small = pyramid.resize(coarse) if coarse < 1 else image
     scale: Scale | None
     if pixel_size is not None:
-        scale = Scale(float(pixel_size), "given")
+        scale = Scale(float(pixel_size), SCALE_GIVEN)
     else:
         small_stained = stain_excess(small, background=background) > 2 * min_stain_excess
         found = estimate_scale(small, stained=small_stained, red_cell_diameter_um=red_cell_diameter_um)
@@ -355,33 +355,6 @@ def segment(
         measurements=types.MappingProxyType(measurements),
         _pyramid=pyramid,
     )
-
-
-def _is_real(value: object) -> TypeGuard[int | float | np.integer | np.floating]:
-    # bool is an int to Python, but True as a size in micrometres is a mistake, not 1.0.
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> None:
-    if not (_is_real(value) and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
-        sign = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a finite {sign} number, got {value!r}")
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image is empty, shape {image.shape}")
-
-
-def _resize(image: np.ndarray, factor: float) -> np.ndarray:
-    """Shrink by `factor` with area averaging (no aliasing); see :meth:`_Pyramid.resize`."""
-    return _Pyramid(image).resize(factor)
 
 
 def _median_excess(
@@ -447,9 +420,9 @@ def _fallback_scale(nuclear: np.ndarray, coarse: float, nucleus_diameter_um: flo
     if areas.size == 0:
         # Nothing to measure at all: assume a typical 100x-objective camera image, only so that
         # empty images still produce (empty) outputs.
-        return Scale(0.1, "fallback", 0)
+        return Scale(0.1, SCALE_FALLBACK, 0)
     d_px = np.sqrt(4 * np.median(areas) / np.pi) / coarse
-    return Scale(float(nucleus_diameter_um / d_px), "fallback", 0)
+    return Scale(float(nucleus_diameter_um / d_px), SCALE_FALLBACK, 0)
 
 
 def _disk(radius_px: float) -> np.ndarray:
