@@ -10,6 +10,7 @@ configuration error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._version import __version__
+from ._workers import terminate_on_sigterm
 from .errors import LeukosegError
 
 __all__ = ["build_parser", "main"]
@@ -240,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = (logger.handlers[:], logger.level, logger.propagate)
     _configure_logging(logger, args.verbose, args.quiet)
     try:
-        return int(args.func(args))
+        with terminate_on_sigterm():  # SIGTERM stops a batch as Ctrl-C does: workers stopped, one line
+            return int(args.func(args))
     except LeukosegError as exc:
         _error(str(exc), args.verbose)
         return EXIT_USAGE
@@ -257,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{where}{exc.strerror or exc}", args.verbose)
         return EXIT_FAILED_INPUTS
     except Exception as exc:  # a bug: one line all the same; -v prints the traceback
+        if _out_of_memory(exc):
+            _error("out of memory", args.verbose)
+            return EXIT_FAILED_INPUTS
         hint = "" if args.verbose else " (run with -v for the traceback)"
         _error(f"internal error: {type(exc).__name__}: {exc}{hint}", args.verbose)
         return EXIT_FAILED_INPUTS
@@ -441,6 +447,29 @@ def _write_outputs(staged: dict[str, Any]) -> dict[str, Any]:
     return _guarded(path, opts, work)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says memory ran out: OpenCV raises its own ``cv2.error``, not MemoryError."""
+    return type(exc).__module__.split(".")[0] == "cv2" and "Insufficient memory" in str(exc)
+
+
+def _emit(text: str) -> None:
+    """Write `text` to standard output now (one JSON line per image, for a pipe to read as they come).
+
+    A full disk or a closed pipe is standard output's problem, not the output folder's: the error says so.
+    When the reader has gone (``| head``), standard output is pointed at the null device, so that Python's
+    own last flush at exit does not fail again with a traceback.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise LeukosegError("standard output", "closed by the reader (broken pipe)") from None
+    except OSError as exc:
+        raise LeukosegError("standard output", exc.strerror or str(exc)) from None
+
+
 def _guarded(path: str, opts: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``work()``, or the error it raised as a one-line summary (the batch goes on)."""
     try:
@@ -452,6 +481,8 @@ def _guarded(path: str, opts: dict[str, Any], work: Callable[[], dict[str, Any]]
     except OSError as exc:
         return {"image": path, "error": f"cannot write output ({exc.strerror or exc})"}
     except Exception as exc:  # a bug: keep the batch going, but say what happened
+        if _out_of_memory(exc):
+            return {"image": path, "error": "out of memory (try --max-pixels or a smaller image)"}
         detail = traceback.format_exc() if opts.get("verbose") else ""
         return {"image": path, "error": f"internal error: {type(exc).__name__}: {exc}", "traceback": detail}
 
@@ -504,12 +535,6 @@ def _single_blas_thread() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
-
-
 def _cmd_segment(args: argparse.Namespace) -> int:
     _single_blas_thread()
     # A folder given as input may hold earlier results (label PNGs): never segment our own outputs.
@@ -533,8 +558,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                      result["um_per_px"], result["scale_source"], result["seconds"])
         if args.json:
             result.pop("traceback", None)
-            sys.stdout.write(_json_line(result))
-            sys.stdout.flush()
+            _emit(_json_line(result))
     if not args.json and not args.quiet:
         total = len(tasks) + len(refused)
         sys.stderr.write(f"leukoseg: {total - failed} of {total} images segmented into {_one_line(args.out)}\n")
@@ -580,6 +604,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.folds is not None and args.folds < 2:
         raise LeukosegError(None, f"--folds must be at least 2, got {args.folds}")
+    if not args.cnn and args.cnn_params is not None:
+        raise LeukosegError(None, "--cnn-params applies to the CNN, which --no-cnn leaves out")
+    if args.dataset.startswith("folder:") and args.data_dir is not None:
+        raise LeukosegError(None, "--data-dir applies to all-idb1 and all-idb2; folder:PATH names its folder itself")
     out = args.out or Path("leukoseg-classify")
     dataset = load_dataset(args.dataset, args.data_dir)
     folds, repeats = _PROTOCOLS.get(dataset.name, (5, 1))
@@ -639,8 +667,7 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
                              f"{result['n_blasts']} of {result['n_cells']} cells blasts{fab}{empty}\n")  # fmt: skip
         if args.json:
             result.pop("traceback", None)
-            sys.stdout.write(_json_line(result))
-            sys.stdout.flush()
+            _emit(_json_line(result))
     if not args.json and not args.quiet:
         total = len(tasks) + len(refused)
         sys.stderr.write(f"leukoseg: {total - failed} of {total} images classified into {_one_line(out)} "
@@ -731,15 +758,13 @@ def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str,
                 yield result
                 bar.update()
             return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         from concurrent.futures.process import BrokenProcessPool
+
+        from ._workers import process_pool
 
         remaining, retried = list(tasks), set()
         while remaining:
-            # spawn: safe with OpenCV's and BLAS's threads, the same on every platform.
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+            with process_pool(workers) as pool:  # an interrupt cancels the queue and stops the workers
                 futures = [pool.submit(func, task) for task in remaining]
                 for i, future in enumerate(futures):
                     try:

@@ -218,12 +218,6 @@ def _task(args: tuple[str, str, dict, dict]) -> tuple[str, float]:
     return dst, time.perf_counter() - start
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def load_or_compute(
     paths, cache_dir, *, segment_kw: Mapping | None = None, feature_kw: Mapping | None = None,
     workers: int = 1, progress: bool = False,
@@ -273,11 +267,9 @@ def load_or_compute(
                     seconds += s
                     bar.update()
             else:
-                import multiprocessing as mp
-                from concurrent.futures import ProcessPoolExecutor
+                from leukoseg._workers import process_pool
 
-                ctx = mp.get_context("spawn")
-                with ProcessPoolExecutor(min(workers, len(missing)), mp_context=ctx, initializer=_init_worker) as pool:
+                with process_pool(min(workers, len(missing))) as pool:  # an interrupt stops the workers
                     for _, s in pool.map(_task, missing):
                         seconds += s
                         bar.update()

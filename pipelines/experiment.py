@@ -101,6 +101,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import platform
 import re
 import sys
@@ -375,6 +376,12 @@ def run_experiment(
     if isinstance(n_folds, (int, np.integer)) and not isinstance(n_folds, bool) and n_folds >= 2:
         # Before segmenting anything; assign_folds checks the same later, with class codes instead of labels.
         check_class_images(dataset, int(n_folds), what="folds", fewer="use at most {n} folds (--folds)")
+        # Each fold's training images are split again (the inner cross-validation of the GA, the SVM grid and
+        # the thresholds), which needs 2 distinct images of every class there: 4 images for 2 folds.
+        need = _images_for_inner_splits(int(n_folds))
+        if need > n_folds:
+            check_class_images(dataset, need, what=f"that {n_folds}-fold cross-validation needs (2 in the training "
+                                                   "images of every fold, for its inner splits)")  # fmt: skip
     if cnn_inner_folds < 2:
         raise LeukosegError(None, f"cnn_inner_folds must be at least 2; got {cnn_inner_folds}")
     if cnn:
@@ -382,6 +389,7 @@ def run_experiment(
     models = MODELS if cnn else _BASELINE_MODELS
     primary = "fused" if cnn else "baseline"
     out_dir = Path(out_dir)
+    _check_run_folder(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -563,16 +571,44 @@ def run_experiment(
     if fab is not None:
         metrics["fab"] = fab["summary"]
 
-    files = _write_outputs(out_dir, names, classes, binary, image_label, folds, cells, cell_p, img_p, img_pred,
-                           thresholds, models, primary, fab, entries)
-    timer.add("write", time.perf_counter() - t)
-    timer["total"] = time.perf_counter() - t0
-    metrics["timings_s"] = {k: round(v, 3) for k, v in timer.items()}
-    from leukoseg.io import write_json
+    # The run's files are written together into a new folder that then replaces the run folder: a failure
+    # or an interrupt leaves the earlier run whole, never its metrics beside another run's tables.
+    import shutil
+    import tempfile
 
-    write_json(out_dir / "metrics.json", metrics)
-    files.append(out_dir / "metrics.json")
-    return ExperimentResult(out_dir, metrics, tuple(files))
+    from leukoseg.io import _swap_folder, _umask, write_json
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        names_written = [p.name for p in _write_outputs(tmp, names, classes, binary, image_label, folds, cells,
+                                                        cell_p, img_p, img_pred, thresholds, models, primary, fab,
+                                                        entries)]  # fmt: skip
+        timer.add("write", time.perf_counter() - t)
+        timer["total"] = time.perf_counter() - t0
+        metrics["timings_s"] = {k: round(v, 3) for k, v in timer.items()}
+        write_json(tmp / "metrics.json", metrics)
+        _check_run_folder(out_dir)  # again: the folder may have changed during the run
+        _swap_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = tuple(out_dir / name for name in [*names_written, "metrics.json"])
+    return ExperimentResult(out_dir, metrics, files)
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file()
+
+
+def _check_run_folder(out_dir: Path) -> None:
+    """Refuse a run folder that leukoseg did not write: a file, or a folder of other files without metrics.json."""
+    from leukoseg.io import _refusal_to_replace
+
+    why = _refusal_to_replace(out_dir, _is_run_folder, "metrics.json")
+    if why is not None:
+        raise LeukosegError(out_dir, f"exists and is not a leukoseg run folder ({why}); not replaced (choose "
+                                     "another --out)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -666,6 +702,15 @@ def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_
 
 #: What the labels of the ALL-IDB data sets mean, for messages.
 _LABEL_MEANING = {"all-idb1": {"1": "ALL", "0": "healthy"}, "all-idb2": {"1": "blast", "0": "not blast"}}
+
+
+def _images_for_inner_splits(n_folds: int) -> int:
+    """Distinct images a class needs so that every fold's training images hold 2 of it (a stratified split
+    puts ceil(n / n_folds) of n in the largest test fold)."""
+    n = n_folds
+    while n - -(-n // n_folds) < 2:
+        n += 1
+    return n
 
 
 def check_class_images(dataset, minimum: int, *, what: str, fewer: str | None = None) -> None:

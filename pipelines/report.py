@@ -145,16 +145,38 @@ def load_metrics(run_dir) -> dict:
     return metrics
 
 
-def _read_csv(path: Path) -> list[dict[str, str]] | None:
+def _read_csv(path: Path, expected_rows: int | None = None) -> list[dict[str, str]] | None:
+    """The rows of a run's CSV file, or None (with a warning) when it is missing, unreadable or incomplete.
+
+    A file cut short (a row with missing fields, no final newline, or fewer rows than the run's metrics
+    say it wrote) is left out whole: a report from part of the rows would show figures that no run gave.
+    """
     if not path.is_file():
+        logger.warning("%s: missing, left out of the report", path)
         return None
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f, restkey="__extra__"))
+            text = f.read()
+        rows = list(csv.DictReader(io.StringIO(text), restkey="__extra__"))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         logger.warning("%s: unreadable, left out of the report (%s)", path, exc)
         return None
+    short = next((i for i, row in enumerate(rows) if None in row.values()), None)
+    if short is not None or (text and not text.endswith("\n")):
+        where = f"row {short + 2} has too few fields" if short is not None else "no newline at its end"
+        logger.warning("%s: cut short (%s), left out of the report", path, where)
+        return None
+    if expected_rows is not None and len(rows) != expected_rows:
+        logger.warning("%s: %d rows where metrics.json counts %d, left out of the report", path, len(rows),
+                       expected_rows)  # fmt: skip
+        return None
     return rows
+
+
+def _rows_written(metrics: Mapping, count: str) -> int | None:
+    """Rows the run wrote to a CSV: one per image (``count='n_images'``) or cell, and repeat; None if unknown."""
+    n, repeats = _num(_dict(metrics.get("dataset")).get(count)), _num(_dict(metrics.get("settings")).get("repeats"))
+    return int(n * repeats) if n is not None and repeats is not None else None
 
 
 def _order_models(names) -> list[str]:
@@ -176,8 +198,8 @@ def _load_run(run_dir: Path, data_dir) -> _Run:
     primary = metrics.get("primary_model")
     if primary not in models:
         primary = next((m for m in ("fused", "baseline") if m in models), models[0])
-    images = _read_csv(run_dir / "images.csv")
-    cells = _read_csv(run_dir / "cells.csv")
+    images = _read_csv(run_dir / "images.csv", _rows_written(metrics, "n_images"))
+    cells = _read_csv(run_dir / "cells.csv", _rows_written(metrics, "n_cells"))
 
     note = None
     if data_dir is not None:

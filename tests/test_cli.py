@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -323,6 +324,8 @@ def test_a_killed_worker_fails_its_image_not_the_batch():
         (["classify", "--dataset", "all-idb1", "--no-crops", "--model", "m"], "--model, --no-crops apply to image"),
         (["classify", "x.jpg", "--folds", "3"], "--folds applies to --dataset"),
         (["classify", "x.jpg", "--no-cnn", "--device", "cpu"], "--device, --no-cnn apply to --dataset"),
+        (["classify", "--dataset", "all-idb1", "--no-cnn", "--cnn-params", "{}"], "--cnn-params applies to the CNN"),
+        (["classify", "--dataset", "folder:x", "--data-dir", "y"], "folder:PATH names its folder itself"),
     ],
 )
 def test_classify_refuses_the_options_of_the_other_mode(elsewhere, capsys, argv, named):
@@ -358,3 +361,70 @@ def test_classify_dataset_pixel_size_and_protocol(elsewhere, monkeypatch, capsys
     assert main(["classify", "--dataset", "all-idb2", "--out", "run", "--folds", "3", "--repeats", "2"]) != 0
     assert (seen["n_folds"], seen["repeats"]) == (3, 2)
     assert "stop here" in capsys.readouterr().err
+
+
+def test_an_interrupted_pool_stops_its_workers_at_once():
+    """Ctrl-C in a parallel batch: pending images are cancelled and running ones stopped, not finished."""
+    import time
+
+    from leukoseg._workers import process_pool
+
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), process_pool(2) as pool:
+        futures = [pool.submit(time.sleep, 60) for _ in range(6)]  # a minute each: a wait would show
+        workers = list(pool._processes.values())
+        while not any(f.running() for f in futures) and time.perf_counter() - start < 60:
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+    assert time.perf_counter() - start < 45  # not the 3 minutes that finishing the queue would take
+    assert len(workers) == 2 and not any(w.is_alive() for w in workers)
+    # The queue was dropped: all but the tasks handed to the workers (the pool hands over one spare).
+    assert sum(f.cancelled() for f in futures) >= 6 - 2 - 1
+
+
+def test_sigterm_interrupts_the_command_as_ctrl_c_does():
+    import signal
+    import time
+
+    from leukoseg._workers import terminate_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), terminate_on_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_standard_output_errors_name_standard_output(tmp_path):
+    """`--json` into a full disk or a closed pipe: the error is standard output's, not the output folder's."""
+    image = _smear(tmp_path / "a.jpg")
+    exe = [sys.executable, "-m", "leukoseg", "segment", str(image), "--json", "--no-crops", "--workers", "1"]
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            out = subprocess.run([*exe, "--out", str(tmp_path / "o1")], stdout=full, stderr=subprocess.PIPE,
+                                 text=True, timeout=300)  # fmt: skip
+        assert out.returncode != 0
+        assert out.stderr == "leukoseg: error: standard output: No space left on device\n"
+    # A reader that has gone: one line, and no "Exception ignored" at exit.
+    proc = subprocess.Popen([*exe, "--out", str(tmp_path / "o2")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=300)
+    proc.stderr.close()
+    assert proc.returncode != 0
+    assert err == "leukoseg: error: standard output: closed by the reader (broken pipe)\n"
+
+
+def test_opencv_out_of_memory_is_said_as_such():
+    from leukoseg.cli import _guarded, _out_of_memory
+
+    cv2 = pytest.importorskip("cv2")
+    oom = cv2.error("OpenCV(5.0.0) alloc.cpp:73: error: (-4:Insufficient memory) Failed to allocate 1 bytes")
+
+    def decode():
+        raise oom
+
+    assert _out_of_memory(oom) and not _out_of_memory(ValueError("Insufficient memory"))
+    assert _guarded("big.jpg", {}, decode) == {"image": "big.jpg",
+                                               "error": "out of memory (try --max-pixels or a smaller image)"}

@@ -269,6 +269,44 @@ def test_experiment_guard_catches_a_leak(fast, fake_all_idb1, fake_cache, tmp_pa
         run_experiment(dataset, tmp_path / "run", n_folds=3, cache_dir=fake_cache, **fast)
 
 
+def test_experiment_never_replaces_a_folder_it_did_not_write(fake_all_idb1, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "cells.csv").write_text("precious\n")
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", str(mine),
+               "--cache", str(tmp_path / "cache"), "--no-cnn"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"leukoseg: error: {mine}: exists and is not a leukoseg run folder (other files, "
+                               "no metrics.json); not replaced (choose another --out)"]
+    assert (mine / "cells.csv").read_text() == "precious\n" and not (tmp_path / "cache").exists()
+
+
+def test_a_failed_experiment_leaves_the_earlier_run_whole(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
+    """The run's files replace the folder together: a failure while writing them changes nothing."""
+    import leukoseg.io
+
+    fast = {k: v for k, v in fast.items() if k not in ("cnn_params", "fusion_params")}
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    run = tmp_path / "run"
+    run_experiment(dataset, run, n_folds=3, cnn=False, cache_dir=fake_cache, seed=1, **fast)
+    (run / "report.md").write_text("the report of that run\n")  # what `classify --dataset` adds
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(leukoseg.io, "write_json", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_experiment(dataset, run, n_folds=3, cnn=False, cache_dir=fake_cache, seed=2, **fast)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left behind
+    monkeypatch.undo()
+    result = run_experiment(dataset, run, n_folds=3, cnn=False, cache_dir=fake_cache, seed=2, **fast)
+    # A finished run replaces the whole folder: no stale report of the earlier run beside the new tables.
+    assert sorted(p.name for p in run.iterdir()) == ["cells.csv", "folds.csv", "images.csv", "metrics.json"]
+    assert [p.name for p in result.files] == ["folds.csv", "cells.csv", "images.csv", "metrics.json"]
+
+
 def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
     import leukoseg.classify.fab as fab
 
@@ -342,6 +380,29 @@ def test_experiment_refuses_a_class_in_too_few_images_before_any_work(fake_all_i
                                             r"6 folds; use at most 5 folds \(--folds\)$") as info:  # fmt: skip
         run_experiment(dataset, tmp_path / "run6", n_folds=6, cache_dir=tmp_path / "cache")
     assert "np." not in str(info.value) and info.value.path == str(fake_all_idb1)
+
+
+def test_two_folds_need_four_images_of_each_class_for_the_inner_splits(fake_all_idb1, tmp_path, capsys):
+    """2 ALL and 2 healthy smears, 2 folds: each fold would train on one image of a class, too few to split
+    again. Refused before any work, naming the data set (it was an internal error after segmenting)."""
+    import shutil
+
+    data = tmp_path / "four"
+    for sub, ext in (("im", ".jpg"), ("xyc", ".xyc")):
+        (data / sub).mkdir(parents=True)
+        for stem in ("Im031_0", "Im032_1", "Im033_0", "Im034_1"):
+            shutil.copy(fake_all_idb1 / sub / f"{stem}{ext}", data / sub / f"{stem}{ext}")
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(data), "--folds", "2", "--no-cnn",
+               "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [
+        f"leukoseg: error: {data}: class '0' (healthy) has 2 distinct image(s) (identical copies count once), fewer "
+        "than the 4 that 2-fold cross-validation needs (2 in the training images of every fold, for its inner "
+        "splits); add distinct images of that class"]
+    assert not (tmp_path / "cache").exists()
+    from leukoseg.pipelines.experiment import _images_for_inner_splits
+
+    assert [_images_for_inner_splits(k) for k in (2, 3, 5, 10)] == [4, 3, 5, 10]
 
 
 @pytest.mark.usefixtures("elsewhere")

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -374,12 +375,43 @@ def test_odd_values_are_tolerated(tmp_path):
                           "cnn": {"repeats": None, "summary": {"all": {"accuracy": {"mean": "n/a"}}}}}}
     (run / "metrics.json").write_text(json.dumps(metrics).replace("Infinity", "1e999"))
     (run / "images.csv").write_text("image,label,pred,p_svm\n../../etc/passwd,1,0,0.2\n,x,y,z\n"
-                                    "im/a.jpg,0\nim/b.jpg,0,1,0.7,extra,cols\n")
+                                    "im/a.jpg,0,,\nim/b.jpg,0,1,0.7,extra,cols\n")
     files = write_report(run, data_dir=tmp_path)
     text = files.html.read_text(encoding="utf-8")
     assert_self_contained(text)
     assert "<td>SVM</td>" in text and "<td>CNN</td>" in text
     assert "not a path inside the data folder" in section(text, "errors")
+
+
+def test_a_csv_cut_short_or_missing_is_left_out_with_a_warning(tmp_path, caplog):
+    """A run's CSV cut short (a disk full, a copy interrupted) would give figures no run gave: left out whole."""
+    run = make_binary_run(tmp_path)
+    path = run / "images.csv"
+    full = path.read_text()
+    lines = full.splitlines(keepends=True)
+    cases = [
+        (full[: full.index("\n", len(full) // 2) - 3], "cut short (row "),  # mid-row: fields missing
+        (full[:-1], "cut short (no newline at its end)"),
+        ("".join(lines[:-3]), f"{len(lines) - 4} rows where metrics.json counts {len(lines) - 1}"),
+        (None, "missing"),
+    ]
+    for text, message in cases:
+        if text is None:
+            path.unlink()
+        else:
+            path.write_text(text)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="leukoseg.pipelines.report"):
+            html = write_report(run).html.read_text(encoding="utf-8")
+        assert "No readable images.csv" in section(html, "errors"), message
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 1 and warned[0].startswith(f"{path}: {message}"), warned
+        assert warned[0].endswith("left out of the report"), warned
+    path.write_text(full)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="leukoseg.pipelines.report"):
+        write_report(run)
+    assert not caplog.records  # whole files: no warning
 
 
 def test_unreadable_csv_is_left_out(tmp_path):
@@ -499,10 +531,17 @@ def test_spread_over_repeats_is_the_sample_standard_deviation():
 
 
 def _write_cells(run: Path, rows: list[list]) -> None:
-    """Replace cells.csv: rows of (image, cell_id, x, y, repeat, label, p_blast_baseline)."""
+    """Replace cells.csv: rows of (image, cell_id, x, y, repeat, label, p_blast_baseline).
+
+    The rows are a hand-made selection, not one per cell and repeat: metrics.json then leaves the number of
+    cells out, which the report would otherwise check the file against.
+    """
     (run / "cells.csv").write_text(_csv_text(
         ["image", "cell_id", "x", "y", "repeat", "fold", "label", "p_blast_baseline"],
         [[im, cid, x, y, rep, 0, lab, p] for im, cid, x, y, rep, lab, p in rows]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["dataset"].pop("n_cells", None)
+    (run / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_disputed_cells_counts_and_order(tmp_path):
