@@ -104,7 +104,8 @@ def main() -> int:
     for stratum, title in (("all", "all 108 images"), ("one_camera", "one-camera stratum Im034-Im108")):
         print(f"\nOut-of-fold, {title} (mean +- std over repeats; Wilson 95 % CI of repeat 0)")
         print("\n".join(metrics_table(m, stratum)))
-    print("\n'clean': cell AUC of annotated blasts vs the cells of healthy images only (no unannotated blasts)")
+    print("\n'clean': cell AUC of annotated blasts vs the cells of healthy images only (no unannotated blasts); "
+          "'whole': cells not cut by the image border (the annotators marked few of those)")
     print("\nReference: ALL smears hold more white cells than healthy ones")
     print("\n".join(count_lines))
     t = m["timings_s"]

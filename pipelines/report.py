@@ -54,7 +54,8 @@ _FAB_NOTE = ("FAB (French-American-British) is a historical morphological classi
 
 _BINARY_KEYS = (("accuracy", "Accuracy", True), ("sensitivity", "Sensitivity", True),
                 ("specificity", "Specificity", True), ("auc", "AUC", False), ("cell_auc", "Cell AUC", False),
-                ("cell_auc_clean", "Cell AUC (clean)", False))  # fmt: skip
+                ("cell_auc_clean", "Cell AUC (clean)", False),
+                ("cell_auc_whole", "Cell AUC (whole cells)", False))  # fmt: skip
 
 _THUMB_WIDTH = 400
 _MAX_GALLERY = 36

@@ -178,7 +178,8 @@ def test_all_idb2_proxy_cuts_centred_crops_in_all_idb2_layout(fake_all_idb1, fak
 
 
 def test_metrics_table_marks_figures_a_run_lacks():
-    """The benchmarks' shared table: one row per model; a single-cell run has no 'clean' cell AUC, shown as -."""
+    """The benchmarks' shared table: one row per model; a single-cell run has no 'clean' nor 'whole' cell AUC,
+    shown as -."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         from _common import metrics_table
@@ -190,7 +191,8 @@ def test_metrics_table_marks_figures_a_run_lacks():
     metrics = {"models": {"fused": {"summary": {"all": summary}, "repeats": [{"all": {"accuracy_ci": [0.8, 0.95]}}]}}}
     header, row = metrics_table(metrics)
     assert header.split()[:3] == ["model", "img", "acc"]
-    assert row.split() == ["fused", "0.900", "0.010", "[0.800,", "0.950]", "0.900", "0.900", "0.900", "0.900", "-"]
+    assert row.split() == ["fused", "0.900", "0.010", "[0.800,", "0.950]", "0.900", "0.900", "0.900", "0.900", "-",
+                           "-"]
 
 
 def test_cell_count_reference_thresholds_the_count_on_training_folds(tmp_path):

@@ -206,6 +206,7 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert len(top_ks) == 3 and set(top_ks) <= {1, 2, 3}  # one learnt k per fold
     base = metrics["models"]["baseline"]["repeats"][0]["all"]
     assert base["n"] == len(dataset) and len(base["accuracy_ci"]) == 2
+    assert 0 <= base["cell_auc_whole"] <= 1  # the cells not cut by the border
     assert metrics["dataset"]["fingerprint"] == dataset.fingerprint()
     assert {"numpy", "scikit-learn", "scikit-image", "opencv", "deap"} <= set(metrics["versions"])
     assert metrics["models"]["baseline"]["repeats"][0]["one_camera"]["n"] == sum(
