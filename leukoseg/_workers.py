@@ -9,7 +9,6 @@ at once and leaves nothing running behind it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -18,8 +17,6 @@ if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["init_worker", "process_pool", "terminate_on_sigterm"]
-
-log = logging.getLogger(__name__)
 
 
 def init_worker() -> None:
@@ -64,13 +61,17 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Cancel the pool's pending tasks and terminate its workers (the ones running an image included)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # the workers, before shutdown forgets them
+    # The workers and the pool's own thread, before shutdown forgets them.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
-    for process in processes:
-        process.join(timeout=5)
+    # The pool's thread reaps the stopped workers; joining them here as well would race with it for their exit
+    # status (the loser sees a dead worker as alive). Waiting for the thread leaves every worker known gone.
+    if manager is not None:
+        manager.join(timeout=10)
 
 
 @contextlib.contextmanager
