@@ -36,6 +36,22 @@ def metrics_table(metrics: dict, stratum: str = "all") -> list[str]:
     return lines
 
 
+def nested_selection(inner_auc, p_out, fold_of_cell):
+    """Each fold's choice among options by its own inner AUC, and the out-of-fold cell scores it gives.
+
+    `inner_auc` is (n_options, n_folds), -inf where a fold has none; `p_out` (n_options, n_cells) the
+    options' out-of-fold scores; `fold_of_cell` the outer fold of each cell. Ties go to the first option.
+    The test cells of a fold never take part in its choice. Returns (option per fold, scores).
+    """
+    import numpy as np
+
+    best = np.asarray(inner_auc).argmax(axis=0)
+    p_sel = np.full(np.shape(p_out)[1], np.nan)
+    for k, option in enumerate(best):
+        p_sel[fold_of_cell == k] = p_out[option][fold_of_cell == k]
+    return best, p_sel
+
+
 def cell_count_reference(run_dir: Path) -> list[str]:
     """What the number of detected cells alone does on a run's folds: a reference row for the image figures.
 
@@ -60,22 +76,26 @@ def cell_count_reference(run_dir: Path) -> list[str]:
     for c in cells:
         key = (c["repeat"], c["image"])
         top[key] = max(top.get(key, 0.0), float(c[f"p_blast_{model}"]))
+    # Per repeat, once: the count's calls (thresholds from all training images) and the scores.
+    per_repeat = []
+    for r in sorted({row["repeat"] for row in rows}, key=int):
+        rep = [row for row in rows if row["repeat"] == r]
+        n = np.array([int(row["n_cells"]) for row in rep], dtype=float)
+        y = np.array([int(row["label"]) for row in rep])
+        fold = np.array([int(row["fold"]) for row in rep])
+        pred = np.zeros(len(rep), dtype=int)
+        for k in np.unique(fold):
+            pred[fold == k] = n[fold == k] >= choose_threshold(n[fold != k], y[fold != k])
+        p_top = np.array([top.get((r, row["image"]), 0.0) for row in rep])  # no cell: 0
+        one_camera = np.array([int(Path(row["image"]).stem[2:5]) >= 34 for row in rep])
+        per_repeat.append((n, y, pred, p_top, one_camera))
     lines = []
-    for stratum, keep in (("all images", lambda name: True),
-                          ("one camera (Im034-Im108)", lambda name: int(Path(name).stem[2:5]) >= 34)):  # fmt: skip
+    for stratum in ("all images", "one camera (Im034-Im108)"):
         acc, auc, auc_top = [], [], []
-        for r in sorted({row["repeat"] for row in rows}, key=int):
-            rep = [row for row in rows if row["repeat"] == r]
-            n = np.array([int(row["n_cells"]) for row in rep], dtype=float)
-            y = np.array([int(row["label"]) for row in rep])
-            fold = np.array([int(row["fold"]) for row in rep])
-            pred = np.zeros(len(rep), dtype=int)
-            for k in np.unique(fold):
-                pred[fold == k] = n[fold == k] >= choose_threshold(n[fold != k], y[fold != k])
-            mask = np.array([keep(row["image"]) for row in rep])
+        for n, y, pred, p_top, one_camera in per_repeat:
+            mask = one_camera if stratum != "all images" else np.ones(len(y), dtype=bool)
             acc.append(float(np.mean(pred[mask] == y[mask])))
             auc.append(roc_auc(y[mask], n[mask]))
-            p_top = np.array([top.get((r, row["image"]), 0.0) for row in rep])  # no cell: 0
             auc_top.append(roc_auc(y[mask], p_top[mask]))
         spread = f" +- {np.std(acc, ddof=1):.3f}" if len(acc) > 1 else ""
         lines.append(f"cell count alone, {stratum}: image accuracy {np.mean(acc):.3f}{spread} (threshold from "

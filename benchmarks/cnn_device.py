@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import data_dir_argument  # noqa: E402
+from _common import data_dir_argument, nested_selection  # noqa: E402
 
 
 def export(args) -> int:
@@ -168,11 +168,9 @@ def run(args) -> int:
     if len(variants) > 1:
         # Nested selection: each fold takes the variant whose cross-fitted scores of its training cells rank
         # best; the test images never take part in the choice.
-        best = inner_auc.argmax(axis=0)
-        p_sel = np.full(len(label), np.nan)
+        best, p_sel = nested_selection(inner_auc, p_cnn, folds[image])
         ok = np.zeros(len(image_label), dtype=bool)
         for k in range(n_folds):
-            p_sel[folds[image] == k] = p_cnn[best[k], folds[image] == k]
             ok[folds == k] = correct[best[k], folds == k]
         print(f"nested selection by inner AUC (variant per fold {best.tolist()}): cell AUC "
               f"{roc_auc(label, p_sel):.4f}, image accuracy {ok.mean():.4f} ({int(ok.sum())}/{len(ok)})")  # fmt: skip

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import data_dir_argument  # noqa: E402
+from _common import data_dir_argument, nested_selection  # noqa: E402
 
 #: The settings of the README table: the experiment's (first), then one change each.
 DEFAULT_SETTINGS = [
@@ -112,13 +112,11 @@ def evaluate(
             f"{result['cell_auc']:.4f}   {result['seconds']:.0f} s")  # fmt: skip
         results.append(result)
     # Nested: each fold takes the setting whose inner AUC on its own training images is best (ties: the first).
-    p_nested = np.full(len(label), np.nan)
-    chosen = []
-    for k in np.unique(fold_of_image):
-        best = int(np.argmax([r["fold_inner_auc"].get(int(k), -np.inf) for r in results]))
-        test = (fold_of_image == k)[image]
-        p_nested[test] = results[best]["p_out"][test]
-        chosen.append(results[best]["name"])
+    folds = np.unique(fold_of_image)
+    inner = [[r["fold_inner_auc"].get(int(k), -np.inf) for k in folds] for r in results]
+    fold_of_cell = np.searchsorted(folds, fold_of_image)[image]  # the folds' positions, whatever their labels
+    best, p_nested = nested_selection(inner, [r["p_out"] for r in results], fold_of_cell)
+    chosen = [results[b]["name"] for b in best]
     log(f"nested selection (setting per fold {chosen}): out-of-fold cell AUC "
         f"{roc_auc_score(label, p_nested):.4f}; the first setting {results[0]['cell_auc']:.4f}")  # fmt: skip
     return results

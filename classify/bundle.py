@@ -39,8 +39,6 @@ import logging
 import math
 import os
 import reprlib
-import shutil
-import tempfile
 import types
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -53,7 +51,7 @@ import numpy as np
 from leukoseg._version import __version__
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
-from leukoseg.io import _refusal_to_replace, _swap_folder, _umask, write_json
+from leukoseg.io import _refusal_to_replace, _staged_folder, _swap_folder, write_json
 
 from ._votes import gaussian_vote
 
@@ -1035,9 +1033,7 @@ def save_bundle(
         arrays["features"] = features
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
+    with _staged_folder(target) as tmp:
         files: dict[str, str] = {}
         for name, content in arrays.items():
             file_name = f"{name}.npz"
@@ -1070,9 +1066,6 @@ def save_bundle(
         write_json(tmp / _MANIFEST, manifest)
         load_bundle(tmp)  # everything readable and consistent before it takes the final name
         _replace_folder(tmp, target, overwrite=overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Saved model bundle %s (%s)", target, ", ".join(arrays))
     return target
 

@@ -12,7 +12,7 @@ from typing import TypeGuard
 
 import numpy as np
 
-__all__ = ["check_image", "check_labels", "check_mask", "check_positive", "is_real"]
+__all__ = ["check_image", "check_labels", "check_mask", "check_positive", "check_positive_int", "is_real"]
 
 
 def is_real(value: object) -> TypeGuard[int | float | np.integer | np.floating]:
@@ -25,6 +25,12 @@ def check_positive(name: str, value: object, *, allow_zero: bool = False) -> Non
     if not (is_real(value) and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
         sign = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be a finite {sign} number, got {value!r}")
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is an int (a NumPy one too, a bool not) of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_image(image: object, *, name: str = "image") -> None:

@@ -435,6 +435,22 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def _staged_folder(target: Path) -> Iterator[Path]:
+    """A new empty folder beside `target` to write a whole result into; removed if the block fails.
+
+    The block ends by moving the folder into place (:func:`_swap_folder`): readers see the earlier result
+    or the new one whole, never a mix. The folder of `target` must exist.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _swap_folder(tmp: Path, target: Path) -> None:
     """Rename the finished folder `tmp` to `target`; a folder already there is moved aside, then removed.
 

@@ -92,7 +92,8 @@ reported for research only.
 
 Outputs (under the run folder, written atomically; the CSVs are byte-identical for the same seed, data,
 device, library versions and segmentation cache: features computed afresh agree to about 1e-7, float32 sums
-depending on threads and memory alignment, which can move SVM probabilities by about 1e-4): ``folds.csv``, ``cells.csv``, ``images.csv``, ``metrics.json``. Each row of
+depending on threads and memory alignment, which can move SVM probabilities by about 1e-4): ``folds.csv``,
+``cells.csv``, ``images.csv``, ``metrics.json``. Each row of
 ``images.csv`` ends with the image's pixel size (``um_per_px``) and where it came from (``scale_source``):
 ``fallback`` marks an image with too few whole red cells for the ruler, measured as if its median nucleus
 were 9 um across (every crop of ALL-IDB2, whose 257-pixel crops hold few whole red cells); the run logs a
@@ -104,7 +105,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import platform
 import re
 import sys
@@ -582,14 +582,9 @@ def run_experiment(
 
     # The run's files are written together into a new folder that then replaces the run folder: a failure
     # or an interrupt leaves the earlier run whole, never its metrics beside another run's tables.
-    import shutil
-    import tempfile
+    from leukoseg.io import _staged_folder, _swap_folder, write_json
 
-    from leukoseg.io import _swap_folder, _umask, write_json
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    with _staged_folder(out_dir) as tmp:
         names_written = [p.name for p in _write_outputs(tmp, names, classes, binary, image_label, folds, cells,
                                                         cell_p, img_p, img_pred, thresholds, models, primary, fab,
                                                         entries)]  # fmt: skip
@@ -599,9 +594,6 @@ def run_experiment(
         write_json(tmp / "metrics.json", metrics)
         _check_run_folder(out_dir)  # again: the folder may have changed during the run
         _swap_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     files = tuple(out_dir / name for name in [*names_written, "metrics.json"])
     return ExperimentResult(out_dir, metrics, files)
 

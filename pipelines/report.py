@@ -1135,7 +1135,7 @@ def _fab_data(run: _Run) -> dict | None:
     extra = {k: v for k, v in (fab or {}).items() if k not in ("distribution", "distribution_repeat0", "settings")}
     return {"distribution": dist, "criteria": [c[len("fab_pct_"):] for c in cols], "pct": crit,
             "scores": scores, "settings": (fab or {}).get("settings"), "extra": extra,
-            "images_of": f"repeat {first}" if len(repeats) > 1 else ""}
+            "images_head": f"Images (repeat {first})" if len(repeats) > 1 else "Images"}
 
 
 def _pct_value(v: float | None) -> str:
@@ -1261,8 +1261,7 @@ def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str
             score = f"{sum(sc) / len(sc):.3f}" if sc else "–"
             rows.append(f'<tr><td>{_esc(sub)}</td><td class="num">{count:g}</td><td class="num">{share}</td>'
                         f'<td class="num">{score}</td>{pcts}</tr>')
-        images_head = f"Images ({fab['images_of']})" if fab["images_of"] else "Images"
-        table = (f'<table><thead><tr><th>Subtype</th><th class="num">{_esc(images_head)}</th>'
+        table = (f'<table><thead><tr><th>Subtype</th><th class="num">{_esc(fab["images_head"])}</th>'
                  f'<th class="num">Share</th>'
                  f'<th class="num">Mean score</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
                  if rows else '<p class="note">No image was given a FAB subtype.</p>')
@@ -1543,8 +1542,7 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows, disputed: _Disputed | 
             rows = [[s, f"{n:g}", f"{n / total:.0%}" if total else "–",
                      *(_pct_value(fab["pct"].get(s, {}).get(cr)) for cr in fab["criteria"])]
                     for s, n in fab["distribution"].items()]
-            images_head = f"Images ({fab['images_of']})" if fab["images_of"] else "Images"
-            out += [_md_table(["Subtype", images_head, "Share", *fab["criteria"]], rows,
+            out += [_md_table(["Subtype", fab["images_head"], "Share", *fab["criteria"]], rows,
                               [False, True, True] + [True] * len(fab["criteria"])), ""]
     timings = _dict(m.get("timings_s"))
     device = _dict(m.get("device"))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._checks import check_image, is_real
+from .._checks import check_image, check_positive_int, is_real
 
 __all__ = ["extract_patch", "extract_patches"]
 
@@ -65,8 +65,7 @@ def _check_patch_settings(um_per_px: float, patch_size: int, patch_um_per_px: fl
     if not (is_real(um_per_px) and is_real(patch_um_per_px) and np.isfinite(um_per_px)
             and np.isfinite(patch_um_per_px) and um_per_px > 0 and patch_um_per_px > 0):  # fmt: skip
         raise ValueError(f"um_per_px and patch_um_per_px must be positive, got {um_per_px!r} and {patch_um_per_px!r}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    check_positive_int("patch_size", patch_size)
 
 
 def _extract_patch(image: np.ndarray, x: float, y: float, *, um_per_px: float, patch_size: int,

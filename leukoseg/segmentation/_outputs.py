@@ -21,8 +21,6 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_image
+from .._checks import check_image, check_positive_int
 from ..errors import LeukosegError
-from ..io import _RESULT_MARKER, _refusal_to_replace, _swap_folder, _umask, encode_image
+from ..io import _RESULT_MARKER, _refusal_to_replace, _staged_folder, _swap_folder, encode_image
 from ._crops import extract_patch
 from ._measure import MEASUREMENT_COLUMNS
 from ._png import label_png
@@ -245,8 +243,7 @@ def draw_overlay(image: np.ndarray, seg: Segmentation, *, max_side: int = OVERLA
     check_image(image)
     if image.shape[:2] != tuple(seg.input_shape):
         raise ValueError(f"image is {image.shape[:2]} but the segmentation is of a {tuple(seg.input_shape)} image")
-    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1:
-        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    check_positive_int("max_side", max_side)
     rows = seg.rows()
     return _draw_overlay(image, seg, rows, _outlines(seg, rows), max_side=max_side, colors=colors)
 
@@ -342,9 +339,7 @@ def write_segmentation(
             raise ValueError(f"extra_json names a plain new .json file of the folder; got {name!r}")
     _check_replaceable(out_dir)  # before the work, and again at the swap
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    with _staged_folder(out_dir) as tmp:
         rows = seg.rows()
         for name, values in (cell_columns or {}).items():
             if len(values) != len(rows):
@@ -393,9 +388,6 @@ def write_segmentation(
             for future in pending:
                 future.result()
         _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

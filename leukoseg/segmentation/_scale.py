@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_image, check_mask, check_positive
+from .._checks import check_image, check_mask, check_positive, check_positive_int
 
 __all__ = ["SCALE_FALLBACK", "SCALE_GIVEN", "SCALE_RED_CELLS", "Scale", "estimate_scale"]
 
@@ -81,8 +81,7 @@ def estimate_scale(
     if stained is not None:
         check_mask(stained, image.shape[:2], name="stained")
     check_positive("red_cell_diameter_um", red_cell_diameter_um)
-    if isinstance(min_red_cells, bool) or not isinstance(min_red_cells, (int, np.integer)) or min_red_cells < 1:
-        raise ValueError(f"min_red_cells must be a positive int, got {min_red_cells!r}")
+    check_positive_int("min_red_cells", min_red_cells)
     green = cv2.GaussianBlur(image[..., 1], (0, 0), 1.0)
     candidates = green if stained is None else green[~stained]
     if candidates.size == 0 or candidates.max() == candidates.min():
