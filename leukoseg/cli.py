@@ -606,7 +606,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         raise LeukosegError(None, f"--folds must be at least 2, got {args.folds}")
     if not args.cnn and args.cnn_params is not None:
         raise LeukosegError(None, "--cnn-params applies to the CNN, which --no-cnn leaves out")
-    if args.dataset.startswith("folder:") and args.data_dir is not None:
+    if args.dataset.strip().lower().startswith("folder:") and args.data_dir is not None:  # as load_dataset reads it
         raise LeukosegError(None, "--data-dir applies to all-idb1 and all-idb2; folder:PATH names its folder itself")
     out = args.out or Path("leukoseg-classify")
     dataset = load_dataset(args.dataset, args.data_dir)

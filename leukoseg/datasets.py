@@ -9,9 +9,13 @@ image processing", Proc. 18th IEEE ICIP, Brussels, 2011, pp. 2045-2048, doi:10.1
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import logging
 import os
 import re
+import types
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LeukosegError
-from .io import _file_problem, image_files
+from .io import IMAGE_EXTENSIONS, _file_problem, image_files
 
 __all__ = [
     "Dataset",
@@ -35,6 +39,14 @@ _OBTAIN = (
     "nothing is downloaded by leukoseg"
 )
 _ALL_IDB_NAME = re.compile(r"^Im(\d{3})_([01])$")
+
+#: What the labels of the ALL-IDB data sets mean, in messages and reports (the images' Y: 1 ALL, 0 normal).
+CLASS_NAMES = types.MappingProxyType({
+    "all-idb1": types.MappingProxyType({"0": "normal", "1": "ALL"}),
+    "all-idb2": types.MappingProxyType({"0": "not blast", "1": "blast"}),
+})  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -177,7 +189,7 @@ def parse_xyc(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     try:
-        text = path.read_bytes().decode("latin-1")
+        text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("latin-1")  # Windows editors add one
     except OSError as exc:
         raise LeukosegError(path, f"cannot read annotation file ({exc.strerror or exc})") from None
     rows = []
@@ -225,9 +237,12 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None) -> D
     if key == "all-idb2":
         return _load_all_idb2(resolve_data_dir("ALL_IDB2", data_dir))
     if key.startswith("folder:"):
-        if data_dir is not None:
-            return _load_folder(Path(data_dir))
         where = spec.strip()[len("folder:") :]
+        if data_dir is not None:
+            if where.strip() and Path(where.strip()).expanduser().resolve() != Path(data_dir).expanduser().resolve():
+                raise LeukosegError(None, f"data set {spec.strip()!r} and data_dir {os.fspath(data_dir)!r} name two "
+                                          "different folders; give the folder once")  # fmt: skip
+            return _load_folder(Path(data_dir))
         if not where.strip():  # Path('') is the current folder: never a data set by accident
             raise LeukosegError(None, f"data set {spec.strip()!r} names no folder: expected 'folder:PATH' "
                                       "(PATH: one subfolder per class)")  # fmt: skip
@@ -255,8 +270,11 @@ def _load_all_idb1(root: Path) -> Dataset:
         raise LeukosegError(root, f"not an ALL-IDB1 layout: expected {expected}; found {_listing(root)}")
     records = []
     for path in sorted(im_dir.iterdir()):
-        if path.suffix.lower() != ".jpg" or path.name.startswith("."):
-            continue  # hidden files (macOS '._' resource forks) are not images too
+        if path.name.startswith("."):
+            continue  # hidden files (macOS '._' resource forks) are not images
+        if path.suffix.lower() != ".jpg":
+            _refuse_other_format(path, ".jpg", expected)
+            continue
         m = _ALL_IDB_NAME.match(path.stem)
         if not m:
             raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.jpg ({expected})")
@@ -265,6 +283,7 @@ def _load_all_idb1(root: Path) -> Dataset:
         if not xyc.is_file():
             raise LeukosegError(xyc, "annotation file missing (every ALL-IDB1 image has one, empty for Y = 0)")
         points = parse_xyc(xyc)
+        _check_points(xyc, points, path, m.group(2))
         records.append((path, f"im/{path.name}", m.group(2), points))
     if not records:
         raise LeukosegError(im_dir, f"no ImXXX_Y.jpg images; expected {expected}; found {_listing(im_dir)}")
@@ -279,8 +298,11 @@ def _load_all_idb2(root: Path) -> Dataset:
         raise LeukosegError(root, f"not an ALL-IDB2 layout: expected {expected}; found {_listing(root)}")
     records = []
     for path in sorted(img_dir.iterdir()):
-        if path.suffix.lower() not in {".tif", ".tiff"} or path.name.startswith("."):
-            continue  # hidden files (macOS '._' resource forks) are not images too
+        if path.name.startswith("."):
+            continue  # hidden files (macOS '._' resource forks) are not images
+        if path.suffix.lower() not in {".tif", ".tiff"}:
+            _refuse_other_format(path, ".tif", expected)
+            continue
         m = _ALL_IDB_NAME.match(path.stem)
         if not m:
             raise LeukosegError(path, f"unexpected file name; expected ImXXX_Y.tif ({expected})")
@@ -296,15 +318,60 @@ def _load_folder(root: Path) -> Dataset:
     _require_dir(root, expected, obtain=False)
     records = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in image_files(sub):  # as a folder search: no hidden files, no leukoseg result folders
+        found = image_files(sub)  # as a folder search: no hidden files, no leukoseg result folders
+        if not found and not (sub / "metrics.json").exists():  # a run folder of classify --dataset is no class
+            log.warning("%s: no images in this class folder (extensions %s); class %r left out", sub,
+                        ", ".join(sorted(IMAGE_EXTENSIONS)), sub.name)  # fmt: skip
+        for path in found:
             _check_image_file(path)
             records.append((path, path.relative_to(root).as_posix(), sub.name, None))
+    loose = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in IMAGE_EXTENSIONS]  # fmt: skip
+    if loose:
+        log.warning("%s: %d image(s) beside the class folders (%s) belong to no class and are left out", root,
+                    len(loose), ", ".join(sorted(loose)[:3]))  # fmt: skip
     classes = tuple(sorted({r[2] for r in records}))
     if len(classes) < 2:
         raise LeukosegError(
             root, f"expected {expected}, at least two classes; found {len(classes)} class folder(s) with images"
         )
     return Dataset(f"folder:{root}", root, _with_groups(records), classes, unit="image")
+
+
+def _refuse_other_format(path: Path, ext: str, expected: str) -> None:
+    """Refuse an image in another format among an ALL-IDB layout's images: skipping it would drop it silently."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS and _ALL_IDB_NAME.match(path.stem):
+        raise LeukosegError(path, f"an image of the data set in another format: expected {ext} files ({expected}); "
+                                  f"convert or rename it, or move it out")  # fmt: skip
+
+
+def _check_points(xyc: Path, points: np.ndarray, image: Path, label: str) -> None:
+    """Refuse annotations that contradict their image: blasts in a healthy image, centroids outside the image."""
+    if label == "0" and len(points):
+        raise LeukosegError(xyc, f"{len(points)} blast centroid(s) for a healthy image (Y = 0); expected an empty "
+                                 "file: is the image's label right?")  # fmt: skip
+    if not len(points):
+        if label == "1":
+            log.warning("%s: no blast centroid for an ALL image (Y = 1); all its cells count as non-blasts", xyc)
+        return
+    from PIL import Image
+
+    from .io import _exif_orientation
+
+    try:
+        with warnings.catch_warnings():  # the header only; reading the image warns or refuses itself
+            warnings.simplefilter("ignore")
+            with Image.open(image) as pil:
+                w, h = pil.size
+                if _exif_orientation(pil) in (5, 6, 7, 8):  # read_image turns the image
+                    w, h = h, w
+    except Exception:  # not an image: reading it reports that, with its own message
+        return
+    outside = (points[:, 0] < 0) | (points[:, 0] > w) | (points[:, 1] < 0) | (points[:, 1] > h)
+    if outside.any():
+        x, y = points[np.flatnonzero(outside)[0]]
+        raise LeukosegError(xyc, f"{int(outside.sum())} centroid(s) outside the {w}x{h} image {image.name}, e.g. "
+                                 f"({x:g}, {y:g}); expected x (column) then y (row) in pixels")  # fmt: skip
 
 
 def _check_image_file(path: Path) -> None:
@@ -383,6 +450,16 @@ def _with_groups(records: Sequence[tuple[Path, str, str, np.ndarray | None]]) ->
 
     union_by(byte_keys)
     union_by([_pixel_digest(p) for p, *_ in records])
+    first_of: dict[tuple[int, str], str] = {}  # (group root, label) -> first image name
+    for i, (_, name, label, _) in enumerate(records):
+        first_of.setdefault((find(i), label), name)
+    by_root: dict[int, list[str]] = {}
+    for (root, _), name in first_of.items():
+        by_root.setdefault(root, []).append(name)
+    for names in by_root.values():
+        if len(names) > 1:  # one fold holds them all, but a test image then carries both answers
+            log.warning("identical images with different labels: %s; check which class they belong to",
+                        ", ".join(names))  # fmt: skip
     roots: dict[int, int] = {}
     out = []
     for i, (path, name, label, points) in enumerate(records):

@@ -532,6 +532,10 @@ def _place_white_cells(
                 pts = [(rng.uniform(0, width), rng.uniform(0, height))]
             radii = [specs[i].max_radius for i in group]
             if all(free(x, y, r, strict) for (x, y), r in zip(pts, radii)):
+                if not strict:
+                    logger.warning("no room for white cell(s) %s (%s) clear of the image border; placed where the "
+                                   "border may cut them", ", ".join(str(i + 1) for i in group),
+                                   ", ".join(specs[i].kind for i in group))  # fmt: skip
                 for i, (x, y), r in zip(group, pts, radii):
                     centres[i] = (x, y)
                     placed.append((x, y, r))
@@ -999,7 +1003,9 @@ def make_smear(
     n_touching_pairs : int, optional
         The first ``2 * n_touching_pairs`` white cells are placed in pairs (1 with 2, 3 with 4, ...) whose
         cells touch along a flattened contact face while their nuclei stay apart. The others are placed
-        at least 2 µm from every other white cell and from the image border.
+        at least 2 µm from every other white cell. Every white cell is kept at least 0.6 µm from the image
+        border where there is room; in a crowded or tiny field it may be placed where the border cuts it
+        (a logged warning), and its record then describes the part inside the image.
     red_cell_density : float, optional
         About the fraction of the free field covered by red cells, in [0, 0.6].
     n_platelets : int, optional
@@ -1022,6 +1028,8 @@ def make_smear(
     ------
     ValueError
         For an unknown kind or an argument out of range.
+    TypeError
+        If `seed` is neither an int nor a numpy.random.Generator.
 
     Examples
     --------
@@ -1083,6 +1091,13 @@ def render_cell(
     -------
     SyntheticSmear
         With one white cell, id 1, centred; a few red cells around it.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or a scale or size out of range.
+    TypeError
+        If `seed` is neither an int nor a numpy.random.Generator.
 
     Examples
     --------
@@ -1264,12 +1279,18 @@ def write_samples(folder: str | os.PathLike[str], *, seed: int = 0) -> list[Path
     folder : str or os.PathLike
         Created if missing.
     seed : int, optional
-        Base seed; smear ``k`` (from 0) is drawn with seed ``[seed, k]``.
+        Base seed; smear ``k`` (from 0) is drawn with ``make_smear(..., seed=numpy.random.default_rng([seed, k]))``
+        (the ``seed`` recorded in its ``.truth.json``).
 
     Returns
     -------
     list of pathlib.Path
         The files written.
+
+    Raises
+    ------
+    ValueError
+        If `seed` is not a non-negative integer.
     """
     from . import __version__
     from .io import atomic_write, write_image, write_json, write_text

@@ -701,10 +701,6 @@ def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_
     return p_test, p_inner
 
 
-#: What the labels of the ALL-IDB data sets mean, for messages.
-_LABEL_MEANING = {"all-idb1": {"1": "ALL", "0": "healthy"}, "all-idb2": {"1": "blast", "0": "not blast"}}
-
-
 def _images_for_inner_splits(n_folds: int) -> int:
     """Distinct images a class needs so that every fold's training images hold 2 of it (a stratified split
     puts ceil(n / n_folds) of n in the largest test fold)."""
@@ -740,7 +736,9 @@ def check_class_images(dataset, minimum: int, *, what: str, fewer: str | None = 
     """
     counts = groups_per_class([str(r.label) for r in dataset.records], [int(r.group) for r in dataset.records],
                               classes=[str(c) for c in getattr(dataset, "classes", ())])  # fmt: skip
-    meaning = _LABEL_MEANING.get(getattr(dataset, "name", ""), {})
+    from leukoseg.datasets import CLASS_NAMES
+
+    meaning: Mapping[str, str] = CLASS_NAMES.get(getattr(dataset, "name", ""), {})
     for n, label in sorted((n, label) for label, n in counts.items()):  # the rarest class first
         if n < minimum:
             name = f"{label!r} ({meaning[label]})" if label in meaning else repr(label)
@@ -966,6 +964,7 @@ def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, set
     settings = settings if settings is not None else FABSettings()
     per_image: dict[tuple[int, int], dict] = {}
     counts: dict[str, int] = {}
+    n_low = 0
     for r in range(pred.shape[0]):
         for i in np.flatnonzero(pred[r] == 1):
             in_image = np.flatnonzero(cells.image == i)
@@ -978,11 +977,14 @@ def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, set
             per_image[(r, int(i))] = res
             if r == 0:
                 counts[str(res["fab_subtype"])] = counts.get(str(res["fab_subtype"]), 0) + 1
+                n_low += bool(res["fab_low_count"])
     return {
         "per_image": per_image,
         "summary": {
             "settings": settings.to_dict(),
             "distribution_repeat0": dict(sorted(counts.items())),
+            # Subtypes scored on fewer than settings.min_scored_blasts blasts: one cell weighs too much there.
+            "low_count_repeat0": n_low,
             "note": "FAB (Bennett et al. 1981) is a historical morphological classification; research use only.",
         },
     }

@@ -464,9 +464,6 @@ def _colour(model: str, i: int = 0) -> str:
 
 
 # Names of the two classes of a binary run; ALL-IDB2's records are cells, not smears.
-_BINARY_NAMES = {"all-idb2": {"0": "not blast", "1": "blast"}}
-
-
 def _fallback_fact(ds: Mapping) -> str | None:
     """'N images without a red-cell ruler (fallback scale)', when the run counted any."""
     n = _num(_dict(ds.get("n_images_per_scale_source")).get("fallback"))
@@ -481,7 +478,9 @@ def _dataset_name(run: _Run) -> str:
 
 def _class_label(run: _Run, cls: str) -> str:
     if run.task == "binary":
-        return _BINARY_NAMES.get(_dataset_name(run), {"0": "normal", "1": "ALL"}).get(cls, cls)
+        from leukoseg.datasets import CLASS_NAMES
+
+        return CLASS_NAMES.get(_dataset_name(run), CLASS_NAMES["all-idb1"]).get(cls, cls)
     return cls
 
 
@@ -856,7 +855,7 @@ def _disputed(run: _Run) -> _Disputed | None:
     column = _cell_prob_column(run)
     if run.task != "binary" or not run.cells or column is None or "label" not in run.cells[0]:
         return None
-    if _dataset_name(run) in _BINARY_NAMES:  # one cell per image: its misclassified images are these cells
+    if _dataset_name(run) == "all-idb2":  # one cell per image: its misclassified images are these cells
         return None
     image_label = {r.get("image") or "": _class_of(run, r.get("label")) for r in run.images or []}
     by_repeat: dict[str, dict[str, list[_CellCard]]] = {}

@@ -326,6 +326,7 @@ def test_a_killed_worker_fails_its_image_not_the_batch():
         (["classify", "x.jpg", "--no-cnn", "--device", "cpu"], "--device, --no-cnn apply to --dataset"),
         (["classify", "--dataset", "all-idb1", "--no-cnn", "--cnn-params", "{}"], "--cnn-params applies to the CNN"),
         (["classify", "--dataset", "folder:x", "--data-dir", "y"], "folder:PATH names its folder itself"),
+        (["classify", "--dataset", " FOLDER:x", "--data-dir", "y"], "folder:PATH names its folder itself"),
     ],
 )
 def test_classify_refuses_the_options_of_the_other_mode(elsewhere, capsys, argv, named):

@@ -241,3 +241,82 @@ def test_default_model_was_trained_on_this_all_idb1(all_idb1_dir):
     assert provenance["cross_validated_metrics"]["dataset_fingerprint"] == fingerprint
     run = provenance["cross_validated_metrics"]["run"]
     assert run and "/" not in run and "\\" not in run  # a folder name, not a path of one machine
+
+
+def test_folder_spec_and_data_dir_naming_two_folders_is_refused(tmp_path):
+    for root in ("A", "B"):
+        for cls in ("x", "y"):
+            _jpg(tmp_path / root / cls / "i.jpg", seed=ord(root) + ord(cls))
+    with pytest.raises(LeukosegError, match="name two different folders"):
+        load_dataset(f"folder:{tmp_path / 'A'}", data_dir=tmp_path / "B")
+    assert len(load_dataset(f"Folder:{tmp_path / 'B'}", data_dir=tmp_path / "B")) == 2  # the same folder twice
+
+
+def test_xyc_with_a_byte_order_mark(tmp_path):
+    p = tmp_path / "a.xyc"
+    p.write_bytes(b"\xef\xbb\xbf886\t726\r\n12 34\r\n")
+    np.testing.assert_array_equal(parse_xyc(p), [[886, 726], [12, 34]])
+
+
+@pytest.mark.parametrize(
+    ("name", "xyc", "message"),
+    [
+        ("Im001_1", b"3\t4\n17\t5\n", r"1 centroid\(s\) outside the 16x16 image Im001_1.jpg, e.g. \(17, 5\)"),
+        ("Im001_1", b"-1\t4\n", r"outside the 16x16 image"),
+        ("Im002_0", b"3\t4\n", r"1 blast centroid\(s\) for a healthy image \(Y = 0\)"),
+    ],
+)
+def test_annotations_that_contradict_their_image_are_refused(fake_idb1, name, xyc, message):
+    """Swapped or out-of-range columns, or blasts in a healthy image, would give cells the wrong labels."""
+    (fake_idb1 / "xyc" / f"{name}.xyc").write_bytes(xyc)
+    with pytest.raises(LeukosegError, match=message) as info:
+        load_dataset("all-idb1", fake_idb1)
+    assert info.value.path == str(fake_idb1 / "xyc" / f"{name}.xyc")
+
+
+def test_an_all_image_without_blast_centroids_is_warned_about(fake_idb1, caplog):
+    (fake_idb1 / "xyc" / "Im004_1.xyc").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="leukoseg.datasets"):
+        ds = load_dataset("all-idb1", fake_idb1)
+    assert ds.records[3].points.shape == (0, 2)
+    assert "Im004_1.xyc: no blast centroid for an ALL image" in caplog.text
+
+
+@pytest.mark.parametrize(("layout", "name"), [("all-idb1", "im/Im006_1.png"), ("all-idb2", "img/Im003_1.jpg")])
+def test_an_image_of_the_data_set_in_another_format_is_refused(fake_idb1, tmp_path, layout, name):
+    """Skipping it would drop an image, and its annotation, without a word."""
+    root = fake_idb1
+    if layout == "all-idb2":
+        root = tmp_path / "ALL_IDB2"
+        for stem in ("Im001_1", "Im002_0"):
+            (root / "img").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), 40 + int(stem[-1]), np.uint8)).save(root / "img" / f"{stem}.tif")
+    _jpg(root / name, seed=7)
+    with pytest.raises(LeukosegError, match="an image of the data set in another format") as info:
+        load_dataset(layout, root)
+    assert info.value.path == str(root / name)
+
+
+def test_folder_dataset_says_what_it_leaves_out(tmp_path, caplog):
+    for cls in ("blast", "lymphocyte"):
+        _jpg(tmp_path / cls / "a.jpg", seed=len(cls))
+    (tmp_path / "neutrophil").mkdir()  # a class without images
+    _jpg(tmp_path / "loose.jpg", seed=3)  # an image beside the class folders
+    (tmp_path / "run").mkdir()  # a result folder of classify --dataset is no class
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="leukoseg.datasets"):
+        ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.classes == ("blast", "lymphocyte")
+    assert "no images in this class folder" in caplog.text and "'neutrophil' left out" in caplog.text
+    assert "1 image(s) beside the class folders (loose.jpg)" in caplog.text
+    assert "'run'" not in caplog.text
+
+
+def test_identical_images_with_different_labels_are_warned_about(tmp_path, caplog):
+    _jpg(tmp_path / "blast" / "b.jpg", seed=0)
+    _jpg(tmp_path / "normal" / "n.jpg", seed=1)
+    shutil.copy(tmp_path / "blast" / "b.jpg", tmp_path / "normal" / "copy_of_b.jpg")
+    with caplog.at_level("WARNING", logger="leukoseg.datasets"):
+        ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.groups[0] == ds.groups[1]  # still one group: the same fold
+    assert "identical images with different labels: blast/b.jpg, normal/copy_of_b.jpg" in caplog.text

@@ -3,9 +3,9 @@
 Two kinds of test: rules checked on hand-made measurement tables (each criterion, its thresholds at the
 boundaries, the score's share rules, exclusions, validation), and end to end: synthetic smears drawn,
 segmented by :func:`leukoseg.segmentation.segment` and scored. The L1 and L2 smears come from
-:func:`leukoseg.synthetic.make_smear`. Its L3 cells are not used: on a smear of L3 cells the segmentation
-puts most of the deep blue cytoplasm into the nucleus and finds few of their vacuoles (seen on seeds 0 and 1),
-so L3 smears are drawn here by :func:`_draw_blasts`, with vacuoles placed well inside the cytoplasm.
+:func:`leukoseg.synthetic.make_smear`. L3 smears are drawn here by :func:`_draw_blasts`, with vacuoles
+placed well inside the cytoplasm, so that the count of vacuoles is known (make_smear's L3 blasts do land in L3
+at stain_jitter 0.1, seeds 0-2, but ``segment`` finds 0-7 of their vacuoles).
 """
 
 from __future__ import annotations
@@ -423,6 +423,7 @@ def test_bad_arguments_raise():
         ({"vacuolated_min_count": 0}, "vacuolated_min_count must be an integer >= 1"),
         ({"vacuolated_min_count": 1.5}, "vacuolated_min_count must be an integer >= 1"),
         ({"vacuolated_min_count": True}, "vacuolated_min_count must be an integer >= 1"),
+        ({"min_scored_blasts": 0}, "min_scored_blasts must be an integer >= 1"),
         ({"high_nc_ratio": "0.6"}, "high_nc_ratio must be a number"),
         ({"high_nc_ratio": True}, "high_nc_ratio must be a number"),
         ({"exclude_border": "yes"}, "exclude_border must be True or False"),
@@ -453,7 +454,7 @@ def test_equal_nc_thresholds_make_a_dichotomy():
 
 
 _KEYS = [
-    "fab_subtype", "fab_score", "fab_n_blasts", "fab_n_scored", "fab_size_cv",
+    "fab_subtype", "fab_score", "fab_n_blasts", "fab_n_scored", "fab_low_count", "fab_size_cv",
     *(f"fab_pct_{c}" for c in FAB_CRITERIA),
 ]  # fmt: skip
 
@@ -471,8 +472,16 @@ def test_empty_result_to_dict_has_the_same_keys_and_no_nan():
     d = fab_classify(_table(0)).to_dict()
     assert list(d) == _KEYS
     assert d["fab_n_blasts"] == 0 and d["fab_n_scored"] == 0
-    assert all(d[k] is None for k in _KEYS if k not in ("fab_n_blasts", "fab_n_scored"))
+    assert d["fab_low_count"] is True
+    assert all(d[k] is None for k in _KEYS if k not in ("fab_n_blasts", "fab_n_scored", "fab_low_count"))
     json.dumps(d, allow_nan=False)
+
+
+@pytest.mark.parametrize(("n", "minimum", "low"), [(1, 10, True), (9, 10, True), (10, 10, False), (1, 1, False)])
+def test_few_scored_blasts_are_flagged_not_hidden(n, minimum, low):
+    result = fab_classify(_table(n), settings=FABSettings(min_scored_blasts=minimum))
+    assert result.subtype == "L1"  # still given
+    assert result.low_count is low and result.to_dict()["fab_low_count"] is low
 
 
 def test_result_is_frozen():

@@ -202,6 +202,10 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
 
     assert metrics["fab"]["settings"] == FABSettings().to_dict()  # no fab_settings given: the defaults ran
     assert "research" in metrics["fab"]["note"]
+    # Subtypes resting on fewer than 10 scored blasts are flagged, per image and counted for repeat 0.
+    scored0 = [i for i in images if i["fab_subtype"] and i["repeat"] == "0"]
+    assert all(i["fab_low_count"] == str(int(i["fab_n_scored"]) < 10) for i in scored0)
+    assert metrics["fab"]["low_count_repeat0"] == sum(i["fab_low_count"] == "True" for i in scored0)
     top_ks = metrics["models"]["fused"]["repeats"][0]["image_rule_top_k"]
     assert len(top_ks) == 3 and set(top_ks) <= {1, 2, 3}  # one learnt k per fold
     base = metrics["models"]["baseline"]["repeats"][0]["all"]
@@ -377,7 +381,7 @@ def test_experiment_refuses_a_class_in_too_few_images_before_any_work(fake_all_i
     assert not (tmp_path / "cache").exists()  # nothing was segmented
     # Plain labels, never NumPy's scalar reprs; fewer folds are suggested when they would do.
     dataset = load_dataset("all-idb1", fake_all_idb1)
-    with pytest.raises(LeukosegError, match=r"^.*class '0' \(healthy\) has 5 distinct image\(s\) .*fewer than the "
+    with pytest.raises(LeukosegError, match=r"^.*class '0' \(normal\) has 5 distinct image\(s\) .*fewer than the "
                                             r"6 folds; use at most 5 folds \(--folds\)$") as info:  # fmt: skip
         run_experiment(dataset, tmp_path / "run6", n_folds=6, cache_dir=tmp_path / "cache")
     assert "np." not in str(info.value) and info.value.path == str(fake_all_idb1)
@@ -397,7 +401,7 @@ def test_two_folds_need_four_images_of_each_class_for_the_inner_splits(fake_all_
                "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [
-        f"leukoseg: error: {data}: class '0' (healthy) has 2 distinct image(s) (identical copies count once), fewer "
+        f"leukoseg: error: {data}: class '0' (normal) has 2 distinct image(s) (identical copies count once), fewer "
         "than the 4 that 2-fold cross-validation needs (2 in the training images of every fold, for its inner "
         "splits); add distinct images of that class"]
     assert not (tmp_path / "cache").exists()

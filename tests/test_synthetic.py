@@ -288,6 +288,16 @@ def test_crowded_field_leaves_cells_out(caplog):
     assert "left out" in caplog.text
 
 
+def test_a_cell_the_border_must_cut_is_warned_about(caplog):
+    """Where no place clear of the border is left, a cell is placed where the border cuts it, and says so."""
+    s = make_smear(shape=(96, 96), kinds=("blast_L2",) * 4, n_touching_pairs=0, red_cell_density=0, n_platelets=0,
+                   seed=0)  # fmt: skip
+    c = s.cells
+    cut = set(np.unique(np.concatenate([c[0], c[-1], c[:, 0], c[:, -1]]))) - {0}
+    assert cut  # this field is too small for four blasts clear of the border
+    assert "clear of the image border; placed where the border may cut them" in caplog.text
+
+
 def test_write_samples_round_trip(tmp_path):
     folder = tmp_path / "samples"
     assert main([str(folder), "--seed", "0"]) == 0
