@@ -859,6 +859,8 @@ class ModelBundle:
         ------
         ValueError
             If an input is missing or has the wrong shape, or the feature names differ.
+        LeukosegError
+            If a model gives scores that are not probabilities (damaged weights that passed the load checks).
 
         Examples
         --------
@@ -893,6 +895,10 @@ class ModelBundle:
             out["baseline"] = 0.5 * (out["gknn"] + out["svm"])
         if self.fusion is not None:
             out["fused"] = _fuse(self.fusion, out)
+        for name, p in out.items():  # a NaN would compare below every threshold: a silent 'normal'
+            if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+                raise LeukosegError(self.path, f"its {name!r} scores are not probabilities in [0, 1] (NaN or "
+                                    "out of range): the bundle's weights are damaged")  # fmt: skip
         return out
 
     def _prepare_features(self, features: Any, feature_names: Sequence[str] | None) -> np.ndarray:
@@ -993,7 +999,8 @@ def save_bundle(
     FileExistsError
         If `directory` exists and `overwrite` is false, or it exists and is not a bundle or an empty folder.
     ValueError, TypeError
-        If a model name, the fusion, the feature arrays or the config are invalid.
+        If a model name, the fusion, the feature arrays or the config are invalid, or `directory` is ``.`` or
+        ``..``.
 
     Examples
     --------
@@ -1002,6 +1009,8 @@ def save_bundle(
     PosixPath('model')
     """
     target = Path(directory)
+    if target.name in ("", ".."):  # staged beside the target: for '.' or '..' that is inside it
+        raise ValueError(f"{target} names the current or parent folder; give the bundle a folder of its own")
     _check_replaceable(target, overwrite=overwrite)
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if not models or unknown:
@@ -1291,9 +1300,14 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
                 "file changed or corrupt",
             )
 
-    def listed(file_name: Any) -> Path:
+    owners: dict[str, str] = {}
+
+    def listed(file_name: Any, owner: str) -> Path:
         if not isinstance(file_name, str) or file_name not in files:
             raise LeukosegError(manifest_path, f"refers to {_short(file_name)}, which is not in its 'files' checksums")
+        if file_name in owners:  # save_bundle gives every part its own file: one model read as another is damage
+            raise LeukosegError(manifest_path, f"{owners[file_name]} and {owner} both refer to {file_name}")
+        owners[file_name] = owner
         return root / file_name
 
     models: dict[str, Mapping[str, np.ndarray]] = {}
@@ -1303,7 +1317,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
         meta = models_meta[name]
         if not isinstance(meta, dict):
             raise LeukosegError(manifest_path, f"model {name!r} entry is not an object")
-        path = listed(meta.get("file"))
+        path = listed(meta.get("file"), f"model {name!r}")
         arrays: Mapping[str, np.ndarray] = _read_npz(path)
         _check_model_arrays(name, arrays, path)
         _check_model_entry(name, meta, arrays, manifest_path)
@@ -1343,7 +1357,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> ModelBundle:
     if features_meta is not None:
         if not isinstance(features_meta, dict):
             raise LeukosegError(manifest_path, "'features' is not an object")
-        path = listed(features_meta.get("file"))
+        path = listed(features_meta.get("file"), "'features'")
         arrays = _read_npz(path)
         names, medians = arrays.get("names"), arrays.get("medians")
         if names is None or medians is None or names.dtype.kind != "U" or names.ndim != 1:
@@ -1528,11 +1542,18 @@ def _manifest_field(manifest: Mapping[str, Any], key: str, kind: type, path: Pat
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz file, read-only; LeukosegError for a corrupt file or an object (pickle) array."""
+    """All arrays of an .npz file, read-only; LeukosegError for a corrupt, compressed or object (pickle) array."""
     arrays: dict[str, np.ndarray] = {}
     if not zipfile.is_zipfile(path):  # np.load would try it as .npy or as a pickle
         raise LeukosegError(path, "not a readable .npz file (not a zip archive)")
     try:
+        # save_bundle writes with np.savez: members stored, not compressed, so the arrays take what the file
+        # takes. A compressed member could inflate a small file to any size in memory (a zip bomb): refused.
+        with zipfile.ZipFile(path) as archive:
+            packed = [info.filename for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise LeukosegError(path, f"member {_short(packed[0])} is compressed; bundle files hold stored "
+                                "(np.savez) arrays only")  # fmt: skip
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             for key in npz.files:
                 arrays[key] = npz[key]
@@ -1566,6 +1587,20 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _check_stored_count(arrays: Mapping[str, np.ndarray], count_key: str, prefix: str, what: str, fail) -> None:
+    """The declared number of ensemble members (or SVM folds), if any, must be the number stored (``prefix0_``...).
+
+    Checked before anything loops over the declared number: a damaged count (say 10**12) would otherwise
+    exhaust memory or time, and a smaller one would silently leave stored members out of the predictions.
+    """
+    if count_key not in arrays:
+        return
+    n = int(arrays[count_key])  # a 0-d integer: checked by the caller
+    stored = {key.split("_", 1)[0] for key in arrays if key.startswith(prefix) and "_" in key}
+    if len(stored) != n or stored != {f"{prefix}{i}" for i in range(n)}:
+        fail(f"{count_key} is {n}, but it holds {len(stored)} {what}(s)")
+
+
 def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path, *, context: str = "") -> None:
     """Shapes and types of a model's arrays; LeukosegError naming `path` otherwise."""
     kind = _KINDS[name]
@@ -1594,6 +1629,7 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
         shape = need("input_shape", "iu", 1)
         if "n_members" in arrays and int(need("n_members", "iu", 0)) < 1:
             fail("is an ensemble of no CNN")
+        _check_stored_count(arrays, "n_members", "member", "CNN", fail)  # before _cnn_members lists them
         members = _cnn_members(arrays)
         for i, net in enumerate(members):
             where = f"CNN {i} of the ensemble: " if "n_members" in arrays else ""
@@ -1611,6 +1647,7 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
             n_members = int(need("n_members", "iu", 0))
             if n_members < 1:
                 fail("is an ensemble of no kNN")
+            _check_stored_count(arrays, "n_members", "member", "kNN", fail)
             for key in (f"member{i}_{k}" for i in range(n_members) for k in _MEMBER_KEYS):
                 need(key, "iufU")
             for i, member in enumerate(_knn_members(arrays)):
@@ -1648,6 +1685,7 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
     n_folds = int(need("n_folds", "iu", 0))
     if n_folds < 1:
         fail("has no folds")
+    _check_stored_count(arrays, "n_folds", "fold", "calibrated SVM fold", fail)
     n_features: int | None = None
     for i in range(n_folds):
         p = f"fold{i}_"
@@ -1658,7 +1696,9 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
         coef = need(p + "dual_coef", "f", 2)
         intercept = need(p + "intercept", "f", 1)
         n_support = need(p + "n_support", "iu", 1)
-        need(p + "gamma", "f", 0)
+        gamma = need(p + "gamma", "f", 0)
+        if not float(gamma) > 0:  # an RBF kernel exp(-gamma d^2) with gamma <= 0 overflows, or ignores the rows
+            fail(f"fold {i}: gamma {float(gamma)!r} is not positive")
         class_index = need(p + "class_index", "iu", 1)
         n_cls = len(n_support)
         if mean.shape != (n_features,) or scale.shape != (n_features,) or sv.shape[1:] != (n_features,):
@@ -1667,8 +1707,11 @@ def _check_model_arrays(name: str, arrays: Mapping[str, np.ndarray], path: Path,
             fail(f"fold {i}: dual_coef {coef.shape} does not match {len(sv)} support vectors of {n_cls} classes")
         if intercept.shape != (n_cls * (n_cls - 1) // 2,) or len(class_index) != n_cls:
             fail(f"fold {i}: intercept {intercept.shape} or class_index {class_index.shape} wrong for {n_cls} classes")
-        if n_cls < 2 or class_index.max() >= len(classes):
-            fail(f"fold {i}: class indices outside the {len(classes)} classes")
+        # LabelEncoder indices of the fold's classes: increasing, within the bundle's classes (a negative or
+        # repeated index would write one class's probability into another's column, or past the last).
+        index = class_index.astype(np.int64)
+        if n_cls < 2 or index.min() < 0 or index.max() >= len(classes) or (np.diff(index) <= 0).any():
+            fail(f"fold {i}: class_index {class_index.tolist()} is not increasing indices of {len(classes)} classes")
         if not (np.isfinite(sv).all() and np.isfinite(coef).all() and (scale != 0).all()
                 and all(np.isfinite(a).all() for a in (mean, scale, intercept, arrays[p + "gamma"]))):  # fmt: skip
             fail(f"fold {i}: non-finite support vectors, coefficients, mean, scale, intercept or gamma; or zero scale")

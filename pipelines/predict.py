@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from leukoseg.classify.bundle import ModelBundle
     from leukoseg.segmentation import Segmentation
 
-__all__ = ["Classification", "classify_image", "default_model_dir", "load_model", "write_classification"]
+__all__ = [
+    "Classification",
+    "blast_colors",
+    "classify_image",
+    "default_model_dir",
+    "load_model",
+    "write_classification",
+]
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +244,14 @@ def blast_colors(cell_ids, p_blast) -> dict[int, tuple[int, int, int]]:
     Parameters
     ----------
     cell_ids : sequence of int
+        The cells' ids (``cell_id`` of ``cells.csv``).
     p_blast : sequence of float in [0, 1]
+        Each cell's blast probability, in the order of `cell_ids` (clipped to [0, 1]).
 
     Returns
     -------
     dict of int to (r, g, b)
+        Each cell id's colour, 0-255 per channel.
 
     Examples
     --------

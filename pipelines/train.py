@@ -126,6 +126,9 @@ def train_bundle(
     # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.
     exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
     out_dir = Path(out_dir)
+    if out_dir.name in ("", ".."):  # '.', '..': the bundle is staged beside its folder, which would be inside it
+        raise LeukosegError(out_dir, "names the current or parent folder; give the bundle a folder of its own "
+                            "(e.g. --out model)")  # fmt: skip
     try:
         _check_replaceable(out_dir, overwrite=True)
     except FileExistsError:  # --overwrite would not help: never suggest it

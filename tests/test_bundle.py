@@ -330,6 +330,25 @@ def test_missing_features_take_the_medians_and_inputs_are_not_modified(saved, da
         assert_allclose(out[name], expected[name], rtol=0, atol=0)
 
 
+def test_scores_that_are_not_probabilities_are_refused(saved, data, monkeypatch):
+    """Damage the load checks cannot see (here: a kNN giving NaN) is an error, never a NaN read as 'normal'."""
+    X, _, patches = data
+    bundle = B.load_bundle(saved)
+    monkeypatch.setattr(B, "knn_predict_proba", lambda arrays, X: np.full((len(X), 2), np.nan))
+    with pytest.raises(LeukosegError, match=r"its 'gknn' scores are not probabilities in \[0, 1\]") as info:
+        bundle.predict_cells(X[:5], patches[:5])
+    assert info.value.path == str(saved)
+
+
+def test_a_bundle_in_the_current_folder_is_refused_before_any_work(fitted, tmp_path, monkeypatch):
+    # It is staged beside its folder, which for '.' would be inside it.
+    monkeypatch.chdir(tmp_path)
+    for target in (".", "sub/.."):
+        with pytest.raises(ValueError, match="names the current or parent folder"):
+            B.save_bundle(target, models=fitted, config={}, provenance={})
+    assert not list(tmp_path.iterdir())
+
+
 def test_feature_order_is_checked(saved, data):
     bundle = B.load_bundle(saved)
     X, _, patches = data
@@ -561,7 +580,51 @@ def _version_not_a_string(path):
     return "bundle.json", "leukoseg_version must be a string; got 5"
 
 
+def _svm_negative_class_index(path):
+    # Would write one class's probability into no column: every cell's blast probability silently 0.
+    _rewrite_npz(path, "svm.npz", lambda a: a.__setitem__("fold0_class_index", np.array([-1, 0])))
+    return "svm.npz", "fold 0: class_index [-1, 0] is not increasing indices of 2 classes"
+
+
+def _svm_repeated_class_index(path):
+    _rewrite_npz(path, "svm.npz", lambda a: a.__setitem__("fold0_class_index", np.array([1, 1])))
+    return "svm.npz", "fold 0: class_index [1, 1] is not increasing indices of 2 classes"
+
+
+def _svm_negative_gamma(path):
+    # Finite, so no non-finite check catches it; the kernel would overflow into NaN scores, read as 'normal'.
+    _rewrite_npz(path, "svm.npz", lambda a: a.__setitem__("fold0_gamma", np.array(-0.5)))
+    return "svm.npz", "fold 0: gamma -0.5 is not positive"
+
+
+def _svm_huge_fold_count(path):
+    # Checked against the folds stored before anything loops over the declared number.
+    _rewrite_npz(path, "svm.npz", lambda a: a.__setitem__("n_folds", np.array(10**12)))
+    return "svm.npz", "n_folds is 1000000000000, but it holds"
+
+
+def _compressed_member(path):
+    # A few compressed bytes may inflate to any size in memory; save_bundle never compresses.
+    with np.load(path / "knn.npz", allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    np.savez_compressed(path / "knn.npz", **arrays)
+    _fix_checksum(path, "knn.npz")
+    return "knn.npz", "is compressed; bundle files hold stored (np.savez) arrays only"
+
+
+def _two_models_one_file(path):
+    # The kNN would score with the GkNN's weights while the manifest names a plain kNN.
+    _rewrite_manifest(path, lambda m: m["models"]["knn"].__setitem__("file", m["models"]["gknn"]["file"]))
+    return "bundle.json", "both refer to gknn.npz"
+
+
 CORRUPTIONS = [
+    _svm_negative_class_index,
+    _svm_repeated_class_index,
+    _svm_negative_gamma,
+    _svm_huge_fold_count,
+    _compressed_member,
+    _two_models_one_file,
     _entry_kind_contradicts_file,
     _entry_estimator_not_a_string,
     _entry_classes_contradict_file,
@@ -707,7 +770,7 @@ def _drop_member(arrays):
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (_drop_member, "CNN 1 of the ensemble: lacks the array 'format_version'"),
+        (_drop_member, "n_members is 2, but it holds 1 CNN(s)"),
         (lambda a: a.__setitem__("n_members", np.array(0)), "is an ensemble of no CNN"),
         (lambda a: a.__setitem__("member1_classes", np.array([0, 2])), "CNN 1 of the ensemble: takes other patches or"),
         (lambda a: a.__setitem__("member0_std", np.zeros(3, np.float32)), "CNN 0 of the ensemble: 'std' must be finite"),

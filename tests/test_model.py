@@ -115,6 +115,21 @@ def test_cli_train_refuses_a_class_in_one_image_before_any_work(fake_all_idb1, t
     assert not (tmp_path / "cache").exists() and not (tmp_path / "m").exists()  # nothing was segmented
 
 
+@pytest.mark.parametrize("out", [".", ".."])
+def test_cli_train_refuses_the_current_folder_before_any_work(fake_all_idb1, tmp_path, monkeypatch, capsys, out):
+    from leukoseg.cli import main
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    rc = main(["train", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", out, "--no-cnn",
+               "--cache", str(tmp_path / "cache"), "--workers", "1"])  # fmt: skip
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2
+    assert line == f"leukoseg: error: {out}: names the current or parent folder; give the bundle a folder of its own " \
+                   "(e.g. --out model)"
+    assert not (tmp_path / "cache").exists()  # nothing was segmented
+
+
 def test_train_refuses_blast_cells_of_one_image(fast, fake_all_idb1, fake_cache, tmp_path):
     # Enough ALL images, but the annotations of all but one match no cell: the cell models cannot be tuned.
     import shutil
