@@ -53,6 +53,8 @@ from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
 from leukoseg.io import _refusal_to_replace, _staged_folder, _swap_folder, write_json
 
+from ._fusion_numpy import expit as _expit
+from ._fusion_numpy import fuse_numpy
 from ._votes import gaussian_vote
 
 __all__ = [
@@ -751,15 +753,6 @@ def _svc_decision(params: Mapping[str, np.ndarray], p: str, z: np.ndarray) -> np
     return votes + confidence / (3 * (np.abs(confidence) + 1))
 
 
-def _expit(x: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
-
-
 def _check_features(X: Any, n_features: int) -> np.ndarray:
     X = np.asarray(X, np.float64)
     if X.ndim != 2 or X.shape[1] != n_features:
@@ -894,7 +887,7 @@ class ModelBundle:
         if "gknn" in out and "svm" in out:
             out["baseline"] = 0.5 * (out["gknn"] + out["svm"])
         if self.fusion is not None:
-            out["fused"] = _fuse(self.fusion, out)
+            out["fused"] = fuse_numpy(self.fusion, out)
         for name, p in out.items():  # a NaN would compare below every threshold: a silent 'normal'
             if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
                 raise LeukosegError(self.path, f"its {name!r} scores are not probabilities in [0, 1] (NaN or "
@@ -932,16 +925,6 @@ def _positive_column(classes: np.ndarray, positive: Any) -> int:
     if len(hits) != 1:
         raise ValueError(f"positive class {positive!r} is not one of the classes {classes.tolist()}")
     return int(hits[0])
-
-
-def _fuse(fusion: Mapping[str, Any], probabilities: Mapping[str, np.ndarray]) -> np.ndarray:
-    eps = float(fusion["eps"])
-    n = len(probabilities[fusion["inputs"][0]])
-    z = np.full(n, float(fusion["intercept"]))
-    for name, c in zip(fusion["inputs"], fusion["coef"]):
-        p = np.clip(probabilities[name], eps, 1.0 - eps)
-        z += float(c) * (np.log(p) - np.log1p(-p))
-    return _expit(z)
 
 
 def save_bundle(

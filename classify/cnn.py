@@ -2,10 +2,10 @@
 
 Reference
 ---------
-T.T.P. Thanh, C. Vununu, S. Atoev, S.-H. Lee, K.-R. Kwon, "Acute leukemia classification using convolution
-neural network in clinical decision support system", CS & IT-CSCP 2017, pp. 49-53.
-(An index of that paper, leukaemiamedtechresearch.org.uk, lists its authors as T.T.P. Thanh, G.N. Pham,
-J.-H. Park, K.-S. Moon, S.-H. Lee and K.-R. Kwon: check the author list against the paper before citing.)
+T.T.P. Thanh, G.N. Pham, J.-H. Park, K.-S. Moon, S.-H. Lee, K.-R. Kwon, "Acute leukemia classification using
+convolution neural network in clinical decision support system", CS & IT-CSCP 2017, pp. 49-53.
+Companion paper: T.T.P. Thanh, C. Vununu, S. Atoev, S.-H. Lee, K.-R. Kwon, "Leukemia blood cell image
+classification using convolutional neural network", IJCTE 10(2), 2018, pp. 54-58 (both as in the README).
 
 Network
 -------
@@ -61,6 +61,7 @@ import logging
 import math
 import os
 import random
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -149,7 +150,9 @@ def build_thanh_cnn(
         Non-linearity. With 'selu' the kernels start LeCun-normal (self-normalising nets), otherwise
         Glorot-uniform.
     pool_size : int, optional
-        Side and stride of the max-pooling window; 1 means no pooling.
+        Side and stride of the max-pooling window; 1 means no pooling. Where it does not divide a side of
+        the patch, the last ``side % pool_size`` rows or columns of the feature maps (bottom, right) are
+        dropped, so the network is no longer mirror-symmetric; a warning is logged.
     dense_units : sequence of int, optional
         Hidden fully connected layers between the pooling and the output layer (none in the paper).
     dropout : float, optional
@@ -219,6 +222,10 @@ def build_thanh_cnn(
         )(x)
         if arch["activate_every_conv"] or i == n_conv:
             x = layers.Activation(act, name=f"{act}{i}")(x)
+    height, width = arch["input_shape"][:2]
+    if height % arch["pool_size"] or width % arch["pool_size"]:
+        logger.warning("pool_size %d does not divide the %dx%d patch: the last rows/columns of the feature maps "
+                       "are dropped (bottom and right)", arch["pool_size"], height, width)  # fmt: skip
     if arch["pool_size"] > 1:
         x = layers.MaxPooling2D(arch["pool_size"], strides=arch["pool_size"], padding="valid", name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -261,8 +268,9 @@ def build_densenet121(
     dropout : float, optional
         Dropout rate before the output layer, in ``[0, 1)``.
     seed : int or None, optional
-        Seed of the head's initialiser and of dropout (the convolutional part takes Keras's global seed,
-        which :class:`CNNClassifier` sets from its `random_state`).
+        Seed of the head's initialiser and of dropout. The convolutional part's initialisers are unseeded:
+        Keras draws their seeds from Python's ``random`` stream, which :class:`CNNClassifier` seeds from its
+        `random_state` for the build and puts back afterwards.
 
     Returns
     -------
@@ -480,23 +488,48 @@ def _backend_sees_gpu(backend: str) -> bool:
 
 @contextlib.contextmanager
 def _global_rngs_restored() -> Iterator[None]:
-    """Put Python's and NumPy's global random streams back as they were (Keras reseeds them)."""
+    """Put Python's, NumPy's and (when loaded) PyTorch's CPU random streams back as they were.
+
+    The block reseeds Python's; under the torch backend, Keras's data loader draws from PyTorch's stream.
+    """
     python_state, numpy_state = random.getstate(), np.random.get_state()
+    torch = sys.modules.get("torch")  # never imported here
+    torch_state = torch.get_rng_state() if torch is not None else None
     try:
         yield
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
+        if torch is not None:
+            torch.set_rng_state(torch_state)
 
 
-def _enable_determinism(backend: str) -> None:
-    """Deterministic kernels where the backend offers them cheaply (TensorFlow only; process-wide)."""
-    if backend != "tensorflow":
+@contextlib.contextmanager
+def _op_determinism(backend: str, enabled: bool) -> Iterator[None]:
+    """TensorFlow's deterministic kernels for the block, switched off again after it if they were off.
+
+    The switch is process-wide; its query and its off switch are not in TensorFlow's public API, so where
+    they are missing the switch stays on (as ``enable_op_determinism`` alone would leave it).
+    """
+    if not enabled or backend != "tensorflow":
+        yield
         return
     tf = importlib.import_module("tensorflow")
     enable = getattr(getattr(tf.config, "experimental", None), "enable_op_determinism", None)
+    try:
+        private = importlib.import_module("tensorflow.python.framework.config")
+    except ImportError:  # moved in a later TensorFlow: the switch then stays on
+        private = None
+    is_on = getattr(private, "is_op_determinism_enabled", None)
+    disable = getattr(private, "disable_op_determinism", None)
+    was_on = True if is_on is None or disable is None else bool(is_on())
     if enable is not None:
         enable()
+    try:
+        yield
+    finally:
+        if not was_on and disable is not None:
+            disable()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -560,11 +593,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Where to train and predict (see :func:`resolve_device`).
     random_state : int or None, optional
         Seed of the split, the weights, the batch order and the augmentation. With an int, two fits on the
-        same data and machine give the same model. For that, ``keras.utils.set_random_seed`` seeds the
-        backend and, under TensorFlow, ``tf.config.experimental.enable_op_determinism()`` is switched on
-        (both process-wide: the backend's global seed stays set after ``fit``); the global streams of
-        Python's ``random`` and ``numpy.random``, which ``set_random_seed`` reseeds too, are put back as
-        they were when ``fit`` returns.
+        same data and machine give the same model. Every layer gets a seed derived from it; Python's
+        ``random`` stream, from which Keras draws the seeds of unseeded initialisers (DenseNet121's
+        backbone), is seeded with it during the build and put back as it was when ``fit`` returns; under
+        TensorFlow, op determinism is switched on during ``fit`` and back off afterwards if it was off.
+        No other global seed (TensorFlow's, Keras's, PyTorch's) is touched.
     verbose : int, optional
         Keras progress output (0 silent). Per-epoch metrics also go to the ``logging`` logger of this module.
 
@@ -723,10 +756,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             backend,
             device,
         )
-        with _global_rngs_restored(), device_scope(device):
-            if self.random_state is not None:
-                keras.utils.set_random_seed(seed)
-                _enable_determinism(backend)
+        with _global_rngs_restored(), _op_determinism(backend, self.random_state is not None), device_scope(device):
+            # Unseeded Keras initialisers (DenseNet121's backbone) draw their seeds from Python's stream; `seed`
+            # is drawn afresh when random_state is None, so such fits differ from each other.
+            random.seed(seed)
             model = _build(arch, seed=seed, weights=self.backbone_weights)
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),

@@ -14,7 +14,7 @@ In the experiment the fusion is fitted on *inner out-of-fold* scores of the trai
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -24,6 +24,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from leukoseg._stderr import import_keras
+
+from ._fusion_numpy import fuse_numpy
+from ._fusion_numpy import stack_inputs as _stack_inputs
 
 __all__ = ["StackingFusion", "fuse_numpy"]
 
@@ -119,10 +122,10 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
 
         X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
         check_classification_targets(y)
-        self.classes_, codes = np.unique(y, return_inverse=True)
-        n_classes = len(self.classes_)
+        classes, codes = np.unique(y, return_inverse=True)  # classes_ is set with the weights, after the checks
+        n_classes = len(classes)
         if n_classes < 2:
-            raise ValueError(f"StackingFusion needs at least 2 classes; got {self.classes_.tolist()}")
+            raise ValueError(f"StackingFusion needs at least 2 classes; got {classes.tolist()}")
         if self.n_inputs < 1 or X.shape[1] != self.n_inputs * n_classes:
             raise ValueError(
                 f"X must have n_inputs * n_classes = {self.n_inputs} * {n_classes} columns; got {X.shape[1]}"
@@ -159,6 +162,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
             W = ops.convert_to_numpy(W).astype(np.float64)
             b = ops.convert_to_numpy(b).astype(np.float64)
         # Fold the standardisation into the weights of the raw inputs.
+        self.classes_ = classes
         self.coef_ = W / std[:, None]
         self.intercept_ = b - mean @ self.coef_
         log.info("fusion on %s (%s): coef %s", self.device_, self.backend_, np.round(self.binary_coef(), 3)
@@ -169,7 +173,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         return _stack_inputs(X, n_classes, self.n_inputs, self.eps)
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        """Fused class probabilities, computed with ``keras.ops`` on the fit's device.
+        """Fused class probabilities, computed with ``keras.ops`` on the fit's device (the CPU where it is missing).
 
         Parameters
         ----------
@@ -183,12 +187,14 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         """
         from keras import ops
 
-        from .cnn import device_scope
+        from .cnn import device_scope, resolve_device
 
-        check_is_fitted(self)
+        check_is_fitted(self, "coef_")  # not classes_ or n_features_in_: a refused fit may leave them
         X = cast(np.ndarray, validate_data(self, X, dtype=np.float64, reset=False))
         F = self._inputs(X, len(self.classes_))
-        with device_scope(self.device_):
+        # A fusion fitted on a GPU and unpickled where the backend sees none predicts on the CPU.
+        device = "cpu" if self.device_ == "cpu" else resolve_device("auto")
+        with device_scope(device):
             # Every operand a tensor: a NumPy intercept added to a GPU tensor fails under the torch backend.
             logits = ops.add(ops.matmul(ops.convert_to_tensor(F), ops.convert_to_tensor(self.coef_)),
                              ops.convert_to_tensor(self.intercept_))  # fmt: skip
@@ -219,7 +225,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
             ``coef_[:, 1] - coef_[:, 0]``: the weight of each model's logit in the fused log-odds of
             ``classes_[1]``.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, "coef_")  # not classes_ or n_features_in_: a refused fit may leave them
         if len(self.classes_) != 2:
             raise ValueError("binary_coef needs two classes")
         return self.coef_[:, 1] - self.coef_[:, 0]
@@ -239,7 +245,7 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
             ``p = sigmoid(intercept + sum_i coef_i * logit(clip(p_i, eps, 1 - eps)))``; for more classes also
             ``"classes"`` and a ``coef`` matrix over the log-probabilities, with a softmax.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, "coef_")  # not classes_ or n_features_in_: a refused fit may leave them
         if len(inputs) != self.n_inputs:
             raise ValueError(f"expected {self.n_inputs} input names; got {len(inputs)}")
         if len(self.classes_) == 2:
@@ -247,46 +253,3 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
                     "intercept": float(self.intercept_[1] - self.intercept_[0]), "eps": float(self.eps)}  # fmt: skip
         return {"inputs": list(inputs), "classes": [str(c) for c in self.classes_], "coef": self.coef_.tolist(),
                 "intercept": self.intercept_.tolist(), "eps": float(self.eps)}  # fmt: skip
-
-
-def _stack_inputs(X: np.ndarray, n_classes: int, n_inputs: int, eps: float) -> np.ndarray:
-    """Logit of each model's positive-class probability (two classes), else each model's log-probabilities."""
-    P = np.clip(np.asarray(X, np.float64).reshape(len(X), n_inputs, n_classes), eps, 1 - eps)
-    if n_classes == 2:
-        return np.log(P[:, :, 1]) - np.log1p(-P[:, :, 1])
-    return np.log(P).reshape(len(X), n_inputs * n_classes)
-
-
-def fuse_numpy(fusion: Mapping[str, Any], probabilities: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Apply a fusion saved with :meth:`StackingFusion.to_dict` in NumPy (no Keras, no scikit-learn).
-
-    Parameters
-    ----------
-    fusion : mapping
-        The dict of :meth:`StackingFusion.to_dict`.
-    probabilities : mapping of str to ndarray
-        For two classes: each input model's positive-class probabilities, shape (n,); for more classes its
-        (n, n_classes) probabilities.
-
-    Returns
-    -------
-    ndarray
-        Two classes: (n,) fused positive-class probabilities; more: (n, n_classes).
-
-    Examples
-    --------
-    >>> fuse_numpy({"inputs": ["a"], "coef": [1.0], "intercept": 0.0, "eps": 1e-6}, {"a": np.array([0.2])})
-    array([0.2])
-    """
-    eps = float(fusion["eps"])
-    names = list(fusion["inputs"])
-    if "classes" not in fusion:
-        P = np.column_stack([np.asarray(probabilities[n], np.float64) for n in names])
-        P = np.clip(P, eps, 1 - eps)
-        logit = float(fusion["intercept"]) + (np.log(P) - np.log1p(-P)) @ np.asarray(fusion["coef"], np.float64)
-        return 1.0 / (1.0 + np.exp(-logit))
-    k = len(fusion["classes"])
-    X = np.concatenate([np.asarray(probabilities[n], np.float64).reshape(-1, k) for n in names], axis=1)
-    z = _stack_inputs(X, k, len(names), eps) @ np.asarray(fusion["coef"]) + np.asarray(fusion["intercept"])
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)

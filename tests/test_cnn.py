@@ -336,6 +336,45 @@ def test_fit_leaves_python_and_numpy_global_streams_alone(discs):
     assert (random.random(), np.random.random()) == expected
 
 
+def test_fit_leaves_the_backends_global_random_state_alone(discs):
+    # A user's own keras.random stream goes on after a seeded fit as if the fit had not run, and TensorFlow's
+    # op determinism is off again afterwards.
+    X, y, _ = discs
+
+    def second_draw(fit):
+        keras.utils.set_random_seed(1)
+        keras.random.uniform((2,))
+        if fit:
+            cnn.CNNClassifier(**TINY, epochs=1, validation_fraction=0.0, random_state=7, device="cpu").fit(X, y)
+        return keras.ops.convert_to_numpy(keras.random.uniform((2,)))
+
+    assert np.array_equal(second_draw(False), second_draw(True))
+    if keras.config.backend() == "tensorflow":
+        from tensorflow.python.framework import config
+
+        assert not config.is_op_determinism_enabled()
+
+
+@pytest.mark.slow
+@_TF_COPY_WARNING
+def test_unseeded_densenet_fits_start_from_different_weights(monkeypatch):
+    # random_state=None: the backbone's unseeded initialisers must not replay the same Python stream each fit.
+    first_kernels = []
+    build = cnn._build
+
+    def recording(arch, **kwargs):
+        model = build(arch, **kwargs)
+        first_kernels.append(model.get_layer("densenet121").get_weights()[0].copy())
+        return model
+
+    monkeypatch.setattr(cnn, "_build", recording)
+    X = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    for _ in range(2):
+        cnn.CNNClassifier(architecture="densenet121", epochs=1, batch_size=4, validation_fraction=0.0, tta=False,
+                          device="cpu").fit(X, np.arange(4) % 2)  # fmt: skip
+    assert not np.array_equal(*first_kernels)
+
+
 def test_fit_returns_the_estimator(discs):
     # scikit-learn's contract (pipelines and `clf = Model().fit(...)` chains rely on it).
     X, y, groups = discs

@@ -55,6 +55,31 @@ def test_to_dict_and_fuse_numpy_agree_with_keras():
     assert_allclose(p, fusion.predict_proba(X)[:, 1], atol=1e-6)
 
 
+def test_a_refused_fit_leaves_the_fusion_unfitted():
+    from sklearn.exceptions import NotFittedError
+
+    X, y = _two_models(20)
+    fusion = StackingFusion(device="cpu")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fusion.fit(X, np.zeros_like(y))
+    with pytest.raises(NotFittedError):
+        fusion.predict_proba(X)
+
+
+def test_a_fusion_fitted_on_a_gpu_predicts_where_there_is_none():
+    X, y = _two_models(40)
+    fusion = StackingFusion(device="cpu").fit(X, y)
+    expected = fusion.predict_proba(X)
+    fusion.device_ = "gpu"  # as unpickled from a machine with a GPU
+    assert_allclose(fusion.predict_proba(X), expected, rtol=0, atol=1e-12)
+
+
+def test_fuse_numpy_saturates_without_overflow():
+    # Large coefficients on confident inputs: logits far beyond exp's float64 range in either direction.
+    saved = {"inputs": ["a"], "coef": [1e4], "intercept": 0.0, "eps": 1e-6}
+    assert_array_equal(fuse_numpy(saved, {"a": np.array([1e-9, 0.5, 1 - 1e-9])}), [0.0, 0.5, 1.0])
+
+
 def test_multiclass_fusion():
     rng = np.random.default_rng(3)
     y = np.arange(300) % 3
