@@ -1178,10 +1178,16 @@ def _validation_split(
         if n_groups < 2:
             logger.warning("only %d group: no validation split, training for all epochs", n_groups)
             return everything, none
+        if n_groups - math.ceil(fraction * n_groups) < 1:  # scikit-learn would refuse with "n_samples" (groups)
+            logger.warning("validation_fraction %g of %d groups leaves none for training: no validation split, "
+                           "training for all epochs", fraction, n_groups)  # fmt: skip
+            return everything, none
         splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         train, val = next(splitter.split(np.zeros(n), y, groups))
     else:
-        if n < 2:
+        if n - math.ceil(fraction * n) < 1:
+            logger.warning("validation_fraction %g of %d patches leaves none for training: no validation split, "
+                           "training for all epochs", fraction, n)  # fmt: skip
             return everything, none
         try:
             splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)

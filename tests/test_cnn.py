@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from leukoseg.classify import cnn
 from leukoseg.classify.augment import DIHEDRAL_SQUARE, augment_batch, dihedral
@@ -285,6 +285,16 @@ def test_validation_split_never_puts_a_group_on_both_sides(seed):
     train, val = cnn._validation_split(y, groups, 0.2, seed)
     assert not set(groups[train]) & set(groups[val])
     assert len(train) + len(val) == n
+
+
+@pytest.mark.parametrize(("fraction", "groups"), [(0.6, [0, 0, 0, 1, 1, 1]), (0.9, None)])
+def test_a_validation_split_that_leaves_no_training_data_is_skipped(caplog, fraction, groups):
+    # Not scikit-learn's "n_samples=2 ... train set will be empty", where its samples are our groups.
+    y = np.array([0, 1, 0, 1, 0, 1])
+    train, val = cnn._validation_split(y, None if groups is None else np.array(groups), fraction, 0)
+    assert_array_equal(train, np.arange(6))
+    assert len(val) == 0
+    assert f"validation_fraction {fraction:g} of " in caplog.text and "leaves none for training" in caplog.text
 
 
 def test_augmentation_sees_only_training_patches(trained, discs):
