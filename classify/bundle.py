@@ -85,6 +85,7 @@ _FEATURES_FILE = "features.npz"
 _KINDS = {"gknn": "knn", "knn": "knn", "svm": "svm", "cnn": "cnn"}
 _EXPORT_ATOL = 1e-9  # exporters check the NumPy predictor against the estimator to this
 _CNN_EXPORT_ATOL = 1e-4  # float32 network
+_OWN_FOLDER = "names the current or parent folder; give the bundle a folder of its own"
 _DIST_BLOCK = 1 << 20  # float64 values per block of the distance matrices (8 MiB)
 _DBL_MAX = float(np.finfo(np.float64).max)
 # Bounds of the classification settings that load_bundle checks: beyond them a bundle is damaged, and would
@@ -992,8 +993,6 @@ def save_bundle(
     PosixPath('model')
     """
     target = Path(directory)
-    if target.name in ("", ".."):  # staged beside the target: for '.' or '..' that is inside it
-        raise ValueError(f"{target} names the current or parent folder; give the bundle a folder of its own")
     _check_replaceable(target, overwrite=overwrite)
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if not models or unknown:
@@ -1164,8 +1163,12 @@ def _check_replaceable(target: str | os.PathLike[str], *, overwrite: bool) -> No
     FileExistsError
         If `target` exists and `overwrite` is false, or it is a file, a link, or a folder that is neither
         empty nor a bundle (``--overwrite`` must never delete someone's other files).
+    ValueError
+        If `target` is ``.`` or ``..``.
     """
     target = Path(target)
+    if target.name in ("", ".."):  # staged beside the target: for '.' or '..' that is inside it
+        raise ValueError(f"{target} {_OWN_FOLDER}")
     if not overwrite and (target.exists() or target.is_symlink()):
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     why = _refusal_to_replace(target, _is_bundle, "valid bundle.json")

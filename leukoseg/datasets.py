@@ -450,16 +450,13 @@ def _with_groups(records: Sequence[tuple[Path, str, str, np.ndarray | None]]) ->
 
     union_by(byte_keys)
     union_by([_pixel_digest(p) for p, *_ in records])
-    first_of: dict[tuple[int, str], str] = {}  # (group root, label) -> first image name
+    first_of: dict[int, dict[str, str]] = {}  # group root -> label -> its first image's name
     for i, (_, name, label, _) in enumerate(records):
-        first_of.setdefault((find(i), label), name)
-    by_root: dict[int, list[str]] = {}
-    for (root, _), name in first_of.items():
-        by_root.setdefault(root, []).append(name)
-    for names in by_root.values():
+        first_of.setdefault(find(i), {}).setdefault(label, name)
+    for names in first_of.values():
         if len(names) > 1:  # one fold holds them all, but a test image then carries both answers
             log.warning("identical images with different labels: %s; check which class they belong to",
-                        ", ".join(names))  # fmt: skip
+                        ", ".join(names.values()))  # fmt: skip
     roots: dict[int, int] = {}
     out = []
     for i, (path, name, label, points) in enumerate(records):

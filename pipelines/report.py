@@ -463,7 +463,6 @@ def _colour(model: str, i: int = 0) -> str:
     return _MODEL_COLOUR.get(model, _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)])
 
 
-# Names of the two classes of a binary run; ALL-IDB2's records are cells, not smears.
 def _fallback_fact(ds: Mapping) -> str | None:
     """'N images without a red-cell ruler (fallback scale)', when the run counted any."""
     n = _num(_dict(ds.get("n_images_per_scale_source")).get("fallback"))

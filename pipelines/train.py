@@ -117,7 +117,7 @@ def train_bundle(
         existing bundle without `overwrite`, or an existing folder that is not a bundle.
     """
     from leukoseg.classify import FABSettings
-    from leukoseg.classify.bundle import _check_replaceable, save_bundle
+    from leukoseg.classify.bundle import _OWN_FOLDER, _check_replaceable, save_bundle
     from leukoseg.features.rows import check_lbp_radii
 
     t0 = time.perf_counter()
@@ -126,11 +126,10 @@ def train_bundle(
     # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.
     exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
     out_dir = Path(out_dir)
-    if out_dir.name in ("", ".."):  # '.', '..': the bundle is staged beside its folder, which would be inside it
-        raise LeukosegError(out_dir, "names the current or parent folder; give the bundle a folder of its own "
-                            "(e.g. --out model)")  # fmt: skip
     try:
         _check_replaceable(out_dir, overwrite=True)
+    except ValueError:  # '.' or '..'
+        raise LeukosegError(out_dir, f"{_OWN_FOLDER} (e.g. --out model)") from None
     except FileExistsError:  # --overwrite would not help: never suggest it
         raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced, "
                             "choose another output folder") from None  # fmt: skip
