@@ -51,7 +51,7 @@ import numpy as np
 from leukoseg._version import __version__
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
-from leukoseg.io import _refusal_to_replace, _staged_folder, _swap_folder, write_json
+from leukoseg.io import _own_folder_refusal, _refusal_to_replace, _staged_folder, _swap_folder, write_json
 
 from ._fusion_numpy import expit as _expit
 from ._fusion_numpy import fuse_numpy
@@ -85,7 +85,6 @@ _FEATURES_FILE = "features.npz"
 _KINDS = {"gknn": "knn", "knn": "knn", "svm": "svm", "cnn": "cnn"}
 _EXPORT_ATOL = 1e-9  # exporters check the NumPy predictor against the estimator to this
 _CNN_EXPORT_ATOL = 1e-4  # float32 network
-_OWN_FOLDER = "names the current or parent folder; give the bundle a folder of its own"
 _DIST_BLOCK = 1 << 20  # float64 values per block of the distance matrices (8 MiB)
 _DBL_MAX = float(np.finfo(np.float64).max)
 # Bounds of the classification settings that load_bundle checks: beyond them a bundle is damaged, and would
@@ -1167,8 +1166,9 @@ def _check_replaceable(target: str | os.PathLike[str], *, overwrite: bool) -> No
         If `target` is ``.`` or ``..``.
     """
     target = Path(target)
-    if target.name in ("", ".."):  # staged beside the target: for '.' or '..' that is inside it
-        raise ValueError(f"{target} {_OWN_FOLDER}")
+    why = _own_folder_refusal(target, "bundle")
+    if why is not None:
+        raise ValueError(f"{target} {why}")
     if not overwrite and (target.exists() or target.is_symlink()):
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     why = _refusal_to_replace(target, _is_bundle, "valid bundle.json")

@@ -367,6 +367,18 @@ def _collectable(path: Path, skip: set[Path]) -> bool:
     return not (folder / _RESULT_MARKER).is_file()
 
 
+def _own_folder_refusal(target: Path, what: str) -> str | None:
+    """Why `target` cannot be written as a whole folder, or None: it names the current or parent folder.
+
+    Results are staged beside their folder and renamed into place (:func:`_staged_folder`); for ``.`` or
+    ``..`` "beside" is inside, and the final rename fails, after all the work. Callers refuse such a target
+    before any work; `what` names the result in the message (e.g. ``"bundle"``).
+    """
+    if Path(target).name in ("", ".."):  # '.', 'a/..', '/': no name of its own to stage beside
+        return f"names the current or parent folder; give the {what} a folder of its own"
+    return None
+
+
 def _refusal_to_replace(folder: Path, is_ours: Callable[[Path], bool], marker: str) -> str | None:
     """Why leukoseg must not replace `folder` by a folder it wrote, or None when it may.
 
@@ -442,6 +454,9 @@ def _staged_folder(target: Path) -> Iterator[Path]:
     The block ends by moving the folder into place (:func:`_swap_folder`): readers see the earlier result
     or the new one whole, never a mix. The folder of `target` must exist.
     """
+    why = _own_folder_refusal(target, "result")
+    if why is not None:  # the callers refuse it before any work; this is the last guard
+        raise ValueError(f"{target} {why}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders

@@ -603,9 +603,13 @@ def _is_run_folder(folder: Path) -> bool:
 
 
 def _check_run_folder(out_dir: Path) -> None:
-    """Refuse a run folder that leukoseg did not write: a file, or a folder of other files without metrics.json."""
-    from leukoseg.io import _refusal_to_replace
+    """Refuse a run folder that leukoseg did not write (a file, or a folder of other files without metrics.json),
+    and '.' or '..', which cannot be replaced by a folder staged beside them."""
+    from leukoseg.io import _own_folder_refusal, _refusal_to_replace
 
+    own = _own_folder_refusal(out_dir, "run")
+    if own is not None:
+        raise LeukosegError(out_dir, f"{own} (e.g. --out run1)")
     why = _refusal_to_replace(out_dir, _is_run_folder, "metrics.json")
     if why is not None:
         raise LeukosegError(out_dir, f"exists and is not a leukoseg run folder ({why}); not replaced (choose "

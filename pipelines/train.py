@@ -117,8 +117,9 @@ def train_bundle(
         existing bundle without `overwrite`, or an existing folder that is not a bundle.
     """
     from leukoseg.classify import FABSettings
-    from leukoseg.classify.bundle import _OWN_FOLDER, _check_replaceable, save_bundle
+    from leukoseg.classify.bundle import _check_replaceable, save_bundle
     from leukoseg.features.rows import check_lbp_radii
+    from leukoseg.io import _own_folder_refusal
 
     t0 = time.perf_counter()
     if exp._mode(dataset) != "points":
@@ -129,7 +130,7 @@ def train_bundle(
     try:
         _check_replaceable(out_dir, overwrite=True)
     except ValueError:  # '.' or '..'
-        raise LeukosegError(out_dir, f"{_OWN_FOLDER} (e.g. --out model)") from None
+        raise LeukosegError(out_dir, f"{_own_folder_refusal(out_dir, 'bundle')} (e.g. --out model)") from None
     except FileExistsError:  # --overwrite would not help: never suggest it
         raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced, "
                             "choose another output folder") from None  # fmt: skip

@@ -286,6 +286,20 @@ def test_experiment_never_replaces_a_folder_it_did_not_write(fake_all_idb1, tmp_
     assert (mine / "cells.csv").read_text() == "precious\n" and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("out", [".", ".."])
+def test_experiment_refuses_the_current_folder_before_any_work(fake_all_idb1, tmp_path, monkeypatch, capsys, out):
+    # The run is staged beside its folder and renamed into place: for '.' or '..' that rename fails, which
+    # used to come after the whole experiment.
+    (tmp_path / "run1").mkdir()
+    monkeypatch.chdir(tmp_path / "run1")
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", out,
+               "--cache", str(tmp_path / "cache"), "--no-cnn"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"leukoseg: error: {out}: names the current or parent folder; give the run a folder "
+                               "of its own (e.g. --out run1)"]  # fmt: skip
+    assert not (tmp_path / "cache").exists() and not list((tmp_path / "run1").iterdir())
+
+
 def test_a_failed_experiment_leaves_the_earlier_run_whole(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
     """The run's files replace the folder together: a failure while writing them changes nothing."""
     import leukoseg.io

@@ -606,6 +606,23 @@ def test_extra_json_names_a_plain_new_file(tmp_path, name):
     assert json.loads((tmp_path / "s" / "classification.json").read_text()) == {"a": 1}
 
 
+@pytest.mark.parametrize("target", [".", "sub/.."])
+def test_the_current_folder_is_refused_as_an_output_folder(tmp_path, monkeypatch, target):
+    # The folder is staged beside its target and renamed into place, which '.' or '..' cannot be.
+    from leukoseg.errors import LeukosegError
+    from leukoseg.io import _staged_folder
+
+    image, _ = touching_discs()
+    seg = segment(image, pixel_size=0.35)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LeukosegError, match="names the current or parent folder; give the result a folder of its own"):
+        write_segmentation(target, image, seg, crops=False)
+    with pytest.raises(ValueError, match="names the current or parent folder"):
+        with _staged_folder(Path(target)):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_patch_arguments_are_checked():
     image = np.zeros((40, 40, 3), np.uint8)
     with pytest.raises(ValueError, match="same length"):

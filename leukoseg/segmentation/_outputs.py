@@ -30,7 +30,7 @@ import numpy as np
 
 from .._checks import check_image, check_positive_int
 from ..errors import LeukosegError
-from ..io import _RESULT_MARKER, _refusal_to_replace, _staged_folder, _swap_folder, encode_image
+from ..io import _RESULT_MARKER, _own_folder_refusal, _refusal_to_replace, _staged_folder, _swap_folder, encode_image
 from ._crops import extract_patch
 from ._measure import MEASUREMENT_COLUMNS
 from ._png import label_png
@@ -404,7 +404,10 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _check_replaceable(folder: Path) -> None:
-    """Refuse to replace what leukoseg did not write: a file, or a folder of someone else's files."""
+    """Refuse to replace what leukoseg did not write (a file, or a folder of someone else's files), and '.'."""
+    own = _own_folder_refusal(folder, "result")
+    if own is not None:
+        raise LeukosegError(folder, f"output folder {folder} {own}")
     why = _refusal_to_replace(folder, lambda f: (f / _RESULT_MARKER).is_file(), _RESULT_MARKER)
     if why is not None:
         # The reason names the folder: the CLI prints it after the input image's name.
