@@ -309,9 +309,12 @@ def _killed_on_b(task):
     return {"image": task[0]}
 
 
-def test_a_killed_worker_fails_its_image_not_the_batch():
+def test_a_killed_worker_fails_its_image_not_the_batch(monkeypatch):
     from leukoseg.cli import _run_tasks
 
+    # The spawned workers import this module by name (tests.test_cli) with this process's sys.path: make the
+    # repository root importable also when pytest runs from elsewhere (e.g. against an installed copy).
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     results = list(_run_tasks(_killed_on_b, [("a",), ("b",), ("c",)], 2, quiet=True, unit="image"))
     assert results == [{"image": "a"}, {"image": "b", "error": "its worker process was killed (out of memory?)"},
                        {"image": "c"}]  # fmt: skip
