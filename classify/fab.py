@@ -115,6 +115,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from leukoseg._checks import check_positive_int
+
 __all__ = ["FAB_CRITERIA", "FABResult", "FABSettings", "blast_mask", "fab_classify"]
 
 #: The per-blast criteria whose percentage of scored blasts :class:`FABResult` reports, in order.
@@ -226,9 +228,7 @@ class FABSettings:
                 f"low_nc_ratio ({self.low_nc_ratio}) must not exceed high_nc_ratio ({self.high_nc_ratio})"
             )
         for name in ("vacuolated_min_count", "min_scored_blasts"):
-            count = getattr(self, name)
-            if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
+            check_positive_int(name, getattr(self, name), expected="an integer >= 1")
         for name in ("exclude_border", "exclude_smudge"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
