@@ -30,7 +30,7 @@ _SUBMODULE = {
     "save_bundle": "bundle",
     "svm_predict_proba": "bundle",
     "StackingFusion": "fusion",
-    "fuse_numpy": "fusion",
+    "fuse_numpy": "_fusion_numpy",
 }
 
 __all__ = [
@@ -72,7 +72,8 @@ if TYPE_CHECKING:
     )
     from .cnn import CNNClassifier, build_densenet121, build_thanh_cnn, export_numpy, numpy_predict_proba
     from .fab import FAB_CRITERIA, FABResult, FABSettings, fab_classify
-    from .fusion import StackingFusion, fuse_numpy
+    from ._fusion_numpy import fuse_numpy
+    from .fusion import StackingFusion
     from .gknn import GeneticKNNClassifier
     from .knn import make_knn
     from .svm import SVMClassifier, make_svm

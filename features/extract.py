@@ -117,7 +117,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         self.levels = levels
         self.angles_deg = angles_deg
 
-    def fit(self, X: Sequence[Mapping], y=None) -> CellFeatures:
+    def fit(self, X: Sequence[Mapping], y: object = None) -> CellFeatures:
         """Fix the columns.
 
         Parameters
@@ -189,7 +189,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
             distances_um=self.distances_um, levels=self.levels, angles_deg=self.angles_deg,
         )  # fmt: skip
 
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         """Return the names of the output columns.
 
         Parameters

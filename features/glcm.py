@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -195,7 +196,7 @@ def cell_texture_features(
     cell_mask: np.ndarray,
     *,
     um_per_px: float,
-    **glcm_kw,
+    **glcm_kw: Any,
 ) -> dict[str, float]:
     """GLCM texture of the nucleus and of the cytoplasm of one cell.
 

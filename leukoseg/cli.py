@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="outer folds (default: 5; all-idb2: 2, its published protocol)")
     cls.add_argument("--repeats", type=_positive_int, default=None,
                      help="repeats of the folds (default: 1; all-idb2: 10)")
-    cls.add_argument("--seed", type=int, default=0, help="seed; repeat r uses seed + r (default: %(default)s)")
+    cls.add_argument("--seed", type=_seed_int, default=0, help="seed; repeat r uses seed + r (default: %(default)s)")
     cls.add_argument("--cache", type=Path, default=None,
                      help="segmentation cache folder (default: $XDG_CACHE_HOME/leukoseg or ~/.cache/leukoseg)")
     cls.add_argument("--workers", type=_positive_int, default=None,
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="bundle folder to write")
     trn.add_argument("--run", type=Path, default=None, metavar="RUN",
                      help="an experiment run folder whose cross-validated metrics go into the provenance")
-    trn.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    trn.add_argument("--seed", type=_seed_int, default=0, help="seed (default: %(default)s)")
     trn.add_argument("--cache", type=Path, default=None, help="segmentation cache folder")
     trn.add_argument("--workers", type=_positive_int, default=None, help="processes for segmenting")
     trn.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the CNN trains")
@@ -175,6 +175,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:  # the seeds NumPy's legacy generators (scikit-learn's random_state) take
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {2**32 - 1}, got {value}")
     return value
 
 
@@ -232,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error (already printed by argparse)
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     tf_logger = logging.getLogger("tensorflow")
-    saved_tf_level = tf_logger.level
+    saved_tf_level, saved_tf_env = tf_logger.level, os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     if args.verbose < 2:
         # TensorFlow's C++ start-up chatter (oneDNN notes, tf.data attribute notices) and its retracing
         # notices are not for users; -vv shows them. Only a default: a value the user set wins.
@@ -271,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # main() may be called in-process (tests, notebooks): leave logging as it was found.
         logger.handlers[:], logger.level, logger.propagate = saved
         tf_logger.setLevel(saved_tf_level)
+        if saved_tf_env is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = saved_tf_env
 
 
 def _configure_logging(logger: logging.Logger, verbose: int, quiet: bool) -> None:
@@ -675,9 +689,23 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
-@functools.lru_cache(maxsize=2)
 def _model(path: str):
-    """The bundle at `path`, loaded once per process (workers classify many images with it)."""
+    """The bundle at `path`, loaded once per process and state of its files (workers classify many images).
+
+    The cache key holds each file's inode, size and modification time, so a bundle rewritten between two
+    calls of :func:`main` in one process (e.g. a notebook) is loaded again, not served stale.
+    """
+    folder = Path(path)
+    try:
+        stamp = tuple(sorted((f.name, st.st_ino, st.st_size, st.st_mtime_ns)
+                             for f in folder.iterdir() for st in [f.stat()]))  # fmt: skip
+    except OSError:
+        stamp = ()  # unreadable: load_model names the problem
+    return _load_model(path, stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(path: str, stamp: tuple) -> Any:
     from .pipelines.predict import load_model
 
     return load_model(path)
@@ -743,8 +771,10 @@ def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str,
                serial: Callable[[list], Iterator[Any]] | None = None):
     """Run `func` over `tasks`, in worker processes when `workers` > 1, with a progress bar on a terminal.
 
-    Results are yielded in the order of `tasks`, so outputs and logs are reproducible. With one worker,
-    `serial` (when given) runs the tasks in this process instead of a plain loop over `func`.
+    Each task is ``(image, output folder, options)``. Results are yielded in the order of `tasks`, so
+    outputs and logs are reproducible. With one worker, `serial` (when given) runs the tasks in this process
+    instead of a plain loop over `func`. At the end, interrupted or not, the staged folders that stopped or
+    killed workers left beside the output folders are removed.
     """
     if quiet or not sys.stderr.isatty():
         bar: Any = _NoBar()  # no bar to show: spare the batch tqdm's import
@@ -787,6 +817,10 @@ def _run_tasks(func, tasks: list, workers: int, *, quiet: bool, unit: str,
                     remaining = []
     finally:
         bar.close()
+        # Here every worker is gone (process_pool stops them on the way out): what is staged is left over.
+        from .io import _remove_staged_leftovers
+
+        _remove_staged_leftovers(Path(task[1]) for task in tasks)
 
 
 class _NoBar:

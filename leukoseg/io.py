@@ -189,6 +189,11 @@ def _exif_orientation(pil: Any) -> int:
 _ORIENT = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}
 
 
+def _has_magic(name: str) -> bool:
+    """Whether `name` is a glob pattern (as :func:`find_images` reads it)."""
+    return any(ch in name for ch in "*?[")
+
+
 def _file_problem(path: Path) -> str | None:
     """Why `path` is not a file to read an image from (a broken link, a folder, a device), or None if it is one."""
     try:
@@ -196,7 +201,10 @@ def _file_problem(path: Path) -> str | None:
     except OSError as exc:
         if path.is_symlink():
             return "broken symbolic link (or a link loop)"
-        return "no such file" if isinstance(exc, FileNotFoundError) else f"cannot open the file ({exc.strerror or exc})"
+        if isinstance(exc, FileNotFoundError):
+            # A pattern that matched no file reaches here as itself (find_images keeps it, to be reported).
+            return "no such file, and no file matches this pattern" if _has_magic(str(path)) else "no such file"
+        return f"cannot open the file ({exc.strerror or exc})"
     if stat.S_ISDIR(mode):
         return "is a folder, not an image file"
     return None if stat.S_ISREG(mode) else "not a regular file (a device or a pipe?)"
@@ -269,7 +277,8 @@ def find_images(paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[st
     Folders and glob patterns contribute only files with an image extension, outside hidden folders,
     leukoseg's own result folders (those holding a ``segmentation.json``) and the folders in `exclude`.
     A file named explicitly is always kept, whatever its extension or place, so that reading it reports
-    the real problem; so is a path or pattern that matches nothing, and reading it then says "no such file".
+    the real problem; so is a path or pattern that matches nothing, and reading it then says "no such file"
+    (for a pattern: "no such file, and no file matches this pattern").
 
     Parameters
     ----------
@@ -301,7 +310,7 @@ def _search(
         p = Path(raw)
         if p.is_dir():
             found = image_files(p, exclude=skip)
-        elif not p.exists() and any(ch in str(raw) for ch in "*?["):
+        elif not p.exists() and _has_magic(str(raw)):
             matches = sorted(Path(q) for q in glob.glob(str(raw), recursive=True) if Path(q).is_file())
             # As for a folder: excluded folders below where the pattern starts are skipped, not that one.
             base = Path(*[part for part in itertools.takewhile(lambda x: not glob.has_magic(x), p.parts)]).resolve()
@@ -415,7 +424,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         without an exception, and deleted otherwise.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".part", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         if "b" in mode:
@@ -429,6 +438,46 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_TEMP_NAME_BYTES = 200  # of a name kept in the temporary names made beside it
+_TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # of tempfile's random part (8 of them)
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<name>.``, the start of a temporary file or folder made beside `name` (``tempfile`` adds 8 characters
+    and a suffix). A long name is cut to 200 bytes, so that the temporary name stays within the 255 bytes a
+    file name may have wherever `name` itself fits.
+    """
+    while len(os.fsencode(name)) > _TEMP_NAME_BYTES:
+        name = name[:-1]
+    return f".{name}."
+
+
+def _remove_staged_leftovers(targets: Iterable[Path]) -> None:
+    """Remove the staged folders and files of `targets` (``.<name>.XXXXXXXX.part``) that writers left behind.
+
+    A worker process stopped by a signal (an interrupted batch, a killed worker) has no chance to remove
+    what it was writing (:func:`_staged_folder`, :func:`atomic_write`); the process that ran the batch calls
+    this once no worker of the batch writes any more. Each folder holding targets is listed once.
+    """
+    prefixes: dict[Path, set[str]] = {}
+    for target in targets:
+        prefixes.setdefault(target.parent, set()).add(_temp_prefix(target.name))
+    for parent, wanted in prefixes.items():
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name  # prefix + 8 random characters + ".part"
+            if not (name.endswith(".part") and name[:-13] in wanted and set(name[-13:-5]) <= _TEMP_CHARS):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _umask() -> int:
@@ -457,7 +506,7 @@ def _staged_folder(target: Path) -> Iterator[Path]:
     why = _own_folder_refusal(target, "result")
     if why is not None:  # the callers refuse it before any work; this is the last guard
         raise ValueError(f"{target} {why}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name), suffix=".part", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         yield tmp
@@ -475,7 +524,7 @@ def _swap_folder(tmp: Path, target: Path) -> None:
     if not (target.exists() or target.is_symlink()):
         os.replace(tmp, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name), suffix=".old", dir=target.parent))
     os.rmdir(old)  # a fresh unused name, for the rename
     os.replace(target, old)
     try:

@@ -28,7 +28,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -219,8 +219,8 @@ def _task(args: tuple[str, str, dict, dict]) -> tuple[str, float]:
 
 
 def load_or_compute(
-    paths, cache_dir, *, segment_kw: Mapping | None = None, feature_kw: Mapping | None = None,
-    workers: int = 1, progress: bool = False,
+    paths: Sequence[str | os.PathLike[str]], cache_dir: str | os.PathLike[str], *,
+    segment_kw: Mapping | None = None, feature_kw: Mapping | None = None, workers: int = 1, progress: bool = False,
 ) -> tuple[list[CachedImage], dict[str, float]]:  # fmt: skip
     """Segment and measure images, reusing cached entries.
 
@@ -275,6 +275,9 @@ def load_or_compute(
                         bar.update()
         finally:
             bar.close()
+            from leukoseg.io import _remove_staged_leftovers
+
+            _remove_staged_leftovers(targets[i] for i in todo)  # what stopped workers were writing
     for i in todo:
         entries[i] = _load(targets[i])
     loaded = cast(list[CachedImage], entries)  # every None was loaded above

@@ -105,6 +105,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import platform
 import re
 import sys
@@ -114,16 +115,21 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from leukoseg.errors import LeukosegError
 from leukoseg.io import _python_scalar
 
 from .cache import default_cache_dir, load_or_compute
-from .folds import assign_folds, check_no_leak, groups_per_class
+from .folds import _seed_refusal, assign_folds, check_no_leak, groups_per_class
 from .metrics import binary_metrics, choose_image_rule, image_score, multiclass_metrics, roc_auc
+
+if TYPE_CHECKING:
+    from leukoseg.classify.fab import FABSettings
+    from leukoseg.datasets import Dataset
 
 __all__ = ["MODELS", "ExperimentResult", "match_blasts", "run_experiment"]
 
@@ -166,7 +172,7 @@ class ExperimentResult:
     files: tuple[Path, ...]
 
 
-def match_blasts(points, xs, ys, *, radius: float = 50.0) -> np.ndarray:
+def match_blasts(points: ArrayLike, xs: ArrayLike, ys: ArrayLike, *, radius: float = 50.0) -> np.ndarray:
     """Which cells are annotated blasts: one-to-one Hungarian matching of points to cell centroids.
 
     Parameters
@@ -295,13 +301,13 @@ def _central_cell(entry, record) -> np.ndarray:
 
 
 def run_experiment(
-    dataset,
-    out_dir,
+    dataset: Dataset,
+    out_dir: str | os.PathLike[str],
     *,
     n_folds: int = 5,
     repeats: int = 1,
     seed: int = 0,
-    cache_dir=None,
+    cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 1,
     cnn: bool = True,
     device: str = "auto",
@@ -314,7 +320,7 @@ def run_experiment(
     knn_params: Mapping | None = None,
     cnn_params: Mapping | None = None,
     fusion_params: Mapping | None = None,
-    fab_settings=None,
+    fab_settings: FABSettings | None = None,
     segment_params: Mapping | None = None,
     feature_params: Mapping | None = None,
     progress: bool = False,
@@ -376,6 +382,10 @@ def run_experiment(
     if binary and set(r.label for r in records) - {"0", "1"}:
         raise LeukosegError(dataset.root, "labels must be '0' / '1'")
     classes = ["0", "1"] if binary else [str(c) for c in dataset.classes]
+    # Before segmenting anything; assign_folds checks the same later.
+    why = _seed_refusal(seed, int(repeats) if isinstance(repeats, (int, np.integer)) and repeats >= 1 else 1)
+    if why:
+        raise LeukosegError(None, why)
     if isinstance(n_folds, (int, np.integer)) and not isinstance(n_folds, bool) and n_folds >= 2:
         # Before segmenting anything; assign_folds checks the same later, with class codes instead of labels.
         check_class_images(dataset, int(n_folds), what="folds", fewer="use at most {n} folds (--folds)")

@@ -13,6 +13,18 @@ from leukoseg.io import _python_scalar
 __all__ = ["assign_folds", "check_no_leak", "groups_per_class"]
 
 
+_MAX_SEED = 2**32 - 1  # NumPy's legacy generators (scikit-learn's random_state) take seeds up to this
+
+
+def _seed_refusal(seed: object, repeats: int = 1) -> str | None:
+    """Why `seed` cannot seed `repeats` repeats (repeat ``r`` uses ``seed + r``), or None when it can."""
+    top = _MAX_SEED - (repeats - 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= top:
+        return (f"seed must be a whole number from 0 to {top}" + (f" (with {repeats} repeats: repeat r uses seed + r, "
+                f"at most {_MAX_SEED})" if repeats > 1 else "") + f"; got {seed!r}")  # fmt: skip
+    return None
+
+
 def assign_folds(
     labels: ArrayLike, groups: ArrayLike, *, n_folds: int = 5, repeats: int = 1, seed: int = 0
 ) -> np.ndarray:
@@ -59,6 +71,9 @@ def assign_folds(
         raise ValueError(f"n_folds must be an integer >= 2; got {n_folds!r}")
     if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
+    why = _seed_refusal(seed, int(repeats))
+    if why:
+        raise ValueError(why)
     for c, n_groups in groups_per_class(labels, groups).items():
         if n_groups < n_folds:
             raise ValueError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -238,7 +238,7 @@ def classify_image(
     return seg, result
 
 
-def blast_colors(cell_ids, p_blast) -> dict[int, tuple[int, int, int]]:
+def blast_colors(cell_ids: Iterable[int], p_blast: Iterable[float]) -> dict[int, tuple[int, int, int]]:
     """Overlay colour of every cell from its blast probability: blue (0) through yellow to red (1).
 
     Parameters

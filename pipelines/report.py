@@ -103,7 +103,7 @@ class _Run:
     repeats: int = 1
 
 
-def load_metrics(run_dir) -> dict:
+def load_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check the ``metrics.json`` of a run folder.
 
     Parameters
@@ -1610,7 +1610,9 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
     ------
     LeukosegError
         If `run_dir` is not a folder, its ``metrics.json`` is missing, unreadable or not an experiment's,
-        or `data_dir` is given and is not a folder.
+        or `data_dir` is given and is not a folder; or if the report may not be written there (permission).
+    OSError
+        If writing the report fails otherwise (e.g. a full disk); its ``filename`` is the report's folder.
 
     Examples
     --------
@@ -1643,7 +1645,9 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
     try:
         write_text(files.html, _html(run, misses, curves_png, multi_png, disputed))
         write_text(files.markdown, _markdown(run, misses, curve_rows, disputed))
-    except OSError as exc:
+    except PermissionError as exc:  # the run folder is not ours to write: a usage error, as for other outputs
         raise LeukosegError(out, f"cannot write the report ({exc.strerror or exc})") from None
+    except OSError as exc:  # e.g. a full disk: a failure of the run (exit 1, as in classify and train), named
+        raise OSError(exc.errno, f"cannot write the report ({exc.strerror or exc})", str(out)) from None
     logger.info("report written: %s, %s", files.html, files.markdown)
     return files

@@ -31,7 +31,7 @@ from leukoseg.errors import LeukosegError
 
 from . import experiment as exp
 from .cache import default_cache_dir, load_or_compute
-from .folds import groups_per_class
+from .folds import _seed_refusal, groups_per_class
 from .metrics import choose_image_rule
 from .report import load_metrics
 
@@ -122,6 +122,9 @@ def train_bundle(
     from leukoseg.io import _own_folder_refusal
 
     t0 = time.perf_counter()
+    why = _seed_refusal(seed)
+    if why:  # before segmenting anything
+        raise LeukosegError(None, why)
     if exp._mode(dataset) != "points":
         raise LeukosegError(dataset.root, "train needs smears with annotated blast centroids (all-idb1)")
     # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.

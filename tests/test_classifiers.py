@@ -261,6 +261,16 @@ def test_svm_probabilities_are_calibrated_ensemble():
     assert_array_equal(clf.predict_proba(X), again.predict_proba(X))
 
 
+def test_svm_fit_leaves_numpys_global_generator_alone():
+    X, y = _informative_problem(n_samples=120, seed=7)
+    np.random.seed(5)
+    before = np.random.get_state()
+    SVMClassifier(C_grid=(1.0,), gamma_grid=("scale",), random_state=0).fit(X, y)
+    after = np.random.get_state()
+    assert_array_equal(after[1], before[1])
+    assert after[2] == before[2]
+
+
 def test_gaussian_vote_and_callable_votes_match_sklearn():
     from sklearn.neighbors import KNeighborsClassifier
 

@@ -224,7 +224,7 @@ def test_glob_matching_nothing_is_reported(tmp_path, capsys):
     rc = main(["segment", str(image), str(tmp_path / "nosuch*.jpg"), "--out", str(tmp_path / "o"), "--workers", "1",
                "--no-crops"])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 1 and "nosuch*.jpg: no such file" in err and "1 of 2 images" in err
+    assert rc == 1 and "nosuch*.jpg: no such file, and no file matches this pattern" in err and "1 of 2 images" in err
 
 
 def test_json_lines_print_any_file_name():
@@ -290,6 +290,28 @@ def test_batch_of_awkward_inputs(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good"]  # segmented once
 
 
+def test_a_bundle_rewritten_between_calls_is_read_again(tmp_path, capsys, monkeypatch):
+    # main() called twice in one process (a notebook): the second call scores with the bundle as it is now,
+    # and main() leaves the environment as it found it.
+    import shutil
+
+    from leukoseg.pipelines.predict import default_model_dir
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    model = shutil.copytree(default_model_dir(), tmp_path / "model")
+    image = _smear(tmp_path / "smear.jpg")
+    thresholds = []
+    for threshold in (0.5, 0.01):
+        manifest = json.loads((model / "bundle.json").read_text())
+        manifest["config"]["image_rule"]["threshold"] = threshold
+        (model / "bundle.json").write_text(json.dumps(manifest))
+        args = ["classify", str(image), "--model", str(model), "--out", str(tmp_path / f"out{threshold}"), "--json"]
+        assert main([*args, "--workers", "1", "--no-crops"]) == 0
+        thresholds.append(json.loads(capsys.readouterr().out)["threshold"])
+        assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    assert thresholds == [0.5, 0.01]
+
+
 def test_result_lines_write_control_characters_as_escapes(tmp_path, capsys):
     image = _smear(tmp_path / "new\nline.jpg")
     assert main(["classify", str(image), "--out", str(tmp_path / "o\nut"), "--workers", "1", "--no-crops"]) == 0
@@ -300,24 +322,51 @@ def test_result_lines_write_control_characters_as_escapes(tmp_path, capsys):
 
 
 def _killed_on_b(task):
-    """A worker task that dies, as under the kernel's out-of-memory killer, on image "b" (picklable: top level)."""
+    """A worker task that dies, as under the kernel's out-of-memory killer, on image "b" (picklable: top level),
+    halfway through writing its result folder."""
     import os
     import signal
 
-    if task[0] == "b":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return {"image": task[0]}
+    from leukoseg.io import _staged_folder, _swap_folder
+
+    image, out, _ = task
+    with _staged_folder(Path(out)) as tmp:
+        (tmp / "cells.csv").write_text("half written")
+        if image == "b":
+            os.kill(os.getpid(), signal.SIGKILL)
+        (tmp / "cells.csv").write_text("whole")
+        _swap_folder(tmp, Path(out))  # a retried batch writes an image again
+    return {"image": image}
 
 
-def test_a_killed_worker_fails_its_image_not_the_batch(monkeypatch):
+def test_a_killed_worker_fails_its_image_not_the_batch(monkeypatch, tmp_path):
     from leukoseg.cli import _run_tasks
 
     # The spawned workers import this module by name (tests.test_cli) with this process's sys.path: make the
     # repository root importable also when pytest runs from elsewhere (e.g. against an installed copy).
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
-    results = list(_run_tasks(_killed_on_b, [("a",), ("b",), ("c",)], 2, quiet=True, unit="image"))
+    tasks = [(name, str(tmp_path / name), {}) for name in "abc"]
+    results = list(_run_tasks(_killed_on_b, tasks, 2, quiet=True, unit="image"))
     assert results == [{"image": "a"}, {"image": "b", "error": "its worker process was killed (out of memory?)"},
                        {"image": "c"}]  # fmt: skip
+    # The killed worker's staged folders (first try and retry) are gone; the finished results stay.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c"]
+
+
+def test_staged_leftovers_are_recognised_by_name(tmp_path):
+    from leukoseg.io import _remove_staged_leftovers, _staged_folder
+
+    target = tmp_path / ("x" * 250)  # a long name: its staged name is cut to stay a legal file name
+    with _staged_folder(target) as staged:
+        (staged / "f").write_text("")
+        keep = [".a.b.part", f".{target.name[:200]}.abcdefgh.old", f".{target.name[:200]}.abcdefg.part",
+                f".{target.name[:200]}.abcdefgH.part", "y", target.name]  # fmt: skip
+        for name in keep:
+            (tmp_path / name).mkdir()
+        (tmp_path / ".y.abcdefgh.part").write_text("a file that atomic_write left")
+        _remove_staged_leftovers([target, tmp_path / "y"])
+        assert not staged.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,15 @@ def test_folds_keep_groups_together_and_stratify():
     assert np.array_equal(folds, assign_folds(labels, groups, n_folds=5, repeats=3, seed=7))
     with pytest.raises(ValueError, match="fewer than"):
         assign_folds([0, 0, 1, 1], [0, 1, 2, 3], n_folds=3)
+    # Repeat r shuffles with seed + r, which NumPy's legacy generator takes from 0 to 2**32 - 1.
+    top = 2**32 - 1
+    assert assign_folds(labels, groups, n_folds=5, repeats=3, seed=top - 2).shape == (3, 70)
+    refused = [(-1, 1, f"from 0 to {top}; got -1"), (top + 1, 1, f"from 0 to {top}; got"),
+               (top - 1, 3, f"from 0 to {top - 2} \\(with 3 repeats"), (1.5, 1, f"from 0 to {top}; got 1.5"),
+               (True, 1, f"from 0 to {top}; got True")]  # fmt: skip
+    for seed, repeats, message in refused:
+        with pytest.raises(ValueError, match=f"seed must be a whole number {message}"):
+            assign_folds(labels, groups, n_folds=5, repeats=repeats, seed=seed)
 
 
 def test_check_no_leak():
@@ -399,6 +408,22 @@ def test_experiment_refuses_a_class_in_too_few_images_before_any_work(fake_all_i
                                             r"6 folds; use at most 5 folds \(--folds\)$") as info:  # fmt: skip
         run_experiment(dataset, tmp_path / "run6", n_folds=6, cache_dir=tmp_path / "cache")
     assert "np." not in str(info.value) and info.value.path == str(fake_all_idb1)
+
+
+@pytest.mark.parametrize("argv", [
+    ["classify", "--seed", "-5"], ["classify", "--seed", "4294967296"], ["train", "--seed", "-1"],
+    ["classify", "--seed", "4294967295", "--repeats", "2"]])  # fmt: skip
+def test_a_bad_seed_is_refused_before_any_work(fake_all_idb1, tmp_path, capsys, argv):
+    # It was an internal error (train) or an error blamed on the data folder, after segmenting every image.
+    command, *options = argv
+    rc = main([command, "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--no-cnn",
+               "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), *options])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "--seed: must be a whole number from 0 to 4294967295" in err[0] or err[0] == (
+        "leukoseg: error: seed must be a whole number from 0 to 4294967294 (with 2 repeats: repeat r uses seed + r, "
+        "at most 4294967295); got 4294967295")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
 def test_two_folds_need_four_images_of_each_class_for_the_inner_splits(fake_all_idb1, tmp_path, capsys):

@@ -312,6 +312,26 @@ def test_out_dir(tmp_path):
     assert not (run / "report.html").exists()
 
 
+@pytest.mark.parametrize(("error", "exit_code"), [(PermissionError(13, "Permission denied"), 2),
+                                                  (OSError(28, "No space left on device"), 1)])
+def test_a_report_that_cannot_be_written(tmp_path, monkeypatch, capsys, error, exit_code):
+    # Not ours to write: a usage error (2), as for other outputs; a full disk: the run failed (1), as in
+    # classify and train. Either way one line naming the folder, and no report left half-written.
+    from leukoseg import io as leukoseg_io
+    from leukoseg.cli import main
+
+    run = make_binary_run(tmp_path)
+
+    def failing(path, text):
+        raise error
+
+    monkeypatch.setattr(leukoseg_io, "write_text", failing)
+    assert main(["report", str(run)]) == exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"leukoseg: error: {run}: cannot write the report ({error.strerror})"]
+    assert not (run / "report.html").exists()
+
+
 def test_multiclass_report(tmp_path):
     run = make_multiclass_run(tmp_path, classes=("a", "b", "c<x>"))
     files = write_report(run)

@@ -271,6 +271,19 @@ def test_draw_overlay_colors_and_max_side():
         assert draw_overlay(smear.image, seg, max_side=max_side).shape == (*shape, 3), max_side
 
 
+def test_overlay_is_drawn_on_the_image_as_it_is_now():
+    # A segmentation keeps no reduced copy of its input: an overlay drawn after the caller changed the very
+    # array it segmented shows the array's present pixels, as one drawn on a fresh copy does.
+    smear = make_smear(shape=(300, 400), kinds=("blast_L1", "lymphocyte"), n_touching_pairs=0, seed=4)
+    image = smear.image.copy()
+    seg = segment(image)
+    before = draw_overlay(image, seg, max_side=100)
+    image[:] = 255
+    after = draw_overlay(image, seg, max_side=100)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, draw_overlay(image.copy(), seg, max_side=100))
+
+
 def test_blank_image_has_no_cells():
     image = np.full((120, 160, 3), (225, 215, 200), np.uint8)
     seg = segment(image)
@@ -595,6 +608,22 @@ def test_rewrite_replaces_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
+def test_more_cells_than_a_16_bit_label_image_numbers_are_refused(tmp_path):
+    # Cell ids above 65,535 would wrap around in nuclei.png / cells.png: refused, before anything is written.
+    import dataclasses
+    import types
+
+    image, _ = touching_discs()
+    seg = segment(image, pixel_size=0.35)
+    ids = {"cell_id": np.arange(1, 65_537)}
+    too_many = dataclasses.replace(seg, measurements=types.MappingProxyType({**seg.measurements, **ids}))
+    from leukoseg.errors import LeukosegError
+
+    with pytest.raises(LeukosegError, match="65,536 cells found, more than the 65,535 that the 16-bit label images"):
+        write_segmentation(tmp_path / "s", image, too_many)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["segmentation.json", "../outside.json", "sub/x.json", "cells.csv", ".hidden.json"])
 def test_extra_json_names_a_plain_new_file(tmp_path, name):
     image, _ = touching_discs()
@@ -729,8 +758,7 @@ def test_pyramid_resize_is_inter_area(factor):
     if (expected.shape[1], expected.shape[0]) != size:
         expected = cv2.resize(expected, size, interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(got, expected)
-    pyramid.detach()  # the halvings stay usable while the image lives
-    np.testing.assert_array_equal(pyramid.resize(factor), expected)
+    np.testing.assert_array_equal(pyramid.resize(factor), expected)  # again, from the kept halvings
 
 
 def test_label_png_round_trip():

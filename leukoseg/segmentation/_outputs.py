@@ -258,9 +258,7 @@ def _draw_overlay(image: np.ndarray, seg: Segmentation, rows: list[dict[str, Any
     h, w = image.shape[:2]
     halvings = max(0, int(np.ceil(np.log2(max(h, w) / max_side)))) if max(h, w) > max_side else 0
     if halvings:
-        # The halvings made while segmenting this very image, when at hand (one full-size pass fewer).
-        pyramid = seg._pyramid if seg._pyramid is not None and seg._pyramid.is_of(image) else _Pyramid(image)
-        canvas = pyramid.resize(0.5**halvings).copy()  # the copy: the pyramid's levels are shared
+        canvas = _Pyramid(image).resize(0.5**halvings)
     else:
         canvas = image.copy()
     f = canvas.shape[1] / w
@@ -278,6 +276,9 @@ def _draw_overlay(image: np.ndarray, seg: Segmentation, rows: list[dict[str, Any
         cv2.putText(canvas, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
         cv2.putText(canvas, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return canvas
+
+
+_MAX_LABEL = 2**16 - 1  # the largest cell id a 16-bit label PNG holds
 
 
 def write_segmentation(
@@ -329,9 +330,14 @@ def write_segmentation(
     Raises
     ------
     LeukosegError
-        If `out_dir` exists and is a file, or a folder that is neither empty nor an earlier result.
+        If `out_dir` exists and is a file, or a folder that is neither empty nor an earlier result; or if
+        `seg` has more cells than the 16-bit label images can number (65,535).
     """
     out_dir = Path(out_dir)
+    if seg.n_cells > _MAX_LABEL:
+        # The label PNGs store cell ids as 16-bit values: more cells would wrap around and alias ids.
+        raise LeukosegError(None, f"{seg.n_cells:,} cells found, more than the {_MAX_LABEL:,} that the 16-bit "
+                                  "label images (nuclei.png, cells.png) can number; is this a blood smear?")
     extra_json = dict(extra_json or {})
     for name in extra_json:
         if (Path(name).name != name or name == _RESULT_MARKER or not name.endswith(".json")

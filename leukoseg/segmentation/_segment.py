@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import types
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -52,20 +51,15 @@ _RULER_SIDE = 768
 class _Pyramid:
     """An image and its area-averaged halvings, each made once and shared by every reduced copy.
 
-    The red-cell ruler, the working copy and the overlay are all reduced from the same first halvings;
-    sharing them saves full-resolution passes. After :meth:`detach`, the pyramid keeps its halvings but
-    only a weak reference to the image itself (a kept :class:`Segmentation` does not keep the smear alive).
+    The red-cell ruler and the working copy are both reduced from the same first halvings; sharing them
+    saves full-resolution passes. A pyramid lives for one call: a :class:`Segmentation` does not keep it,
+    so an overlay drawn later is reduced from the image as it is then (the caller may have changed it).
     """
 
     def __init__(self, image: np.ndarray) -> None:
-        self._source = weakref.ref(image)
         self._shape = image.shape[:2]
-        self._levels: list[np.ndarray | None] = [image]
+        self._levels: list[np.ndarray] = [image]
         self._float_levels: dict[int, np.ndarray] = {}
-
-    def is_of(self, image: np.ndarray) -> bool:
-        """Whether these are the halvings of `image` (the very array)."""
-        return self._source() is image
 
     def resize(self, factor: float) -> np.ndarray:
         """The image shrunk by `factor` (<= 1) with area averaging (no aliasing).
@@ -79,14 +73,14 @@ class _Pyramid:
         size = (max(1, round(w * factor)), max(1, round(h * factor)))
         k = 0
         while True:
-            level = self._level(k)
+            level = self._levels[k]
             if not (level.shape[1] >= 2 * size[0] and level.shape[0] >= 2 * size[1]):
                 break
             k += 1
             if k == len(self._levels):
                 half = (level.shape[1] // 2, level.shape[0] // 2)
                 self._levels.append(cv2.resize(level, half, interpolation=cv2.INTER_AREA))
-        level = self._level(k)
+        level = self._levels[k]
         if (level.shape[1], level.shape[0]) == size:
             return level
         # OpenCV's fractional INTER_AREA is 2-3x faster on float32 than on uint8, and rounding its result
@@ -94,17 +88,6 @@ class _Pyramid:
         if k not in self._float_levels:
             self._float_levels[k] = level.astype(np.float32)
         return cv2.convertScaleAbs(cv2.resize(self._float_levels[k], size, interpolation=cv2.INTER_AREA))
-
-    def detach(self) -> None:
-        """Drop the float32 copies and the strong reference to the image; the halvings stay."""
-        self._float_levels.clear()
-        self._levels[0] = None
-
-    def _level(self, k: int) -> np.ndarray:
-        level = self._levels[k] if k else (self._levels[0] if self._levels[0] is not None else self._source())
-        if level is None:
-            raise ValueError("the image of this pyramid is gone")
-        return level
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,8 +128,6 @@ class Segmentation:
     working_um_per_px: float
     thresholds: Mapping[str, float]
     measurements: Mapping[str, np.ndarray] = field(repr=False)
-    # The input's halvings, reused for the overlay when the same image is written.
-    _pyramid: _Pyramid | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def nuclei(self) -> np.ndarray:
@@ -335,7 +316,7 @@ def segment(
     cells = _grow_cells(nuclei, stained | (nuclei > 0), um, max_cytoplasm_um)
     nuclei, cells = _relabel(nuclei, cells)
 
-    pyramid.detach()
+    del pyramid  # its halvings and float copies are not needed for measuring
     measurements = measure_cells(
         work, nuclei, cells, um_per_px=um, excess=excess, to_input=1.0 / factor, input_shape=(height, width)
     )
@@ -353,7 +334,6 @@ def segment(
         working_um_per_px=float(um),
         thresholds=types.MappingProxyType({"stained": float(t_stain), "nucleus": float(t_nucleus)}),
         measurements=types.MappingProxyType(measurements),
-        _pyramid=pyramid,
     )
 
 
