@@ -444,36 +444,61 @@ _TEMP_NAME_BYTES = 200  # of a name kept in the temporary names made beside it
 _TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # of tempfile's random part (8 of them)
 
 
-def _temp_prefix(name: str) -> str:
-    """``.<name>.``, the start of a temporary file or folder made beside `name` (``tempfile`` adds 8 characters
-    and a suffix). A long name is cut to 200 bytes, so that the temporary name stays within the 255 bytes a
-    file name may have wherever `name` itself fits.
+def _batch_owner() -> int:
+    """The process that answers for this one's temporary files: its parent in a worker process, else itself.
+
+    A batch's worker processes are children of the process that runs the batch; that process removes what
+    they left behind (:func:`_remove_staged_leftovers`), and only that: another leukoseg run writing to the
+    same folder or cache at the same time has another owner.
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getpid()
+
+
+def _temp_prefix(name: str, owner: int | None = None) -> str:
+    """``.<name>.<owner>.``, the start of a temporary file or folder made beside `name` (``tempfile`` adds 8
+    characters and a suffix); `owner` defaults to :func:`_batch_owner`. A long name is cut to 200 bytes, so
+    that the temporary name stays within the 255 bytes a file name may have wherever `name` itself fits.
     """
     while len(os.fsencode(name)) > _TEMP_NAME_BYTES:
         name = name[:-1]
-    return f".{name}."
+    return f".{name}.{_batch_owner() if owner is None else owner}."
 
 
 def _remove_staged_leftovers(targets: Iterable[Path]) -> None:
-    """Remove the staged folders and files of `targets` (``.<name>.XXXXXXXX.part``) that writers left behind.
+    """Clear up after this process's workers beside `targets`: staged folders and files, interrupted swaps.
 
     A worker process stopped by a signal (an interrupted batch, a killed worker) has no chance to remove
-    what it was writing (:func:`_staged_folder`, :func:`atomic_write`); the process that ran the batch calls
-    this once no worker of the batch writes any more. Each folder holding targets is listed once.
+    what it was writing (:func:`_staged_folder`, :func:`atomic_write`: ``.<name>.<owner>.XXXXXXXX.part``)
+    or to finish moving a result into place (:func:`_swap_folder`, which moves the earlier result aside to
+    ``.<name>.<owner>.XXXXXXXX.old``). The process that ran the batch calls this once none of its workers
+    writes any more; only names that this process owns are touched. A staged folder or file is removed; an
+    earlier result moved aside is put back where the new one never arrived, and removed where it did.
+    Each folder holding targets is listed once.
     """
-    prefixes: dict[Path, set[str]] = {}
+    wanted: dict[Path, dict[str, Path]] = {}
     for target in targets:
-        prefixes.setdefault(target.parent, set()).add(_temp_prefix(target.name))
-    for parent, wanted in prefixes.items():
+        wanted.setdefault(target.parent, {})[_temp_prefix(target.name, os.getpid())] = target
+    for parent, by_prefix in wanted.items():
         try:
-            entries = list(os.scandir(parent))
+            entries = sorted(os.scandir(parent), key=lambda e: e.name)
         except OSError:
             continue
         for entry in entries:
-            name = entry.name  # prefix + 8 random characters + ".part"
-            if not (name.endswith(".part") and name[:-13] in wanted and set(name[-13:-5]) <= _TEMP_CHARS):
+            name = entry.name  # prefix + 8 random characters + ".part" or ".old"
+            suffix = ".part" if name.endswith(".part") else ".old" if name.endswith(".old") else None
+            if suffix is None:
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            stem = name[: -len(suffix)]
+            final = by_prefix.get(stem[:-8])
+            if final is None or not set(stem[-8:]) <= _TEMP_CHARS:
+                continue
+            if suffix == ".old" and entry.is_dir(follow_symlinks=False) and not os.path.lexists(final):
+                with contextlib.suppress(OSError):
+                    os.replace(entry.path, final)  # the swap stopped halfway: the earlier result goes back
+            elif entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):

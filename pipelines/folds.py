@@ -81,7 +81,7 @@ def assign_folds(
             )
     out = np.full((repeats, len(labels)), -1, dtype=int)
     for r in range(repeats):
-        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed + r)
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=int(seed) + r)
         for k, (_, test) in enumerate(splitter.split(np.zeros((len(labels), 1)), labels, groups)):
             out[r, test] = k
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import html
 import io
 import json
@@ -1610,7 +1611,8 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
     ------
     LeukosegError
         If `run_dir` is not a folder, its ``metrics.json`` is missing, unreadable or not an experiment's,
-        or `data_dir` is given and is not a folder; or if the report may not be written there (permission).
+        or `data_dir` is given and is not a folder; or if the report may not be written there (permission,
+        a read-only file system).
     OSError
         If writing the report fails otherwise (e.g. a full disk); its ``filename`` is the report's folder.
 
@@ -1645,9 +1647,11 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
     try:
         write_text(files.html, _html(run, misses, curves_png, multi_png, disputed))
         write_text(files.markdown, _markdown(run, misses, curve_rows, disputed))
-    except PermissionError as exc:  # the run folder is not ours to write: a usage error, as for other outputs
-        raise LeukosegError(out, f"cannot write the report ({exc.strerror or exc})") from None
-    except OSError as exc:  # e.g. a full disk: a failure of the run (exit 1, as in classify and train), named
+    except OSError as exc:
+        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+            # The folder is not ours to write: a usage error (exit 2), as the other commands' outputs are.
+            raise LeukosegError(out, f"cannot write the report ({exc.strerror or exc})") from None
+        # E.g. a full disk: the run failed (exit 1, as in classify and train); the folder is named.
         raise OSError(exc.errno, f"cannot write the report ({exc.strerror or exc})", str(out)) from None
     logger.info("report written: %s, %s", files.html, files.markdown)
     return files

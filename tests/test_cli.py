@@ -353,20 +353,35 @@ def test_a_killed_worker_fails_its_image_not_the_batch(monkeypatch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c"]
 
 
-def test_staged_leftovers_are_recognised_by_name(tmp_path):
+def test_staged_leftovers_are_recognised_by_name_and_owner(tmp_path):
+    import os
+
     from leukoseg.io import _remove_staged_leftovers, _staged_folder
 
+    pid, other = os.getpid(), os.getpid() + 1  # this batch's owner, and another run's
     target = tmp_path / ("x" * 250)  # a long name: its staged name is cut to stay a legal file name
-    with _staged_folder(target) as staged:
+    x = target.name[:200]
+    with _staged_folder(target) as staged:  # what a worker of this process was writing when it was stopped
         (staged / "f").write_text("")
-        keep = [".a.b.part", f".{target.name[:200]}.abcdefgh.old", f".{target.name[:200]}.abcdefg.part",
-                f".{target.name[:200]}.abcdefgH.part", "y", target.name]  # fmt: skip
+        assert staged.name.startswith(f".{x}.{pid}.") and len(os.fsencode(staged.name)) <= 255
+        keep = [f".a.b.{pid}.part", f".{x}.{pid}.abcdefg.part", f".{x}.{pid}.abcdefgH.part", "y", target.name,
+                f".{x}.{other}.abcdefgh.part", f".y.{other}.abcdefgh.part"]  # another run's work in progress
         for name in keep:
             (tmp_path / name).mkdir()
-        (tmp_path / ".y.abcdefgh.part").write_text("a file that atomic_write left")
+        (tmp_path / f".y.{pid}.abcdefgh.part").write_text("a file that atomic_write left")
+        (tmp_path / f".{x}.{pid}.abcdefgh.old").mkdir()  # the swap into an existing target was done
         _remove_staged_leftovers([target, tmp_path / "y"])
         assert not staged.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    # A swap stopped halfway (the earlier result moved aside, the new one not yet in place): the earlier
+    # result goes back, the staged one is removed.
+    z = tmp_path / "z"
+    (tmp_path / f".z.{pid}.abcdefgh.old").mkdir()
+    (tmp_path / f".z.{pid}.abcdefgh.old" / "segmentation.json").write_text("earlier")
+    (tmp_path / f".z.{pid}.ijklmnop.part").mkdir()
+    _remove_staged_leftovers([z])
+    assert (z / "segmentation.json").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*keep, "z"])
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 import types
@@ -169,7 +170,27 @@ def test_shares_are_exact_for_many_cells():
 def test_prominent_nucleolus_cell_threshold(area, count, prominent):
     result = fab_classify(_mean_area_table([area], [count]))
     assert result.percent["prominent_nucleoli"] == (100.0 if prominent else 0.0)
-    assert result.percent["small_nucleoli"] == (0.0 if prominent else 100.0)
+    small = not prominent and count <= 1  # the paper's "0-1, small"
+    assert result.percent["small_nucleoli"] == (100.0 if small else 0.0)
+
+
+@pytest.mark.parametrize(("max_small", "counts", "small_pct", "points"),
+                         [(1, [0, 1, 1, 1], 100.0, +1), (1, [0, 1, 1, 2], 75.0, +1), (1, [0, 1, 2, 3], 50.0, 0),
+                          (3, [0, 1, 2, 3], 100.0, +1), (0, [0, 0, 0, 1], 75.0, +1), (0, [0, 0, 1, 1], 50.0, 0)])
+def test_small_nucleoli_are_at_most_max_small_nucleoli(max_small, counts, small_pct, points):
+    # Bennett et al.'s +1 rule is "0-1 nucleoli, small": a blast with more small ones meets neither rule.
+    table = _mean_area_table([0.5] * 4, counts)  # all small (mean area 0.5 um^2 < 1)
+    settings = FABSettings(max_small_nucleoli=max_small)
+    result = fab_classify(table, settings=settings)
+    assert result.percent["small_nucleoli"] == small_pct and result.percent["prominent_nucleoli"] == 0.0
+    # The rest of the L1 row: +1 for the high N:C ratio, nothing else.
+    assert result.score == 1 + points
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1", None])
+def test_max_small_nucleoli_must_be_a_whole_number(bad):
+    with pytest.raises(ValueError, match=f"max_small_nucleoli must be an integer >= 0, got {re.escape(repr(bad))}"):
+        FABSettings(max_small_nucleoli=bad)
 
 
 def test_nucleoli_without_count_are_not_prominent():

@@ -137,6 +137,10 @@ def test_folds_keep_groups_together_and_stratify():
     # Repeat r shuffles with seed + r, which NumPy's legacy generator takes from 0 to 2**32 - 1.
     top = 2**32 - 1
     assert assign_folds(labels, groups, n_folds=5, repeats=3, seed=top - 2).shape == (3, 70)
+    # A NumPy seed adds the repeat as a Python int: no wrap-around of a narrow integer type.
+    big = np.int32(2**31 - 1)
+    np.testing.assert_array_equal(assign_folds(labels, groups, n_folds=5, repeats=2, seed=big),
+                                  assign_folds(labels, groups, n_folds=5, repeats=2, seed=2**31 - 1))
     refused = [(-1, 1, f"from 0 to {top}; got -1"), (top + 1, 1, f"from 0 to {top}; got"),
                (top - 1, 3, f"from 0 to {top - 2} \\(with 3 repeats"), (1.5, 1, f"from 0 to {top}; got 1.5"),
                (True, 1, f"from 0 to {top}; got True")]  # fmt: skip

@@ -313,10 +313,11 @@ def test_out_dir(tmp_path):
 
 
 @pytest.mark.parametrize(("error", "exit_code"), [(PermissionError(13, "Permission denied"), 2),
+                                                  (OSError(30, "Read-only file system"), 2),
                                                   (OSError(28, "No space left on device"), 1)])
 def test_a_report_that_cannot_be_written(tmp_path, monkeypatch, capsys, error, exit_code):
     # Not ours to write: a usage error (2), as for other outputs; a full disk: the run failed (1), as in
-    # classify and train. Either way one line naming the folder, and no report left half-written.
+    # classify and train. Either way one line naming the folder.
     from leukoseg import io as leukoseg_io
     from leukoseg.cli import main
 
