@@ -57,7 +57,8 @@ checked on the synthetic cells of :mod:`leukoseg.synthetic` (not fitted to any r
   rule, as in the paper's table. On ALL-IDB1 ``segment`` finds two or more spots in 44 % of the annotated
   blasts (220 of 501), partly chromatin texture; on the 49 images called ALL in repeat 0 of an experiment
   run, the count limit lowers 13 scores by one (+2 to +1 in 9 images, +1 to 0 in 4) and changes no subtype
-  (43 L1, 6 L2), against counting every blast without a prominent nucleolus as small.
+  (43 L1, 6 L2), against counting every blast without a prominent nucleolus as small
+  (``benchmarks/fab_settings.py``).
   *Limit of the measurement:* a measured spot is about 1.5 times the drawn nucleolus's area (the blurred
   rim passes the brightness test), and spots above 6 um^2 are not counted at all, so a nucleolus more than
   about 2.3 um across is missed and its blast counts as *absent or small*.

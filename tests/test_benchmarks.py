@@ -216,3 +216,26 @@ def test_cell_count_reference_thresholds_the_count_on_training_folds(tmp_path):
     assert lines[0].endswith("fused model's highest cell probability, which ignores the count, 1.000")
     # One camera: Im034-Im037 only; Im036_0 is the one error of four.
     assert "one camera (Im034-Im108): image accuracy 0.750" in lines[1]
+
+
+def test_fab_settings_compares_subtypes_and_score_moves():
+    from leukoseg.classify import FABSettings
+
+    fab_settings = _load("fab_settings")
+    n = 4
+    row = {"cell_id": np.arange(1, n + 1), "cell_diameter_um": np.full(n, 10.0), "nucleus_area_um2": np.full(n, 50.0),
+           "nc_ratio": np.full(n, 0.7), "nucleus_solidity": np.full(n, 0.97), "nucleus_irregularity": np.full(n, 0.03),
+           "nucleoli_count": np.zeros(n, int), "nucleoli_fraction": np.zeros(n),
+           "cytoplasm_basophilia": np.full(n, 10.0), "nucleus_stain": np.full(n, 100.0),
+           "vacuole_count": np.zeros(n, int), "touches_border": np.zeros(n, bool),
+           "smudge": np.zeros(n, bool)}  # fmt: skip
+    # Image b: every blast has two small nucleoli (0.5 um^2 each): "0-1 small" fails, no count limit passes.
+    two_small = {**row, "nucleoli_count": np.full(n, 2), "nucleoli_fraction": np.full(n, 1.0 / 50.0)}
+    p = np.array([0.9, 0.8, 0.7, 0.1])  # three blasts, one other cell
+    called = [("a", row, p), ("b", two_small, p), ("c", row, np.array([]))]  # c: no cell, not scored
+    lines = []
+    results = fab_settings.compare(called, [{"name": "no limit", "max_small_nucleoli": 1000}], log=lines.append)
+    assert fab_settings.subtypes(called, FABSettings()) == {"a": ("L1", 2), "b": ("L1", 1)}
+    assert lines[0] == "default settings: {'L1': 2} (2 images called ALL)"
+    assert lines[1] == "no limit: {'L1': 2}; subtypes changed 0; scores changed 1, +1 -> +2: 1"
+    assert results[0]["subtypes"] == {"a": ("L1", 2), "b": ("L1", 2)} and results[0]["moves"] == {(1, 2): 1}
