@@ -240,9 +240,7 @@ class FABSettings:
             )
         for name in ("vacuolated_min_count", "min_scored_blasts"):
             check_positive_int(name, getattr(self, name), expected="an integer >= 1")
-        n = self.max_small_nucleoli
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"max_small_nucleoli must be an integer >= 0, got {n!r}")
+        check_positive_int("max_small_nucleoli", self.max_small_nucleoli, expected="an integer >= 0", allow_zero=True)
         for name in ("exclude_border", "exclude_smudge"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

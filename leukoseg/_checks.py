@@ -27,12 +27,12 @@ def check_positive(name: str, value: object, *, allow_zero: bool = False) -> Non
         raise ValueError(f"{name} must be a finite {sign} number, got {value!r}")
 
 
-def check_positive_int(name: str, value: object, *, expected: str = "a positive int") -> None:
-    """Raise ValueError unless `value` is an int (a NumPy one too, a bool not) of at least 1.
+def check_positive_int(name: str, value: object, *, expected: str = "a positive int", allow_zero: bool = False) -> None:
+    """Raise ValueError unless `value` is an int (a NumPy one too, a bool not) of at least 1 (0 with `allow_zero`).
 
     `expected` words the requirement in the message (``"{name} must be {expected}, got ..."``).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 

@@ -189,11 +189,6 @@ def _exif_orientation(pil: Any) -> int:
 _ORIENT = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}
 
 
-def _has_magic(name: str) -> bool:
-    """Whether `name` is a glob pattern (as :func:`find_images` reads it)."""
-    return any(ch in name for ch in "*?[")
-
-
 def _file_problem(path: Path) -> str | None:
     """Why `path` is not a file to read an image from (a broken link, a folder, a device), or None if it is one."""
     try:
@@ -203,7 +198,9 @@ def _file_problem(path: Path) -> str | None:
             return "broken symbolic link (or a link loop)"
         if isinstance(exc, FileNotFoundError):
             # A pattern that matched no file reaches here as itself (find_images keeps it, to be reported).
-            return "no such file, and no file matches this pattern" if _has_magic(str(path)) else "no such file"
+            import glob
+
+            return "no such file, and no file matches this pattern" if glob.has_magic(str(path)) else "no such file"
         return f"cannot open the file ({exc.strerror or exc})"
     if stat.S_ISDIR(mode):
         return "is a folder, not an image file"
@@ -310,7 +307,7 @@ def _search(
         p = Path(raw)
         if p.is_dir():
             found = image_files(p, exclude=skip)
-        elif not p.exists() and _has_magic(str(raw)):
+        elif not p.exists() and glob.has_magic(str(raw)):
             matches = sorted(Path(q) for q in glob.glob(str(raw), recursive=True) if Path(q).is_file())
             # As for a folder: excluded folders below where the pattern starts are skipped, not that one.
             base = Path(*[part for part in itertools.takewhile(lambda x: not glob.has_magic(x), p.parts)]).resolve()
