@@ -72,6 +72,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from leukoseg._checks import check_positive_int
 from leukoseg._stderr import import_keras
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
@@ -377,12 +378,13 @@ def _check_architecture(
     shape = _input_shape(input_shape)
     filt = _positive_ints("filters", filters, allow_empty=False)
     dense = _positive_ints("dense_units", dense_units, allow_empty=True)
-    if not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int (zero padding kernel_size // 2); got {kernel_size!r}")
+    odd = "a positive odd int (zero padding kernel_size // 2)"
+    check_positive_int("kernel_size", kernel_size, expected=odd)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be {odd}, got {kernel_size!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
-    if not isinstance(pool_size, (int, np.integer)) or pool_size < 1:
-        raise ValueError(f"pool_size must be a positive int; got {pool_size!r}")
+    check_positive_int("pool_size", pool_size)
     if shape[0] < pool_size or shape[1] < pool_size:
         raise ValueError(f"input_shape {shape} is smaller than the pooling window {pool_size}")
     _check_head(dropout=dropout, n_classes=n_classes)
@@ -816,15 +818,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _check_training_params(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-
-        positive_int("epochs")
-        positive_int("batch_size")
-        if not (isinstance(self.patience, (int, np.integer)) and self.patience >= 0):
-            raise ValueError(f"patience must be an int >= 0; got {self.patience!r}")
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("patience", self.patience, expected="an int >= 0", allow_zero=True)
         if not float(self.learning_rate) > 0:
             raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:

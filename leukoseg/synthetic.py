@@ -783,6 +783,21 @@ def _white_cell_od(
     return np.clip(out, 0.0, None).astype(np.float32)
 
 
+def _n_spots_inside(
+    spots: np.ndarray, centre: tuple[float, float], px: float, mask: np.ndarray, origin: tuple[int, int]
+) -> int:
+    """How many spots (rows of x, y, radius in µm from `centre`) have their centre pixel in `mask`.
+
+    `mask` covers the cell's box, whose top-left pixel is `origin` (x0, y0) in the image.
+    """
+    if not len(spots):
+        return 0
+    col = np.floor((centre[0] + spots[:, 0]) / px).astype(int) - origin[0]
+    row = np.floor((centre[1] + spots[:, 1]) / px).astype(int) - origin[1]
+    inside = (row >= 0) & (row < mask.shape[0]) & (col >= 0) & (col < mask.shape[1])
+    return int(np.count_nonzero(mask[row[inside], col[inside]]))
+
+
 def _compose(
     shape: tuple[int, int],
     px: float,
@@ -916,6 +931,12 @@ def _compose(
     for i in kept:
         y0, y1, x0, x1 = boxes[i]  # type: ignore[misc]
         cid = ids[i]
+        c = centres[i]
+        assert c is not None
+        # Count a nucleolus or vacuole only where it was drawn: a touching neighbour or the image's edge
+        # may have cut it away with part of the cell.
+        n_nucleoli = _n_spots_inside(specs[i].nucleoli, c, px, nuclei[y0:y1, x0:x1] == cid, (x0, y0))
+        n_vacuoles = _n_spots_inside(specs[i].vacuoles, c, px, cells[y0:y1, x0:x1] == cid, (x0, y0))
         rr, cc = np.nonzero(nuclei[y0:y1, x0:x1] == cid)
         n_cell = int(np.count_nonzero(cells[y0:y1, x0:x1] == cid))
         spec = specs[i]
@@ -928,8 +949,8 @@ def _compose(
                 is_blast=spec.kind in _BLASTS,
                 cell_diameter_um=2.0 * math.sqrt(n_cell / math.pi) * px,
                 nucleus_diameter_um=2.0 * math.sqrt(rr.size / math.pi) * px,
-                n_nucleoli=len(spec.nucleoli),
-                n_vacuoles=len(spec.vacuoles),
+                n_nucleoli=n_nucleoli,
+                n_vacuoles=n_vacuoles,
             )
         )
     pairs = tuple(

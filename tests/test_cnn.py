@@ -220,6 +220,8 @@ def test_same_seed_same_weights():
         ({"kernel_size": 4}, "kernel_size must be a positive odd int"),
         ({"activation": "gelu"}, "activation must be one of"),
         ({"pool_size": 0}, "pool_size must be a positive int"),
+        ({"pool_size": True}, "pool_size must be a positive int, got True"),  # a bool is not a size
+        ({"kernel_size": True}, r"kernel_size must be a positive odd int \(zero padding kernel_size // 2\), got True"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"n_classes": 1}, "n_classes must be an int >= 2"),
         ({"input_shape": (50, 50)}, r"input_shape must be \(height, width, channels\)"),
@@ -406,6 +408,22 @@ def test_fit_returns_the_estimator(discs):
 def test_fit_rejects_bad_input(X, y, groups, match):
     with pytest.raises(ValueError, match=match):
         cnn.CNNClassifier(**TINY).fit(X, y, groups=groups)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epochs": 0}, "epochs must be a positive int, got 0"),
+        ({"epochs": True}, "epochs must be a positive int, got True"),
+        ({"batch_size": 2.0}, "batch_size must be a positive int, got 2.0"),
+        ({"patience": -1}, "patience must be an int >= 0, got -1"),
+        ({"patience": False}, "patience must be an int >= 0, got False"),
+    ],
+)
+def test_fit_rejects_bad_training_parameters(kwargs, match):
+    X, y = np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1]
+    with pytest.raises(ValueError, match=match):
+        cnn.CNNClassifier(**TINY, **kwargs).fit(X, y)
 
 
 def test_estimator_clones_and_checks_fitted():

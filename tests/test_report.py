@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -312,25 +313,37 @@ def test_out_dir(tmp_path):
     assert not (run / "report.html").exists()
 
 
+@pytest.mark.parametrize("failing_file", ["report.html", "report.md"])
 @pytest.mark.parametrize(("error", "exit_code"), [(PermissionError(13, "Permission denied"), 2),
                                                   (OSError(30, "Read-only file system"), 2),
                                                   (OSError(28, "No space left on device"), 1)])
-def test_a_report_that_cannot_be_written(tmp_path, monkeypatch, capsys, error, exit_code):
+def test_a_report_that_cannot_be_written(tmp_path, monkeypatch, capsys, error, exit_code, failing_file):
     # Not ours to write: a usage error (2), as for other outputs; a full disk: the run failed (1), as in
-    # classify and train. Either way one line naming the folder.
+    # classify and train. Either way one line naming the folder, and the earlier report pair is kept whole,
+    # whichever of the two files failed (never a new report.html beside an old report.md).
     from leukoseg import io as leukoseg_io
     from leukoseg.cli import main
 
     run = make_binary_run(tmp_path)
+    (run / "report.html").write_text("earlier html")
+    (run / "report.md").write_text("earlier md")
+    real_atomic_write = leukoseg_io.atomic_write
 
-    def failing(path, text):
-        raise error
+    @contextlib.contextmanager
+    def failing(path, mode="wb"):
+        with real_atomic_write(path, mode) as f:
+            if Path(path).name == failing_file:
+                f.write("half")
+                raise error
+            yield f
 
-    monkeypatch.setattr(leukoseg_io, "write_text", failing)
+    monkeypatch.setattr(leukoseg_io, "atomic_write", failing)
     assert main(["report", str(run)]) == exit_code
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"leukoseg: error: {run}: cannot write the report ({error.strerror})"]
-    assert not (run / "report.html").exists()
+    assert (run / "report.html").read_text() == "earlier html" and (run / "report.md").read_text() == "earlier md"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("report") or p.suffix == ".part") == [
+        "report.html", "report.md"]
 
 
 def test_multiclass_report(tmp_path):

@@ -332,3 +332,22 @@ def test_write_samples_round_trip(tmp_path):
             assert truth["touching_pairs"]
     assert kinds_seen == set(KINDS)
     assert "synthetic" in (folder / "README.md").read_text(encoding="utf-8")
+
+
+def test_spots_cut_away_with_their_cell_are_not_counted():
+    # A nucleolus or vacuole is counted in a cell's record only where it was drawn: a touching neighbour or
+    # the image's edge can cut part of the cell away, and the spots in that part with it.
+    from leukoseg.synthetic import _n_spots_inside
+
+    mask = np.zeros((10, 10), bool)
+    mask[:, :5] = True  # the right half of the cell's box went to a neighbour
+    spots = np.array([[2.0, 0.0, 0.5],  # column 7: in the half cut away
+                      [-2.0, 0.0, 0.5],  # column 3: kept
+                      [-2.0, -6.0, 0.5],  # row -1: beyond the box (the image's edge)
+                      [-2.0, 5.0, 0.5]])  # row 10: beyond the box
+    # 1 um per pixel, the cell's centre at (5, 5) um from the box's top-left corner.
+    assert _n_spots_inside(spots, (5.0, 5.0), 1.0, mask, (0, 0)) == 1
+    assert _n_spots_inside(spots, (9.0, 7.0), 1.0, mask, (4, 2)) == 1  # the same, the box elsewhere
+    assert _n_spots_inside(spots * 2.0, (10.0, 10.0), 2.0, mask, (0, 0)) == 1  # 2 um per pixel
+    assert _n_spots_inside(spots[:0], (5.0, 5.0), 1.0, mask, (0, 0)) == 0
+    assert _n_spots_inside(spots[:2], (5.0, 5.0), 1.0, np.ones((10, 10), bool), (0, 0)) == 2
