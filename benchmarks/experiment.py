@@ -112,7 +112,9 @@ def main() -> int:
     base = sum(t.get(k, 0) for k in ("fit_gknn", "fit_svm", "fit_knn", "inner_baseline"))
     cnn = sum(t.get(k, 0) for k in ("fit_cnn", "predict_cnn", "fusion"))
     print("\nTimings (s): " + "; ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    print(f"Baseline part (GA + SVM + kNN + inner scores, features cached): {base:.1f} s; CNN + fusion: {cnn:.1f} s; "
+    seg = t.get("segment_and_features", 0.0)
+    print(f"Baseline part (GA + SVM + kNN + inner scores, features cached): {base:.1f} s, {base + seg:.1f} s with the "
+          f"segmentation and features of the run ({seg:.1f} s); CNN + fusion: {cnn:.1f} s; "
           f"whole run {wall:.1f} s ({wall / 60:.2f} min); cache: {m['cache']['computed']} images segmented, "
           f"{m['cache']['reused']} reused")
     if "cnn" in m:

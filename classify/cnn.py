@@ -48,13 +48,15 @@ Other parts
 
 The model code uses ``keras`` and ``keras.ops`` only (no backend import outside :func:`resolve_device` and the
 TensorFlow determinism switch, each guarded by the active backend's name), so it is meant to run under
-``KERAS_BACKEND=tensorflow``, ``jax`` or ``torch``; only TensorFlow is tested. Importing this module does not
+``KERAS_BACKEND=tensorflow``, ``jax`` or ``torch``. TensorFlow is tested here, and torch on a GPU (README:
+"On a GPU, and other Keras backends"); JAX is not tested. Importing this module does not
 import Keras or any backend; they load inside the functions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import logging
@@ -628,6 +630,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Device used: 'cpu' or 'gpu'.
     backend_ : str
         Keras backend used.
+    training_data_hash_ : str or None
+        SHA-256 of the patches (shape, dtype, pixels) and labels given to fit, recorded by :meth:`save` as the
+        training-data hash (a caller's own hash may replace it there); after :meth:`load`, the saved one.
 
     Examples
     --------
@@ -815,6 +820,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.validation_indices_ = val_idx
         self.device_ = device
         self.backend_ = backend
+        self.training_data_hash_ = _training_data_hash(X, y)
         return self
 
     def _check_training_params(self) -> None:
@@ -942,7 +948,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             JSON-serialisable facts about the training data, e.g. ``{"um_per_px": 0.1, "dataset": "ALL-IDB1"}``;
             ``um_per_px`` is also copied to the top level of the config.
         data_hash : str, optional
-            Hash of the training data, for provenance.
+            Hash of the training data, for provenance. Default: ``training_data_hash_``, the SHA-256 of the
+            patches and labels that :meth:`fit` saw.
         metrics : mapping, optional
             JSON-serialisable evaluation results, e.g. cross-validated accuracy.
 
@@ -960,6 +967,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         keras = import_keras()
 
         folder = Path(path_dir)
+        if data_hash is None:
+            data_hash = getattr(self, "training_data_hash_", None)  # None only for a model loaded without one
         metadata = dict(metadata or {})
         metrics = dict(metrics or {})
         for name, value in (("metadata", metadata), ("metrics", metrics)):
@@ -1095,6 +1104,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         est.metrics_ = config["metrics"]
         est.training_data_hash_ = config["training_data_hash"]
         return est
+
+
+def _training_data_hash(X: np.ndarray, y: np.ndarray) -> str:
+    """SHA-256 of patches and labels: the same training data, in the same order, gives the same hash."""
+    digest = hashlib.sha256(repr((X.shape, X.dtype.str, np.asarray(y).tolist())).encode())
+    digest.update(np.ascontiguousarray(X).data)
+    return digest.hexdigest()
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -122,7 +122,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from leukoseg._checks import check_positive_int
+from leukoseg._checks import check_bool, check_positive_int
 
 __all__ = ["FAB_CRITERIA", "FABResult", "FABSettings", "blast_mask", "fab_classify"]
 
@@ -242,8 +242,7 @@ class FABSettings:
             check_positive_int(name, getattr(self, name), expected="an integer >= 1")
         check_positive_int("max_small_nucleoli", self.max_small_nucleoli, expected="an integer >= 0", allow_zero=True)
         for name in ("exclude_border", "exclude_smudge"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as plain Python values, for JSON.

@@ -12,7 +12,9 @@ from typing import TypeGuard
 
 import numpy as np
 
-__all__ = ["check_image", "check_labels", "check_mask", "check_positive", "check_positive_int", "is_real"]
+__all__ = [
+    "check_bool", "check_image", "check_labels", "check_mask", "check_positive", "check_positive_int", "is_real",
+]
 
 
 def is_real(value: object) -> TypeGuard[int | float | np.integer | np.floating]:
@@ -34,6 +36,12 @@ def check_positive_int(name: str, value: object, *, expected: str = "a positive 
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is True or False (a NumPy bool too): ``"no"`` is a true string."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def check_image(image: object, *, name: str = "image") -> None:

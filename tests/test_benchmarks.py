@@ -239,3 +239,22 @@ def test_fab_settings_compares_subtypes_and_score_moves():
     assert lines[0] == "default settings: {'L1': 2} (2 images called ALL)"
     assert lines[1] == "no limit: {'L1': 2}; subtypes changed 0; scores changed 1, +1 -> +2: 1"
     assert results[0]["subtypes"] == {"a": ("L1", 2), "b": ("L1", 2)} and results[0]["moves"] == {(1, 2): 1}
+
+
+def test_ruler_robustness_prints_the_change_of_each_framing_and_tiling(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from leukoseg.synthetic import make_smear
+
+    (tmp_path / "im").mkdir()
+    Image.fromarray(make_smear(shape=(480, 640), um_per_px=0.2, seed=0).image).save(tmp_path / "im" / "Im001_1.jpg")
+    module = _load("ruler_robustness")
+    monkeypatch.setattr(sys, "argv", ["ruler_robustness.py", "--data-dir", str(tmp_path), "--images", "Im001_1",
+                                      "--tiles", "2"])  # fmt: skip
+    assert module.main() == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^Im001_1 640x480: 0\.\d{4} um/px \(red cells, \d+ red cells\)$", out, re.M)
+    changes = dict(re.findall(r"^  (border|box|stop|tiles 2x2) +([+-]\d+\.\d\d)%", out, re.M))
+    assert list(changes) == ["border", "box", "stop", "tiles 2x2"]
+    assert all(abs(float(v)) < 3.0 for v in changes.values()), out  # a synthetic smear keeps its pixel size
+    assert out.strip().splitlines()[-1].startswith("Largest |change| of um_per_px: border ")

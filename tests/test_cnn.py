@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras loads TensorFlow
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -452,6 +453,22 @@ def test_resolve_device():
 
 
 @KERAS_SAVE_WARNING
+def test_config_records_the_hash_of_the_training_data(trained, discs, tmp_path):
+    # Without a caller's hash, config.json records the SHA-256 of the patches and labels fit saw.
+    clf, _ = trained
+    X, y, _ = discs
+    assert clf.training_data_hash_ == cnn._training_data_hash(X, np.asarray(y))
+    assert re.fullmatch(r"[0-9a-f]{64}", clf.training_data_hash_)
+    flipped = np.asarray(y).copy()
+    flipped[0] = 1 - flipped[0]
+    assert cnn._training_data_hash(X, flipped) != clf.training_data_hash_
+    assert cnn._training_data_hash(X[::-1], np.asarray(y)[::-1]) != clf.training_data_hash_  # order counts
+    folder = clf.save(tmp_path / "model")
+    assert json.loads((folder / "config.json").read_text())["training_data_hash"] == clf.training_data_hash_
+    assert cnn.CNNClassifier.load(folder).training_data_hash_ == clf.training_data_hash_
+
+
+@KERAS_SAVE_WARNING
 def test_save_load_gives_identical_predictions(trained, discs, tmp_path):
     clf, _ = trained
     X, _, _ = discs
@@ -539,6 +556,24 @@ def test_load_broken_folder_raises_leukoseg_error(trained, tmp_path, how):
     with pytest.raises(LeukosegError) as info:
         cnn.CNNClassifier.load(folder)
     assert "\n" not in str(info.value) and info.value.reason
+
+
+@KERAS_SAVE_WARNING
+def test_load_refuses_a_model_that_carries_code(trained, tmp_path):
+    # Safe mode: a Lambda layer's Python code would run on load. The checksum is made consistent, so only
+    # Keras's safe mode stands between the file and the code.
+    clf, _ = trained
+    folder = clf.save(tmp_path / "model")
+    inputs = keras.Input(shape=clf.input_shape_)
+    x = keras.layers.Lambda(lambda t: t * 1.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(folder / "model.keras")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_sha256"] = file_sha256(folder / "model.keras")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LeukosegError, match="not a readable Keras model .*Lambda") as info:
+        cnn.CNNClassifier.load(folder)
+    assert "\n" not in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------------------

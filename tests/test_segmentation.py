@@ -196,9 +196,9 @@ def _ruler_image(white_cell: bool = False, radius: float = 14.0) -> tuple[np.nda
     for cy in range(50, 400, 100):
         for cx in range(50, 400, 100):
             image[np.hypot(yy - cy, xx - cx) <= radius] = (215, 160, 150)
-    white = np.hypot(yy - 200, xx - 200) <= 30  # between the red cells, touching none
+    white = np.hypot(yy - 200, xx - 200) <= 45  # between the red cells, touching none
     if white_cell:
-        image[white] = (110, 50, 160)
+        image[white] = (110, 60, 160)
     return image, white
 
 
@@ -214,6 +214,36 @@ def test_estimate_scale_from_red_cells():
     assert estimate_scale(image, min_red_cells=16) == scale
     assert estimate_scale(image, min_red_cells=17) is None
     assert estimate_scale(np.full((100, 100, 3), 220, np.uint8)) is None  # nothing but background
+
+
+def test_estimate_scale_ignores_black_borders_and_masks():
+    # Black pixels (a border, a field stop's vignette, a masked corner) are not smear: they would form a class
+    # of their own and take Otsu's split from the red cells, as a 20-pixel black border did on a real smear.
+    image, _ = _ruler_image()
+    scale = estimate_scale(image)
+    framed = image.copy()
+    framed[:, :20] = 0
+    framed[380:, 300:] = (5, 3, 8)  # and a dark grey corner box
+    assert estimate_scale(framed) == scale
+    vignette = image.copy()
+    yy, xx = np.mgrid[:400, :400]
+    vignette[np.hypot(yy - 200, xx - 200) > 270] = 0  # the corners, outside a circular field stop
+    # The blurred rim of the stop is grey enough to count as light, so Otsu's split moves a little.
+    in_stop = estimate_scale(vignette)
+    assert in_stop.n_red_cells == 16 and in_stop.um_per_px == pytest.approx(7.5 / 28, rel=0.03)
+
+
+def test_the_ruler_of_a_wide_field_is_measured_on_a_finer_copy_of_its_middle():
+    # The ruler's coarse copy is at most 768 pixels long, so a wide field (a stitched image, a 20-megapixel
+    # camera) shrinks its red cells to a few pixels, too few to measure well (7x7 tiles of a smear at
+    # 0.1 um/px: 4 % off), or to find at all (5x5 tiles at 0.3 um/px: 24 % off). Tiles of one smear have its
+    # pixel size; a finer copy of the middle measures it.
+    for um_per_px, tiles in ((0.1, 7), (0.3, 5)):
+        smear = make_smear(shape=(600, 800), um_per_px=um_per_px, seed=0)
+        one = segment(smear.image)
+        wide = segment(np.tile(smear.image, (tiles, tiles, 1)))
+        assert wide.scale_source == "red cells"
+        assert wide.um_per_px == pytest.approx(one.um_per_px, rel=0.015), (um_per_px, tiles)
 
 
 def test_estimate_scale_leaves_out_stained_pixels():
@@ -371,6 +401,7 @@ def test_stages_refuse_bad_labels_masks_and_numbers():
         {"working_um_per_px": float("nan")}, {"median_um": -1.0}, {"stain_sigmas": 0}, {"min_stain_excess": -1.0},
         {"min_stain_excess": float("nan")}, {"min_nucleus_area_um2": -14.0}, {"max_cytoplasm_um": float("inf")},
         {"split_distance_um": "3"}, {"nucleus_excess_range": (70.0, 35.0)}, {"nucleus_excess_range": (35.0,)},
+        {"purple_nuclei": "no"},  # a true string: it would have kept the purple test on
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused(kwargs):

@@ -21,6 +21,10 @@ SCALE_GIVEN = "given"
 #: :attr:`Scale.source` of a guess: too few red cells, the median white-cell nucleus taken as a known size.
 SCALE_FALLBACK = "fallback"
 
+#: Green levels below this fraction of the background's (the 95th percentile of the unstained pixels) are
+#: not smear but black: borders, vignettes, masks. They take no part in finding the red cells.
+_LIT_FRACTION = 0.25
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -84,11 +88,19 @@ def estimate_scale(
     check_positive_int("min_red_cells", min_red_cells)
     green = cv2.GaussianBlur(image[..., 1], (0, 0), 1.0)
     candidates = green if stained is None else green[~stained]
+    if candidates.size == 0:
+        return None
+    # Only light that came through the smear counts: a black border, a field stop's vignette or a masked
+    # corner would form a class of its own and take Otsu's split from the red cells (a 20-pixel black
+    # border on a smear lost all of its 152 red cells). A red cell passes far more than this of the light
+    # that the background passes.
+    lit_from = _LIT_FRACTION * float(np.percentile(candidates, 95))
+    candidates = candidates[candidates >= lit_from]
     if candidates.size == 0 or candidates.max() == candidates.min():
         return None
     # Red cells absorb green light (haemoglobin): darker than the background in the green channel. The
     # threshold ignores white cells, which are darker still and would otherwise take Otsu's split.
-    foreground: np.ndarray = (green < threshold_otsu(candidates)).astype(np.uint8)
+    foreground: np.ndarray = ((green < threshold_otsu(candidates)) & (green >= lit_from)).astype(np.uint8)
     if stained is not None:
         foreground[cv2.dilate(stained.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0] = 0
     foreground = _fill_holes(foreground)  # central pallor
