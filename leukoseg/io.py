@@ -18,7 +18,7 @@ import stat
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "write_image",
     "write_json",
     "write_text",
+    "write_texts",
 ]
 
 #: Images above this many pixels are refused before decoding (a decompression bomb cannot fill memory).
@@ -421,17 +422,54 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         without an exception, and deleted otherwise.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".part", dir=path.parent)
+    tmp, f = _open_temporary(path, mode)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
-        if "b" in mode:
-            f = os.fdopen(fd, mode)
-        else:
-            f = os.fdopen(fd, mode, encoding="utf-8", newline="\n")
         with f:
             yield f
         os.replace(tmp, path)
     except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_texts(files: Mapping[str | os.PathLike[str], str]) -> None:
+    """Write UTF-8 text files as a set: every one is written and closed before any replaces its earlier version.
+
+    A failure (a full disk, an interrupt) while writing any of them leaves all the earlier versions, never a
+    new file beside an old one of the same set (e.g. a report's HTML and Markdown).
+
+    Parameters
+    ----------
+    files : mapping of path to str
+        Each file (its folder must exist) and its content, written with ``\\n`` newlines.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            tmp, f = _open_temporary(Path(path), "w")
+            staged.append((tmp, Path(path)))
+            with f:
+                f.write(text)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
+def _open_temporary(path: Path, mode: str) -> tuple[str, Any]:
+    """A new temporary file beside `path`, open in `mode` ('wb', or 'w': UTF-8, ``\\n`` newlines): (name, file)."""
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".part", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
+        if "b" in mode:
+            return tmp, os.fdopen(fd, mode)
+        return tmp, os.fdopen(fd, mode, encoding="utf-8", newline="\n")
+    except BaseException:
+        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

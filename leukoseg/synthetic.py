@@ -116,7 +116,8 @@ class SyntheticCell:
     cell_diameter_um, nucleus_diameter_um : float
         Equivalent-circle diameters of the whole-cell and nucleus masks, in µm.
     n_nucleoli, n_vacuoles : int
-        Nucleoli and vacuoles drawn in it.
+        Nucleoli and vacuoles drawn in it: those whose centre pixel lies in its final nucleus or cell mask
+        (a touching neighbour or the image's edge may cut some away with part of the cell).
     """
 
     cell_id: int

@@ -43,7 +43,9 @@ __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of a cache entry or the way it is computed changes.
-CACHE_FORMAT = 6  # 6: scale_source stored; 5: centroids and boxes exactly those of the upscaled label images
+#: 7: the red-cell ruler leaves black pixels out and measures wide fields again on a finer copy;
+#: 6: scale_source stored; 5: centroids and boxes exactly those of the upscaled label images.
+CACHE_FORMAT = 7
 
 
 @dataclass(frozen=True)

@@ -1622,7 +1622,7 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
     >>> files.html.name, files.markdown.name  # doctest: +SKIP
     ('report.html', 'report.md')
     """
-    from leukoseg.io import atomic_write
+    from leukoseg.io import write_texts
 
     run = _load_run(Path(run_dir), data_dir)
     out = Path(out_dir) if out_dir is not None else run.dir
@@ -1648,10 +1648,8 @@ def write_report(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
     markdown = _markdown(run, misses, curve_rows, disputed)
     try:
         # Both are written in full before either replaces its earlier version, so a failure (a full disk)
-        # never leaves a new report.html beside an old report.md.
-        with atomic_write(files.html, "w") as f_html, atomic_write(files.markdown, "w") as f_md:
-            f_html.write(html)
-            f_md.write(markdown)
+        # never leaves a new report.html beside an old report.md, or the other way round.
+        write_texts({files.html: html, files.markdown: markdown})
     except OSError as exc:
         if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
             # The folder is not ours to write: a usage error (exit 2), as the other commands' outputs are.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -313,31 +312,50 @@ def test_out_dir(tmp_path):
     assert not (run / "report.html").exists()
 
 
+class _FailingFile:
+    """A temporary file whose `write` or `close` fails (a full disk shows at either)."""
+
+    def __init__(self, f, error, at):
+        self._f, self._error, self._at = f, error, at
+
+    def write(self, text):
+        if self._at == "write":
+            self._f.write(text[: len(text) // 2])
+            raise self._error
+        return self._f.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+        if self._at == "close" and exc[0] is None:
+            raise self._error
+
+
+@pytest.mark.parametrize("at", ["write", "close"])
 @pytest.mark.parametrize("failing_file", ["report.html", "report.md"])
 @pytest.mark.parametrize(("error", "exit_code"), [(PermissionError(13, "Permission denied"), 2),
                                                   (OSError(30, "Read-only file system"), 2),
                                                   (OSError(28, "No space left on device"), 1)])
-def test_a_report_that_cannot_be_written(tmp_path, monkeypatch, capsys, error, exit_code, failing_file):
+def test_a_report_that_cannot_be_written(tmp_path, monkeypatch, capsys, error, exit_code, failing_file, at):
     # Not ours to write: a usage error (2), as for other outputs; a full disk: the run failed (1), as in
     # classify and train. Either way one line naming the folder, and the earlier report pair is kept whole,
-    # whichever of the two files failed (never a new report.html beside an old report.md).
+    # whichever of the two files failed, while being written or when closed (its last bytes flushed): never a
+    # new report.html beside an old report.md, nor the other way round.
     from leukoseg import io as leukoseg_io
     from leukoseg.cli import main
 
     run = make_binary_run(tmp_path)
     (run / "report.html").write_text("earlier html")
     (run / "report.md").write_text("earlier md")
-    real_atomic_write = leukoseg_io.atomic_write
+    real_open_temporary = leukoseg_io._open_temporary
 
-    @contextlib.contextmanager
-    def failing(path, mode="wb"):
-        with real_atomic_write(path, mode) as f:
-            if Path(path).name == failing_file:
-                f.write("half")
-                raise error
-            yield f
+    def failing(path, mode):
+        tmp, f = real_open_temporary(path, mode)
+        return tmp, (_FailingFile(f, error, at) if Path(path).name == failing_file else f)
 
-    monkeypatch.setattr(leukoseg_io, "atomic_write", failing)
+    monkeypatch.setattr(leukoseg_io, "_open_temporary", failing)
     assert main(["report", str(run)]) == exit_code
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"leukoseg: error: {run}: cannot write the report ({error.strerror})"]

@@ -198,7 +198,7 @@ def _ruler_image(white_cell: bool = False, radius: float = 14.0) -> tuple[np.nda
             image[np.hypot(yy - cy, xx - cx) <= radius] = (215, 160, 150)
     white = np.hypot(yy - 200, xx - 200) <= 45  # between the red cells, touching none
     if white_cell:
-        image[white] = (110, 60, 160)
+        image[white] = (110, 60, 160)  # green above a quarter of the background's: not black, so it counts
     return image, white
 
 
@@ -233,17 +233,23 @@ def test_estimate_scale_ignores_black_borders_and_masks():
     assert in_stop.n_red_cells == 16 and in_stop.um_per_px == pytest.approx(7.5 / 28, rel=0.03)
 
 
-def test_the_ruler_of_a_wide_field_is_measured_on_a_finer_copy_of_its_middle():
+@pytest.mark.parametrize(
+    ("um_per_px", "tiles"),
+    [
+        (0.1, (7, 7)),  # red cells 10 px across in the coarse copy: measured 4 % too large
+        (0.3, (5, 5)),  # 6 px across: 24 % too small
+        (0.3, (1, 10)),  # a strip: 2 px across, none found; 4 times finer, still small; then measured well
+    ],
+)
+def test_the_ruler_of_a_wide_field_is_measured_on_a_finer_copy(um_per_px, tiles):
     # The ruler's coarse copy is at most 768 pixels long, so a wide field (a stitched image, a 20-megapixel
-    # camera) shrinks its red cells to a few pixels, too few to measure well (7x7 tiles of a smear at
-    # 0.1 um/px: 4 % off), or to find at all (5x5 tiles at 0.3 um/px: 24 % off). Tiles of one smear have its
-    # pixel size; a finer copy of the middle measures it.
-    for um_per_px, tiles in ((0.1, 7), (0.3, 5)):
-        smear = make_smear(shape=(600, 800), um_per_px=um_per_px, seed=0)
-        one = segment(smear.image)
-        wide = segment(np.tile(smear.image, (tiles, tiles, 1)))
-        assert wide.scale_source == "red cells"
-        assert wide.um_per_px == pytest.approx(one.um_per_px, rel=0.015), (um_per_px, tiles)
+    # camera) shrinks its red cells to a few pixels, too few to measure well or to find at all. Tiles of one
+    # smear have its pixel size; a finer copy of the image (or of its middle) measures it.
+    smear = make_smear(shape=(600, 800), um_per_px=um_per_px, seed=0)
+    one = segment(smear.image)
+    wide = segment(np.tile(smear.image, (*tiles, 1)))
+    assert wide.scale_source == "red cells"
+    assert wide.um_per_px == pytest.approx(one.um_per_px, rel=0.015)
 
 
 def test_estimate_scale_leaves_out_stained_pixels():

@@ -351,3 +351,13 @@ def test_spots_cut_away_with_their_cell_are_not_counted():
     assert _n_spots_inside(spots * 2.0, (10.0, 10.0), 2.0, mask, (0, 0)) == 1  # 2 um per pixel
     assert _n_spots_inside(spots[:0], (5.0, 5.0), 1.0, mask, (0, 0)) == 0
     assert _n_spots_inside(spots[:2], (5.0, 5.0), 1.0, np.ones((10, 10), bool), (0, 0)) == 2
+
+
+def test_a_touching_neighbour_cuts_a_vacuole_away_from_the_count():
+    # Cell 2 of this smear is drawn with 9 vacuoles; its touching neighbour (cell 1) takes the part of the
+    # cell that holds one of them, so 8 are in the cell and 8 are counted.
+    smear = make_smear(shape=(400, 500), kinds=("blast_L3", "blast_L3", "blast_L2", "blast_L3"), n_touching_pairs=2,
+                       seed=4)  # fmt: skip
+    assert (1, 2) in smear.touching_pairs
+    assert [(c.cell_id, c.n_vacuoles) for c in smear.white_cells] == [(1, 6), (2, 8), (3, 0), (4, 5)]
+

@@ -76,6 +76,14 @@ def estimate_scale(
     ValueError
         If `image` is not a non-empty (H, W, 3) uint8 array, `stained` not a boolean mask of its size, or a
         setting is out of range.
+
+    Notes
+    -----
+    The green channel, blurred a little, is thresholded by Otsu's method over the pixels that are neither
+    `stained` nor black: pixels darker than a quarter of the background's green (the 95th percentile of the
+    others) are a black border, a field stop's vignette or a mask, not smear, and take no part; a white-cell
+    nucleus that dark, if not in `stained`, is left out with them. Round, isolated, filled components away
+    from the image's edge are red cells; the answer is `red_cell_diameter_um` over their median diameter.
     """
     import cv2
 

@@ -3,7 +3,8 @@
 The pipeline (all sizes in micrometres, converted per image; no pixel size is fixed anywhere):
 
 1. A reduced copy of the smear gives the pixel size from its red cells (:mod:`._scale`), unless the user
-   gives one.
+   gives one; where its red cells are too small to measure well (a wide field), a finer copy of the image,
+   or of its middle, measures them again.
 2. The smear is resampled to a *working resolution* of ``working_um_per_px`` (0.35 um/px by default) so
    that every later step sees cells at the same size in pixels, whatever the camera and magnification,
    and the work is bounded for huge images.
@@ -50,7 +51,7 @@ _RULER_SIDE = 768
 #: Red cells less than this many pixels across in the coarse copy are measured again, on a finer copy of
 #: (the middle of) the image where they are _RULER_RED_CELL_PX across: in the coarse copy of a wide field (a
 #: stitched image, a 20-megapixel camera) they are too small to measure well (10 px across: 4 % too large).
-#: ALL-IDB1's red cells are 22.7-51 px across in their coarse copies, so its images are measured once.
+#: ALL-IDB1's red cells are 22.7-56.4 px across in their coarse copies, so its images are measured once.
 _RULER_MIN_RED_CELL_PX = 20.0
 _RULER_RED_CELL_PX = 32.0
 #: The finer copy has at most this many pixels (4 coarse copies of a 4:3 smear; tens of milliseconds).
@@ -409,7 +410,10 @@ def _red_cell_ruler(
     """The pixel size of `image` from its red cells, measured on `small` (`image` reduced by `coarse`).
 
     Where the red cells of `small` are too small to measure well, or none are found, they are measured
-    again on a finer copy of the image, or of its middle where the whole would be too large.
+    again on a finer copy of the image, or of its middle where the whole would be too large, up to three
+    times (a first finer look at an image whose red cells were too small to find may still see them small).
+    A finer answer more than twice or less than half the one before is not taken: it comes from something
+    other than red cells (fragments of very dark ones, debris), and the coarser answer is kept.
     """
     import cv2
 
@@ -418,27 +422,32 @@ def _red_cell_ruler(
         found = estimate_scale(copy, stained=stained, red_cell_diameter_um=red_cell_diameter_um)
         return None if found is None else Scale(found.um_per_px * factor, found.source, found.n_red_cells)
 
-    scale = measure(small, coarse)
-    if coarse >= 1.0:
-        return scale
-    if scale is None:
-        fine = min(1.0, coarse * _RULER_RETRY_ZOOM)
-    else:
-        red_cell_px = red_cell_diameter_um / scale.um_per_px * coarse  # across, in `small`
-        if red_cell_px >= _RULER_MIN_RED_CELL_PX:
-            return scale
-        fine = min(1.0, coarse * _RULER_RED_CELL_PX / red_cell_px)
     height, width = image.shape[:2]
-    # The window has the image's shape, and as many pixels as the finer copy may have.
-    shrink = min(1.0, math.sqrt(_RULER_FINE_PIXELS / fine**2 / (height * width)))
-    win_h, win_w = max(1, round(height * shrink)), max(1, round(width * shrink))
-    top, left = (height - win_h) // 2, (width - win_w) // 2
-    window = image[top : top + win_h, left : left + win_w]
-    if fine < 1.0:
-        size = (max(1, round(win_w * fine)), max(1, round(win_h * fine)))
-        window = cv2.resize(window, size, interpolation=cv2.INTER_AREA)
-    finer = measure(window, fine)
-    return scale if finer is None else finer
+    scale, factor = measure(small, coarse), coarse
+    for _ in range(3):
+        if factor >= 1.0:
+            break
+        if scale is None:
+            fine = min(1.0, factor * _RULER_RETRY_ZOOM)
+        else:
+            red_cell_px = red_cell_diameter_um / scale.um_per_px * factor  # across, in the last copy
+            if red_cell_px >= _RULER_MIN_RED_CELL_PX:
+                break
+            fine = min(1.0, factor * _RULER_RED_CELL_PX / red_cell_px)
+        # The window has the image's shape, and as many pixels as the finer copy may have.
+        shrink = min(1.0, math.sqrt(_RULER_FINE_PIXELS / fine**2 / (height * width)))
+        win_h, win_w = max(1, round(height * shrink)), max(1, round(width * shrink))
+        top, left = (height - win_h) // 2, (width - win_w) // 2
+        window = image[top : top + win_h, left : left + win_w]
+        if fine < 1.0:
+            size = (max(1, round(win_w * fine)), max(1, round(win_h * fine)))
+            window = cv2.resize(window, size, interpolation=cv2.INTER_AREA)
+            fine = math.sqrt(size[0] / win_w * size[1] / win_h)  # the factor as rounded to whole pixels
+        finer = measure(window, fine)
+        if finer is None or (scale is not None and not 0.5 <= finer.um_per_px / scale.um_per_px <= 2.0):
+            break
+        scale, factor = finer, fine
+    return scale
 
 
 def _fallback_scale(nuclear: np.ndarray, coarse: float, nucleus_diameter_um: float) -> Scale:
