@@ -598,7 +598,7 @@ def _swap_folder(tmp: Path, target: Path) -> None:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 text atomically (see :func:`atomic_write`).
+    """Write UTF-8 text atomically (see :func:`atomic_write`): :func:`write_texts` of one file.
 
     Parameters
     ----------
@@ -607,8 +607,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     text : str
         The content, written with ``\\n`` newlines.
     """
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    write_texts({path: text})
 
 
 def _python_scalar(value: Any) -> Any:
