@@ -6,6 +6,7 @@ import copy
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -273,12 +274,15 @@ def test_background_level():
     assert background_level(image) == 200.0  # green by default
     assert (background_level(image, channel=0), background_level(image, channel=2)) == (50.0, 120.0)
     assert background_level(np.zeros((8, 8, 3), np.uint8)) == 1.0  # never below 1: it is a divisor
-    # Every 4th pixel of each axis is read: bright pixels at odd positions are never seen.
+    # Every pixel counts (a subsample read other pixels of a flipped image): a quarter of bright pixels at
+    # odd positions, which every 4th row and column never saw, moves the 95th percentile.
     image[1::2, 1::2, 1] = 255
-    assert background_level(image) == 200.0
-    # The 95th percentile of the pixels read, interpolated as numpy does.
-    noisy = np.random.default_rng(3).integers(0, 256, (64, 48, 3), dtype=np.uint8)
-    assert background_level(noisy) == pytest.approx(np.percentile(noisy[::4, ::4, 1], 95), abs=1e-12)
+    assert background_level(image) == 255.0
+    # The 95th percentile of all pixels, interpolated as numpy does, the same for every flip and for views.
+    noisy = np.random.default_rng(3).integers(0, 256, (65, 47, 3), dtype=np.uint8)
+    expected = np.percentile(noisy[..., 1], 95)
+    for view in (noisy, noisy[::-1], noisy[:, ::-1], noisy[::-1, ::-1], np.asfortranarray(noisy)):
+        assert background_level(view) == pytest.approx(expected, abs=1e-12)
     with pytest.raises(ValueError, match="image is empty"):
         background_level(np.zeros((0, 10, 3), np.uint8))
 
@@ -438,6 +442,58 @@ def test_labels_and_measurements_agree():
     assert np.all(m["nc_ratio"] > 0) and np.all(m["nc_ratio"] <= 1)
     assert np.all(m["cell_area_um2"] >= m["nucleus_area_um2"])
     assert np.all((m["bbox_x0"] <= m["x"]) & (m["x"] < m["bbox_x1"]) & (m["bbox_y0"] <= m["y"]) & (m["y"] < m["bbox_y1"]))
+
+
+def test_upscaling_takes_the_working_pixel_under_each_input_pixel_centre():
+    from leukoseg.segmentation._measure import _input_edges
+    from leukoseg.segmentation._segment import _index_map
+
+    for n, n_input in itertools.product(range(1, 40), range(1, 60)):
+        index, edges = _index_map(n_input, n), _input_edges(n, n_input)
+        # The working pixel j of an area reduction covers [j s, (j + 1) s) of the input, s = n_input / n.
+        centres = (np.arange(n_input) + 0.5) * n / n_input
+        np.testing.assert_array_equal(index, np.minimum(np.floor(centres), n - 1).astype(int))
+        assert edges[0] == 0 and edges[-1] == n_input and np.all(np.diff(edges) >= 0)
+        np.testing.assert_array_equal(np.repeat(np.arange(n), np.diff(edges)), index)  # edges run along the map
+
+
+@pytest.mark.parametrize("um_per_px", [0.3, 0.2, 0.14])
+def test_centroids_are_unbiased_when_working_at_a_fractional_reduction(um_per_px):
+    # Working at 0.35 um/px reduces these by 0.86, 0.57 and 0.4. Mapping each input pixel to the working
+    # pixel under its left edge (as before) shifted every centroid by about +0.5 input pixel in x and y.
+    from scipy import ndimage as ndi
+
+    offsets = []
+    for seed in range(4):
+        smear = make_smear(shape=(round(72 / um_per_px), round(96 / um_per_px)), um_per_px=um_per_px,
+                           kinds=("lymphocyte", "blast_L1", "neutrophil", "blast_L2"), n_touching_pairs=0,
+                           seed=seed)  # fmt: skip
+        seg = segment(smear.image, pixel_size=um_per_px)
+        truth = np.array(ndi.center_of_mass(smear.nuclei > 0, smear.nuclei, range(1, smear.nuclei.max() + 1)))
+        found = np.c_[seg.measurements["y"], seg.measurements["x"]]
+        d = cdist(truth, found)
+        r, c = linear_sum_assignment(d)
+        offsets.append((found[c] - truth[r])[d[r, c] < 1.0 / um_per_px])
+    offset = np.concatenate(offsets)
+    assert len(offset) >= 12
+    assert np.all(np.abs(offset.mean(axis=0)) < 0.2), offset.mean(axis=0)  # (y, x), in input pixels
+
+
+def test_segmentation_does_not_depend_on_the_orientation():
+    smear = make_smear(shape=(601, 803), seed=6)  # odd sizes: a flip moves every subsampled row and column
+    image = smear.image
+    base = segment(image)
+    h, w = image.shape[:2]
+    for flip_y, flip_x in ((True, False), (False, True), (True, True)):
+        view = image[:: -1 if flip_y else 1, :: -1 if flip_x else 1]
+        seg = segment(view)
+        assert (seg.n_cells, seg.um_per_px, seg.n_red_cells) == (base.n_cells, base.um_per_px, base.n_red_cells)
+        back = _centroids(seg).copy()
+        if flip_x:
+            back[:, 0] = w - 1 - back[:, 0]
+        if flip_y:
+            back[:, 1] = h - 1 - back[:, 1]
+        assert _matched(back, _centroids(base), radius=0.5) == base.n_cells
 
 
 @pytest.mark.parametrize("um_per_px", [0.11, 0.0875])

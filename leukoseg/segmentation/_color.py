@@ -29,7 +29,7 @@ def background_level(image: np.ndarray, *, channel: int = 1) -> float:
     Returns
     -------
     float
-        The 95th percentile of the channel (every 4th pixel), at least 1.
+        The 95th percentile of the channel over all pixels, at least 1.
 
     Raises
     ------
@@ -39,13 +39,18 @@ def background_level(image: np.ndarray, *, channel: int = 1) -> float:
     check_image(image)
     if isinstance(channel, bool) or channel not in (0, 1, 2):
         raise ValueError(f"channel must be 0 (red), 1 (green) or 2 (blue), got {channel!r}")
-    values = image[::4, ::4, channel]
-    return float(max(_percentile_uint8(values, 95.0), 1.0))
+    import cv2
+
+    # Every pixel counts: a subsample (every 4th row and column, as before) picks different pixels when the
+    # image is flipped, and the threshold, hence the cells found, then depended on the orientation.
+    # OpenCV counts one channel of the interleaved image in place (no copy; ~2 ms for 5 megapixels).
+    counts = cv2.calcHist([image], [channel], None, [256], [0, 256]).ravel().astype(np.int64)
+    return float(max(_percentile_uint8(counts, 95.0), 1.0))
 
 
-def _percentile_uint8(values: np.ndarray, q: float) -> float:
-    """``np.percentile(values, q)`` (linear interpolation) of uint8 values, from a histogram (no sort)."""
-    cum = np.cumsum(np.bincount(values.ravel(), minlength=256))
+def _percentile_uint8(counts: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of uint8 values given as 256 counts (no sort)."""
+    cum = np.cumsum(counts)
     rank = q / 100.0 * (cum[-1] - 1)
     lo = int(np.floor(rank))
     a = float(np.searchsorted(cum, lo, side="right"))  # the lo-th smallest value

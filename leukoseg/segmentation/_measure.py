@@ -171,11 +171,12 @@ def measure_cells(
 def _input_edges(n: int, n_input: int) -> np.ndarray:
     """First input row (or column) of each of `n` working rows, then `n_input`: shape (n + 1,).
 
-    The labels are upscaled by nearest neighbour with input index ``i`` showing working index
-    ``i * n // n_input`` (``Segmentation._upscaled``), so working index ``j`` covers input indices
-    ``ceil(j * n_input / n)`` up to, not including, ``ceil((j + 1) * n_input / n)``.
+    The labels are upscaled by nearest neighbour with input index ``i`` showing the working index that
+    holds its centre, ``(2 i + 1) n // (2 n_input)`` (``Segmentation._upscaled``), so working index ``j``
+    covers input indices ``ceil(j n_input / n - 1/2)`` up to, not including, ``ceil((j + 1) n_input / n - 1/2)``.
     """
-    return -(-np.arange(n + 1, dtype=np.int64) * n_input // n)
+    j = np.arange(n + 1, dtype=np.int64)
+    return -(-(2 * j * n_input - n) // (2 * n))
 
 
 def _input_centroid(

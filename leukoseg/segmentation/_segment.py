@@ -196,8 +196,14 @@ class Segmentation:
 
 
 def _index_map(n_out: int, n_in: int) -> np.ndarray:
-    """Nearest source index of each of `n_out` samples over `n_in` (integer arithmetic: exact)."""
-    return (np.arange(n_out, dtype=np.int64) * n_in // n_out).astype(np.intp)
+    """Source index of each of `n_out` samples over `n_in`: the source pixel holding the sample's centre.
+
+    Pixel ``i`` of `n_out` spans ``[i, i + 1)``; its centre ``i + 0.5`` falls in source pixel
+    ``floor((i + 0.5) * n_in / n_out)``, computed in integers (exact). This is the geometry of the area
+    reduction that made the working copy (working pixel ``j`` averages input ``[j s, (j + 1) s)``); taking
+    the sample's left edge instead would shift every upscaled label by half an input pixel on average.
+    """
+    return ((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)).astype(np.intp)
 
 
 def segment(
