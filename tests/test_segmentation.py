@@ -452,9 +452,26 @@ def test_upscaling_takes_the_working_pixel_under_each_input_pixel_centre():
         index, edges = _index_map(n_input, n), _input_edges(n, n_input)
         # The working pixel j of an area reduction covers [j s, (j + 1) s) of the input, s = n_input / n.
         centres = (np.arange(n_input) + 0.5) * n / n_input
-        np.testing.assert_array_equal(index, np.minimum(np.floor(centres), n - 1).astype(int))
+        expected = np.floor(centres).astype(int)
+        tie = (np.arange(n_input) * 2 + 1) * n % (2 * n_input) == 0  # a centre on the edge of two working pixels
+        expected[tie & (np.arange(n_input) % 2 == 1)] -= 1  # successive ties alternate: odd ones go left
+        np.testing.assert_array_equal(index, np.minimum(expected, n - 1))
         assert edges[0] == 0 and edges[-1] == n_input and np.all(np.diff(edges) >= 0)
         np.testing.assert_array_equal(np.repeat(np.arange(n), np.diff(edges)), index)  # edges run along the map
+
+
+def test_ties_between_working_pixels_alternate():
+    from leukoseg.segmentation._measure import _input_edges
+    from leukoseg.segmentation._segment import _index_map
+
+    # A reduction by 2.5: the centres of input pixels 2 and 7 lie on working-pixel edges. Always taking the
+    # right-hand pixel gave [0 0 1 1 1 2 2 3 3 3]: every block's centre a quarter of a pixel left of its own.
+    np.testing.assert_array_equal(_index_map(10, 4), [0, 0, 1, 1, 1, 2, 2, 2, 3, 3])
+    np.testing.assert_array_equal(_input_edges(4, 10), [0, 2, 5, 8, 10])
+    for n_input in (10, 20, 250):  # an even number of ties: the blocks' centres are unbiased on average
+        index = _index_map(n_input, 2 * n_input // 5)
+        mids = np.bincount(index, weights=np.arange(n_input) + 0.5) / np.bincount(index)
+        assert abs(np.mean(mids - (np.arange(index.max() + 1) + 0.5) * 2.5)) < 1e-9
 
 
 @pytest.mark.parametrize("um_per_px", [0.3, 0.2, 0.14])

@@ -173,10 +173,12 @@ def _input_edges(n: int, n_input: int) -> np.ndarray:
 
     The labels are upscaled by nearest neighbour with input index ``i`` showing the working index that
     holds its centre, ``(2 i + 1) n // (2 n_input)`` (``Segmentation._upscaled``), so working index ``j``
-    covers input indices ``ceil(j n_input / n - 1/2)`` up to, not including, ``ceil((j + 1) n_input / n - 1/2)``.
+    starts at input index ``ceil(j n_input / n - 1/2)``, or one later where that index's centre lies exactly
+    on the edge of ``j`` and, being odd, goes to ``j - 1`` (``_index_map``'s alternating ties).
     """
     j = np.arange(n + 1, dtype=np.int64)
-    return -(-(2 * j * n_input - n) // (2 * n))
+    first = -(-(2 * j * n_input - n) // (2 * n))
+    return first + (((2 * first + 1) * n == 2 * j * n_input) & (first % 2 == 1))
 
 
 def _input_centroid(

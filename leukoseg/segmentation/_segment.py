@@ -202,8 +202,14 @@ def _index_map(n_out: int, n_in: int) -> np.ndarray:
     ``floor((i + 0.5) * n_in / n_out)``, computed in integers (exact). This is the geometry of the area
     reduction that made the working copy (working pixel ``j`` averages input ``[j s, (j + 1) s)``); taking
     the sample's left edge instead would shift every upscaled label by half an input pixel on average.
+    A centre exactly on the edge between two source pixels (ratios such as 2.5, where it happens every
+    5th sample) goes to the right one for even ``i`` and to the left one for odd ``i``: successive ties
+    alternate, as taking always the right one would shift the labels by a quarter of a pixel.
     """
-    return ((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)).astype(np.intp)
+    i = np.arange(n_out, dtype=np.int64)
+    j, rest = np.divmod((2 * i + 1) * n_in, 2 * n_out)
+    j -= (rest == 0) & (i % 2 == 1)  # a tie (j >= 1 there) at odd i goes left
+    return j.astype(np.intp)
 
 
 def segment(
