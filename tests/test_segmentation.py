@@ -910,6 +910,33 @@ def test_input_size_labels_are_built_on_demand():
             np.testing.assert_array_equal(fresh._input_box(which, y0, y1, x0, x1), full[y0:y1, x0:x1])
 
 
+def test_segmentation_arrays_are_read_only():
+    # The input-size labels are built lazily from the working ones: an edit of either would make them disagree.
+    seg = segment(make_smear(seed=2).image)
+    arrays = [seg.working_nuclei, seg.working_cells, seg.nuclei, seg.cells, *seg.measurements.values()]
+    for array in arrays:
+        with pytest.raises(ValueError, match="read-only"):
+            array[..., :1] = 0
+    with pytest.raises(TypeError):
+        seg.measurements["x"] = np.zeros(seg.n_cells)  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seg.um_per_px = 1.0  # type: ignore[misc]
+    edited = seg.nuclei.copy()  # a copy is the caller's to edit
+    edited[:] = 0
+    assert seg.nuclei.any()
+
+
+def test_segmentation_leaves_the_callers_arrays_writable():
+    nuclei = np.zeros((6, 8), np.int32)
+    nuclei[2:4, 2:4] = 1
+    m = {"cell_id": np.array([1])}
+    seg = Segmentation(nuclei, nuclei.copy(), (6, 8), 0.35, "given", 0, 0.35, {"stained": 0.0, "nucleus": 0.0}, m)
+    nuclei[0, 0] = 5  # still the caller's: a view is read-only, its base is not
+    m["cell_id"][0] = 7
+    assert nuclei.flags.writeable and m["cell_id"].flags.writeable
+    assert not seg.working_nuclei.flags.writeable and not seg.measurements["cell_id"].flags.writeable
+
+
 def test_cli_segment_does_not_import_scipy(tmp_path):
     path = tmp_path / "s.png"
     cv2.imwrite(str(path), make_smear(seed=0).image[..., ::-1])

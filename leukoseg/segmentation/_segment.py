@@ -129,6 +129,12 @@ class Segmentation:
         The per-image stain thresholds (``stained``, ``nucleus``), in units of :func:`stain_excess`.
     measurements : Mapping[str, ndarray]
         One array per measurement, one row per cell in id order (see :func:`measure_cells`).
+
+    Notes
+    -----
+    The arrays are read-only views (copy one to edit it): the input-size labels are built from the
+    working labels on first use, and the outputs are written from all of them, so an edit of one would
+    silently disagree with the others.
     """
 
     working_nuclei: np.ndarray = field(repr=False)
@@ -141,15 +147,23 @@ class Segmentation:
     thresholds: Mapping[str, float]
     measurements: Mapping[str, np.ndarray] = field(repr=False)
 
+    def __post_init__(self) -> None:
+        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
+        object.__setattr__(self, "working_nuclei", _read_only(self.working_nuclei))
+        object.__setattr__(self, "working_cells", _read_only(self.working_cells))
+        columns = {name: _read_only(np.asarray(values)) for name, values in self.measurements.items()}
+        object.__setattr__(self, "measurements", types.MappingProxyType(columns))
+        object.__setattr__(self, "thresholds", types.MappingProxyType(dict(self.thresholds)))
+
     @cached_property
     def nuclei(self) -> np.ndarray:
         """(H, W) ndarray of int32: nucleus labels at the input's size (nearest-neighbour upscaling)."""
-        return self._upscaled(self.working_nuclei, np.int32)
+        return _read_only(self._upscaled(self.working_nuclei, np.int32))
 
     @cached_property
     def cells(self) -> np.ndarray:
         """(H, W) ndarray of int32: whole-cell labels at the input's size, same ids as :attr:`nuclei`."""
-        return self._upscaled(self.working_cells, np.int32)
+        return _read_only(self._upscaled(self.working_cells, np.int32))
 
     @property
     def n_cells(self) -> int:
@@ -193,6 +207,13 @@ class Segmentation:
         # The maps are non-decreasing: repeat each source row and column as often as it is used.
         sub = labels[rr[0] : rr[-1] + 1, cc[0] : cc[-1] + 1]
         return np.repeat(np.repeat(sub, np.bincount(rr - rr[0]), axis=0), np.bincount(cc - cc[0]), axis=1)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of `array` (the array itself stays as it was)."""
+    view = np.asarray(array).view()
+    view.flags.writeable = False
+    return view
 
 
 def _index_map(n_out: int, n_in: int) -> np.ndarray:
