@@ -168,17 +168,31 @@ def measure_cells(
     return _columns(rows)
 
 
+def _index_map(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each of `n_out` samples over `n_in`: the source pixel holding the sample's centre.
+
+    Pixel ``i`` of `n_out` spans ``[i, i + 1)``; its centre ``i + 0.5`` falls in source pixel
+    ``floor((i + 0.5) * n_in / n_out)``, computed in integers (exact). This is the geometry of the area
+    reduction that made the working copy (working pixel ``j`` averages input ``[j s, (j + 1) s)``); taking
+    the sample's left edge instead would shift every upscaled label by half an input pixel on average.
+    A centre exactly on the edge between two source pixels (ratios such as 2.5, where it happens every
+    5th sample) goes to the right one for even ``i`` and to the left one for odd ``i``: successive ties
+    alternate, as taking always the right one would shift the labels by a quarter of a pixel.
+    """
+    i = np.arange(n_out, dtype=np.int64)
+    j, rest = np.divmod((2 * i + 1) * n_in, 2 * n_out)
+    j -= (rest == 0) & (i % 2 == 1)  # a tie (j >= 1 there) at odd i goes left
+    return j.astype(np.intp)
+
+
 def _input_edges(n: int, n_input: int) -> np.ndarray:
     """First input row (or column) of each of `n` working rows, then `n_input`: shape (n + 1,).
 
-    The labels are upscaled by nearest neighbour with input index ``i`` showing the working index that
-    holds its centre, ``(2 i + 1) n // (2 n_input)`` (``Segmentation._upscaled``), so working index ``j``
-    starts at input index ``ceil(j n_input / n - 1/2)``, or one later where that index's centre lies exactly
-    on the edge of ``j`` and, being odd, goes to ``j - 1`` (``_index_map``'s alternating ties).
+    The labels are upscaled by nearest neighbour along :func:`_index_map` (``Segmentation._upscaled``),
+    which never decreases, so working index ``j`` starts at the first input index that the map sends to
+    ``j`` or beyond.
     """
-    j = np.arange(n + 1, dtype=np.int64)
-    first = -(-(2 * j * n_input - n) // (2 * n))
-    return first + (((2 * first + 1) * n == 2 * j * n_input) & (first % 2 == 1))
+    return np.searchsorted(_index_map(n_input, n), np.arange(n + 1))
 
 
 def _input_centroid(

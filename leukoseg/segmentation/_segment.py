@@ -38,7 +38,7 @@ import numpy as np
 
 from .._checks import check_bool, check_image, check_positive, is_real
 from ._color import background_level, stain_excess
-from ._measure import _dilate, measure_cells
+from ._measure import _dilate, _index_map, measure_cells
 from ._ndimage import find_objects, peak_local_max, threshold_otsu, watershed
 from ._scale import SCALE_FALLBACK, SCALE_GIVEN, Scale, estimate_scale
 
@@ -151,7 +151,7 @@ class Segmentation:
         # Views, so that the caller's own arrays stay writable; frozen, so set through object.
         object.__setattr__(self, "working_nuclei", _read_only(self.working_nuclei))
         object.__setattr__(self, "working_cells", _read_only(self.working_cells))
-        columns = {name: _read_only(np.asarray(values)) for name, values in self.measurements.items()}
+        columns = {name: _read_only(values) for name, values in self.measurements.items()}
         object.__setattr__(self, "measurements", types.MappingProxyType(columns))
         object.__setattr__(self, "thresholds", types.MappingProxyType(dict(self.thresholds)))
 
@@ -214,23 +214,6 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     view = np.asarray(array).view()
     view.flags.writeable = False
     return view
-
-
-def _index_map(n_out: int, n_in: int) -> np.ndarray:
-    """Source index of each of `n_out` samples over `n_in`: the source pixel holding the sample's centre.
-
-    Pixel ``i`` of `n_out` spans ``[i, i + 1)``; its centre ``i + 0.5`` falls in source pixel
-    ``floor((i + 0.5) * n_in / n_out)``, computed in integers (exact). This is the geometry of the area
-    reduction that made the working copy (working pixel ``j`` averages input ``[j s, (j + 1) s)``); taking
-    the sample's left edge instead would shift every upscaled label by half an input pixel on average.
-    A centre exactly on the edge between two source pixels (ratios such as 2.5, where it happens every
-    5th sample) goes to the right one for even ``i`` and to the left one for odd ``i``: successive ties
-    alternate, as taking always the right one would shift the labels by a quarter of a pixel.
-    """
-    i = np.arange(n_out, dtype=np.int64)
-    j, rest = np.divmod((2 * i + 1) * n_in, 2 * n_out)
-    j -= (rest == 0) & (i % 2 == 1)  # a tie (j >= 1 there) at odd i goes left
-    return j.astype(np.intp)
 
 
 def segment(
@@ -377,8 +360,8 @@ def segment(
         scale_source=scale.source,
         n_red_cells=scale.n_red_cells,
         working_um_per_px=float(um),
-        thresholds=types.MappingProxyType({"stained": float(t_stain), "nucleus": float(t_nucleus)}),
-        measurements=types.MappingProxyType(measurements),
+        thresholds={"stained": float(t_stain), "nucleus": float(t_nucleus)},
+        measurements=measurements,  # both made read-only by __post_init__
     )
 
 
