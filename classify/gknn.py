@@ -171,7 +171,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
     ``inner_cv`` nearest-neighbour searches of ``n / inner_cv`` against ``n (inner_cv - 1) / inner_cv``
     samples; with 4000 samples, 60 features and uniform votes, about 12 CPU-seconds. The callable votes
     of the default search every training row (no block pruning): on ALL-IDB1 (about 860 training cells,
-    119 features) a fit takes 3-5 CPU-seconds.
+    119 features) a search takes about 2 seconds on a 2-core CPU.
 
     References
     ----------
@@ -566,13 +566,20 @@ def _neighbour_votes(
 
 def _callable_votes(train, query, y_train, k, n_classes, vote) -> np.ndarray:
     """Votes weighted by ``vote(distances)`` of the k nearest training rows (float32 search)."""
-    sq = np.einsum("ij,ij->i", train, train)[None, :] - 2.0 * (query @ train.T)  # |t|^2 - 2 t.q
-    if k < train.shape[0]:
-        nearest = np.argpartition(sq, k - 1, axis=1)[:, :k]
-    else:  # every training row is a neighbour
-        nearest = np.broadcast_to(np.arange(train.shape[0]), sq.shape)
+    sq = query @ (train * np.float32(-2.0)).T  # -2 t.q, then |t|^2 added in place: |q - t|^2 - |q|^2
+    sq += np.einsum("ij,ij->i", train, train)
+    n_query, n_train = sq.shape
+    if k >= n_train:  # every training row is a neighbour
+        nearest = np.broadcast_to(np.arange(n_train), sq.shape)
+    else:
+        # A values-only partition is about three times faster than argpartition; without ties at the
+        # k-th distance its mask holds exactly k neighbours per row.
+        selected = sq <= np.partition(sq, k - 1, axis=1)[:, k - 1 : k]
+        if np.count_nonzero(selected) == n_query * k:
+            nearest = np.nonzero(selected)[1].reshape(n_query, k)
+        else:  # ties broken by the partition (arbitrarily, as in scikit-learn)
+            nearest = np.argpartition(sq, k - 1, axis=1)[:, :k]
     d2 = np.take_along_axis(sq, nearest, axis=1) + np.einsum("ij,ij->i", query, query)[:, None]
     weight = np.asarray(vote(np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)), dtype=np.float64)
     labels = y_train[nearest]
     return np.stack([(weight * (labels == c)).sum(axis=1) for c in range(n_classes)], axis=1)
-

@@ -285,6 +285,13 @@ def test_gaussian_vote_and_callable_votes_match_sklearn():
         votes = _neighbour_votes(X[:400].astype(np.float32), X[400:].astype(np.float32), y[:400], k, 2, gaussian_vote)
         knn = KNeighborsClassifier(n_neighbors=k, weights=gaussian_vote, algorithm="brute").fit(X[:400], y[:400])
         assert_allclose(votes / votes.sum(axis=1, keepdims=True), knn.predict_proba(X[400:]), rtol=0, atol=1e-4)
+    # Ties at the k-th distance (points on a small integer grid): still exactly k neighbours weighed, the
+    # sorted k smallest distances, whichever tied points the partition keeps.
+    grid = rng.integers(0, 3, size=(300, 2)).astype(np.float32)
+    for k in (1, 5, 200):
+        votes = _neighbour_votes(grid[:200], grid[200:], y[:200], k, 2, gaussian_vote)
+        d = np.sort(np.linalg.norm(grid[200:, None, :] - grid[None, :200, :], axis=2), axis=1)[:, :k]
+        assert_allclose(votes.sum(axis=1), gaussian_vote(d).sum(axis=1), rtol=0, atol=1e-5)
 
 
 def test_gknn_auc_fitness_and_continuous_probabilities():
