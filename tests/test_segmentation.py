@@ -445,8 +445,7 @@ def test_labels_and_measurements_agree():
 
 
 def test_upscaling_takes_the_working_pixel_under_each_input_pixel_centre():
-    from leukoseg.segmentation._measure import _input_edges
-    from leukoseg.segmentation._segment import _index_map
+    from leukoseg.segmentation._measure import _index_map, _input_edges
 
     for n, n_input in itertools.product(range(1, 40), range(1, 60)):
         index, edges = _index_map(n_input, n), _input_edges(n, n_input)
@@ -461,8 +460,7 @@ def test_upscaling_takes_the_working_pixel_under_each_input_pixel_centre():
 
 
 def test_ties_between_working_pixels_alternate():
-    from leukoseg.segmentation._measure import _input_edges
-    from leukoseg.segmentation._segment import _index_map
+    from leukoseg.segmentation._measure import _index_map, _input_edges
 
     # A reduction by 2.5: the centres of input pixels 2 and 7 lie on working-pixel edges. Always taking the
     # right-hand pixel gave [0 0 1 1 1 2 2 3 3 3]: every block's centre a quarter of a pixel left of its own.
