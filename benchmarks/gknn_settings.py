@@ -14,7 +14,9 @@ experiment) is printed beside it for information; choosing by it would fit the t
 
 ``--settings`` is a JSON list of ``{"name": ..., <GeneticKNNClassifier parameters>}``; a ``gaussian_width``
 entry replaces the Gaussian vote's width (2 by default: a neighbour at the k-th distance weighs
-``exp(-2)``). Without it, the settings of the README's "GkNN settings" table are run (about 25 minutes on
+``exp(-2)``), and a ``transform`` entry (``"quantile"``: each feature mapped to a normal distribution
+through its quantiles; ``"yeo-johnson"``: a power transform) reshapes skewed features before GkNN
+standardises them, fitted on the cells that train each GkNN (outer or inner). Without it, the settings of the README's "GkNN settings" table are run (about 25 minutes on
 2 cores; the segmentation cache of an experiment run is reused).
 """
 
@@ -47,14 +49,40 @@ DEFAULT_SETTINGS = [
 ]
 
 
+#: The feature transforms a setting may name (``"transform"``).
+TRANSFORMS = ("quantile", "yeo-johnson")
+
+
 def _params(setting: dict) -> dict:
     from leukoseg.classify.gknn import gaussian_vote
     from leukoseg.pipelines.experiment import GKNN_DEFAULTS
 
-    params = {**GKNN_DEFAULTS, **{k: v for k, v in setting.items() if k not in ("name", "gaussian_width")}}
+    own = ("name", "gaussian_width", "transform")
+    params = {**GKNN_DEFAULTS, **{k: v for k, v in setting.items() if k not in own}}
     if "gaussian_width" in setting:
         params["vote"] = functools.partial(gaussian_vote, width=float(setting["gaussian_width"]))
+    if setting.get("transform") not in (None, *TRANSFORMS):
+        raise ValueError(f"transform must be one of {TRANSFORMS}; got {setting['transform']!r}")
     return params
+
+
+def _fit_score(
+    setting: dict, params: dict, seed: int, X_fit: np.ndarray, y: np.ndarray, groups: np.ndarray, X_score: np.ndarray
+) -> np.ndarray:
+    """Blast probabilities of `X_score` from a GkNN fitted on `X_fit` (after the setting's transform, if any)."""
+    from sklearn.preprocessing import PowerTransformer, QuantileTransformer
+
+    from leukoseg.classify import GeneticKNNClassifier
+
+    if setting.get("transform") is not None:
+        transform = (
+            QuantileTransformer(output_distribution="normal", n_quantiles=min(200, len(X_fit)), random_state=0)
+            if setting["transform"] == "quantile"
+            else PowerTransformer(method="yeo-johnson")
+        ).fit(X_fit)  # on the training cells only, as the GkNN's own standardisation
+        X_fit, X_score = transform.transform(X_fit), transform.transform(X_score)
+    model = GeneticKNNClassifier(random_state=seed, **params).fit(X_fit, y, groups=groups)
+    return model.predict_proba(X_score)[:, 1]
 
 
 def evaluate(
@@ -71,14 +99,13 @@ def evaluate(
     """
     from sklearn.metrics import roc_auc_score
 
-    from leukoseg.classify import GeneticKNNClassifier
     from leukoseg.pipelines import experiment as exp
 
     cells = exp._Cells(image=image, label=label, rows=[], X=X, patches=np.zeros((len(label), 1, 1, 3), np.uint8),
                        n_points=0, n_matched=0)  # fmt: skip
+    all_params = [_params(setting) for setting in settings]  # a bad setting fails before any work
     results = []
-    for setting in settings:
-        params = _params(setting)
+    for setting, params in zip(settings, all_params):
         t = time.perf_counter()
         p_out = np.full(len(label), np.nan)
         inner_auc: dict[int, float] = {}
@@ -91,12 +118,11 @@ def evaluate(
             cols = columns(train) if columns is not None else list(range(X.shape[1]))
             X_train, X_test, _ = exp._impute(X[train][:, cols], X[test][:, cols])
             y, groups = fold.y_train, image_group[fold.train_cell_img]
-            model = GeneticKNNClassifier(random_state=fold.seed, **params).fit(X_train, y, groups=groups)
-            p_out[test] = model.predict_proba(X_test)[:, 1]
+            p_out[test] = _fit_score(setting, params, fold.seed, X_train, y, groups, X_test)
             p_inner = np.full(len(y), np.nan)
             for j, (a, b) in enumerate(fold.inner_splits(inner_folds, exp._seed(fold.seed, 1))):
-                inner = GeneticKNNClassifier(random_state=exp._seed(fold.seed, 1, j), **params)
-                p_inner[b] = inner.fit(X_train[a], y[a], groups=groups[a]).predict_proba(X_train[b])[:, 1]
+                p_inner[b] = _fit_score(setting, params, exp._seed(fold.seed, 1, j), X_train[a], y[a], groups[a],
+                                        X_train[b])  # fmt: skip
             done = ~np.isnan(p_inner)
             if len(np.unique(y[done])) == 2:
                 inner_auc[int(k)] = float(roc_auc_score(y[done], p_inner[done]))

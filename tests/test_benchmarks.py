@@ -133,6 +133,39 @@ def test_gknn_settings_prints_inner_auc_of_each_setting_and_a_nested_choice(caps
                                   gaussian_vote(np.array([[0.0, 1.0, 2.0]]), width=2.0))
 
 
+def test_gknn_settings_transform_reshapes_features_on_training_cells_only():
+    """A setting's ``transform`` is fitted on the cells that train each GkNN; an unknown one fails before work."""
+    from sklearn.preprocessing import QuantileTransformer
+
+    rng = np.random.default_rng(1)
+    n_images, per_image = 12, 8
+    image_label = np.arange(n_images) % 2
+    image = np.repeat(np.arange(n_images), per_image)
+    label = ((image_label[image] == 1) & (np.arange(len(image)) % 2 == 0)).astype(int)
+    X = np.exp(rng.normal(size=(len(image), 3)))  # skewed, as areas and GLCM contrasts are
+    X[:, 0] *= 1.0 + 3.0 * label
+    script = _load("gknn_settings")
+    tiny = {"population_size": 4, "n_generations": 1, "n_runs": 1, "k_max": 5}
+    # Out of fold: the transform learnt from the training rows, applied to the test rows.
+    train, test = image < 8, image >= 8
+    y, groups = label[train], image[train]
+    p = script._fit_score({"transform": "quantile"}, tiny, 0, X[train], y, groups, X[test])
+    q = QuantileTransformer(output_distribution="normal", n_quantiles=64, random_state=0).fit(X[train])
+    expected = script._fit_score({}, tiny, 0, q.transform(X[train]), y, groups, q.transform(X[test]))
+    np.testing.assert_array_equal(p, expected)
+    folds = assign_folds(image_label, np.arange(n_images), n_folds=3, repeats=1, seed=0)[0]
+    settings = [{"name": "q", **tiny, "transform": "quantile"}, {"name": "yj", **tiny, "transform": "yeo-johnson"}]
+    results = script.evaluate(X, label, image, image_label, np.arange(n_images), folds, settings, seed=0, repeat=0,
+                              log=lambda line: None)  # fmt: skip
+    assert all(0.5 < r["inner_auc"] <= 1 and 0.5 < r["cell_auc"] <= 1 for r in results)
+    calls = []
+    with pytest.raises(ValueError, match="transform must be one of"):
+        script.evaluate(X, label, image, image_label, np.arange(n_images), folds,
+                        [{"name": "ok", **tiny}, {"name": "bad", "transform": "log"}], seed=0, repeat=0,
+                        log=calls.append)  # fmt: skip
+    assert calls == []  # refused before the first setting ran
+
+
 def test_all_idb2_proxy_cuts_centred_crops_in_all_idb2_layout(fake_all_idb1, fake_cache, tmp_path):
     """benchmarks/all_idb2_proxy.py on the fake ALL-IDB1: crops centred on blasts and on healthy smears' cells."""
     from PIL import Image
