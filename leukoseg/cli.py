@@ -4,7 +4,7 @@ The parser is built without importing any heavy library, so ``leukoseg --help`` 
 command imports what it needs after the arguments are parsed.
 
 Exit codes: 0 everything worked, 1 some inputs failed (each reported on one line), 2 usage or
-configuration error.
+configuration error, 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("leukoseg")
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE = 0, 1, 2
-
-#: Images with a side shorter than this cannot hold a white cell and are reported as bad input.
-MIN_SIDE = 16
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "crops. Writes OUT/<image>/ with cells.csv, nuclei.png, cells.png, overlay.jpg, cells.geojson, "
         "segmentation.json and crops/.",
     )
-    seg.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
-    seg.add_argument("--out", type=Path, default=Path("leukoseg-out"), help="output folder (default: %(default)s)")
+    seg.add_argument("paths", nargs="+", type=_nonempty, metavar="PATH",
+                     help="image files, folders (searched recursively) or globs")
+    seg.add_argument("--out", type=_path, default=Path("leukoseg-out"), help="output folder (default: %(default)s)")
     seg.add_argument("--workers", type=_positive_int, default=None,
                      help="worker processes (default: the number of CPUs)")
     seg.add_argument("--pixel-size", type=_pixel_size, default=None, metavar="UM",
@@ -99,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Thanh et al. and the fusion over image folds), writing RUN/ with folds.csv, cells.csv, images.csv, "
         "metrics.json and report.html. Research use only.",
     )
-    cls.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or globs to classify")
-    cls.add_argument("--model", type=Path, default=None, metavar="DIR",
+    cls.add_argument("paths", nargs="*", type=_nonempty, metavar="PATH",
+                     help="image files, folders or globs to classify")
+    cls.add_argument("--model", type=_path, default=None, metavar="DIR",
                      help="model bundle written by 'leukoseg train' (default: the bundled model)")
     cls.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
     cls.add_argument("--pixel-size", type=_pixel_size, default=None, metavar="UM",
@@ -113,16 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--dataset", default=None, metavar="NAME",
                      help="run the experiment on a data set: all-idb1, all-idb2, or folder:PATH (one subfolder "
                      "per class)")
-    cls.add_argument("--data-dir", type=Path, default=None,
+    cls.add_argument("--data-dir", type=_path, default=None,
                      help="the data set's folder (default: $LEUKOSEG_DATA/<NAME> or ~/.leukoseg/data/<NAME>)")
-    cls.add_argument("--out", type=Path, default=None,
+    cls.add_argument("--out", type=_path, default=None,
                      help="output folder (default: leukoseg-out for images, leukoseg-classify for --dataset)")
     cls.add_argument("--folds", type=_positive_int, default=None,
                      help="outer folds (default: 5; all-idb2: 2, its published protocol)")
     cls.add_argument("--repeats", type=_positive_int, default=None,
                      help="repeats of the folds (default: 1; all-idb2: 10)")
     cls.add_argument("--seed", type=_seed_int, default=0, help="seed; repeat r uses seed + r (default: %(default)s)")
-    cls.add_argument("--cache", type=Path, default=None,
+    cls.add_argument("--cache", type=_path, default=None,
                      help="segmentation cache folder (default: $XDG_CACHE_HOME/leukoseg or ~/.cache/leukoseg)")
     cls.add_argument("--workers", type=_positive_int, default=None,
                      help="processes for segmenting (default: the number of CPUs)")
@@ -145,12 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pickle-free model bundle (JSON + npz) for 'leukoseg classify --model'.",
     )
     trn.add_argument("--dataset", required=True, metavar="NAME", help="data set: all-idb1")
-    trn.add_argument("--data-dir", type=Path, default=None, help="the data set's folder")
-    trn.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="bundle folder to write")
-    trn.add_argument("--run", type=Path, default=None, metavar="RUN",
+    trn.add_argument("--data-dir", type=_path, default=None, help="the data set's folder")
+    trn.add_argument("--out", type=_path, required=True, metavar="MODEL_DIR", help="bundle folder to write")
+    trn.add_argument("--run", type=_path, default=None, metavar="RUN",
                      help="an experiment run folder whose cross-validated metrics go into the provenance")
     trn.add_argument("--seed", type=_seed_int, default=0, help="seed (default: %(default)s)")
-    trn.add_argument("--cache", type=Path, default=None, help="segmentation cache folder")
+    trn.add_argument("--cache", type=_path, default=None, help="segmentation cache folder")
     trn.add_argument("--workers", type=_positive_int, default=None, help="processes for segmenting")
     trn.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the CNN trains")
     trn.add_argument("--no-cnn", dest="cnn", action="store_false", help="baseline models only")
@@ -161,11 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
         "report", parents=[common], help="HTML and Markdown report of an experiment run",
         description="Write RUN/report.html (self-contained) and RUN/report.md from an experiment run folder.",
     )
-    rep.add_argument("run", type=Path, metavar="RUN", help="run folder of 'leukoseg classify --dataset'")
-    rep.add_argument("--data-dir", type=Path, default=None,
+    rep.add_argument("run", type=_path, metavar="RUN", help="run folder of 'leukoseg classify --dataset'")
+    rep.add_argument("--data-dir", type=_path, default=None,
                      help="the data set's folder, for the gallery thumbnails (default: the one the run used)")
     rep.set_defaults(func=_cmd_report)
     return parser
+
+
+def _path(text: str) -> Path:
+    return Path(_nonempty(text))
+
+
+def _nonempty(text: str) -> str:
+    # Path("") is ".": an unset shell variable ("$IMG") would otherwise name the current folder.
+    if not text:
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?)")
+    return text
 
 
 def _whole_number(text: str) -> int:
@@ -404,15 +414,16 @@ def _segment_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
 def _read_stage(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     """First step of :func:`_segment_one`: the image (with its task and the seconds taken), or the error."""
     from .io import DEFAULT_MAX_PIXELS, read_image
+    from .segmentation._segment import _size_problem
 
     path, out_dir, opts = task
 
     def work() -> dict[str, Any]:
         start = time.perf_counter()
         image = read_image(path, max_pixels=opts.get("max_pixels") or DEFAULT_MAX_PIXELS)
-        if min(image.shape[:2]) < MIN_SIDE:
-            h, w = image.shape[:2]
-            raise LeukosegError(path, f"image too small ({w}x{h} pixels); a smear needs at least {MIN_SIDE} on a side")
+        too_small = _size_problem(image)  # segment() would refuse it too, as a ValueError
+        if too_small:
+            raise LeukosegError(path, too_small)
         return {"task": task, "array": image, "seconds": time.perf_counter() - start}
 
     return _guarded(path, opts, work)
@@ -658,14 +669,15 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 def _cmd_classify_images(args: argparse.Namespace) -> int:
     from .pipelines.predict import default_model_dir, load_model
 
-    out = (args.out or Path("leukoseg-out")).resolve()
+    out = args.out or Path("leukoseg-out")
     model_dir = str(args.model if args.model is not None else default_model_dir())
     load_model(model_dir)  # a bad bundle is one error before any image is read
-    pairs, refused = _batch(args.paths, out)
+    pairs, refused = _batch(args.paths, out.resolve())
     _check_writable(out, args)
     opts = {"pixel_size": args.pixel_size, "crops": args.crops, "max_pixels": args.max_pixels,
             "verbose": args.verbose, "model": model_dir}  # fmt: skip
-    tasks = [(str(p), str(folder), opts) for p, folder in pairs]
+    # Output paths as `segment` gives them: under --out as the user wrote it.
+    tasks = [(str(p), str(out / folder.name), opts) for p, folder in pairs]
     workers = max(1, min(args.workers or os.cpu_count() or 1, len(tasks)))
     opts["threads"] = max(1, (os.cpu_count() or 1) // workers)
     failed = 0
@@ -736,10 +748,18 @@ def _classify_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
+    from .pipelines.report import load_metrics
     from .pipelines.train import train_bundle
 
+    # Mistakes in --run and --out fail before the data set is read (seconds: every image is hashed).
+    if args.run is not None:
+        load_metrics(args.run)
+    blocking = next((p for p in args.out.parents if os.path.lexists(p)), Path("."))
+    if not blocking.is_dir():
+        raise LeukosegError(args.out, f"bundle folder cannot be created: {blocking} is a file, not a folder")
     dataset = load_dataset(args.dataset, args.data_dir)
-    _check_writable(args.out.parent if args.out.parent != Path("") else Path("."), args)
+    # The bundle folder itself is written atomically at the end; its parent must be a writable folder now.
+    _check_writable(args.out.parent, args)
     if args.device == "gpu":
         _check_gpu()
     path = train_bundle(

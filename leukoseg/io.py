@@ -106,6 +106,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         try:
             pil: Image.Image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
+            if data[:4] in (b"II*\x00", b"MM\x00*"):  # a TIFF header Pillow cannot go on from
+                raise LeukosegError(path, "TIFF with a sample format that cannot be read (e.g. floating point); "
+                                          "8- or 16-bit RGB expected") from None
             raise LeukosegError(path, "not a readable image (JPEG, PNG, TIFF or BMP expected)") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise LeukosegError(path, f"not a readable image ({exc})") from None
@@ -120,6 +123,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
             except _CorruptJPEG as exc:
                 raise LeukosegError(path, f"corrupt JPEG data ({exc}); the file is damaged or incomplete") from None
             if fast is not None:
+                _refuse_neutral(path, fast)
                 return fast
         from PIL import ImageOps
 
@@ -135,7 +139,26 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     image = np.asarray(rgb, dtype=np.uint8)
     if not image.flags.writeable:
         image = image.copy()
+    _refuse_neutral(path, image)
     return image
+
+
+#: Largest difference between the channels of a pixel that still counts as grey (JPEG rounding).
+_NEUTRAL_SPREAD = 3
+
+
+def _refuse_neutral(path: Path, image: np.ndarray) -> None:
+    """Refuse a grey-level picture stored as RGB (all three channels equal): its stain colours are gone.
+
+    A uniform field (no structure at all) is let through: it is an empty image, not a grey smear.
+    """
+    for step in (16, 4):  # a coarse look settles nearly every colour image in a fraction of a millisecond
+        r, g, b = (image[::step, ::step, c].astype(np.int16) for c in range(3))
+        if max(int(np.abs(r - g).max()), int(np.abs(g - b).max()), int(np.abs(r - b).max())) > _NEUTRAL_SPREAD:
+            return
+    if int(g.max()) - int(g.min()) > 2 * _NEUTRAL_SPREAD:
+        raise LeukosegError(path, "grayscale image (its red, green and blue channels are equal); a colour "
+                                  "(stained) smear is needed")
 
 
 def _check_writable_folder(folder: str | os.PathLike[str], *, what: str = "output folder", hint: str = "") -> None:

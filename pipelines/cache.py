@@ -36,6 +36,7 @@ from typing import cast
 import numpy as np
 
 from ..datasets import file_sha256
+from ..errors import LeukosegError
 from ..io import _check_writable_folder, _python_scalar
 
 __all__ = ["CachedImage", "cache_key", "default_cache_dir", "load_or_compute"]
@@ -156,8 +157,12 @@ def _compute(path: Path, segment_kw: Mapping, feature_kw: Mapping) -> CachedImag
     from leukoseg.features import CellFeatures
     from leukoseg.io import read_image
     from leukoseg.segmentation import MEASUREMENT_COLUMNS, extract_patches, segment
+    from leukoseg.segmentation._segment import _size_problem
 
     image = read_image(path)
+    too_small = _size_problem(image)
+    if too_small:  # one line naming the file, as for an unreadable one
+        raise LeukosegError(path, too_small)
     seg = segment(image, **segment_kw)
     measurements = {k: np.asarray(seg.measurements[k]) for k in MEASUREMENT_COLUMNS}
     cells = _cells_for_features(image, seg)

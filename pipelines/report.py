@@ -120,9 +120,15 @@ def load_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Raises
     ------
     LeukosegError
-        Naming the file: missing, unreadable, not UTF-8, not JSON, nested too deeply, or without results.
+        Naming the folder when it is missing or not a folder, else the file: missing, unreadable, not UTF-8,
+        not JSON, nested too deeply, or without results.
     """
-    path = Path(run_dir) / "metrics.json"
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise LeukosegError(run_dir, "no such run folder")
+    if not run_dir.is_dir():
+        raise LeukosegError(run_dir, "not a folder; give the run folder that `leukoseg classify --dataset` wrote")
+    path = run_dir / "metrics.json"
     if not path.is_file():
         raise LeukosegError(path, "no metrics.json here; give the folder that `leukoseg classify --dataset` wrote")
     try:
@@ -187,11 +193,7 @@ def _order_models(names) -> list[str]:
 
 
 def _load_run(run_dir: Path, data_dir) -> _Run:
-    if not run_dir.exists():
-        raise LeukosegError(run_dir, "no such run folder")
-    if not run_dir.is_dir():
-        raise LeukosegError(run_dir, "not a folder; give the run folder that `leukoseg classify --dataset` wrote")
-    metrics = load_metrics(run_dir)
+    metrics = load_metrics(run_dir)  # checks the folder first
     models = _order_models([m for m, v in metrics["models"].items() if isinstance(v, dict)])
     if not models:
         raise LeukosegError(run_dir / "metrics.json", "no model results in metrics.json")

@@ -142,14 +142,13 @@ def train_bundle(
             _check_replaceable(out_dir, overwrite=False)
         except FileExistsError:
             raise LeukosegError(out_dir, "exists; pass --overwrite to replace it") from None
+    # The run folder is read before the data set is hashed (seconds): a mistyped --run fails at once.
+    run_metrics = None if run_dir is None else _run_metrics(run_dir)
     fingerprint = dataset.fingerprint()  # hashes every image: once, for the run check and the provenance
-    run_metrics = None
-    if run_dir is not None:
-        run_metrics = _run_metrics(run_dir)
-        if run_metrics["dataset_fingerprint"] != fingerprint:
-            # The bundle's provenance would otherwise quote the scores of another data set.
-            raise LeukosegError(Path(run_dir) / "metrics.json", "this run was made on other data (its data-set "
-                                "fingerprint differs from that of the training images); pass the run of this data set")
+    if run_dir is not None and run_metrics is not None and run_metrics["dataset_fingerprint"] != fingerprint:
+        # The bundle's provenance would otherwise quote the scores of another data set.
+        raise LeukosegError(Path(run_dir) / "metrics.json", "this run was made on other data (its data-set "
+                            "fingerprint differs from that of the training images); pass the run of this data set")
     records = list(dataset.records)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entries, _ = load_or_compute([r.path for r in records], cache_dir, workers=workers, progress=progress)

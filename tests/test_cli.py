@@ -120,6 +120,33 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == f"leukoseg: error: {blocker}: output folder is a file, not a folder\n"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["segment", ""], ["segment", "x.jpg", "--out", ""], ["classify", "", "x.jpg"], ["classify", "x.jpg", "--model", ""],
+     ["classify", "--dataset", "all-idb1", "--data-dir", ""], ["report", ""],
+     ["train", "--dataset", "all-idb1", "--out", "m", "--run", ""]],
+)
+def test_an_empty_path_is_a_usage_error(elsewhere, capsys, argv):
+    """Path("") is the current folder: an unset shell variable ("$IMG") must not make a run of the whole tree."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "empty path (an unset shell variable?)" in err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_classify_and_segment_name_outputs_alike(tmp_path, monkeypatch, capsys):
+    """Both give the output folder under --out as written (relative stays relative), in JSON and in words."""
+    monkeypatch.chdir(tmp_path)
+    _smear(tmp_path / "a.jpg")
+    for command in ("segment", "classify"):
+        assert main([command, "a.jpg", "--out", command, "--json", "--workers", "1", "--no-crops"]) == 0
+        (result,) = map(json.loads, capsys.readouterr().out.splitlines())
+        assert result["output"] == os.path.join(command, "a")
+        assert main([command, "a.jpg", "--out", command, "--workers", "1", "--no-crops"]) == 0
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert last.startswith(f"leukoseg: 1 of 1 images {command[:-1]}") and f"d into {command}" in last, last
+
+
 def test_a_run_whose_inputs_all_fail_leaves_no_empty_output_folders(tmp_path, capsys):
     out = tmp_path / "o" / "sub" / "deep"
     assert main(["segment", str(tmp_path / "missing.jpg"), "--out", str(out)]) == 1

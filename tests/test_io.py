@@ -95,6 +95,29 @@ def test_grayscale_is_refused(tmp_path, make):
     assert info.value.path == str(path)
 
 
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_a_grey_picture_saved_as_rgb_is_refused(tmp_path, ext):
+    """A smear converted to grey and saved in colour has lost its stain: refused as grayscale, not read as empty."""
+    from leukoseg.synthetic import make_smear
+
+    smear = make_smear(shape=(120, 160), kinds=("blast_L1",), n_touching_pairs=0, seed=0).image
+    grey = np.asarray(Image.fromarray(smear).convert("L").convert("RGB"))
+    path = _save(tmp_path / f"g{ext}", grey, **({"quality": 90} if ext == ".jpg" else {}))
+    with pytest.raises(LeukosegError, match=r"grayscale image \(its red, green and blue channels are equal\)") as info:
+        read_image(path)
+    assert info.value.path == str(path)
+    assert read_image(_save(tmp_path / f"c{ext}", smear)).shape == smear.shape  # the colour original is read
+    # A uniform neutral field holds nothing to lose: read (it segments to no cells), not refused.
+    assert read_image(_save(tmp_path / f"w{ext}", np.full((40, 40, 3), 240, np.uint8))).shape == (40, 40, 3)
+
+
+def test_a_float_tiff_is_named_as_such(tmp_path):
+    path = tmp_path / "f.tif"
+    cv2.imwrite(str(path), np.random.default_rng(0).random((20, 20, 3)).astype(np.float32))
+    with pytest.raises(LeukosegError, match="TIFF with a sample format that cannot be read"):
+        read_image(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(LeukosegError, match="no such file") as info:
         read_image(tmp_path / "nope.jpg")

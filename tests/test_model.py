@@ -130,6 +130,29 @@ def test_cli_train_refuses_the_current_folder_before_any_work(fake_all_idb1, tmp
     assert not (tmp_path / "cache").exists()  # nothing was segmented
 
 
+def test_cli_train_checks_run_and_out_before_reading_the_data(fake_all_idb1, tmp_path, monkeypatch, capsys):
+    import leukoseg.datasets
+    from leukoseg.cli import main
+
+    def no_reading(*args, **kw):
+        raise AssertionError("the data set was read")
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder should be")
+    base = ["train", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--no-cnn", "--cache",
+            str(tmp_path / "cache"), "--workers", "1"]  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(leukoseg.datasets, "load_dataset", no_reading)
+        # The same words as `leukoseg report` for a missing run, before the images are hashed (seconds).
+        assert main([*base, "--out", str(tmp_path / "m"), "--run", str(tmp_path / "nonexist")]) == 2
+        assert _one_line_error(capsys.readouterr().err) == f"leukoseg: error: {tmp_path / 'nonexist'}: no such run folder"
+        for out in (blocker / "x", blocker / "x" / "y"):  # the bundle folder, not its parent, is named
+            assert main([*base, "--out", str(out)]) == 2
+            line = _one_line_error(capsys.readouterr().err)
+            assert line == f"leukoseg: error: {out}: bundle folder cannot be created: {blocker} is a file, not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # no cache, no bundle
+
+
 def test_train_refuses_blast_cells_of_one_image(fast, fake_all_idb1, fake_cache, tmp_path):
     # Enough ALL images, but the annotations of all but one match no cell: the cell models cannot be tuned.
     import shutil

@@ -581,6 +581,17 @@ def test_cache_recomputes_a_damaged_entry_and_refuses_an_unusable_folder(tmp_pat
         load_or_compute([tmp_path / "s.png"], blocker / "cache")
 
 
+def test_cache_names_an_image_too_small_to_segment(tmp_path):
+    """A data set's tiny image is one line naming the file (as on the command line), not an internal error."""
+    from leukoseg.errors import LeukosegError
+    from leukoseg.pipelines.cache import load_or_compute
+
+    Image.fromarray(np.full((10, 40, 3), 200, np.uint8)).save(tmp_path / "tiny.png")
+    with pytest.raises(LeukosegError, match=r"image too small \(40x10 pixels\)") as info:
+        load_or_compute([tmp_path / "tiny.png"], tmp_path / "cache")
+    assert info.value.path == str(tmp_path / "tiny.png")
+
+
 def test_cache_key_changes_with_every_setting_and_only_then(monkeypatch):
     import inspect
 

@@ -716,6 +716,47 @@ def test_rewrite_replaces_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
+def test_write_segmentation_refuses_another_image_and_a_file_for_a_parent(tmp_path):
+    from leukoseg.errors import LeukosegError
+
+    image, _ = touching_discs()
+    seg = segment(image, pixel_size=0.35)
+    with pytest.raises(ValueError, match=r"image is \(40, 40\) but the segmentation is of a \(64, 96\) image"):
+        write_segmentation(tmp_path / "s", image[:40, :40], seg)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(LeukosegError, match="output folder cannot be created: a parent of it is a file") as info:
+        write_segmentation(blocker / "s", image, seg)
+    assert info.value.path == str(blocker / "s")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_segment_refuses_an_image_too_small_to_hold_a_cell():
+    """As the command line does (16 pixels on a side), with the same words."""
+    with pytest.raises(ValueError, match=r"image too small \(40x10 pixels\); a smear needs at least 16 on a side"):
+        segment(np.full((10, 40, 3), 200, np.uint8))
+    assert segment(np.full((16, 16, 3), 200, np.uint8)).n_cells == 0
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
+
+
+@pytest.mark.parametrize("name", ["smear_01", "smear_02", "smear_03"])
+def test_every_white_cell_of_the_bundled_samples_is_found(name):
+    """The quickstart's promise on its own images: one detected cell per drawn white cell, each on its cell."""
+    from leukoseg.io import read_image
+
+    truth = json.loads((SAMPLES / f"{name}.truth.json").read_text())
+    with np.load(SAMPLES / f"{name}.truth.npz", allow_pickle=False) as npz:
+        cells = npz["cells"]
+    seg = segment(read_image(SAMPLES / f"{name}.jpg"))
+    assert seg.n_cells == len(truth["cells"])
+    for cell in truth["cells"]:
+        found = seg.cells[cells == cell["id"]]
+        ids, counts = np.unique(found[found > 0], return_counts=True)
+        assert len(ids) and counts.max() > 0.6 * found.size, (cell["id"], cell["kind"])  # mostly one detected cell
+
+
 def test_more_cells_than_a_16_bit_label_image_numbers_are_refused(tmp_path):
     # Cell ids above 65,535 would wrap around in nuclei.png / cells.png: refused, before anything is written.
     import dataclasses

@@ -240,9 +240,7 @@ def draw_overlay(image: np.ndarray, seg: Segmentation, *, max_side: int = OVERLA
         If `image` is not a non-empty (H, W, 3) uint8 array of the segmented image's size, or `max_side` is
         not a positive int.
     """
-    check_image(image)
-    if image.shape[:2] != tuple(seg.input_shape):
-        raise ValueError(f"image is {image.shape[:2]} but the segmentation is of a {tuple(seg.input_shape)} image")
+    _check_segmented_image(image, seg)
     check_positive_int("max_side", max_side)
     rows = seg.rows()
     return _draw_overlay(image, seg, rows, _outlines(seg, rows), max_side=max_side, colors=colors)
@@ -330,10 +328,13 @@ def write_segmentation(
     Raises
     ------
     LeukosegError
-        If `out_dir` exists and is a file, or a folder that is neither empty nor an earlier result; or if
-        `seg` has more cells than the 16-bit label images can number (65,535).
+        If `out_dir` exists and is a file, or a folder that is neither empty nor an earlier result, or a parent
+        of it is a file; or if `seg` has more cells than the 16-bit label images can number (65,535).
+    ValueError
+        If `image` is not an RGB uint8 array of the segmentation's height and width.
     """
     out_dir = Path(out_dir)
+    _check_segmented_image(image, seg)
     if seg.n_cells > _MAX_LABEL:
         # The label PNGs store cell ids as 16-bit values: more cells would wrap around and alias ids.
         raise LeukosegError(None, f"{seg.n_cells:,} cells found, more than the {_MAX_LABEL:,} that the 16-bit "
@@ -344,7 +345,10 @@ def write_segmentation(
                 or name.startswith(".")):  # fmt: skip
             raise ValueError(f"extra_json names a plain new .json file of the folder; got {name!r}")
     _check_replaceable(out_dir)  # before the work, and again at the swap
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise LeukosegError(out_dir, "output folder cannot be created: a parent of it is a file") from None
     with _staged_folder(out_dir) as tmp:
         rows = seg.rows()
         for name, values in (cell_columns or {}).items():
@@ -395,6 +399,12 @@ def write_segmentation(
                 future.result()
         _swap_into_place(tmp, out_dir)
     return out_dir
+
+
+def _check_segmented_image(image: np.ndarray, seg: Segmentation) -> None:
+    check_image(image)
+    if image.shape[:2] != tuple(seg.input_shape):
+        raise ValueError(f"image is {image.shape[:2]} but the segmentation is of a {tuple(seg.input_shape)} image")
 
 
 def _write_bytes(path: Path, encode: Callable[..., bytes], *args: Any) -> None:

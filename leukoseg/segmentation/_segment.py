@@ -46,6 +46,8 @@ __all__ = ["Segmentation", "segment"]
 
 log = logging.getLogger(__name__)
 
+#: Images with a side shorter than this cannot hold a white cell: refused as bad input.
+MIN_IMAGE_SIDE = 16
 #: The coarse copy used for the red-cell ruler has at most this many pixels along its longer side.
 _RULER_SIDE = 768
 #: Red cells less than this many pixels across in the coarse copy are measured again, on a finer copy of
@@ -58,6 +60,14 @@ _RULER_RED_CELL_PX = 32.0
 _RULER_FINE_PIXELS = 4 * 0.75 * _RULER_SIDE**2
 #: With no red cells found in the coarse copy, the middle of the image is looked at this much finer.
 _RULER_RETRY_ZOOM = 4.0
+
+
+def _size_problem(image: np.ndarray) -> str | None:
+    """Why `image` is too small to be a smear, or None; the CLI and the experiment's cache say it per file."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        return f"image too small ({w}x{h} pixels); a smear needs at least {MIN_IMAGE_SIDE} on a side"
+    return None
 
 
 class _Pyramid:
@@ -274,7 +284,8 @@ def segment(
     Raises
     ------
     ValueError
-        If `image` is not an (H, W, 3) uint8 array or a parameter is out of range.
+        If `image` is not an (H, W, 3) uint8 array, is smaller than 16 pixels on a side, or a parameter is
+        out of range.
 
     Examples
     --------
@@ -284,6 +295,9 @@ def segment(
     2
     """
     check_image(image)
+    too_small = _size_problem(image)
+    if too_small:
+        raise ValueError(too_small)
     if pixel_size is not None:
         check_positive("pixel_size", pixel_size)
     for name, value in (
