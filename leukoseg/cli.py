@@ -749,14 +749,12 @@ def _classify_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
     from .pipelines.report import load_metrics
-    from .pipelines.train import train_bundle
+    from .pipelines.train import check_bundle_target, train_bundle
 
     # Mistakes in --run and --out fail before the data set is read (seconds: every image is hashed).
     if args.run is not None:
         load_metrics(args.run)
-    blocking = next((p for p in args.out.parents if os.path.lexists(p)), Path("."))
-    if not blocking.is_dir():
-        raise LeukosegError(args.out, f"bundle folder cannot be created: {blocking} is a file, not a folder")
+    check_bundle_target(args.out, overwrite=args.overwrite)
     dataset = load_dataset(args.dataset, args.data_dir)
     # The bundle folder itself is written atomically at the end; its parent must be a writable folder now.
     _check_writable(args.out.parent, args)

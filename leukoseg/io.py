@@ -107,8 +107,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
             pil: Image.Image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             if data[:4] in (b"II*\x00", b"MM\x00*"):  # a TIFF header Pillow cannot go on from
-                raise LeukosegError(path, "TIFF with a sample format that cannot be read (e.g. floating point); "
-                                          "8- or 16-bit RGB expected") from None
+                raise LeukosegError(path, "TIFF that cannot be decoded (damaged, or samples of an unsupported "
+                                          "format such as floating point); 8- or 16-bit RGB expected") from None
             raise LeukosegError(path, "not a readable image (JPEG, PNG, TIFF or BMP expected)") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise LeukosegError(path, f"not a readable image ({exc})") from None
@@ -152,7 +152,8 @@ def _refuse_neutral(path: Path, image: np.ndarray) -> None:
 
     A uniform field (no structure at all) is let through: it is an empty image, not a grey smear.
     """
-    for step in (16, 4):  # a coarse look settles nearly every colour image in a fraction of a millisecond
+    # Coarse looks settle nearly every colour image in a fraction of a millisecond; the last looks at every pixel.
+    for step in (16, 4, 1):
         r, g, b = (image[::step, ::step, c].astype(np.int16) for c in range(3))
         if max(int(np.abs(r - g).max()), int(np.abs(g - b).max()), int(np.abs(r - b).max())) > _NEUTRAL_SPREAD:
             return

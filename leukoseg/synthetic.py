@@ -20,7 +20,7 @@ What is modelled
       small (7-9 µm), round nucleus filling 84-90 % of the diameter, coarse clumped chromatin, a thin rim
       of pale sky-blue cytoplasm;
   ``neutrophil``
-      10-12.5 µm, 3-5 nuclear lobes (15-28 µm² in all) joined by thin strands, pinkish-lilac granular cytoplasm;
+      10-12.5 µm, 3-5 nuclear lobes joined by thin strands, pinkish-lilac granular cytoplasm;
   ``blast_L1``
       small (9-12 µm), high nucleus-to-cytoplasm ratio, regular round nucleus, fine chromatin, no or one
       indistinct nucleolus, scanty cytoplasm;
@@ -361,27 +361,25 @@ def _sample_spec(kind: str, rng: np.random.Generator) -> _Spec:
 def _lobes(rng: np.random.Generator, k: int, rc: float) -> np.ndarray:
     """``k`` neutrophil lobes (x, y, a, b, angle) along a curved band, spaced so that they stay apart."""
     for _ in range(60):
-        step = rng.uniform(2.55, 2.95, k - 1)
+        step = rng.uniform(2.45, 2.9, k - 1)
         turn = rng.uniform(0.45, 1.1, k - 1) * np.where(rng.uniform(size=k - 1) < 0.8, 1.0, -1.0)
         heading = rng.uniform(0, 2 * np.pi) + np.concatenate([[0.0], np.cumsum(turn[1:])])
         pts = np.zeros((k, 2))
         pts[1:, 0] = np.cumsum(step * np.cos(heading))
         pts[1:, 1] = np.cumsum(step * np.sin(heading))
         pts -= pts.mean(axis=0)
-        # Lobes 3-3.8 by 1.8-2.2 um: nuclei of 15-28 um^2, as stained neutrophils have (smaller lobes drew
-        # nuclei under segment()'s 14 um^2 debris size).
-        a = rng.uniform(1.5, 1.9, k)
-        b = rng.uniform(0.9, 1.1, k)
+        a = rng.uniform(1.3, 1.7, k)
+        b = rng.uniform(0.8, 1.0, k)
         # Long axes across the band: the direction of the band at each lobe, turned by 90 degrees.
         # numpy's stubs give a 2-D array's gradient as a tuple of two, but with axis= it is one array
         tangent: np.ndarray = np.gradient(pts, axis=0)  # type: ignore[assignment]
         angle = np.arctan2(tangent[:, 1], tangent[:, 0]) + np.pi / 2 + rng.uniform(-0.25, 0.25, k)
         gaps = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1)) + 9.0 * np.eye(k)
         reach = float((np.hypot(pts[:, 0], pts[:, 1]) + a).max())
-        if reach <= 0.9 * rc and gaps.min() >= 2.45:
+        if reach <= 0.84 * rc and gaps.min() >= 2.35:
             break
     # The last try, shrunk if need be, when no band fitted: lobes may then touch, as they often do.
-    scale = min(1.0, 0.9 * rc / reach)
+    scale = min(1.0, 0.84 * rc / reach)
     return np.column_stack([pts * scale, a, b, angle])
 
 

@@ -117,9 +117,8 @@ def train_bundle(
         existing bundle without `overwrite`, or an existing folder that is not a bundle.
     """
     from leukoseg.classify import FABSettings
-    from leukoseg.classify.bundle import _check_replaceable, save_bundle
+    from leukoseg.classify.bundle import save_bundle
     from leukoseg.features.rows import check_lbp_radii
-    from leukoseg.io import _own_folder_refusal
 
     t0 = time.perf_counter()
     why = _seed_refusal(seed)
@@ -129,19 +128,7 @@ def train_bundle(
         raise LeukosegError(dataset.root, "train needs smears with annotated blast centroids (all-idb1)")
     # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.
     exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
-    out_dir = Path(out_dir)
-    try:
-        _check_replaceable(out_dir, overwrite=True)
-    except ValueError:  # '.' or '..'
-        raise LeukosegError(out_dir, f"{_own_folder_refusal(out_dir, 'bundle')} (e.g. --out model)") from None
-    except FileExistsError:  # --overwrite would not help: never suggest it
-        raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced, "
-                            "choose another output folder") from None  # fmt: skip
-    if not overwrite:  # replaceable with --overwrite (checked above): only its existence can refuse now
-        try:
-            _check_replaceable(out_dir, overwrite=False)
-        except FileExistsError:
-            raise LeukosegError(out_dir, "exists; pass --overwrite to replace it") from None
+    out_dir = check_bundle_target(out_dir, overwrite=overwrite)
     # The run folder is read before the data set is hashed (seconds): a mistyped --run fails at once.
     run_metrics = None if run_dir is None else _run_metrics(run_dir)
     fingerprint = dataset.fingerprint()  # hashes every image: once, for the run check and the provenance
@@ -225,6 +212,49 @@ def train_bundle(
     )  # fmt: skip
     log.info("bundle written to %s in %.1f s (threshold %.3f, %s)", path, time.perf_counter() - t0, threshold, primary)
     return path
+
+
+def check_bundle_target(out_dir: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Refuse, as one line and before any work, a bundle folder that cannot or may not be written.
+
+    Parameters
+    ----------
+    out_dir : path
+        The bundle folder to write.
+    overwrite : bool
+        Whether an existing bundle (or empty folder) may be replaced.
+
+    Returns
+    -------
+    pathlib.Path
+        `out_dir` as a path.
+
+    Raises
+    ------
+    LeukosegError
+        If a parent of `out_dir` is not a folder, `out_dir` names the current or parent folder, or it exists
+        and is not a bundle or an empty folder, or (without `overwrite`) it exists at all.
+    """
+    from leukoseg.classify.bundle import _check_replaceable
+    from leukoseg.io import _own_folder_refusal
+
+    out_dir = Path(out_dir)
+    blocking = next((p for p in out_dir.parents if os.path.lexists(p)), Path("."))
+    if not blocking.is_dir():  # a file, or a broken link
+        raise LeukosegError(out_dir, f"bundle folder cannot be created: {blocking} is not a folder")
+    try:
+        _check_replaceable(out_dir, overwrite=True)
+    except ValueError:  # '.' or '..'
+        raise LeukosegError(out_dir, f"{_own_folder_refusal(out_dir, 'bundle')} (e.g. --out model)") from None
+    except FileExistsError:  # --overwrite would not help: never suggest it
+        raise LeukosegError(out_dir, "exists and is not a leukoseg model bundle or an empty folder; not replaced, "
+                            "choose another output folder") from None  # fmt: skip
+    if not overwrite:  # replaceable with --overwrite (checked above): only its existence can refuse now
+        try:
+            _check_replaceable(out_dir, overwrite=False)
+        except FileExistsError:
+            raise LeukosegError(out_dir, "exists; pass --overwrite to replace it") from None
+    return out_dir
 
 
 def _check_cell_classes(dataset, cells) -> None:

@@ -111,10 +111,17 @@ def test_a_grey_picture_saved_as_rgb_is_refused(tmp_path, ext):
     assert read_image(_save(tmp_path / f"w{ext}", np.full((40, 40, 3), 240, np.uint8))).shape == (40, 40, 3)
 
 
+def test_colour_between_the_sampled_pixels_still_counts(tmp_path):
+    """The grey check looks at every pixel before it refuses: a few stained pixels keep an image in colour."""
+    grey = np.repeat(np.linspace(60, 220, 64).astype(np.uint8)[None, :, None], 3, axis=2).repeat(48, axis=0)
+    grey[1:4, 1:4] = (120, 60, 170)  # purple, off the 4-pixel grid of the coarse looks
+    assert read_image(_save(tmp_path / "c.png", grey)).shape == (48, 64, 3)
+
+
 def test_a_float_tiff_is_named_as_such(tmp_path):
     path = tmp_path / "f.tif"
     cv2.imwrite(str(path), np.random.default_rng(0).random((20, 20, 3)).astype(np.float32))
-    with pytest.raises(LeukosegError, match="TIFF with a sample format that cannot be read"):
+    with pytest.raises(LeukosegError, match="TIFF that cannot be decoded"):
         read_image(path)
 
 

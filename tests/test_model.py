@@ -149,7 +149,15 @@ def test_cli_train_checks_run_and_out_before_reading_the_data(fake_all_idb1, tmp
         for out in (blocker / "x", blocker / "x" / "y"):  # the bundle folder, not its parent, is named
             assert main([*base, "--out", str(out)]) == 2
             line = _one_line_error(capsys.readouterr().err)
-            assert line == f"leukoseg: error: {out}: bundle folder cannot be created: {blocker} is a file, not a folder"
+            assert line == f"leukoseg: error: {out}: bundle folder cannot be created: {blocker} is not a folder"
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "notes.txt").write_text("not a bundle")
+        assert main([*base, "--out", str(tmp_path / "m")]) == 2
+        assert "exists and is not a leukoseg model bundle" in _one_line_error(capsys.readouterr().err)
+        (tmp_path / "m" / "notes.txt").unlink()
+        assert main([*base, "--out", str(tmp_path / "m")]) == 2  # an empty folder: replaceable, with --overwrite
+        assert _one_line_error(capsys.readouterr().err).endswith("exists; pass --overwrite to replace it")
+        (tmp_path / "m").rmdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # no cache, no bundle
 
 

@@ -741,20 +741,24 @@ def test_segment_refuses_an_image_too_small_to_hold_a_cell():
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 
 
-@pytest.mark.parametrize("name", ["smear_01", "smear_02", "smear_03"])
-def test_every_white_cell_of_the_bundled_samples_is_found(name):
-    """The quickstart's promise on its own images: one detected cell per drawn white cell, each on its cell."""
+@pytest.mark.parametrize(("name", "missed"), [("smear_01", set()), ("smear_02", {2}), ("smear_03", set())])
+def test_the_white_cells_of_the_bundled_samples_are_found_as_the_readme_says(name, missed):
+    """One detected cell per drawn white cell, each mostly on its cell; the README names the one exception:
+    smear_02's neutrophil 2, drawn with a 13.3 um^2 nucleus, under the 14 um^2 size of platelets and debris."""
     from leukoseg.io import read_image
 
     truth = json.loads((SAMPLES / f"{name}.truth.json").read_text())
     with np.load(SAMPLES / f"{name}.truth.npz", allow_pickle=False) as npz:
-        cells = npz["cells"]
+        cells, nuclei = npz["cells"], npz["nuclei"]
     seg = segment(read_image(SAMPLES / f"{name}.jpg"))
-    assert seg.n_cells == len(truth["cells"])
+    assert seg.n_cells == len(truth["cells"]) - len(missed)
     for cell in truth["cells"]:
         found = seg.cells[cells == cell["id"]]
         ids, counts = np.unique(found[found > 0], return_counts=True)
-        assert len(ids) and counts.max() > 0.6 * found.size, (cell["id"], cell["kind"])  # mostly one detected cell
+        if cell["id"] in missed:
+            assert not len(ids) and np.count_nonzero(nuclei == cell["id"]) * truth["um_per_px"] ** 2 < 14.0
+        else:
+            assert len(ids) and counts.max() > 0.6 * found.size, (cell["id"], cell["kind"])
 
 
 def test_more_cells_than_a_16_bit_label_image_numbers_are_refused(tmp_path):
