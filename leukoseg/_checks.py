@@ -49,7 +49,7 @@ def check_image(image: object, *, name: str = "image") -> None:
     if not isinstance(image, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
-        hint = (" (grey-level images lack the stain colours it needs; RGBA: drop the alpha channel)"
+        hint = (" (a grey-level image lacks the stain colours; RGBA: drop the alpha channel)"
                 if image.ndim in (2, 3) else "")
         raise ValueError(f"{name} must be (H, W, 3) RGB, got shape {image.shape}{hint}")
     if image.dtype != np.uint8:

@@ -138,13 +138,13 @@ def test_classify_and_segment_name_outputs_alike(tmp_path, monkeypatch, capsys):
     """Both give the output folder under --out as written (relative stays relative), in JSON and in words."""
     monkeypatch.chdir(tmp_path)
     _smear(tmp_path / "a.jpg")
-    for command in ("segment", "classify"):
+    for command, done in (("segment", "segmented"), ("classify", "classified")):
         assert main([command, "a.jpg", "--out", command, "--json", "--workers", "1", "--no-crops"]) == 0
         (result,) = map(json.loads, capsys.readouterr().out.splitlines())
         assert result["output"] == os.path.join(command, "a")
         assert main([command, "a.jpg", "--out", command, "--workers", "1", "--no-crops"]) == 0
         last = capsys.readouterr().err.splitlines()[-1]
-        assert last.startswith(f"leukoseg: 1 of 1 images {command[:-1]}") and f"d into {command}" in last, last
+        assert last.startswith(f"leukoseg: 1 of 1 images {done} into {command}"), last
 
 
 def test_a_run_whose_inputs_all_fail_leaves_no_empty_output_folders(tmp_path, capsys):
