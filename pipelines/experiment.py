@@ -75,9 +75,12 @@ Per fold, on the same cells:
 Image thresholds (binary data sets) are chosen on the training images only, maximising the balanced
 accuracy (:func:`.metrics.choose_threshold`) of *inner out-of-fold* image scores: the training images are
 split again into ``inner_folds`` folds, on which models with the fold's hyper-parameters (GkNN weights and
-k of every search, SVM C and gamma; the search is not re-run, which keeps the cost low and biases the threshold very
-slightly) are refitted and score the held-out training images. Scoring training images with the outer model
-itself would be optimistic: a kNN remembers its training cells. The CNN's inner scores are those of the one
+k of every search, SVM C and gamma; the search is not re-run, which keeps the cost low) are refitted and
+score the held-out training images. Those GkNN and SVM scores are a little optimistic, as the search saw
+the held-out images; the bias stays in the training images but shapes what they choose: the thresholds,
+and the fusion weights, which it may tilt towards the baseline (its inner scores look a little better
+than they are, the CNN's are cross-fitted honestly). Scoring training images with the outer model itself
+would be optimistic: a kNN remembers its training cells. The CNN's inner scores are those of the one
 cross-fitted CNN that did not train on the cell, while a test cell gets the mean of all of them, a little
 smoother: the thresholds are chosen on scores of nearly, not exactly, the kind they are applied to.
 
@@ -946,29 +949,38 @@ def _fixed_models(fitted: Mapping, seed: int, knn_params) -> dict:
     slightly optimistic; a new search per split would cost three times the GA and grid. Test images are never
     involved either way.
     """
+    from leukoseg.classify import SVMClassifier, make_knn
+
+    s = fitted["svm"]
+    svm = SVMClassifier(C_grid=(s.best_params_["svc__C"],), gamma_grid=(s.best_params_["svc__gamma"],),
+                        inner_cv=s.inner_cv, scoring=s.scoring, calibration=s.calibration, random_state=seed)
+    return {"gknn": _fixed_gknn(fitted["gknn"]), "svm": svm, "knn": make_knn(**dict(knn_params or {}))}
+
+
+def _fixed_gknn(gknn: Any) -> Any:
+    """An unfitted kNN with the feature weights and k that a fitted GkNN's genetic searches chose.
+
+    Its fit standardises the features on the cells it is given and keeps each search's weighted kNN; with
+    several searches, :meth:`predict_proba` is the mean of their votes, as the GkNN's. No search is run:
+    this is how the experiment scores its inner splits (and what ``benchmarks/gknn_settings.py`` compares
+    with scores of searches re-run on each split).
+    """
     from sklearn.ensemble import VotingClassifier
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    from leukoseg.classify import SVMClassifier, make_knn
-
-    g = fitted["gknn"]
     searches = []
-    for run in g.runs_:  # each genetic search's weights and k; with several, the mean of their votes
+    for run in gknn.runs_:  # each genetic search's weights and k; with several, the mean of their votes
         support, weights = run["support"].copy(), run["weights"][run["support"]].copy()
         searches.append(Pipeline([
             ("scale", StandardScaler()),
             ("weight", FunctionTransformer(lambda Z, s=support, w=weights: Z[:, s] * w)),
-            ("knn", KNeighborsClassifier(n_neighbors=run["k"], weights=g.vote, algorithm="brute")),
+            ("knn", KNeighborsClassifier(n_neighbors=run["k"], weights=gknn.vote, algorithm="brute")),
         ]))  # fmt: skip
-    gknn = searches[0] if len(searches) == 1 else VotingClassifier(
-        [(f"search{i}", p) for i, p in enumerate(searches)], voting="soft"
-    )
-    s = fitted["svm"]
-    svm = SVMClassifier(C_grid=(s.best_params_["svc__C"],), gamma_grid=(s.best_params_["svc__gamma"],),
-                        inner_cv=s.inner_cv, scoring=s.scoring, calibration=s.calibration, random_state=seed)
-    return {"gknn": gknn, "svm": svm, "knn": make_knn(**dict(knn_params or {}))}
+    if len(searches) == 1:
+        return searches[0]
+    return VotingClassifier([(f"search{i}", p) for i, p in enumerate(searches)], voting="soft")
 
 
 def _fab(cells: _Cells, pred: np.ndarray, cell_p: np.ndarray, n_images: int, settings) -> dict:
@@ -1036,8 +1048,9 @@ def _summary(per_repeat: list[dict]) -> dict:
             values = [e[stratum][key] for e in per_repeat if e[stratum].get(key) is not None]
             out[stratum][key] = {
                 "mean": float(np.mean(values)) if values else None,
-                # the sample standard deviation over repeats (0 for a single repeat)
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None),
+                # the sample standard deviation over repeats: undefined (None) for a single value
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "n_repeats": len(values),  # a repeat without the figure (e.g. AUC of one class) is left out
             }
     return out
 

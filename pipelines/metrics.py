@@ -53,7 +53,10 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, 
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes a bound is exactly 0 or 1; the formula's rounding would leave 3e-18 or 1 - 2e-16.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def image_score(cell_scores: ArrayLike, *, top_k: int = 3) -> float:
@@ -76,6 +79,11 @@ def image_score(cell_scores: ArrayLike, *, top_k: int = 3) -> float:
     float in [0, 1]
         The mean of the `top_k` highest cell scores, missing cells counted as 0.
 
+    Raises
+    ------
+    ValueError
+        If `top_k` is below 1 or a cell score is NaN.
+
     Examples
     --------
     >>> image_score([0.9, 0.1, 0.8, 0.7, 0.2])
@@ -85,15 +93,19 @@ def image_score(cell_scores: ArrayLike, *, top_k: int = 3) -> float:
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1; got {top_k}")
-    s = np.sort(np.asarray(cell_scores, dtype=np.float64).ravel())[::-1][:top_k]
+    scores = np.asarray(cell_scores, dtype=np.float64).ravel()
+    if np.isnan(scores).any():  # a NaN would sort last and silently leave the image to its other cells
+        raise ValueError("cell_scores must not be NaN")
+    s = np.sort(scores)[::-1][:top_k]
     return float(round(s.sum() / top_k, 12))
 
 
 def choose_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
     """Choose the image-score threshold that maximises the balanced accuracy of ``score >= threshold``.
 
-    Candidates are the midpoints between consecutive distinct scores (and 0.5 when all scores are on one
-    side); ties in balanced accuracy go to the candidate nearest 0.5, then the lower one.
+    Candidates are 0.5, the midpoints between consecutive distinct scores, and the cuts that call every
+    image positive (the lowest score) or none (1e-6 above the highest), so that the choice is never worse
+    than a constant call; ties in balanced accuracy go to the candidate nearest 0.5, then the lower one.
 
     Parameters
     ----------
@@ -110,7 +122,7 @@ def choose_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
     Raises
     ------
     ValueError
-        If `scores` and `labels` differ in length.
+        If `scores` and `labels` differ in length, or a score is NaN.
 
     Notes
     -----
@@ -124,14 +136,22 @@ def choose_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
     0.25
     >>> choose_threshold([0.2, 0.3], [1, 1])
     0.5
+    >>> choose_threshold([0.2, 0.4, 0.6, 0.8], [1, 1, 0, 0])  # ranked against the labels: a constant call
+    0.2
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
     if len(scores) != len(labels):
         raise ValueError(
             f"scores and labels must have the same length; got {len(scores)} scores and {len(labels)} labels"
         )
+    if np.isnan(scores).any():
+        raise ValueError("scores must not be NaN")
     values = np.unique(scores)
-    candidates = np.concatenate([[0.5], (values[:-1] + values[1:]) / 2]) if len(values) > 1 else np.array([0.5])
+    # The two constant calls (balanced accuracy 0.5) only win when every cut between scores does worse,
+    # i.e. scores ranked against the labels.
+    # 1e-6 above the highest: still above it once rounded (below) and written to images.csv (6 decimals).
+    constant = [values[0], values[-1] + 1e-6] if len(values) else []
+    candidates = np.concatenate([[0.5], (values[:-1] + values[1:]) / 2, constant])
     if len(np.unique(labels)) < 2:
         log.debug("choose_threshold: the %d labels hold %s; threshold 0.5", len(labels),
                   f"one class ({labels[0]})" if len(labels) else "no class")  # fmt: skip

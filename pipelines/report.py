@@ -277,7 +277,7 @@ def _stat(values: Sequence[Any], *, cis: Sequence[Any] = (), denominators: Seque
     std: float | None
     if vals:
         mean = statistics.fmean(vals)
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0  # the sample SD, as metrics.json's summary
+        std = statistics.stdev(vals) if len(vals) > 1 else None  # the sample SD, as metrics.json's summary
     elif isinstance(summary, Mapping) and (summary_mean := _num(summary.get("mean"))) is not None:
         mean, std = summary_mean, _num(summary.get("std"))
     else:
@@ -543,14 +543,26 @@ def _verdict(run: _Run) -> str:
     test = _mcnemar(run, primary, best) if abs(diff) >= 0.05 else None
     if test is not None:
         only_p, only_o, pval = test
-        verdict = "established" if pval < 0.05 else "not established"
         text += (f" Paired on the same images (repeat 0): {only_p} right only by {_label(primary)}, {only_o} only "
-                 f"by {_label(best)}; McNemar's exact test p = {pval:.2g}, so the difference is {verdict} at the "
-                 "5 % level.")  # fmt: skip
+                 f"by {_label(best)}; McNemar's exact test p = {pval:.2g}")  # fmt: skip
+        # The claim above is of the mean over repeats, the test of repeat 0: it backs the claim only when
+        # repeat 0's discordant images favour the same model.
+        same_way = only_p > only_o if diff > 0 else only_o > only_p
+        if pval >= 0.05:
+            text += ", so the difference is not established at the 5 % level."
+        elif same_way:
+            text += ", so the difference is established at the 5 % level (on repeat 0)."
+        else:
+            ahead = best if diff > 0 else primary
+            text += (f", in favour of {_label(ahead)}, against the mean over repeats: the repeats disagree, and "
+                     "the difference is not established.")
     elif p.ci and o.ci and abs(diff) >= 0.05:
         overlap = p.ci[0] <= o.ci[1] and o.ci[0] <= p.ci[1]
         if overlap:
-            text += " Their 95% intervals overlap, so the difference is not established on these images."
+            # Overlapping intervals do not show that two paired models are alike; without the decisions
+            # (images.csv) there is no paired test to run.
+            text += (" Their 95% intervals overlap, and images.csv lacks the decisions a paired test needs: "
+                     "the run does not show a difference.")
     if run.task == "binary":
         pa, oa = _binary_stat(run, primary, "all", "auc"), _binary_stat(run, best, "all", "auc")
         if pa.mean is not None and oa.mean is not None:
@@ -1140,10 +1152,10 @@ def _fab_data(run: _Run) -> dict | None:
 
 
 def _pct_value(v: float | None) -> str:
-    """A criterion percentage: stored either as a fraction (<= 1) or as percent points."""
+    """A criterion percentage, stored in percent points (``fab_pct_*``: 0.2 is 0.2 %, not 20 %)."""
     if v is None:
         return "–"
-    return f"{v:.1f}%" if v > 1 else f"{100 * v:.1f}%"
+    return f"{v:.1f}%"
 
 
 def _html(run: _Run, misses: list[_Miss], curves_png: str | None, multi_png: str | None,
@@ -1485,8 +1497,9 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows, disputed: _Disputed | 
         facts.append(f"{settings['n_folds']}-fold × {r} repeat{'' if r == 1 else 's'}")
     out += [f"Primary model: **{_label(run.primary)}** ({run.task}" + (f"; {', '.join(facts)}" if facts else "") + ").",
             "", f"> {_verdict(run)}", ""]
-    pct_note = ("Mean over repeats ± std (points), 95% Wilson interval in brackets; **bold**: best of the column; "
-                "★ primary model.")
+    pct_note = ("Mean over repeats ± std (points), 95% Wilson interval in brackets"
+                + (" (at the mean, with the images of one repeat)" if run.repeats > 1 else "")
+                + "; **bold**: best of the column; ★ primary model.")
     names = {mm: _label(mm) + (" ★" if mm == run.primary else "") for mm in run.models}
     if run.task == "binary":
         out += ["## Models", ""]
@@ -1510,7 +1523,8 @@ def _markdown(run: _Run, misses: list[_Miss], curve_rows, disputed: _Disputed | 
                 rows.append(row)
             out += [_md_table(heads, rows, [False] + [True] * (len(heads) - 1)), ""]
         if curve_rows:
-            out += ["## Image-level curves (from images.csv)", ""]
+            pooled = f", out-of-fold scores pooled over {run.repeats} repeats" if run.repeats > 1 else ""
+            out += [f"## Image-level curves (from images.csv{pooled})", ""]
             out += [_md_table(["Model", "ROC AUC", "Average precision"],
                               [[names[mm], f"{auc:.3f}", f"{ap:.3f}"] for mm, auc, ap in curve_rows],
                               [False, True, True]), ""]

@@ -116,6 +116,9 @@ def test_gknn_settings_prints_inner_auc_of_each_setting_and_a_nested_choice(caps
     assert [r["name"] for r in results] == ["a", "b"] and len(out) == 3
     assert all(0.5 < r["inner_auc"] <= 1 and 0.5 < r["cell_auc"] <= 1 for r in results)
     assert out[2].startswith("nested selection (setting per fold [")
+    for r, line in zip(results, out):  # beside each inner AUC, the experiment's way of scoring inner splits
+        assert 0.5 < r["fixed_inner_auc"] <= 1
+        assert f"inner AUC {r['inner_auc']:.4f} (search not re-run: {r['fixed_inner_auc']:.4f})" in line
     # Each fold takes the setting with its best inner AUC; its test cells get that setting's scores.
     from sklearn.metrics import roc_auc_score
 
@@ -131,6 +134,22 @@ def test_gknn_settings_prints_inner_auc_of_each_setting_and_a_nested_choice(caps
     np.testing.assert_allclose(w, [[1.0, np.exp(-1.25), np.exp(-5.0)]], rtol=1e-12)
     np.testing.assert_array_equal(gaussian_vote(np.array([[0.0, 1.0, 2.0]])),
                                   gaussian_vote(np.array([[0.0, 1.0, 2.0]]), width=2.0))
+
+
+def test_fixed_gknn_refitted_on_the_same_cells_is_the_gknn():
+    """The experiment's inner-split model (the searches' weights and k, no search) reproduces the GkNN when
+    refitted on the GkNN's own training cells: only the cells it is fitted on differ in the inner splits."""
+    from leukoseg.classify import GeneticKNNClassifier
+    from leukoseg.pipelines.experiment import _fixed_gknn
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 5))
+    y = (X[:, 0] + 0.5 * rng.normal(size=80) > 0).astype(int)
+    for n_runs in (1, 3):  # one search: a plain pipeline; several: the mean of their votes
+        gknn = GeneticKNNClassifier(population_size=6, n_generations=2, n_runs=n_runs, k_max=9, random_state=0)
+        gknn.fit(X, y)
+        fixed = _fixed_gknn(gknn).fit(X, y)
+        np.testing.assert_allclose(fixed.predict_proba(X), gknn.predict_proba(X), rtol=0, atol=1e-6)
 
 
 def test_gknn_settings_transform_reshapes_features_on_training_cells_only():
@@ -149,10 +168,13 @@ def test_gknn_settings_transform_reshapes_features_on_training_cells_only():
     # Out of fold: the transform learnt from the training rows, applied to the test rows.
     train, test = image < 8, image >= 8
     y, groups = label[train], image[train]
-    p = script._fit_score({"transform": "quantile"}, tiny, 0, X[train], y, groups, X[test])
+    p, model = script._fit_score({"transform": "quantile"}, tiny, 0, X[train], y, groups, X[test])
     q = QuantileTransformer(output_distribution="normal", n_quantiles=64, random_state=0).fit(X[train])
-    expected = script._fit_score({}, tiny, 0, q.transform(X[train]), y, groups, q.transform(X[test]))
+    expected, _ = script._fit_score({}, tiny, 0, q.transform(X[train]), y, groups, q.transform(X[test]))
     np.testing.assert_array_equal(p, expected)
+    # The search-free refit (the experiment's inner scoring) takes the same transform of its own cells.
+    refit = script._fixed_score({"transform": "quantile"}, model, X[train], y, X[test])
+    np.testing.assert_allclose(refit, expected, rtol=0, atol=1e-6)
     folds = assign_folds(image_label, np.arange(n_images), n_folds=3, repeats=1, seed=0)[0]
     settings = [{"name": "q", **tiny, "transform": "quantile"}, {"name": "yj", **tiny, "transform": "yeo-johnson"}]
     results = script.evaluate(X, label, image, image_label, np.arange(n_images), folds, settings, seed=0, repeat=0,

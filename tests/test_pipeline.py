@@ -34,6 +34,8 @@ def test_wilson_interval_known_value():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     low, high = wilson_interval(10, 10)
     assert high == 1.0 and low == pytest.approx(10 / (10 + 1.96**2), abs=1e-12)  # all successes: n / (n + z^2)
+    # Exactly 1 and 0 at n and 0 successes, whatever n (the formula's rounding left 1 - 2e-16 at n = 108).
+    assert all(wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0 for n in range(1, 200))
     with pytest.raises(ValueError, match=r"0 <= successes <= n; got successes=3, n=2"):
         wilson_interval(3, 2)
 
@@ -47,6 +49,8 @@ def test_image_score_rule():
     assert image_score([0.6, 0.2], top_k=1) == pytest.approx(0.6, abs=1e-12)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         image_score([0.5], top_k=0)
+    with pytest.raises(ValueError, match="cell_scores must not be NaN"):  # it would sort last, unseen
+        image_score([float("nan"), 0.9, 0.8])
 
 
 def test_choose_image_rule_learns_k_and_threshold():
@@ -66,6 +70,28 @@ def test_choose_threshold_refuses_unequal_lengths():
         choose_threshold([0.1, 0.2, 0.3], [0, 1])
     with pytest.raises(ValueError, match="same length"):
         choose_image_rule([[0.9], [0.1]], [1, 0, 1])
+
+
+def _balanced_accuracy(scores, labels, t) -> float:
+    pred, labels = np.asarray(scores) >= t, np.asarray(labels)
+    return 0.5 * (pred[labels == 1].mean() + (~pred[labels == 0]).mean())
+
+
+def test_choose_threshold_is_never_worse_than_a_constant_call():
+    # Scores ranked against the labels: every cut between them is worse than calling all (or none) positive.
+    t = choose_threshold([0.2, 0.4, 0.6, 0.8], [1, 1, 0, 0])
+    assert _balanced_accuracy([0.2, 0.4, 0.6, 0.8], [1, 1, 0, 0], t) == 0.5
+    # Against brute force over every cut (below all, between, above all), on small random cases.
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(2, 9))
+        scores = np.round(rng.random(n), 1)  # rounded: ties between scores too
+        labels = rng.permutation(np.arange(n) % 2)
+        cuts = np.concatenate([[scores.min(), scores.max() + 1.0], np.unique(scores)])
+        best = max(_balanced_accuracy(scores, labels, c) for c in cuts)
+        assert _balanced_accuracy(scores, labels, choose_threshold(scores, labels)) == pytest.approx(best, abs=1e-12)
+    with pytest.raises(ValueError, match="scores must not be NaN"):
+        choose_threshold([0.2, float("nan")], [0, 1])
 
 
 def test_choose_threshold_one_class_is_logged(caplog):

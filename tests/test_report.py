@@ -574,8 +574,53 @@ def test_spread_over_repeats_is_the_sample_standard_deviation():
     assert stat.std == pytest.approx(expected, abs=1e-12)
     summary = _summary([{"all": {"accuracy": v, "n": 108}} for v in values])
     assert summary["all"]["accuracy"]["std"] == pytest.approx(expected, abs=1e-12)
-    assert _stat([0.9]).std == 0.0
-    assert _summary([{"all": {"accuracy": 0.9, "n": 108}}])["all"]["accuracy"]["std"] == 0.0
+    assert summary["all"]["accuracy"]["n_repeats"] == 3
+    # One value has no spread: None (was 0.0, which a table prints as "+- 0.000").
+    assert _stat([0.9]).std is None
+    one = _summary([{"all": {"accuracy": 0.9, "n": 108}}])["all"]["accuracy"]
+    assert one == {"mean": 0.9, "std": None, "n_repeats": 1}
+    # A repeat without the figure (an AUC of one class) is left out of the mean, and the count says so.
+    auc = _summary([{"all": {"auc": 0.9}}, {"all": {"auc": None}}])["all"]["auc"]
+    assert auc == {"mean": 0.9, "std": None, "n_repeats": 1}
+
+
+def test_verdict_claims_a_difference_only_when_the_paired_test_points_the_same_way(tmp_path):
+    """The claim is of the mean over repeats, McNemar's test of repeat 0: a significant test the other way
+    must not make the claim 'established'."""
+    from leukoseg.pipelines.report import _load_run, _verdict
+
+    n = 50
+    labels = [i % 2 for i in range(n)]
+    # Repeat 0: fused wrong on images 0-9, baseline on 10-11 (p = 0.039 for the baseline); repeat 1: fused
+    # right on all, baseline wrong on 0-9. Mean accuracy: fused 0.90, baseline 0.88.
+    wrong = {("fused", 0): set(range(10)), ("baseline", 0): {10, 11}, ("fused", 1): set(),
+             ("baseline", 1): set(range(10))}  # fmt: skip
+
+    def write(run: Path, wrong: dict) -> str:
+        run.mkdir()
+        header = ["image", "label", "repeat", "fold", "p_baseline", "pred_baseline", "p_fused", "pred_fused", "pred"]
+        rows = [[f"im/Im{i + 34:03d}_{labels[i]}.jpg", labels[i], r, 0, 0.5, labels[i] ^ (i in wrong["baseline", r]),
+                 0.5, labels[i] ^ (i in wrong["fused", r]), labels[i] ^ (i in wrong["fused", r])]
+                for r in (0, 1) for i in range(n)]  # fmt: skip
+        (run / "images.csv").write_text(_csv_text(header, rows))
+        models = {m: {"repeats": [{"repeat": r, "all": {"n": n, "accuracy": 1 - len(wrong[m, r]) / n}}
+                                  for r in (0, 1)]} for m in ("baseline", "fused")}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(
+            {"task": "binary", "classes": ["0", "1"], "primary_model": "fused", "models": models}))
+        return _verdict(_load_run(run, None))
+
+    text = write(tmp_path / "against", wrong)
+    assert "Fused beats the best other model, Baseline, by 2.0 points" in text
+    assert "2 right only by Fused, 10 only by Baseline; McNemar's exact test p = 0.039" in text
+    assert "in favour of Baseline" in text and "not established" in text
+    assert "difference is established" not in text
+    # The same counts the other way round: the test backs the mean, and the difference is established.
+    swapped = {("fused", 0): {10, 11}, ("baseline", 0): set(range(10)), ("fused", 1): set(range(6)),
+               ("baseline", 1): set()}  # fmt: skip
+    text = write(tmp_path / "with", swapped)
+    assert "Fused beats the best other model" in text
+    assert "10 right only by Fused, 2 only by Baseline" in text
+    assert "the difference is established at the 5 % level (on repeat 0)" in text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -712,6 +757,26 @@ def test_report_says_how_many_images_took_the_fallback_scale(tmp_path):
         report = write_report(run)
         for text in (report.markdown.read_text(encoding="utf-8"), report.html.read_text(encoding="utf-8")):
             assert (phrase in text) if phrase else ("red-cell ruler" not in text)
+
+
+def test_fab_percentages_are_percent_points_even_below_one(tmp_path):
+    """images.csv's fab_pct_* are percent points: 0.5 is 0.5 %, never 50 %."""
+    run = make_binary_run(tmp_path, repeats=1)
+    text = (run / "images.csv").read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    for r in rows:
+        if r["fab_subtype"]:
+            r["fab_pct_large_cells"], r["fab_pct_prominent_nucleoli"] = "0.5", "100.0"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    (run / "images.csv").write_text(buf.getvalue())
+    files = write_report(run)
+    md, html = files.markdown.read_text(encoding="utf-8"), files.html.read_text(encoding="utf-8")
+    for text in (md, html):
+        assert "0.5%" in text and "100.0%" in text
+        assert "50.0%" not in text
 
 
 def test_fab_table_counts_the_images_of_one_repeat(tmp_path):
