@@ -15,6 +15,7 @@ difference is how much the experiment's inner scores, which choose its threshold
 the GkNN.
 
     python benchmarks/gknn_settings.py [--data-dir DIR] [--cache DIR] [--repeat 0] [--settings JSON]
+                                       [--feature-params JSON]
 
 ``--settings`` is a JSON list of ``{"name": ..., <GeneticKNNClassifier parameters>}``; a ``gaussian_width``
 entry replaces the Gaussian vote's width (2 by default: a neighbour at the k-th distance weighs
@@ -183,6 +184,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the experiment whose folds to use")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS, help="JSON list of settings")
+    parser.add_argument("--feature-params", type=json.loads, default=None,
+                        help="CellFeatures settings as JSON, as the experiment's, e.g. '{\"context_um\": 0}'")
     args = parser.parse_args()
     if not 0 <= args.repeat < args.repeats:
         parser.error(f"--repeat must be from 0 to {args.repeats - 1}")
@@ -193,7 +196,9 @@ def main() -> int:
     from leukoseg.pipelines.folds import assign_folds
 
     records = load_dataset("all-idb1", args.data_dir).records
-    entries, _ = load_or_compute([r.path for r in records], args.cache or default_cache_dir())
+    exp.check_feature_params(args.feature_params)
+    entries, _ = load_or_compute([r.path for r in records], args.cache or default_cache_dir(),
+                                 feature_kw=args.feature_params)  # fmt: skip
     cells = exp._cell_table(records, entries, ["0", "1"], "points", 50.0)
     image_label = np.array([int(r.label) for r in records])
     image_group = np.array([r.group for r in records])
@@ -201,10 +206,11 @@ def main() -> int:
     names = entries[0].feature_names
 
     def columns(train: np.ndarray) -> list[int]:
-        return exp._feature_columns([cells.rows[j] for j in np.flatnonzero(train)], names, None)[0]
+        return exp._feature_columns([cells.rows[j] for j in np.flatnonzero(train)], names, args.feature_params)[0]
 
     print(f"ALL-IDB1: {len(records)} images, {len(cells.label)} cells; repeat {args.repeat} of {args.repeats}, "
-          f"seed {args.seed}; GkNN {exp.GKNN_DEFAULTS} plus each setting")  # fmt: skip
+          f"seed {args.seed}; GkNN {exp.GKNN_DEFAULTS} plus each setting"
+          + (f"; features {json.dumps(args.feature_params)}" if args.feature_params else ""))  # fmt: skip
     evaluate(cells.X, cells.label, cells.image, image_label, image_group, folds[args.repeat], args.settings,
              seed=args.seed, repeat=args.repeat, columns=columns)  # fmt: skip
     return 0

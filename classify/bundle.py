@@ -1494,7 +1494,7 @@ def _feature_columns(features: Any) -> list[str]:
     ValueError if a setting is missing or invalid, names an unknown measurement, or puts an LBP radius or
     GLCM distance beyond 50 um.
     """
-    from leukoseg.features.rows import check_lbp_radii, feature_names
+    from leukoseg.features.rows import check_context_um, check_lbp_radii, feature_names
     from leukoseg.segmentation import MEASUREMENT_COLUMNS
 
     if not isinstance(features, dict):
@@ -1512,6 +1512,9 @@ def _feature_columns(features: Any) -> list[str]:
     if not isinstance(texture, bool) or not isinstance(stain, bool):
         raise ValueError(f"texture and stain must be true or false; got {_short(texture)} and {_short(stain)}")
     radii = check_lbp_radii(features.get("lbp_radii_um", ()))
+    context = check_context_um(features.get("context_um", 0.0))  # absent: the bare box, as before it existed
+    if context > _MAX_FEATURE_UM:
+        raise ValueError(f"context_um must be at most {_MAX_FEATURE_UM:g} um; got {context:g}")
     glcm = {k: features[k] for k in ("distances_um", "levels", "angles_deg")}
     columns = feature_names(names, texture=texture, stain=stain, lbp_radii_um=radii, **glcm)
     lengths = [*radii, *((float(d) for d in glcm["distances_um"]) if texture else ())]

@@ -13,8 +13,8 @@ from leukoseg._checks import is_real
 
 from .glcm import _DEFAULT_ANGLES_DEG, _DEFAULT_DISTANCES_UM
 from .rows import (
-    CELL_KEYS, LBP_RADII_UM, _as_cells, _is_bool, _measurement_row, _measurements_of, check_lbp_radii,
-    feature_matrix, feature_names,
+    CELL_KEYS, LBP_RADII_UM, _as_cells, _is_bool, _measurement_row, _measurements_of, check_context_um,
+    check_lbp_radii, feature_matrix, feature_names,
 )  # fmt: skip
 
 __all__ = ["BOOKKEEPING_MEASUREMENTS", "CELL_KEYS", "CellFeatures"]
@@ -62,6 +62,14 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         Number of grey levels of the GLCM texture, 2 to 256.
     angles_deg : sequence of float, optional
         Pixel-pair directions of the GLCM texture, in degrees.
+    context_um : float, optional
+        Micrometres of the smear that each cell's crop holds around the cell's bounding box. The crops are
+        cut by the caller (the experiment, ``leukoseg train`` and ``leukoseg classify`` read this setting
+        in ``leukoseg.pipelines.cache``); the transformer records it, so that a saved model's crops at
+        inference are those it was trained on. The default, 4, exceeds the largest LBP radius (2 um), so
+        the nucleus LBP, the chromatin bands and the background of the optical densities see the smear
+        around the cell. 0 is the bare box, the former default, with which the bundled model was trained:
+        the LBP then samples zeros beyond the crop's edge and the chromatin bands mirror the cell at it.
 
     Attributes
     ----------
@@ -108,6 +116,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         distances_um: Sequence[float] = _DEFAULT_DISTANCES_UM,
         levels: int = 32,
         angles_deg: Sequence[float] = _DEFAULT_ANGLES_DEG,
+        context_um: float = 4.0,
     ) -> None:
         self.measurements = measurements
         self.texture = texture
@@ -116,6 +125,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         self.distances_um = distances_um
         self.levels = levels
         self.angles_deg = angles_deg
+        self.context_um = context_um
 
     def fit(self, X: Sequence[Mapping], y: object = None) -> CellFeatures:
         """Fix the columns.
@@ -138,6 +148,7 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         ValueError
             If `X` is empty, a cell lacks a key or a chosen measurement, or a setting is invalid.
         """
+        check_context_um(self.context_um)
         cells = _as_cells(X)
         if not cells:
             raise ValueError("CellFeatures.fit needs at least one cell; got an empty sequence")

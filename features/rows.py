@@ -156,6 +156,29 @@ def feature_matrix(
     return out
 
 
+def check_context_um(context_um) -> float:
+    """The crop context of :class:`~leukoseg.features.CellFeatures` as a float.
+
+    Parameters
+    ----------
+    context_um : float
+        Micrometres around the cell's bounding box.
+
+    Returns
+    -------
+    float
+        The context.
+
+    Raises
+    ------
+    ValueError
+        If `context_um` is not a finite number >= 0 (a bool is refused).
+    """
+    if isinstance(context_um, bool) or not is_real(context_um) or not 0 <= float(context_um) < np.inf:
+        raise ValueError(f"context_um must be a finite number of micrometres >= 0; got {context_um!r}")
+    return float(context_um)
+
+
 def check_lbp_radii(radii_um) -> tuple[float, ...]:
     """The LBP radii as a tuple of distinct positive floats.
 

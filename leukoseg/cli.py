@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--no-cnn", dest="cnn", action="store_false",
                      help="baseline models only (no CNN, no fusion): minutes on a 2-core CPU, most of them "
                           "GkNN's genetic search")
+    cls.add_argument("--feature-params", type=_json_object, default=None, metavar="JSON",
+                     help="cell-feature settings over the defaults, as a JSON object (see "
+                     "leukoseg.features.CellFeatures), e.g. '{\"context_um\": 4}': crops that hold 4 um of the "
+                     "smear around each cell's box")
+    cls.add_argument("--inner-search", action="store_true",
+                     help="tune GkNN and SVM afresh on each inner split of the training images, so that the scores "
+                     "choosing thresholds and fusion weights come from models tuned without them (about three "
+                     "more genetic searches per fold); default: the fold's own choices refitted")
     cls.add_argument("--cnn-params", type=_json_object, default=None, metavar="JSON",
                      help="CNN settings over the experiment's, as a JSON object, to compare variants on the same "
                      "folds, e.g. '{\"activation\": \"selu\"}' or '{\"architecture\": \"densenet121\", "
@@ -153,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--workers", type=_positive_int, default=None, help="processes for segmenting")
     trn.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the CNN trains")
     trn.add_argument("--no-cnn", dest="cnn", action="store_false", help="baseline models only")
+    trn.add_argument("--feature-params", type=_json_object, default=None, metavar="JSON",
+                     help="cell-feature settings (as 'classify --dataset --feature-params'); the bundle keeps them")
+    trn.add_argument("--inner-search", action="store_true",
+                     help="tune GkNN and SVM afresh on each inner split (as 'classify --dataset --inner-search')")
     trn.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     trn.set_defaults(func=_cmd_train)
 
@@ -596,7 +608,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 # Options that one mode of 'classify' uses and the other has no use for: refused there, not silently ignored.
 _IMAGES_ONLY = {"model": "--model", "json": "--json", "crops": "--no-crops", "max_pixels": "--max-pixels"}
 _EXPERIMENT_ONLY = {"data_dir": "--data-dir", "folds": "--folds", "repeats": "--repeats", "seed": "--seed",
-                    "cache": "--cache", "device": "--device", "cnn": "--no-cnn", "cnn_params": "--cnn-params"}
+                    "cache": "--cache", "device": "--device", "cnn": "--no-cnn", "cnn_params": "--cnn-params",
+                    "inner_search": "--inner-search", "feature_params": "--feature-params"}
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -645,7 +658,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     result = run_experiment(
         dataset, out, n_folds=args.folds or folds, repeats=args.repeats or repeats, seed=args.seed,
         cache_dir=args.cache, workers=args.workers or os.cpu_count() or 1, cnn=args.cnn, device=args.device,
-        progress=not args.quiet, cnn_params=args.cnn_params,
+        progress=not args.quiet, cnn_params=args.cnn_params, inner_search=args.inner_search,
+        feature_params=args.feature_params,
         # A known pixel size for every image: single-cell crops (ALL-IDB2) hold too few red cells for the ruler.
         segment_params=None if args.pixel_size is None else {"pixel_size": args.pixel_size},
     )  # fmt: skip
@@ -763,6 +777,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     path = train_bundle(
         dataset, args.out, seed=args.seed, cache_dir=args.cache, workers=args.workers or os.cpu_count() or 1,
         device=args.device, cnn=args.cnn, run_dir=args.run, overwrite=args.overwrite, progress=not args.quiet,
+        inner_search=args.inner_search, feature_params=args.feature_params,
     )  # fmt: skip
     if not args.quiet:
         sys.stderr.write(f"leukoseg: model bundle written to {path}\n")

@@ -24,6 +24,7 @@ features and then dropped: at 0.08 um/px they would take hundreds of megabytes f
 from __future__ import annotations
 
 import hashlib
+import math
 import inspect
 import json
 import logging
@@ -101,17 +102,20 @@ def default_cache_dir() -> Path:
 
 def _settings(segment_kw: Mapping, feature_kw: Mapping) -> dict:
     from leukoseg import __version__
+    from leukoseg.features import CellFeatures
     from leukoseg.segmentation import segment
 
     defaults = {
         name: p.default for name, p in inspect.signature(segment).parameters.items() if p.default is not p.empty
     }
     defaults.update(segment_kw)
+    # Every CellFeatures setting, defaults included: a changed default (context_um) must not reuse entries.
+    features = {**CellFeatures().get_params(), **feature_kw}
     return {
         "format": CACHE_FORMAT,
         "leukoseg": __version__,
         "segment": {k: defaults[k] for k in sorted(defaults)},
-        "features": {k: feature_kw[k] for k in sorted(feature_kw)},
+        "features": {k: features[k] for k in sorted(features)},
     }
 
 
@@ -124,7 +128,7 @@ def cache_key(content_hash: str, *, segment_kw: Mapping | None = None, feature_k
         SHA-256 of the image file's bytes.
     segment_kw, feature_kw : mapping, optional
         Keyword arguments given to :func:`~leukoseg.segmentation.segment` and
-        :class:`~leukoseg.features.CellFeatures` (defaults filled in for ``segment``).
+        :class:`~leukoseg.features.CellFeatures` (defaults filled in for both).
 
     Returns
     -------
@@ -136,13 +140,20 @@ def cache_key(content_hash: str, *, segment_kw: Mapping | None = None, feature_k
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _cells_for_features(image: np.ndarray, seg) -> list[dict]:
-    """The CellFeatures input of every cell: bounding-box crop, masks, pixel size, measurements."""
+def _cells_for_features(image: np.ndarray, seg, *, context_um: float) -> list[dict]:
+    """The CellFeatures input of every cell: crop, masks, pixel size, measurements.
+
+    The crop is the cell's bounding box widened by `context_um` (``CellFeatures.context_um``) on every
+    side, within the image.
+    """
     m = seg.measurements
+    pad = math.ceil(float(context_um) / seg.um_per_px - 1e-9) if context_um > 0 else 0
+    height, width = image.shape[:2]
     cells = []
     for i in range(seg.n_cells):
         cid = int(m["cell_id"][i])
         x0, y0, x1, y1 = (int(m[k][i]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
+        x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(width, x1 + pad), min(height, y1 + pad)
         cells.append({
             "image": image[y0:y1, x0:x1],
             "nucleus": seg.nuclei[y0:y1, x0:x1] == cid,
@@ -155,6 +166,7 @@ def _cells_for_features(image: np.ndarray, seg) -> list[dict]:
 
 def _compute(path: Path, segment_kw: Mapping, feature_kw: Mapping) -> CachedImage:
     from leukoseg.features import CellFeatures
+    from leukoseg.features.rows import check_context_um
     from leukoseg.io import read_image
     from leukoseg.segmentation import MEASUREMENT_COLUMNS, extract_patches, segment
     from leukoseg.segmentation._segment import _size_problem
@@ -165,9 +177,10 @@ def _compute(path: Path, segment_kw: Mapping, feature_kw: Mapping) -> CachedImag
         raise LeukosegError(path, too_small)
     seg = segment(image, **segment_kw)
     measurements = {k: np.asarray(seg.measurements[k]) for k in MEASUREMENT_COLUMNS}
-    cells = _cells_for_features(image, seg)
+    extractor = CellFeatures(**feature_kw)
+    cells = _cells_for_features(image, seg, context_um=check_context_um(extractor.context_um))
     if cells:
-        extractor = CellFeatures(**feature_kw).fit(cells)
+        extractor.fit(cells)
         features = extractor.transform(cells)
         names = tuple(str(n) for n in extractor.get_feature_names_out())
     else:

@@ -79,8 +79,9 @@ k of every search, SVM C and gamma; the search is not re-run, which keeps the co
 score the held-out training images. Those GkNN and SVM scores are a little optimistic, as the search saw
 the held-out images; the bias stays in the training images but shapes what they choose: the thresholds,
 and the fusion weights, which it may tilt towards the baseline (its inner scores look a little better
-than they are, the CNN's are cross-fitted honestly). Scoring training images with the outer model itself
-would be optimistic: a kNN remembers its training cells. The CNN's inner scores are those of the one
+than they are, the CNN's are cross-fitted honestly). ``inner_search=True`` runs the search and the grid
+again on each inner split instead (about three more searches per fold). Scoring training images with the
+outer model itself would be optimistic: a kNN remembers its training cells. The CNN's inner scores are those of the one
 cross-fitted CNN that did not train on the cell, while a test cell gets the mean of all of them, a little
 smoother: the thresholds are chosen on scores of nearly, not exactly, the kind they are applied to.
 
@@ -318,6 +319,7 @@ def run_experiment(
     top_k: int | Sequence[int] = (1, 2, 3),
     inner_folds: int = 3,
     cnn_inner_folds: int = 2,
+    inner_search: bool = False,
     gknn_params: Mapping | None = None,
     svm_params: Mapping | None = None,
     knn_params: Mapping | None = None,
@@ -355,6 +357,11 @@ def run_experiment(
         Folds of the inner cross-validation that scores the training images for the thresholds and the fusion.
     cnn_inner_folds : int, optional
         Parts of the CNN's cross-fitting (at least 2).
+    inner_search : bool, optional
+        Run the GkNN's genetic search and the SVM's grid again on each inner split, so that the inner scores
+        (thresholds, image rule, fusion weights) come from models tuned without the images they score. The
+        default (False) refits the fold's own choices on each split, which is cheaper and a little
+        optimistic (see the module's notes).
     gknn_params, svm_params, knn_params, cnn_params, fusion_params : mapping, optional
         Keyword arguments of the models (e.g. small settings in tests); ``cnn_params`` update
         :data:`CNN_DEFAULTS`, ``gknn_params`` :data:`GKNN_DEFAULTS`.
@@ -376,6 +383,8 @@ def run_experiment(
         If the data set is too small for the folds or a fold has training cells of one class only.
     """
     from tqdm import tqdm
+
+    from leukoseg.features import CellFeatures
 
     timer = _Timer()
     t0 = time.perf_counter()
@@ -402,6 +411,7 @@ def run_experiment(
         raise LeukosegError(None, f"cnn_inner_folds must be at least 2; got {cnn_inner_folds}")
     if cnn:
         check_cnn_params(cnn_params)
+    check_feature_params(feature_params)
     models = MODELS if cnn else _BASELINE_MODELS
     primary = "fused" if cnn else "baseline"
     out_dir = Path(out_dir)
@@ -485,7 +495,7 @@ def run_experiment(
                     image_label=image_label, image_group=image_group, K=K, seed=_seed(seed, r, k),
                 )  # fmt: skip
                 p_test, p_inner = _fit_baseline(fold, feature_names, feature_params, inner_folds, gknn_params,
-                                                svm_params, knn_params, timer)
+                                                svm_params, knn_params, timer, inner_search=inner_search)
                 if cnn:
                     p_test["cnn"], p_inner["cnn"] = _fit_cnn(fold, cnn_inner_folds, cnn_params, device, timer,
                                                              run_info)
@@ -535,10 +545,15 @@ def run_experiment(
         "settings": _settings(
             mode, top_ks, len(feature_names),
             {"n_folds": n_folds, "repeats": repeats, "cnn_enabled": bool(cnn), "device": device,
-             "match_radius_px": match_radius_px, "inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds},
+             "match_radius_px": match_radius_px, "inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds,
+             "inner_search": bool(inner_search)},
             {"gknn": {**GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": svm_params, "knn": knn_params,
              "cnn": {**CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else cnn_params, "fusion": fusion_params,
-             "segment": segment_params, "features": feature_params},
+             "segment": segment_params,
+             # Every CellFeatures setting that is not its default, and the crop context always (its default
+             # changed: a run must say which crops it had).
+             "features": {"context_um": CellFeatures(**dict(feature_params or {})).context_um,
+                          **dict(feature_params or {})}},
         ),  # fmt: skip
         "models": {},
         "device": run_info["device"],
@@ -680,11 +695,13 @@ def _image_proba(p: np.ndarray, binary: bool, top_k: int, prior: np.ndarray) -> 
 
 
 def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_params, svm_params, knn_params,
-                  timer, fitted_out: dict | None = None) -> tuple[dict, dict]:
+                  timer, fitted_out: dict | None = None, *, inner_search: bool = False) -> tuple[dict, dict]:
     """GkNN, SVM, kNN and their mean on the fold: test probabilities and inner out-of-fold training ones.
 
     `fitted_out`, when given, receives the fitted models, the feature columns, the imputation medians and the
-    fitted CellFeatures (its settings compute the same columns at inference).
+    fitted CellFeatures (its settings compute the same columns at inference). With `inner_search`, each inner
+    split's models are tuned afresh (genetic search, SVM grid) on its training part instead of refitted
+    with the fold's choices.
     """
     cells = fold.cells
     cols, extractor = _feature_columns([cells.rows[j] for j in np.flatnonzero(fold.train)], feature_names,
@@ -703,11 +720,16 @@ def _fit_baseline(fold: _Fold, feature_names, feature_params, inner_folds, gknn_
     for j, (tr, te) in enumerate(splits):
         if not te.any():
             continue
-        models = _fixed_models(fitted, _seed(fold.seed, 1, j), knn_params)
         try:
-            models["gknn"].fit(X_train[tr], y_train[tr])
-            models["svm"].fit(X_train[tr], y_train[tr], groups=g_train[tr])
-            models["knn"].fit(X_train[tr], y_train[tr])
+            if inner_search:
+                # Their fit times go to a timer of their own: `inner_baseline` counts them once.
+                models = _fit_models(X_train[tr], y_train[tr], g_train[tr], _seed(fold.seed, 1, j), gknn_params,
+                                     svm_params, knn_params, _Timer())  # fmt: skip
+            else:
+                models = _fixed_models(fitted, _seed(fold.seed, 1, j), knn_params)
+                models["gknn"].fit(X_train[tr], y_train[tr])
+                models["svm"].fit(X_train[tr], y_train[tr], groups=g_train[tr])
+                models["knn"].fit(X_train[tr], y_train[tr])
             p = _predict(models, X_train[te], fold.K)
         except ValueError as exc:  # a tiny inner training set: one class only, fewer cells than k
             log.warning("inner fold %d skipped (%s)", j, exc)
@@ -799,6 +821,34 @@ def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> 
         est._architecture(patch_shape, 2)
     except (TypeError, ValueError) as exc:
         raise LeukosegError(None, f"invalid CNN settings: {exc}") from None
+
+
+def check_feature_params(feature_params: Mapping | None) -> None:
+    """Refuse feature settings before any work starts (one-line LeukosegError).
+
+    Parameters
+    ----------
+    feature_params : mapping or None
+        :class:`~leukoseg.features.CellFeatures` parameters.
+
+    Raises
+    ------
+    LeukosegError
+        If a key is not a CellFeatures parameter or a value is out of range.
+    """
+    from leukoseg.features import CellFeatures
+    from leukoseg.features.rows import check_context_um, check_lbp_radii
+
+    params = dict(feature_params or {})
+    unknown = sorted(set(params) - set(CellFeatures().get_params()))
+    if unknown:
+        raise LeukosegError(None, f"unknown feature settings {unknown}; see leukoseg.features.CellFeatures")
+    try:
+        features = CellFeatures(**params)
+        check_context_um(features.context_um)
+        check_lbp_radii(features.lbp_radii_um)
+    except (TypeError, ValueError) as exc:
+        raise LeukosegError(None, f"invalid feature settings: {exc}") from None
 
 
 def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info,

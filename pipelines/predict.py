@@ -212,7 +212,8 @@ def classify_image(
     feats = config["features"]
     patch = config["patch"]
     X = feature_matrix(
-        _cells_for_features(image, seg), feats["measurement_names"], texture=feats["texture"],
+        _cells_for_features(image, seg, context_um=float(feats.get("context_um", 0.0))), feats["measurement_names"],
+        texture=feats["texture"],
         stain=bool(feats.get("stain", False)), lbp_radii_um=feats.get("lbp_radii_um", ()),
         distances_um=feats["distances_um"], levels=feats["levels"], angles_deg=feats["angles_deg"],
     )  # fmt: skip

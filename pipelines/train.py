@@ -57,12 +57,14 @@ def train_bundle(
     match_radius_px: float = 50.0,
     inner_folds: int = 3,
     cnn_inner_folds: int = 2,
+    inner_search: bool = False,
     gknn_params: Mapping | None = None,
     svm_params: Mapping | None = None,
     knn_params: Mapping | None = None,
     cnn_params: Mapping | None = None,
     fusion_params: Mapping | None = None,
     fab_settings: FABSettings | None = None,
+    feature_params: Mapping | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
@@ -94,10 +96,17 @@ def train_bundle(
         Folds of the inner cross-validation that scores the training images for the image rule and the fusion.
     cnn_inner_folds : int, optional
         Parts of the CNN's cross-fitting (at least 2).
+    inner_search : bool, optional
+        Tune the GkNN and the SVM afresh on each inner split (see
+        :func:`~leukoseg.pipelines.experiment.run_experiment`).
     gknn_params, svm_params, knn_params, cnn_params, fusion_params : mapping, optional
         Keyword arguments of the models.
     fab_settings : FABSettings, optional
         FAB cut-offs stored in the bundle (default :class:`~leukoseg.classify.FABSettings`).
+    feature_params : mapping, optional
+        Keyword arguments of :class:`~leukoseg.features.CellFeatures` (e.g. ``{"context_um": 4.0}``), as in
+        :func:`~leukoseg.pipelines.experiment.run_experiment`; stored in the bundle, which computes the same
+        features at inference.
     run_dir : path, optional
         A run folder of the experiment on the same data: its cross-validated metrics go into the provenance.
     overwrite : bool, optional
@@ -126,6 +135,7 @@ def train_bundle(
         raise LeukosegError(None, why)
     if exp._mode(dataset) != "points":
         raise LeukosegError(dataset.root, "train needs smears with annotated blast centroids (all-idb1)")
+    exp.check_feature_params(feature_params)
     # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.
     exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
     out_dir = check_bundle_target(out_dir, overwrite=overwrite)
@@ -138,7 +148,8 @@ def train_bundle(
                             "fingerprint differs from that of the training images); pass the run of this data set")
     records = list(dataset.records)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    entries, _ = load_or_compute([r.path for r in records], cache_dir, workers=workers, progress=progress)
+    entries, _ = load_or_compute([r.path for r in records], cache_dir, feature_kw=feature_params, workers=workers,
+                                 progress=progress)  # fmt: skip
     feature_names = entries[0].feature_names
     cells = exp._cell_table(records, entries, ["0", "1"], "points", match_radius_px)
     image_label = np.array([int(r.label) for r in records])
@@ -151,8 +162,8 @@ def train_bundle(
     timer = exp._Timer()
     run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
     fitted: dict = {}
-    _, p_inner = exp._fit_baseline(fold, feature_names, None, inner_folds, gknn_params, svm_params, knn_params,
-                                   timer, fitted_out=fitted)  # fmt: skip
+    _, p_inner = exp._fit_baseline(fold, feature_names, feature_params, inner_folds, gknn_params, svm_params,
+                                   knn_params, timer, fitted_out=fitted, inner_search=inner_search)  # fmt: skip
     models = dict(fitted["models"])
     fusion = None
     primary = "baseline"
@@ -183,7 +194,7 @@ def train_bundle(
             "measurement_names": list(extractor.measurement_names_), "texture": bool(extractor.texture),
             "stain": bool(extractor.stain), "lbp_radii_um": list(check_lbp_radii(extractor.lbp_radii_um)),
             "distances_um": [float(d) for d in extractor.distances_um], "levels": int(extractor.levels),
-            "angles_deg": [float(a) for a in extractor.angles_deg],
+            "angles_deg": [float(a) for a in extractor.angles_deg], "context_um": float(extractor.context_um),
         },
         "patch": {"size": int(cells.patches.shape[1]), "um_per_px": 0.5},
         "fab": (fab_settings if fab_settings is not None else FABSettings()).to_dict(),
@@ -193,7 +204,8 @@ def train_bundle(
         "dataset": {"name": dataset.name, "fingerprint": fingerprint, "n_images": len(records),
                     "n_cells": int(len(cells.label)), "n_blast_cells": int(cells.label.sum())},
         "seed": seed,
-        "settings": {"inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds, "match_radius_px": match_radius_px,
+        "settings": {"inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds, "inner_search": bool(inner_search),
+                     "match_radius_px": match_radius_px,
                      "gknn": {**exp.GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": dict(svm_params or {}),
                      "knn": dict(knn_params or {}),
                      "cnn": {**exp.CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else None,
@@ -204,10 +216,13 @@ def train_bundle(
         "cross_validated_metrics": run_metrics,
         "note": "Research use only; FAB is a historical morphological classification.",
     }  # fmt: skip
-    X = fold.cells.X[:, [feature_names.index(c) for c in columns]]
+    X = fold.cells.X[:, [feature_names.index(c) for c in columns]][:64]
+    # The check rows go through the models as inference would give them: missing features imputed (the
+    # models never saw a NaN; scikit-learn's predict_proba refuses one).
+    X = np.where(np.isfinite(X), X, np.asarray(fitted["medians"])[None, :])
     path = save_bundle(
         out_dir, models=models, fusion=fusion, config=config, provenance=provenance, feature_names=columns,
-        feature_medians=fitted["medians"], check_features=X[:64], check_patches=cells.patches[:16] if cnn else None,
+        feature_medians=fitted["medians"], check_features=X, check_patches=cells.patches[:16] if cnn else None,
         overwrite=overwrite,
     )  # fmt: skip
     log.info("bundle written to %s in %.1f s (threshold %.3f, %s)", path, time.perf_counter() - t0, threshold, primary)

@@ -418,6 +418,7 @@ def test_staged_leftovers_are_recognised_by_name_and_owner(tmp_path):
         (["classify", "--dataset", "all-idb1", "--no-crops", "--model", "m"], "--model, --no-crops apply to image"),
         (["classify", "x.jpg", "--folds", "3"], "--folds applies to --dataset"),
         (["classify", "x.jpg", "--no-cnn", "--device", "cpu"], "--device, --no-cnn apply to --dataset"),
+        (["classify", "x.jpg", "--inner-search"], "--inner-search applies to --dataset"),
         (["classify", "--dataset", "all-idb1", "--no-cnn", "--cnn-params", "{}"], "--cnn-params applies to the CNN"),
         (["classify", "--dataset", "folder:x", "--data-dir", "y"], "folder:PATH names its folder itself"),
         (["classify", "--dataset", " FOLDER:x", "--data-dir", "y"], "folder:PATH names its folder itself"),

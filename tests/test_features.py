@@ -20,6 +20,7 @@ from leukoseg.features import (
     glcm_features,
     texture_feature_names,
 )
+from leukoseg.errors import LeukosegError
 from leukoseg.features.stain import lbp_feature_names, nucleus_lbp_features
 
 # 4x4 image, two grey levels in vertical stripes two pixels wide. With levels=2 the fixed bins put 0 in
@@ -454,3 +455,55 @@ def test_stain_morphology_matches_scipy_ndimage():
         values = rng.random((h, w)) * 255
         for sigma in (0.7, 1.9, 4.2):
             assert_allclose(stain._gaussian(values, sigma), ndi.gaussian_filter(values, sigma), rtol=0, atol=1e-6)
+
+
+# --- the crop's context ---------------------------------------------------------------------------------
+
+
+def test_context_lets_the_nucleus_lbp_see_the_smear_around_the_box():
+    """With the bare bounding box, LBP circles of nucleus pixels near its edge fall outside the crop (read as
+    0); a context wider than the largest radius (2 um) plus a pixel gives the histogram of the cell in its
+    smear, the same for any wider context."""
+    from leukoseg.features import CellFeatures
+    from leukoseg.pipelines.cache import _cells_for_features
+    from leukoseg.segmentation import segment
+    from leukoseg.synthetic import make_smear
+
+    smear = make_smear(shape=(300, 400), kinds=("blast_L1", "lymphocyte"), n_touching_pairs=0, seed=4)
+    seg = segment(smear.image)
+    inside = ~np.asarray(seg.measurements["touches_border"], bool)
+    assert inside.any()
+
+    def lbp(context_um: float) -> np.ndarray:
+        cells = _cells_for_features(smear.image, seg, context_um=context_um)
+        features = CellFeatures(measurements=(), texture=False, stain=False, context_um=context_um).fit(cells)
+        return features.transform(cells)[inside]
+
+    pad = 2.0 + 2 * seg.um_per_px  # the largest radius, and a pixel to spare
+    np.testing.assert_array_equal(lbp(pad), lbp(pad + 5.0))
+    assert CellFeatures().context_um == 4.0 > pad  # the default holds the circles at the working scale
+    assert np.abs(lbp(0.0) - lbp(pad)).max() > 0.01  # the bare box reads zeros beyond its edge
+    # The crop grows by ceil(context / pixel size) pixels a side, within the image.
+    m = seg.measurements
+    bare, wide = (_cells_for_features(smear.image, seg, context_um=c) for c in (0.0, pad))
+    n = int(np.ceil(pad / seg.um_per_px))
+    for i in np.flatnonzero(inside):
+        h, w = bare[i]["image"].shape[:2]
+        assert (h, w) == (m["bbox_y1"][i] - m["bbox_y0"][i], m["bbox_x1"][i] - m["bbox_x0"][i])
+        top, left = min(n, m["bbox_y0"][i]), min(n, m["bbox_x0"][i])
+        assert wide[i]["image"].shape[0] == min(300, m["bbox_y1"][i] + n) - (m["bbox_y0"][i] - top)
+        assert np.array_equal(wide[i]["cell"][top:top + h, left:left + w], bare[i]["cell"])
+        assert wide[i]["cell"].sum() == bare[i]["cell"].sum()  # the margin holds no pixel of this cell
+
+
+@pytest.mark.parametrize("context", [-1.0, float("nan"), float("inf"), True, "2"])
+def test_context_must_be_a_finite_number_of_micrometres(context):
+    from leukoseg.features import CellFeatures
+    from leukoseg.pipelines.experiment import check_feature_params
+
+    cell = {"image": np.full((8, 8, 3), 200, np.uint8), "nucleus": np.ones((8, 8), bool),
+            "cell": np.ones((8, 8), bool), "um_per_px": 0.5, "measurements": {}}  # fmt: skip
+    with pytest.raises(ValueError, match="context_um must be a finite number of micrometres >= 0"):
+        CellFeatures(context_um=context).fit([cell])
+    with pytest.raises(LeukosegError, match="invalid feature settings: context_um must be"):
+        check_feature_params({"context_um": context})

@@ -50,6 +50,50 @@ def test_train_then_classify_a_smear(fast, fake_all_idb1, fake_cache, tmp_path):
     json.dumps(d, allow_nan=False)
 
 
+def test_train_keeps_the_feature_context_and_classify_cuts_the_same_crops(fast, fake_all_idb1, fake_cache, tmp_path,
+                                                                          monkeypatch):
+    """A bundle trained on crops with context (CellFeatures(context_um=...)) is given such crops at inference."""
+    import leukoseg.pipelines.cache as cache
+
+    path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", cnn=False, feature_params={"context_um": 3.0})
+    manifest = json.loads((path / "bundle.json").read_text())
+    assert manifest["config"]["features"]["context_um"] == 3.0
+    contexts = []
+    real = cache._cells_for_features
+
+    def recording(image, seg, **kwargs):
+        contexts.append(kwargs.get("context_um", 0.0))
+        return real(image, seg, **kwargs)
+
+    monkeypatch.setattr(cache, "_cells_for_features", recording)
+    image = make_smear(shape=(360, 480), kinds=("blast_L1", "lymphocyte"), n_touching_pairs=0, seed=4242).image
+    classify_image(image, load_model(path))
+    assert contexts == [3.0]
+    with pytest.raises(LeukosegError, match=r"unknown feature settings \['context'\]"):  # before any work
+        _train(fast, fake_all_idb1, tmp_path / "no-cache", tmp_path / "m2", cnn=False, feature_params={"context": 3})
+    assert not (tmp_path / "no-cache").exists()
+
+
+def test_train_checks_its_export_on_imputed_rows(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
+    """A missing feature among the first cells (a cell without cytoplasm has no cytoplasm density) is imputed
+    before the exported models are checked against scikit-learn, as the models and inference see it; the raw
+    NaN made scikit-learn refuse the check at the very end of training."""
+    import leukoseg.pipelines.experiment as exp
+
+    real = exp._cell_table
+
+    def with_a_gap(*args, **kwargs):
+        cells = real(*args, **kwargs)
+        cells.X[0, 0] = np.nan
+        return cells
+
+    monkeypatch.setattr(exp, "_cell_table", with_a_gap)
+    path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", cnn=False)
+    image = make_smear(shape=(360, 480), kinds=("blast_L1", "lymphocyte"), n_touching_pairs=0, seed=4242).image
+    _, result = classify_image(image, load_model(path))
+    assert np.all(np.isfinite(result.p_blast))
+
+
 def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1, fake_cache, tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(LeukosegError, match="exists"):
@@ -346,6 +390,9 @@ def _damaged_copy(tmp_path: Path, change) -> Path:
         (lambda m: m["config"]["fab"].update(bogus=1), "fab"),
         (lambda m: m["config"]["features"].update(levels="many"), "features"),
         (lambda m: m["config"]["features"].update(texture=False), "columns"),
+        (lambda m: m["config"]["features"].update(context_um=-1.0), "context_um must be a finite number"),
+        (lambda m: m["config"]["features"].update(context_um=True), "context_um must be a finite number"),
+        (lambda m: m["config"]["features"].update(context_um=60.0), "context_um must be at most 50 um"),
         (lambda m: m["config"]["patch"].update(size=0), "patch"),
         (lambda m: m["config"].update(blast_cell_threshold=2), "blast_cell_threshold"),
     ],

@@ -394,6 +394,39 @@ def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path, monke
         assert written == pytest.approx(sorted(d[key] for d in computed if d[key] is not None), abs=tol), key
 
 
+def test_inner_search_tunes_each_inner_split_and_leaves_the_test_scores_alone(fast, fake_all_idb1, fake_cache,
+                                                                                tmp_path, monkeypatch):
+    """inner_search=True runs the genetic search again on each inner split (on its training part only); the
+    outer models, and so every test cell's probability, are the same as without it."""
+    from leukoseg.classify import GeneticKNNClassifier
+
+    fits: list[int] = []
+    real_fit = GeneticKNNClassifier.fit
+
+    def counting_fit(self, X, y, **kwargs):
+        fits.append(len(X))
+        return real_fit(self, X, y, **kwargs)
+
+    monkeypatch.setattr(GeneticKNNClassifier, "fit", counting_fit)
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    fast = {k: v for k, v in fast.items() if k not in ("cnn_params", "fusion_params")}
+    runs = {}
+    for search in (False, True):
+        fits.clear()
+        result = run_experiment(dataset, tmp_path / f"run{search}", n_folds=3, cnn=False, cache_dir=fake_cache,
+                                inner_search=search, **fast)  # fmt: skip
+        assert result.metrics["settings"]["inner_search"] is search
+        runs[search] = (list(fits), _read(tmp_path / f"run{search}" / "cells.csv"))
+    (outer, cells_fixed), (with_inner, cells_search) = runs[False], runs[True]
+    assert len(outer) == 3  # one search per fold
+    assert len(with_inner) == 3 * (1 + 3)  # and one per inner split (3 inner folds)
+    # Each fold's searches: the outer one on all its training cells, the inner ones on parts of them.
+    for k in range(3):
+        fold_fits = with_inner[4 * k: 4 * k + 4]
+        assert fold_fits[0] == outer[k] and all(n < outer[k] for n in fold_fits[1:])
+    assert cells_fixed == cells_search  # test cells' probabilities untouched
+
+
 @pytest.mark.parametrize(
     ("cnn_params", "message"),
     [

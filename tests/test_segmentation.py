@@ -140,7 +140,7 @@ def _stage_inputs() -> dict:
     seg = segment(smear.image)
     assert seg.n_cells == 2
     m = seg.measurements
-    cells = _cells_for_features(smear.image, seg)  # the cells as the pipeline gives them to the features
+    cells = _cells_for_features(smear.image, seg, context_um=4.0)  # as the pipeline gives them to CellFeatures()
     # seg.nuclei and seg.cells are cached on first use: the arrays below are the ones the calls see.
     return {"image": smear.image, "seg": seg, "nuclei": seg.nuclei, "cells": seg.cells,
             "working": (seg.working_nuclei, seg.working_cells), "measurements": dict(m), "stained": seg.cells > 0,
