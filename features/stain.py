@@ -83,7 +83,9 @@ def cell_stain_features(
           without cytoplasm pixels;
         - ``cytoplasm_area_um2``: cell minus nucleus area; ``cytoplasm_rim_um`` and
           ``cytoplasm_rim_p10_um``: median and 10th percentile, over the nucleus outline, of the distance
-          to the cell's edge (lymphoblasts have a scant rim, lymphocytes and monocytes a wider one);
+          to the cell's edge (lymphoblasts have a scant rim, lymphocytes and monocytes a wider one),
+          measured from the outline pixels' centres to the first pixel outside the cell (about a pixel
+          more than the rim); NaN when the cell fills the crop, leaving no pixel outside it;
         - ``chromatin_band_{s}um``: standard deviation of the green channel of the (eroded) nucleus
           band-passed between successive Gaussian scales (0.25, 0.5, 1 and 2 um, in micrometres
           whatever the pixel size): fine, even chromatin (blasts) against coarse clumps (mature
@@ -145,8 +147,12 @@ def cell_stain_features(
 
     out["cytoplasm_area_um2"] = float(np.count_nonzero(cytoplasm)) * um_per_px**2
     outline = nucleus & ~_erode(nucleus, 1)
-    if outline.any():
-        to_edge = _distance_to_background(cell)[outline]
+    to_edge = _distance_to_background(cell)[outline]
+    if to_edge.size and np.isinf(to_edge).all():
+        # The cell fills its crop: no background pixel to measure the rim to. Missing, not infinite (the
+        # experiment imputes it; an infinite value would swamp a standardised distance).
+        out["cytoplasm_rim_um"] = out["cytoplasm_rim_p10_um"] = float("nan")
+    elif to_edge.size:
         out["cytoplasm_rim_um"] = float(np.median(to_edge)) * um_per_px
         out["cytoplasm_rim_p10_um"] = float(np.percentile(to_edge, 10)) * um_per_px
     else:

@@ -507,3 +507,18 @@ def test_context_must_be_a_finite_number_of_micrometres(context):
         CellFeatures(context_um=context).fit([cell])
     with pytest.raises(LeukosegError, match="invalid feature settings: context_um must be"):
         check_feature_params({"context_um": context})
+
+
+def test_a_cell_that_fills_its_crop_has_a_missing_rim_not_an_infinite_one():
+    """No pixel outside the cell: the rim cannot be measured; NaN (imputed later), without a warning."""
+    from leukoseg.features.stain import cell_stain_features
+
+    image = np.full((20, 20, 3), 150, np.uint8)
+    cell = np.ones((20, 20), bool)
+    nucleus = np.zeros((20, 20), bool)
+    nucleus[5:15, 5:15] = True
+    f = cell_stain_features(image, nucleus, cell, um_per_px=0.5)  # pytest turns a RuntimeWarning into an error
+    assert math.isnan(f["cytoplasm_rim_um"]) and math.isnan(f["cytoplasm_rim_p10_um"])
+    cell[0, 0] = False  # one pixel outside: measurable again, finite
+    f = cell_stain_features(image, nucleus, cell, um_per_px=0.5)
+    assert math.isfinite(f["cytoplasm_rim_um"]) and math.isfinite(f["cytoplasm_rim_p10_um"])
