@@ -68,8 +68,9 @@ class CellFeatures(TransformerMixin, BaseEstimator):
         in ``leukoseg.pipelines.cache``); the transformer records it, so that a saved model's crops at
         inference are those it was trained on. The default, 4, exceeds the largest LBP radius (2 um), so
         the nucleus LBP, the chromatin bands and the background of the optical densities see the smear
-        around the cell. 0 is the bare box, the former default, with which the bundled model was trained:
-        the LBP then samples zeros beyond the crop's edge and the chromatin bands mirror the cell at it.
+        around the cell. 0 is the bare box, the former default (bundles trained before this setting read
+        as 0): the LBP then samples zeros beyond the crop's edge and the chromatin bands mirror the cell
+        at it.
 
     Attributes
     ----------
