@@ -24,10 +24,10 @@ features and then dropped: at 0.08 um/px they would take hundreds of megabytes f
 from __future__ import annotations
 
 import hashlib
-import math
 import inspect
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,7 +147,7 @@ def _cells_for_features(image: np.ndarray, seg, *, context_um: float) -> list[di
     side, within the image.
     """
     m = seg.measurements
-    pad = math.ceil(float(context_um) / seg.um_per_px - 1e-9) if context_um > 0 else 0
+    pad = math.ceil(float(context_um) / seg.um_per_px - 1e-9)  # 0 for no context
     height, width = image.shape[:2]
     cells = []
     for i in range(seg.n_cells):

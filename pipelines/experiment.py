@@ -837,16 +837,15 @@ def check_feature_params(feature_params: Mapping | None) -> None:
         If a key is not a CellFeatures parameter or a value is out of range.
     """
     from leukoseg.features import CellFeatures
-    from leukoseg.features.rows import check_context_um, check_lbp_radii
+
+    from .cache import _feature_names_without_cells
 
     params = dict(feature_params or {})
     unknown = sorted(set(params) - set(CellFeatures().get_params()))
     if unknown:
         raise LeukosegError(None, f"unknown feature settings {unknown}; see leukoseg.features.CellFeatures")
-    try:
-        features = CellFeatures(**params)
-        check_context_um(features.context_um)
-        check_lbp_radii(features.lbp_radii_um)
+    try:  # CellFeatures checks its settings when fitted: on the dummy cell of an image without cells
+        _feature_names_without_cells(params)
     except (TypeError, ValueError) as exc:
         raise LeukosegError(None, f"invalid feature settings: {exc}") from None
 
@@ -996,8 +995,8 @@ def _fixed_models(fitted: Mapping, seed: int, knn_params) -> dict:
 
     Refitted on each inner split to give the inner out-of-fold scores (image rule, threshold, fusion). The
     hyper-parameters were chosen on the whole training set, inner-test images included, so those scores are
-    slightly optimistic; a new search per split would cost three times the GA and grid. Test images are never
-    involved either way.
+    slightly optimistic; a new search per split (``inner_search``) costs three times the GA and grid. Test
+    images are never involved either way.
     """
     from leukoseg.classify import SVMClassifier, make_knn
 

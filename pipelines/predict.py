@@ -211,9 +211,10 @@ def classify_image(
     m = seg.measurements
     feats = config["features"]
     patch = config["patch"]
+    # A bundle from before the crop context had none: its cells are cut as it was trained, on bare boxes.
+    cells = _cells_for_features(image, seg, context_um=float(feats.get("context_um", 0.0)))
     X = feature_matrix(
-        _cells_for_features(image, seg, context_um=float(feats.get("context_um", 0.0))), feats["measurement_names"],
-        texture=feats["texture"],
+        cells, feats["measurement_names"], texture=feats["texture"],
         stain=bool(feats.get("stain", False)), lbp_radii_um=feats.get("lbp_radii_um", ()),
         distances_um=feats["distances_um"], levels=feats["levels"], angles_deg=feats["angles_deg"],
     )  # fmt: skip

@@ -509,6 +509,19 @@ def test_context_must_be_a_finite_number_of_micrometres(context):
         check_feature_params({"context_um": context})
 
 
+
+def test_feature_settings_are_all_checked_before_any_work():
+    """check_feature_params refuses what CellFeatures would refuse when fitted, not only the crop context."""
+    from leukoseg.pipelines.experiment import check_feature_params
+
+    check_feature_params({"context_um": 0, "levels": 16})
+    for params, message in (({"levels": 1}, "levels must be an integer from 2 to 256"),
+                            ({"distances_um": (-1,)}, "distances_um must all be positive"),
+                            ({"lbp_radii_um": (0,)}, "lbp_radii_um must be distinct positive numbers")):  # fmt: skip
+        with pytest.raises(LeukosegError, match=f"invalid feature settings: {message}"):
+            check_feature_params(params)
+
+
 def test_a_cell_that_fills_its_crop_has_a_missing_rim_not_an_infinite_one():
     """No pixel outside the cell: the rim cannot be measured; NaN (imputed later), without a warning."""
     from leukoseg.features.stain import cell_stain_features
