@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from leukoseg.datasets import resolve_data_dir
 
 
 def data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    default = os.environ.get("LEUKOSEG_DATA")
+    # Where the CLI looks ($LEUKOSEG_DATA, else ~/.leukoseg/data), else beside the checkout (CI's layout).
+    default = resolve_data_dir("ALL_IDB1")
+    if not (default / "im").is_dir():
+        default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ALL_IDB1"
     parser.add_argument(
-        "--data-dir", type=Path,
-        default=Path(default) / "ALL_IDB1" if default else Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ALL_IDB1",
-        help="ALL-IDB1 folder (default: $LEUKOSEG_DATA/ALL_IDB1 or ../shared/datasets/ALL_IDB1)",
+        "--data-dir", type=Path, default=default,
+        help="ALL-IDB1 folder (default: $LEUKOSEG_DATA/ALL_IDB1, else ~/.leukoseg/data/ALL_IDB1 if it exists, else "
+             "../shared/datasets/ALL_IDB1)",
     )
 
 

@@ -159,7 +159,8 @@ def run(args) -> int:
     for v, params in enumerate(variants):
         settings = json.dumps({**exp.CNN_DEFAULTS, **params}) if len(variants) == 1 else json.dumps(params)
         print(f"CNN settings {settings}")
-        print(f"  CNN part, {n_folds} folds (cross-fitted CNNs, test-time augmentation): wall {walls[v]:.1f} s "
+        tta = "test-time augmentation" if params.get("tta", True) else "no test-time augmentation"
+        print(f"  CNN part, {n_folds} folds (cross-fitted CNNs, {tta}): wall {walls[v]:.1f} s "
               f"(fit {timers[v]['fit_cnn']:.1f} s, predict {timers[v]['predict_cnn']:.1f} s); "
               f"training {infos[v]['cnn_patch_epochs'] / timers[v]['fit_cnn']:.0f} patches/s")  # fmt: skip
         print(f"  CNN out-of-fold: cell AUC {roc_auc(label, p_cnn[v]):.4f}, image accuracy {correct[v].mean():.4f} "

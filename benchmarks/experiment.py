@@ -8,7 +8,7 @@ detected cells alone does on the same folds (ALL smears hold more white cells). 
 makes a second run skip segmentation; ``--cold`` times a run with an empty cache.
 
     python benchmarks/experiment.py [--data-dir DIR] [--out RUN] [--repeats N] [--no-cnn] [--device D] [--cold]
-                                    [--inner-search] [--feature-params JSON]
+                                    [--inner-search] [--feature-params JSON] [--cnn-params JSON]
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--no-cnn", dest="cnn", action="store_false", help="baseline models only")
     parser.add_argument("--feature-params", type=json.loads, default=None,
                         help="CellFeatures settings as JSON, e.g. '{\"context_um\": 4}'")
+    parser.add_argument("--cnn-params", type=json.loads, default=None,
+                        help="CNNClassifier settings over the experiment's as JSON, e.g. '{\"epochs\": 10}'")
     parser.add_argument("--inner-search", action="store_true",
                         help="tune GkNN and SVM afresh on each inner split (run_experiment(inner_search=True))")
     parser.add_argument("--no-throughput", dest="throughput", action="store_false",
@@ -92,7 +94,8 @@ def main() -> int:
         dataset = load_dataset("all-idb1", args.data_dir)
         result = run_experiment(dataset, out, repeats=args.repeats, seed=args.seed, cache_dir=cache,
                                 workers=args.workers, cnn=args.cnn, device=args.device,
-                                inner_search=args.inner_search, feature_params=args.feature_params)  # fmt: skip
+                                inner_search=args.inner_search, feature_params=args.feature_params,
+                                cnn_params=args.cnn_params)  # fmt: skip
         wall = time.perf_counter() - start
         m = result.metrics
         count_lines = cell_count_reference(out)
@@ -108,7 +111,8 @@ def main() -> int:
           f"{d['n_blast_cells']} blast cells ({d['n_points_matched']} of {d['n_annotated_points']} annotated "
           f"points matched); {m['settings']['n_folds']} folds x {args.repeats} repeat(s), seed {args.seed}"
           + ("; GkNN and SVM tuned afresh on each inner split" if args.inner_search else "")
-          + (f"; features {json.dumps(args.feature_params)}" if args.feature_params else ""))
+          + (f"; features {json.dumps(args.feature_params)}" if args.feature_params else "")
+          + (f"; CNN {json.dumps(args.cnn_params)}" if args.cnn_params else ""))
     for stratum, title in (("all", "all 108 images"), ("one_camera", "one-camera stratum Im034-Im108")):
         print(f"\nOut-of-fold, {title} (mean +- std over repeats; Wilson 95 % CI of repeat 0)")
         print("\n".join(metrics_table(m, stratum)))

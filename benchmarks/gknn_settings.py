@@ -22,7 +22,7 @@ entry replaces the Gaussian vote's width (2 by default: a neighbour at the k-th 
 ``exp(-2)``), and a ``transform`` entry (``"quantile"``: each feature mapped to a normal distribution
 through its quantiles; ``"yeo-johnson"``: a power transform) reshapes skewed features before GkNN
 standardises them, fitted on the cells that train each GkNN (outer or inner). Without ``--settings``, the
-settings of the README's "GkNN settings" table are run (about 25 minutes on 2 cores; the segmentation
+settings of the README's "GkNN settings" table are run (about 20 minutes on 2 cores; the segmentation
 cache of an experiment run is reused).
 """
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
+from leukoseg._checks import check_positive_int
+
 __all__ = ["DIHEDRAL_SQUARE", "DIHEDRAL_RECT", "augment_batch", "dihedral", "dihedral_mean"]
 
 #: The 8 symmetries of a square as (quarter turns, flip left-right): rotations by 0/90/180/270 degrees, each
@@ -90,14 +92,18 @@ def augment_batch(
     rng: np.random.Generator,
     stain_jitter: float = 0.05,
     brightness_jitter: float = 0.1,
+    max_shift: int = 0,
 ) -> np.ndarray:
-    """Randomly flip/rotate each patch and jitter its stain colour and brightness.
+    """Randomly flip/rotate each patch, jitter its stain colour and brightness, and optionally shift it.
 
     Each patch independently gets one of the 8 dihedral symmetries (4 when the patch is not square), each
     colour channel multiplied by a factor drawn uniformly from ``[1 - stain_jitter, 1 + stain_jitter]``
     (a mild change of stain hue and strength), then a brightness offset drawn uniformly from
     ``[-brightness_jitter, brightness_jitter] * 255`` added to all channels; values are clipped to
-    ``[0, 255]``.
+    ``[0, 255]``. With `max_shift`, each patch is then moved by whole pixels drawn uniformly from
+    ``[-max_shift, max_shift]`` along each axis, its edge pixels repeated into the uncovered margin (a cell's
+    centroid, and so its patch centre, is only known to a pixel or two). The shifts are drawn after the colour,
+    so ``max_shift=0`` gives the batches of a generator that never drew them.
 
     Parameters
     ----------
@@ -109,6 +115,9 @@ def augment_batch(
         Largest relative change of each channel, in ``[0, 1)``. 0 switches it off.
     brightness_jitter : float, optional
         Largest brightness offset as a fraction of 255, in ``[0, 1)``. 0 switches it off.
+    max_shift : int, optional
+        Largest translation in pixels along each axis, less than the patch's shorter side. 0 (the default)
+        switches it off.
 
     Returns
     -------
@@ -118,7 +127,7 @@ def augment_batch(
     Raises
     ------
     ValueError
-        If `patches` is not 4-D or a jitter is out of range.
+        If `patches` is not 4-D, or a jitter or `max_shift` is out of range.
 
     Examples
     --------
@@ -136,6 +145,11 @@ def augment_batch(
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1); got {value}")
     n, height, width, channels = patches.shape
+    check_positive_int("max_shift", max_shift, expected="an int >= 0", allow_zero=True)
+    if max_shift >= min(height, width):
+        raise ValueError(
+            f"max_shift must be less than the patch's shorter side ({min(height, width)}); got {max_shift}"
+        )
     ops = DIHEDRAL_SQUARE if height == width else DIHEDRAL_RECT
     choice = rng.integers(0, len(ops), size=n)
     out = np.empty(patches.shape, np.float32)
@@ -149,4 +163,10 @@ def augment_batch(
         out *= gain
         out += offset
         np.clip(out, 0.0, 255.0, out=out)
+    if max_shift:
+        shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
+        m = int(max_shift)
+        padded = np.pad(out, ((0, 0), (m, m), (m, m), (0, 0)), mode="edge")
+        for i, (dy, dx) in enumerate(shifts):
+            out[i] = padded[i, m + dy : m + dy + height, m + dx : m + dx + width]
     return out

@@ -587,6 +587,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         jitter). Validation and prediction batches are never augmented.
     stain_jitter, brightness_jitter : float, optional
         Strength of the colour augmentation (see :func:`augment_batch`).
+    max_shift : int, optional
+        Largest random translation of a training patch, in pixels along each axis (see
+        :func:`augment_batch`); 0, the default, switches it off.
     class_weight : 'balanced', dict or None, optional
         Loss weight of each class: 'balanced' weighs classes inversely to their training frequency.
     tta : bool, optional
@@ -674,6 +677,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         augment: bool = True,
         stain_jitter: float = 0.05,
         brightness_jitter: float = 0.1,
+        max_shift: int = 0,
         class_weight: str | Mapping[Any, float] | None = "balanced",
         tta: bool = True,
         device: str = "auto",
@@ -697,6 +701,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.augment = augment
         self.stain_jitter = stain_jitter
         self.brightness_jitter = brightness_jitter
+        self.max_shift = max_shift
         self.class_weight = class_weight
         self.tta = tta
         self.device = device
@@ -745,6 +750,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             if groups.ndim != 1 or len(groups) != len(X):
                 raise ValueError(f"groups must be 1-D with one entry per patch ({len(X)}); got shape {groups.shape}")
         self._check_training_params()
+        if self.max_shift >= min(X.shape[1:3]):  # here, not at the first batch inside Keras's loop
+            raise ValueError(f"max_shift must be less than the patches' shorter side ({min(X.shape[1:3])}); "
+                             f"got {self.max_shift}")
         arch = self._architecture(X.shape[1:], len(classes))
 
         seed = self._seed()
@@ -785,6 +793,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 augment=self.augment,
                 stain_jitter=self.stain_jitter,
                 brightness_jitter=self.brightness_jitter,
+                max_shift=self.max_shift,
             )
             callbacks: list[Any] = [_logging_callback()]
             validation_data = None
@@ -834,6 +843,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         for name in ("stain_jitter", "brightness_jitter"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
+        check_positive_int("max_shift", self.max_shift, expected="an int >= 0", allow_zero=True)
         if self.device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {self.device!r}")
 
@@ -1261,6 +1271,7 @@ def _training_batches(
     augment: bool,
     stain_jitter: float,
     brightness_jitter: float,
+    max_shift: int = 0,
 ):
     """A ``keras.utils.PyDataset`` of (patches, labels, sample weights) training batches.
 
@@ -1287,7 +1298,8 @@ def _training_batches(
                 rng = np.random.default_rng([seed, self.epoch, b, 1])
                 # looked up in this module at call time, so it can be wrapped (tests do)
                 patches = augment_batch(
-                    patches, rng=rng, stain_jitter=stain_jitter, brightness_jitter=brightness_jitter
+                    patches, rng=rng, stain_jitter=stain_jitter, brightness_jitter=brightness_jitter,
+                    max_shift=max_shift,
                 )
             return _normalise(patches, mean, std), y[rows], w[rows]
 

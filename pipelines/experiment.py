@@ -345,7 +345,8 @@ def run_experiment(
     workers : int, optional
         Processes for segmenting images not yet cached.
     cnn : bool, optional
-        Train the CNN and the fusion (``False``: the baseline models only, in seconds).
+        Train the CNN and the fusion (``False``: the baseline models only, a minute or two a
+        repeat on 2 CPU cores).
     device : {'auto', 'cpu', 'gpu'}, optional
         Where the CNN and the fusion run (recorded in ``metrics.json``).
     match_radius_px : float, optional

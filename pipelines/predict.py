@@ -2,8 +2,9 @@
 
 Per image: segment, measure, compute the features and 50x50 patches of every cell, score each cell with
 the bundle's models (NumPy only: no scikit-learn, Keras or TensorFlow is imported, so one smear is classified
-within about a second of starting), turn the cell scores into the image's probability of ALL with the
-bundle's image rule and threshold, and score the FAB subtype of an image called ALL from its predicted blasts.
+a few seconds after the command starts; see ``benchmarks/cold_start.py``), turn the cell scores into the
+image's probability of ALL with the bundle's image rule and threshold, and score the FAB subtype of an image
+called ALL from its predicted blasts.
 
 The default bundle ships inside the package (``leukoseg/models/default``); it was trained by
 ``leukoseg train --dataset all-idb1`` on ALL-IDB1 (see its ``bundle.json`` provenance for the data,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -11,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from leukoseg.datasets import resolve_data_dir
 from leukoseg.synthetic import make_smear
 
 
 def _all_idb1_dir() -> Path | None:
-    """ALL-IDB1 from $LEUKOSEG_DATA/ALL_IDB1, else ../shared/datasets/ALL_IDB1 beside the checkout (CI)."""
-    candidates = []
-    if os.environ.get("LEUKOSEG_DATA"):
-        candidates.append(Path(os.environ["LEUKOSEG_DATA"]) / "ALL_IDB1")
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ALL_IDB1")
+    """ALL-IDB1 where the CLI looks for it ($LEUKOSEG_DATA/ALL_IDB1, else ~/.leukoseg/data/ALL_IDB1), else
+    ../shared/datasets/ALL_IDB1 beside the checkout (CI)."""
+    beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ALL_IDB1"
+    candidates = [resolve_data_dir("ALL_IDB1"), beside_checkout]
     for c in candidates:
         if (c / "im").is_dir() and (c / "xyc").is_dir():
             return c
@@ -31,7 +30,8 @@ def all_idb1_dir() -> Path:
     """The ALL-IDB1 folder; tests that use it are skipped when it is absent."""
     path = _all_idb1_dir()
     if path is None:
-        pytest.skip("ALL-IDB1 not found (set LEUKOSEG_DATA or put it at ../shared/datasets/ALL_IDB1)")
+        pytest.skip("ALL-IDB1 not found (set LEUKOSEG_DATA, or put it at ~/.leukoseg/data/ALL_IDB1 or "
+                    "../shared/datasets/ALL_IDB1)")
     return path
 
 

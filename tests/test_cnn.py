@@ -419,6 +419,8 @@ def test_fit_rejects_bad_input(X, y, groups, match):
         ({"batch_size": 2.0}, "batch_size must be a positive int, got 2.0"),
         ({"patience": -1}, "patience must be an int >= 0, got -1"),
         ({"patience": False}, "patience must be an int >= 0, got False"),
+        ({"max_shift": -1}, "max_shift must be an int >= 0, got -1"),
+        ({"max_shift": 8}, r"max_shift must be less than the patches' shorter side \(8\); got 8"),
     ],
 )
 def test_fit_rejects_bad_training_parameters(kwargs, match):
@@ -617,10 +619,37 @@ def test_augment_batch_keeps_non_square_shape():
     assert augment_batch(x, rng=np.random.default_rng(0)).shape == x.shape
 
 
+def test_augment_batch_shift_moves_each_patch_by_at_most_max_shift():
+    x = np.random.default_rng(0).integers(0, 256, (300, 7, 7, 3), dtype=np.uint8)
+    plain = augment_batch(x, rng=np.random.default_rng(3), stain_jitter=0.0, brightness_jitter=0.0)
+    out = augment_batch(x, rng=np.random.default_rng(3), stain_jitter=0.0, brightness_jitter=0.0, max_shift=2)
+    padded = np.pad(plain, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    seen = set()
+    for i in range(len(x)):
+        # the same flip or turn as without the shift (drawn first), then one of the 25 shifts of at most 2 px
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if np.array_equal(out[i], padded[i, 2 + dy : 9 + dy, 2 + dx : 9 + dx])]  # fmt: skip
+        assert found, i
+        seen.update(found)
+    assert len(seen) == 25 and (0, 0) in seen
+
+
+def test_augment_batch_without_shift_draws_nothing_more():
+    # max_shift=0 must leave the batches of every run made before the option existed unchanged
+    x = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    a = augment_batch(x, rng=rng_a)
+    b = augment_batch(x, rng=rng_b, max_shift=0)
+    assert np.array_equal(a, b) and rng_a.random() == rng_b.random()
+
+
 @pytest.mark.parametrize(
     "patches, kwargs, match",
     [
         (np.zeros((4, 4, 3)), {}, "patches must be a 4-D array"),
+        (np.zeros((1, 4, 4, 3)), {"max_shift": 4}, r"max_shift must be less than the patch's shorter side \(4\)"),
+        (np.zeros((1, 4, 4, 3)), {"max_shift": 1.5}, r"max_shift must be an int >= 0, got 1.5"),
+        (np.zeros((1, 4, 4, 3)), {"max_shift": -1}, r"max_shift must be an int >= 0, got -1"),
         (np.zeros((1, 4, 4, 3)), {"stain_jitter": 1.5}, r"stain_jitter must be in \[0, 1\); got 1.5"),
         (np.zeros((1, 4, 4, 3)), {"brightness_jitter": -0.1}, r"brightness_jitter must be in \[0, 1\); got -0.1"),
     ],
