@@ -749,10 +749,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             groups = np.asarray(groups)
             if groups.ndim != 1 or len(groups) != len(X):
                 raise ValueError(f"groups must be 1-D with one entry per patch ({len(X)}); got shape {groups.shape}")
-        self._check_training_params()
-        if self.max_shift >= min(X.shape[1:3]):  # here, not at the first batch inside Keras's loop
-            raise ValueError(f"max_shift must be less than the patches' shorter side ({min(X.shape[1:3])}); "
-                             f"got {self.max_shift}")
+        self._check_training_params(X.shape[1:])
         arch = self._architecture(X.shape[1:], len(classes))
 
         seed = self._seed()
@@ -832,7 +829,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.training_data_hash_ = _training_data_hash(X, y)
         return self
 
-    def _check_training_params(self) -> None:
+    def _check_training_params(self, input_shape: Sequence[int] | None = None) -> None:
+        """Check the training settings; with `input_shape` (H, W, C), those that depend on the patch size too."""
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("patience", self.patience, expected="an int >= 0", allow_zero=True)
@@ -844,6 +842,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
         check_positive_int("max_shift", self.max_shift, expected="an int >= 0", allow_zero=True)
+        if input_shape is not None and self.max_shift >= min(input_shape[:2]):
+            # here, not at the first batch inside Keras's training loop
+            raise ValueError(f"max_shift must be less than the patches' shorter side ({min(input_shape[:2])}); "
+                             f"got {self.max_shift}")
         if self.device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {self.device!r}")
 

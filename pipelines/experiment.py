@@ -818,7 +818,7 @@ def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> 
         raise LeukosegError(None, "invalid CNN settings: refit must be true or false")
     try:
         est = CNNClassifier(**{**CNN_DEFAULTS, **params})
-        est._check_training_params()
+        est._check_training_params(patch_shape)
         est._architecture(patch_shape, 2)
     except (TypeError, ValueError) as exc:
         raise LeukosegError(None, f"invalid CNN settings: {exc}") from None
