@@ -7,7 +7,7 @@ the same batch every time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -86,6 +86,15 @@ def dihedral_mean(predict: Callable[[np.ndarray], ArrayLike], patches: np.ndarra
     return total / len(symmetries)
 
 
+def _check_max_shift(max_shift: int, patch_shape: Sequence[int] | None = None) -> None:
+    """Raise ValueError unless `max_shift` is an int >= 0, and less than the patch's shorter side when
+    `patch_shape` (H, W, ...) is given."""
+    check_positive_int("max_shift", max_shift, expected="an int >= 0", allow_zero=True)
+    if patch_shape is not None and max_shift >= min(patch_shape[:2]):
+        side = min(patch_shape[:2])
+        raise ValueError(f"max_shift must be less than the patch's shorter side ({side}); got {max_shift}")
+
+
 def augment_batch(
     patches: np.ndarray,
     *,
@@ -145,11 +154,7 @@ def augment_batch(
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1); got {value}")
     n, height, width, channels = patches.shape
-    check_positive_int("max_shift", max_shift, expected="an int >= 0", allow_zero=True)
-    if max_shift >= min(height, width):
-        raise ValueError(
-            f"max_shift must be less than the patch's shorter side ({min(height, width)}); got {max_shift}"
-        )
+    _check_max_shift(max_shift, (height, width))
     ops = DIHEDRAL_SQUARE if height == width else DIHEDRAL_RECT
     choice = rng.integers(0, len(ops), size=n)
     out = np.empty(patches.shape, np.float32)

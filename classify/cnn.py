@@ -87,7 +87,7 @@ from ._cnn_numpy import (
     _normalise,
     numpy_predict_proba,
 )
-from .augment import augment_batch, dihedral_mean
+from .augment import _check_max_shift, augment_batch, dihedral_mean
 
 if TYPE_CHECKING:
     import keras
@@ -841,11 +841,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         for name in ("stain_jitter", "brightness_jitter"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
-        check_positive_int("max_shift", self.max_shift, expected="an int >= 0", allow_zero=True)
-        if input_shape is not None and self.max_shift >= min(input_shape[:2]):
-            # here, not at the first batch inside Keras's training loop
-            raise ValueError(f"max_shift must be less than the patches' shorter side ({min(input_shape[:2])}); "
-                             f"got {self.max_shift}")
+        _check_max_shift(self.max_shift, input_shape)  # with the shape: before Keras's loop, not at its first batch
         if self.device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {self.device!r}")
 

@@ -420,7 +420,7 @@ def test_fit_rejects_bad_input(X, y, groups, match):
         ({"patience": -1}, "patience must be an int >= 0, got -1"),
         ({"patience": False}, "patience must be an int >= 0, got False"),
         ({"max_shift": -1}, "max_shift must be an int >= 0, got -1"),
-        ({"max_shift": 8}, r"max_shift must be less than the patches' shorter side \(8\); got 8"),
+        ({"max_shift": 8}, r"max_shift must be less than the patch's shorter side \(8\); got 8"),
     ],
 )
 def test_fit_rejects_bad_training_parameters(kwargs, match):

@@ -434,7 +434,7 @@ def test_inner_search_tunes_each_inner_split_and_leaves_the_test_scores_alone(fa
         ('{"filters": [0]}', "invalid CNN settings: filters must be"),
         ('{"no_such": 1}', "unknown CNN settings ['no_such']"),
         ('{"refit": "yes"}', "invalid CNN settings: refit must be true or false"),
-        ('{"max_shift": 50}', "invalid CNN settings: max_shift must be less than the patches' shorter side (50)"),
+        ('{"max_shift": 50}', "invalid CNN settings: max_shift must be less than the patch's shorter side (50); got 50"),
         ('{"random_state": 3}', "the experiment's own"),
         ('{"architecture": "densenet121", "backbone_weights": "imagenet"}', "never downloads"),
     ],
