@@ -58,6 +58,10 @@ def _throughput(patches_file: Path, device: str) -> list[str]:
     return lines
 
 
+def _f4(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_dir_argument(parser)
@@ -118,6 +122,15 @@ def main() -> int:
         print("\n".join(metrics_table(m, stratum)))
     print("\n'clean': cell AUC of annotated blasts vs the cells of healthy images only (no unannotated blasts); "
           "'whole': cells not cut by the image border (the annotators marked few of those)")
+    inner = {name: res["inner_cell_auc"] for name, res in m["models"].items() if res.get("inner_cell_auc")}
+    if inner:
+        print("\nInner cell AUC (each fold's training cells, their inner out-of-fold scores; mean over folds, then "
+              "over repeats; a choice of settings may look at it; optimistic for the feature models, whose "
+              "search saw those cells):")
+        for name, v in inner.items():
+            reps = ", ".join(_f4(x) for x in v["per_repeat"])
+            print(f"  {name:9} {_f4(v['mean'])}" + (f" +- {v['std']:.4f}" if v["std"] is not None else "")
+                  + f"  (repeats: {reps})")
     print("\nReference: ALL smears hold more white cells than healthy ones")
     print("\n".join(count_lines))
     t = m["timings_s"]

@@ -102,6 +102,10 @@ depending on threads and memory alignment, which can move SVM probabilities by a
 ``fallback`` marks an image with too few whole red cells for the ruler, measured as if its median nucleus
 were 9 um across (every crop of ALL-IDB2, whose 257-pixel crops hold few whole red cells); the run logs a
 warning with their number, and ``metrics.json`` counts them (``dataset.n_images_per_scale_source``).
+For binary data sets ``metrics.json`` also gives each model's inner cell AUC (``models.<m>.inner_cell_auc``,
+per fold ``repeats[r].inner_cell_auc_folds``): the AUC of those inner out-of-fold scores of the training cells,
+which a choice among settings may look at without touching a test image (optimistic for the feature models,
+as said above).
 """
 
 from __future__ import annotations
@@ -469,6 +473,9 @@ def run_experiment(
     img_pred = {m: np.zeros((repeats, len(records)), dtype=int) for m in models}
     thresholds = {m: np.full((repeats, n_folds), np.nan) for m in models}
     rule_k = {m: np.ones((repeats, n_folds), dtype=int) for m in models}
+    # AUC of each fold's inner out-of-fold training-cell scores: a figure that a choice among settings may
+    # look at without touching the fold's test images (binary tasks).
+    inner_auc = {m: np.full((repeats, n_folds), np.nan) for m in models}
     top_ks = (1,) if mode == "crop" else ((top_k,) if isinstance(top_k, int) else tuple(top_k))
     run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
     bar = tqdm(total=repeats * n_folds, unit="fold", desc="classify", file=sys.stderr,
@@ -504,6 +511,9 @@ def run_experiment(
                                                                     timer, run_info, inner_folds=inner_folds)
                 for m in models:
                     cell_p[m][r, test_cells] = p_test[m]
+                    if binary:
+                        auc = roc_auc(y_train, p_inner[m][:, 1])
+                        inner_auc[m][r, k] = np.nan if auc is None else auc
 
                 # Image scores, thresholds from the inner out-of-fold scores of the training images.
                 t = time.perf_counter()
@@ -596,8 +606,11 @@ def run_experiment(
             if binary:
                 entry["thresholds"] = [float(v) for v in thresholds[m][r]]
                 entry["image_rule_top_k"] = [int(v) for v in rule_k[m][r]]
+                entry["inner_cell_auc_folds"] = [None if np.isnan(v) else float(v) for v in inner_auc[m][r]]
             per_repeat.append(entry)
         metrics["models"][m] = {"repeats": per_repeat, "summary": _summary(per_repeat)}
+        if binary:
+            metrics["models"][m]["inner_cell_auc"] = _inner_summary(inner_auc[m])
     if cnn and timer.get("fit_cnn"):
         metrics["cnn"] = {
             "settings": {**CNN_DEFAULTS, **dict(cnn_params or {})},
@@ -1103,6 +1116,17 @@ def _summary(per_repeat: list[dict]) -> dict:
                 "n_repeats": len(values),  # a repeat without the figure (e.g. AUC of one class) is left out
             }
     return out
+
+
+def _inner_summary(auc: np.ndarray) -> dict[str, Any]:
+    """Inner cell AUC of a model: per repeat the mean over its folds, then mean and spread over repeats."""
+    per_repeat = [float(np.mean(row[~np.isnan(row)])) if (~np.isnan(row)).any() else None for row in auc]
+    values = [v for v in per_repeat if v is not None]
+    return {
+        "mean": float(np.mean(values)) if values else None,
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        "per_repeat": per_repeat,
+    }
 
 
 def _versions(cnn: bool) -> dict:

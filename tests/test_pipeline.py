@@ -247,6 +247,13 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert metrics["fab"]["low_count_repeat0"] == sum(i["fab_low_count"] == "True" for i in scored0)
     top_ks = metrics["models"]["fused"]["repeats"][0]["image_rule_top_k"]
     assert len(top_ks) == 3 and set(top_ks) <= {1, 2, 3}  # one learnt k per fold
+    # The inner cell AUC of every model: one per fold, their mean per repeat, and mean and spread over repeats.
+    for m in ALL_MODELS:
+        inner = metrics["models"][m]["inner_cell_auc"]
+        folds_auc = [e["inner_cell_auc_folds"] for e in metrics["models"][m]["repeats"]]
+        assert [len(f) for f in folds_auc] == [3, 3] and all(0 <= v <= 1 for f in folds_auc for v in f)
+        assert inner["per_repeat"] == pytest.approx([sum(f) / 3 for f in folds_auc], abs=1e-12)
+        assert inner["mean"] == pytest.approx(sum(inner["per_repeat"]) / 2, abs=1e-12) and inner["std"] >= 0
     base = metrics["models"]["baseline"]["repeats"][0]["all"]
     assert base["n"] == len(dataset) and len(base["accuracy_ci"]) == 2
     assert 0 <= base["cell_auc_whole"] <= 1  # the cells not cut by the border
