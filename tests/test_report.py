@@ -584,6 +584,20 @@ def test_spread_over_repeats_is_the_sample_standard_deviation():
     assert auc == {"mean": 0.9, "std": None, "n_repeats": 1}
 
 
+def test_inner_cell_auc_summary_leaves_out_folds_without_a_figure():
+    """Per repeat the mean over the folds that have an inner AUC (a fold of one class has none); a repeat
+    without any is None and left out of the mean and the sample SD."""
+    from leukoseg.pipelines.experiment import _inner_summary
+
+    nan = float("nan")
+    out = _inner_summary(np.array([[0.9, 0.8, nan], [0.7, 0.9, 0.8], [nan, nan, nan]]))
+    assert out["per_repeat"][:2] == pytest.approx([0.85, 0.8], abs=1e-12) and out["per_repeat"][2] is None
+    assert out["mean"] == pytest.approx(0.825, abs=1e-12)
+    assert out["std"] == pytest.approx(float(np.std([0.85, 0.8], ddof=1)), abs=1e-12)
+    assert _inner_summary(np.array([[0.9, 0.7]])) == {"mean": pytest.approx(0.8, abs=1e-12), "std": None,
+                                                     "per_repeat": [pytest.approx(0.8, abs=1e-12)]}
+
+
 def test_verdict_claims_a_difference_only_when_the_paired_test_points_the_same_way(tmp_path):
     """The claim is of the mean over repeats, McNemar's test of repeat 0: a significant test the other way
     must not make the claim 'established'."""
