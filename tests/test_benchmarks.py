@@ -313,3 +313,51 @@ def test_ruler_robustness_prints_the_change_of_each_framing_and_tiling(tmp_path,
     assert list(changes) == ["border", "box", "stop", "tiles 2x2"]
     assert all(abs(float(v)) < 3.0 for v in changes.values()), out  # a synthetic smear keeps its pixel size
     assert out.strip().splitlines()[-1].startswith("Largest |change| of um_per_px: border ")
+
+
+def _tiny_run(folder: Path, preds: dict[str, list[list[int]]], *, inner: bool, fold_shift: int = 0) -> Path:
+    """A run folder with what compare_runs reads: 4 images, 2 repeats; `preds[model][repeat]` per image."""
+    import csv
+
+    folder.mkdir()
+    labels = [1, 1, 0, 0]
+    names = [f"im/Im00{i + 1}_{y}.jpg" for i, y in enumerate(labels)]
+    with open(folder / "folds.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "repeat", "fold"])
+        w.writerows([n, r, (i + r + fold_shift) % 2] for r in range(2) for i, n in enumerate(names))
+    with open(folder / "images.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "repeat", *[f"pred_{m}" for m in preds]])
+        w.writerows([n, labels[i], r, *[preds[m][r][i] for m in preds]] for r in range(2) for i, n in enumerate(names))
+    models = {}
+    for m, per_rep in preds.items():
+        acc = [sum(p == y for p, y in zip(rep, labels)) / 4 for rep in per_rep]
+        models[m] = {
+            "repeats": [{"repeat": r, "all": {"cell_auc": 0.9 + r / 100}} for r in range(2)],
+            "summary": {"all": {k: {"mean": sum(acc) / 2} for k in ("accuracy", "sensitivity", "specificity")}},
+        }
+        if inner:
+            models[m]["inner_cell_auc"] = {"mean": 0.85, "std": 0.0, "per_repeat": [0.85, 0.85]}
+    (folder / "metrics.json").write_text(json.dumps({"primary_model": "fused", "models": models}))
+    return folder
+
+
+def test_compare_runs_pairs_the_decisions_of_two_runs_on_the_same_folds(tmp_path, capsys):
+    compare = _load("compare_runs")
+    a = _tiny_run(tmp_path / "a", {"fused": [[1, 1, 0, 0], [1, 0, 0, 0]]}, inner=False)
+    b = _tiny_run(tmp_path / "b", {"fused": [[1, 1, 0, 1], [1, 1, 0, 0]]}, inner=True)
+    assert compare.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "the same folds" in out
+    assert "a  images right 4, 3; cell AUC 0.9000, 0.9100; inner cell AUC -, -;" in out  # no inner AUC recorded
+    assert "b  images right 3, 4; cell AUC 0.9000, 0.9100; inner cell AUC 0.8500, 0.8500;" in out
+    assert "repeat 0: only a: im/Im004_0.jpg; only b: none" in out
+    assert "repeat 1: only a: none; only b: im/Im002_1.jpg" in out
+    # Other folds: figures side by side, no pairing.
+    c = _tiny_run(tmp_path / "c", {"fused": [[1, 1, 0, 0], [1, 1, 0, 0]]}, inner=True, fold_shift=1)
+    assert compare.main([str(a), str(c)]) == 0
+    out = capsys.readouterr().out
+    assert "different folds" in out and "only a" not in out
+    assert compare.main([str(a), str(tmp_path / "missing")]) == 2
+    assert "missing: not a finished run" in capsys.readouterr().err
