@@ -6,8 +6,8 @@ Reads each run's ``metrics.json``, ``folds.csv`` and ``images.csv`` (written by 
 --dataset`` or ``benchmarks/experiment.py``) and prints, per model and repeat, the images right, the cell
 AUC and the inner cell AUC (the figure a choice among settings may look at; ``-`` for runs made before
 ``metrics.json`` recorded it), then the mean image accuracy, sensitivity and specificity over repeats. For
-two runs on the same folds it lists, per repeat, the images that one run's decision model calls right and
-the other's does not (paired: same images, same folds). Runs on other folds (another seed, data set or
+two runs on the same folds it lists, per model and repeat, the images that one run calls right and the
+other does not (paired: same images, same folds). Runs on other folds (another seed, data set or
 number of folds) are compared figure by figure only, and the script says so.
 """
 
@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
           + ("the same folds" if same_folds else "different folds: figure by figure only, not paired"))
     for model in models:
         print("\n".join(model_lines(runs, model)))
-    primary = runs[0]["metrics"].get("primary_model")
-    if same_folds and len(runs) == 2 and primary:
-        print("\n".join(paired_lines(runs[0], runs[1], primary)))
+    if same_folds and len(runs) == 2:
+        for model in models:
+            if all(model in r["metrics"]["models"] for r in runs):
+                print("\n".join(paired_lines(runs[0], runs[1], model)))
     return 0
 
 
