@@ -33,10 +33,9 @@ def _right(images: list[dict], model: str) -> dict[str, set[str]]:
     """Images the model calls right, per repeat."""
     out: dict[str, set[str]] = {}
     for row in images:
-        if row.get(f"pred_{model}", "") != "" and row[f"pred_{model}"] == row["label"]:
-            out.setdefault(row["repeat"], set()).add(row["image"])
-        else:
-            out.setdefault(row["repeat"], set())
+        right = out.setdefault(row["repeat"], set())
+        if row.get(f"pred_{model}", "") == row["label"]:
+            right.add(row["image"])
     return out
 
 

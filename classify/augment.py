@@ -90,8 +90,8 @@ def _check_max_shift(max_shift: int, patch_shape: Sequence[int] | None = None) -
     """Raise ValueError unless `max_shift` is an int >= 0, and less than the patch's shorter side when
     `patch_shape` (H, W, ...) is given."""
     check_positive_int("max_shift", max_shift, expected="an int >= 0", allow_zero=True)
-    if patch_shape is not None and max_shift >= min(patch_shape[:2]):
-        side = min(patch_shape[:2])
+    side = None if patch_shape is None else min(patch_shape[:2])
+    if side is not None and max_shift >= side:
         raise ValueError(f"max_shift must be less than the patch's shorter side ({side}); got {max_shift}")
 
 

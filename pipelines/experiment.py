@@ -1109,24 +1109,23 @@ def _summary(per_repeat: list[dict]) -> dict:
                 if k != "n" and (v is None or isinstance(v, (int, float)))]  # fmt: skip
         for key in keys:
             values = [e[stratum][key] for e in per_repeat if e[stratum].get(key) is not None]
-            out[stratum][key] = {
-                "mean": float(np.mean(values)) if values else None,
-                # the sample standard deviation over repeats: undefined (None) for a single value
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                "n_repeats": len(values),  # a repeat without the figure (e.g. AUC of one class) is left out
-            }
+            # a repeat without the figure (e.g. AUC of one class) is left out
+            out[stratum][key] = {**_mean_and_spread(values), "n_repeats": len(values)}
     return out
+
+
+def _mean_and_spread(values: list[float]) -> dict[str, float | None]:
+    """Mean of per-repeat values and their sample standard deviation: undefined (None) for a single value."""
+    return {
+        "mean": float(np.mean(values)) if values else None,
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+    }
 
 
 def _inner_summary(auc: np.ndarray) -> dict[str, Any]:
     """Inner cell AUC of a model: per repeat the mean over its folds, then mean and spread over repeats."""
     per_repeat = [float(np.mean(row[~np.isnan(row)])) if (~np.isnan(row)).any() else None for row in auc]
-    values = [v for v in per_repeat if v is not None]
-    return {
-        "mean": float(np.mean(values)) if values else None,
-        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-        "per_repeat": per_repeat,
-    }
+    return {**_mean_and_spread([v for v in per_repeat if v is not None]), "per_repeat": per_repeat}
 
 
 def _versions(cnn: bool) -> dict:
