@@ -589,7 +589,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Strength of the colour augmentation (see :func:`augment_batch`).
     max_shift : int, optional
         Largest random translation of a training patch, in pixels along each axis (see
-        :func:`augment_batch`); 0, the default, switches it off.
+        :func:`augment_batch`); 0, the default, switches it off. The experiment and ``leukoseg train`` use 3
+        (``CNN_DEFAULTS`` of :mod:`leukoseg.pipelines.experiment`).
     class_weight : 'balanced', dict or None, optional
         Loss weight of each class: 'balanced' weighs classes inversely to their training frequency.
     tta : bool, optional

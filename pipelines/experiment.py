@@ -153,9 +153,11 @@ _IMAGE_NUMBER = re.compile(r"Im(\d+)_")
 #: CNN training settings of the experiment (the paper's architecture; see CNNClassifier for each). A fixed 30
 #: epochs on all the training images, without an early-stopping split: a split of a cross-fitting half is
 #: about six images of noisy labels, and training on all of them, and then twice as long, ranked the training
-#: cells' cross-fitted scores better in every repeat (README, "CNN variants").
+#: cells' cross-fitted scores better in every repeat (README, "CNN variants"). Training patches are moved by up
+#: to 3 pixels (1.5 um): a centroid is only known to a pixel or two, and the shifts ranked the training cells'
+#: cross-fitted scores better in every repeat too.
 CNN_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
-    {"epochs": 30, "validation_fraction": 0.0, "batch_size": 64, "learning_rate": 1e-3})  # read-only
+    {"epochs": 30, "validation_fraction": 0.0, "batch_size": 64, "learning_rate": 1e-3, "max_shift": 3})
 #: GkNN settings of the experiment (updated by ``gknn_params``): five genetic searches, their votes averaged
 #: (steadier than one search, whose weights depend on its draw of inner folds).
 GKNN_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"n_runs": 5})

@@ -18,6 +18,8 @@ estimate of how the bundle performs (figures computed on the training images the
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 import time
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from leukoseg.classify.fab import FABSettings
     from leukoseg.datasets import Dataset
 
-__all__ = ["train_bundle"]
+__all__ = ["run_setting_differences", "train_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,8 @@ def train_bundle(
         :func:`~leukoseg.pipelines.experiment.run_experiment`; stored in the bundle, which computes the same
         features at inference.
     run_dir : path, optional
-        A run folder of the experiment on the same data: its cross-validated metrics go into the provenance.
+        A run folder of the experiment on the same data and with the same settings: its cross-validated
+        metrics go into the provenance.
     overwrite : bool, optional
         Replace an existing bundle folder.
     progress : bool, optional
@@ -122,8 +125,9 @@ def train_bundle(
     Raises
     ------
     LeukosegError
-        For a data set other than ALL-IDB1-like smears, a run folder without metrics or of other data, an
-        existing bundle without `overwrite`, or an existing folder that is not a bundle.
+        For a data set other than ALL-IDB1-like smears, a run folder without metrics, of other data or whose
+        models were trained with other settings (its figures would not be this bundle's), an existing bundle
+        without `overwrite`, or an existing folder that is not a bundle.
     """
     from leukoseg.classify import FABSettings
     from leukoseg.classify.bundle import save_bundle
@@ -139,8 +143,18 @@ def train_bundle(
     # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.
     exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
     out_dir = check_bundle_target(out_dir, overwrite=overwrite)
+    settings = {"inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds, "inner_search": bool(inner_search),
+                "match_radius_px": match_radius_px,
+                "gknn": {**exp.GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": dict(svm_params or {}),
+                "knn": dict(knn_params or {}),
+                "cnn": {**exp.CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else None,
+                "fusion": dict(fusion_params or {})}  # fmt: skip
     # The run folder is read before the data set is hashed (seconds): a mistyped --run fails at once.
-    run_metrics = None if run_dir is None else _run_metrics(run_dir)
+    top_ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
+    run_metrics = None
+    if run_dir is not None:
+        run_metrics = _run_metrics(run_dir, {**settings, "cnn_enabled": bool(cnn), "top_ks": top_ks,
+                                             "features": dict(feature_params or {}), "segment": {}})  # fmt: skip
     fingerprint = dataset.fingerprint()  # hashes every image: once, for the run check and the provenance
     if run_dir is not None and run_metrics is not None and run_metrics["dataset_fingerprint"] != fingerprint:
         # The bundle's provenance would otherwise quote the scores of another data set.
@@ -178,7 +192,6 @@ def train_bundle(
                                               fitted_out=fitted, inner_folds=inner_folds)  # fmt: skip
         fusion, primary = fitted["fusion"], "fused"
 
-    top_ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
     k, threshold = choose_image_rule([p_inner[primary][cells.image == i, 1] for i in range(len(records))],
                                      image_label, top_ks=top_ks)  # fmt: skip
     extractor, columns = fitted["features"], fitted["columns"]
@@ -204,12 +217,7 @@ def train_bundle(
         "dataset": {"name": dataset.name, "fingerprint": fingerprint, "n_images": len(records),
                     "n_cells": int(len(cells.label)), "n_blast_cells": int(cells.label.sum())},
         "seed": seed,
-        "settings": {"inner_folds": inner_folds, "cnn_inner_folds": cnn_inner_folds, "inner_search": bool(inner_search),
-                     "match_radius_px": match_radius_px,
-                     "gknn": {**exp.GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": dict(svm_params or {}),
-                     "knn": dict(knn_params or {}),
-                     "cnn": {**exp.CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else None,
-                     "fusion": dict(fusion_params or {})},
+        "settings": settings,
         "device": run_info["device"],
         "versions": exp._versions(cnn),
         "timings_s": {k: round(v, 3) for k, v in timer.items()},
@@ -288,14 +296,99 @@ def _check_cell_classes(dataset, cells) -> None:
                                               "least 2 (check the .xyc annotations, or add images)")
 
 
-def _run_metrics(run_dir) -> dict:
-    """The summary of every model from a run folder's metrics.json."""
+def _run_metrics(run_dir, training: Mapping) -> dict:
+    """The summary of every model from a run folder's metrics.json, once its settings are `training`'s."""
     metrics = load_metrics(run_dir)
     dataset, settings = metrics.get("dataset"), metrics.get("settings")
     dataset, settings = (dataset if isinstance(dataset, dict) else {}), (settings if isinstance(settings, dict) else {})
+    differences = run_setting_differences(settings, training)
+    if differences:
+        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise LeukosegError(Path(run_dir) / "metrics.json", f"this run's models were trained with other settings "
+                            f"than this bundle's ({shown}), so its figures are not the bundle's; pass a run made "
+                            "with the same settings, or no run")  # fmt: skip
     return {
         "run": Path(run_dir).resolve().name,  # the folder's name: a machine's path means nothing in a shipped bundle
         "dataset_fingerprint": dataset.get("fingerprint"),
         "settings": {k: settings.get(k) for k in ("n_folds", "repeats")},
         "models": {m: v.get("summary") if isinstance(v, dict) else None for m, v in metrics["models"].items()},
     }
+
+
+def run_setting_differences(run: Mapping, training: Mapping) -> list[str]:
+    """The settings that an experiment run's models were trained with and a bundle's are not.
+
+    Parameters
+    ----------
+    run : mapping
+        The ``settings`` of the run's ``metrics.json``.
+    training : mapping
+        The bundle's, in the same form: ``cnn_enabled``, ``match_radius_px``, ``inner_folds``,
+        ``cnn_inner_folds``, ``inner_search``, ``top_ks``, and the keyword arguments of each model
+        (``gknn``, ``svm``, ``knn``, ``cnn``, ``fusion``), of the features and of the segmentation.
+
+    Returns
+    -------
+    list of str
+        One ``'cnn.max_shift: 0 in the run, 3 here'`` per setting that differs; empty when none does.
+
+    Notes
+    -----
+    Each group of keyword arguments is compared after filling in the defaults of what it configures (e.g.
+    :class:`~leukoseg.classify.CNNClassifier`), so a run that records only what differs from them and a
+    bundle that records more agree; a setting that the run does not record is read as this release's
+    default, except the crop context (``features.context_um``): runs made before it existed do not record
+    it and had bare boxes, 0. A run without settings cannot be vouched for: it differs in everything.
+    """
+    if not run:
+        return ["the run records no settings"]
+    defaults = _setting_defaults()
+    out = []
+    for key in ("cnn_enabled", "match_radius_px", "inner_folds", "cnn_inner_folds", "inner_search", "top_ks"):
+        a, b = _jsonable(run.get(key, defaults[key])), _jsonable(training.get(key, defaults[key]))
+        if a != b:
+            out.append(f"{key}: {json.dumps(a)} in the run, {json.dumps(b)} here")
+    groups: tuple[str, ...] = ("gknn", "svm", "knn", "features", "segment")
+    if run.get("cnn_enabled", defaults["cnn_enabled"]) and training.get("cnn_enabled", defaults["cnn_enabled"]):
+        groups += ("cnn", "fusion")
+    for group in groups:
+        run_kw = dict(run.get(group) or {})
+        if group == "features":
+            run_kw.setdefault("context_um", 0.0)  # recorded since the setting exists; bare boxes before
+        a = _jsonable({**defaults[group], **run_kw})
+        b = _jsonable({**defaults[group], **dict(training.get(group) or {})})
+        out += [f"{group}.{k}: {_show(a, k)} in the run, {_show(b, k)} here"
+                for k in sorted(set(a) | set(b)) if a.get(k, _UNSET) != b.get(k, _UNSET)]  # fmt: skip
+    return out
+
+
+def _setting_defaults() -> dict:
+    """This release's default of every setting that :func:`run_setting_differences` compares."""
+    from leukoseg.classify import CNNClassifier, GeneticKNNClassifier, StackingFusion, make_knn, make_svm
+    from leukoseg.features import CellFeatures
+    from leukoseg.segmentation import segment
+
+    def keywords(func) -> dict:
+        return {n: p.default for n, p in inspect.signature(func).parameters.items() if p.default is not p.empty}
+
+    ours = keywords(train_bundle)
+    return {
+        "cnn_enabled": True, "top_ks": list(ours["top_k"]),
+        **{k: ours[k] for k in ("match_radius_px", "inner_folds", "cnn_inner_folds", "inner_search")},
+        "gknn": GeneticKNNClassifier().get_params(), "svm": keywords(make_svm), "knn": keywords(make_knn),
+        "cnn": {**CNNClassifier().get_params(), "refit": False}, "fusion": StackingFusion().get_params(),
+        "features": CellFeatures().get_params(), "segment": keywords(segment),
+    }  # fmt: skip
+
+
+_UNSET = object()
+
+
+def _show(settings: Mapping, key: str) -> str:
+    """One recorded setting as JSON, or ``(unset)``."""
+    return json.dumps(settings[key]) if key in settings else "(unset)"
+
+
+def _jsonable(value):
+    """`value` as JSON gives it back (tuples as lists), so that a recorded setting equals the one it records."""
+    return json.loads(json.dumps(value, default=str))

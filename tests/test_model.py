@@ -108,16 +108,17 @@ def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1,
     assert (tmp_path / "notes" / "thesis.txt").read_text() == "keep me"
     run = tmp_path / "run"
     run.mkdir()
+    fast = {**fast, "cnn": False}
+    fast.pop("cnn_params"), fast.pop("fusion_params")
+    settings = _run_settings(fast)
     # A run of other data is refused: its scores would be quoted as this bundle's.
-    (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": "0" * 64},
+    (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": "0" * 64}, "settings": settings,
                                                   "models": {"fused": {"summary": {"all": {}}}}}))
     with pytest.raises(LeukosegError, match="other data"):
         _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", run_dir=run, overwrite=True)
     fingerprint = load_dataset("all-idb1", fake_all_idb1).fingerprint()
-    (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": fingerprint},
+    (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": fingerprint}, "settings": settings,
                                                   "models": {"fused": {"summary": {"all": {}}}}}))
-    fast = {**fast, "cnn": False}
-    fast.pop("cnn_params"), fast.pop("fusion_params")
     path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", run_dir=run, overwrite=True)
     manifest = json.loads((path / "bundle.json").read_text())
     assert manifest["config"]["primary_model"] == "baseline" and "cnn" not in manifest["models"]
@@ -125,6 +126,54 @@ def test_train_refuses_to_overwrite_and_records_run_metrics(fast, fake_all_idb1,
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(LeukosegError, match="metrics"):
         _train(fast, fake_all_idb1, fake_cache, tmp_path / "other", run_dir=run)
+
+
+def _run_settings(fast: dict) -> dict:
+    """The settings that an experiment run with `fast`'s models records in its metrics.json."""
+    from leukoseg.pipelines.experiment import CNN_DEFAULTS, GKNN_DEFAULTS
+
+    cnn = fast.get("cnn", True)
+    return {"n_folds": 5, "repeats": 1, "cnn_enabled": cnn, "inner_folds": 3, "cnn_inner_folds": 2,
+            "match_radius_px": 50.0, "inner_search": False, "top_ks": [1, 2, 3], "features": {"context_um": 4.0},
+            "gknn": {**GKNN_DEFAULTS, **fast["gknn_params"]}, "svm": fast["svm_params"], "knn": None,
+            "cnn": {**CNN_DEFAULTS, **fast["cnn_params"]} if cnn else None, "fusion": fast.get("fusion_params"),
+            "segment": None}  # fmt: skip
+
+
+def test_train_refuses_a_run_of_other_settings_before_reading_the_data(fast, fake_all_idb1, tmp_path, monkeypatch):
+    # A run's figures are quoted as the bundle's: they must be of models trained the bundle's way.
+    run = tmp_path / "run"
+    run.mkdir()
+    settings = _run_settings(fast)
+    settings["cnn"] = {**settings["cnn"], "max_shift": 0}
+    settings["features"] = {}  # a run made before the crop context was recorded: bare boxes
+    (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": "0" * 64}, "settings": settings,
+                                                  "models": {"fused": {"summary": {"all": {}}}}}))
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    monkeypatch.setattr(type(dataset), "fingerprint", lambda self: pytest.fail("the data set was read"))
+    with pytest.raises(LeukosegError) as info:
+        train_bundle(dataset, tmp_path / "m", cache_dir=tmp_path / "cache", seed=3, run_dir=run, **fast)
+    assert info.value.path == str(run / "metrics.json")
+    assert "this run's models were trained with other settings than this bundle's (features.context_um: 0.0 in " \
+           "the run, 4.0 here; cnn.max_shift: 0 in the run, 3 here)" in str(info.value)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "cache").exists()
+
+
+def test_run_setting_differences_fill_in_defaults_and_compare_as_recorded():
+    from leukoseg.pipelines.experiment import CNN_DEFAULTS
+    from leukoseg.pipelines.train import run_setting_differences
+
+    training = {"cnn_enabled": True, "top_ks": (1, 2, 3), "gknn": {"n_runs": 5}, "features": {},
+                "cnn": {**CNN_DEFAULTS, "filters": (8, 30), "max_shift": 0}}
+    # What a run records: lists for tuples, only what it was given over the defaults, the context always.
+    run = {"cnn_enabled": True, "top_ks": [1, 2, 3], "gknn": {"n_runs": 5}, "features": {"context_um": 4.0},
+           "cnn": {**CNN_DEFAULTS, "filters": [8, 30]}, "svm": None, "segment": {}}
+    assert run_setting_differences(run, training) == []
+    run.update(top_ks=[3], inner_search=True, cnn_enabled=False)
+    assert run_setting_differences(run, training) == [
+        "cnn_enabled: false in the run, true here", "inner_search: true in the run, false here",
+        "top_ks: [3] in the run, [1, 2, 3] here"]  # fmt: skip
+    assert run_setting_differences({}, training) == ["the run records no settings"]
 
 
 def test_train_with_refit_ships_one_cnn_fitted_on_every_cell(fast, fake_all_idb1, fake_cache, tmp_path):
@@ -251,6 +300,20 @@ def test_default_model_is_bundled_and_loads():
     assert default_model_dir().is_dir()
     assert model.config["primary_model"] in ("fused", "baseline")
     assert model.provenance["dataset"]["name"] == "all-idb1"
+
+
+def test_default_model_was_trained_with_this_release_s_settings():
+    # A default changed without retraining the bundle (e.g. the CNN's training) would ship a model that the
+    # README's figures and the cross-validated metrics in its provenance are not of.
+    from leukoseg.pipelines.experiment import CNN_DEFAULTS, GKNN_DEFAULTS
+    from leukoseg.pipelines.train import run_setting_differences
+
+    model = load_model()
+    recorded = {**model.provenance["settings"], "cnn_enabled": True,
+                "features": {"context_um": model.config["features"]["context_um"]}}  # fmt: skip
+    now = {"cnn_enabled": True, "features": {}, "gknn": dict(GKNN_DEFAULTS), "cnn": dict(CNN_DEFAULTS)}
+    assert run_setting_differences(recorded, now) == []
+    assert model.provenance["cross_validated_metrics"]["run"]
 
 
 def test_default_model_inference_imports_no_sklearn_keras_or_tensorflow(tmp_path):
