@@ -164,11 +164,15 @@ def test_run_setting_differences_fill_in_defaults_and_compare_as_recorded():
     from leukoseg.pipelines.train import run_setting_differences
 
     training = {"cnn_enabled": True, "top_ks": (1, 2, 3), "gknn": {"n_runs": 5}, "features": {},
-                "cnn": {**CNN_DEFAULTS, "filters": (8, 30), "max_shift": 0}}
-    # What a run records: lists for tuples, only what it was given over the defaults, the context always.
+                "cnn": {**CNN_DEFAULTS, "filters": (8, 30)}}
+    # What a run records: lists for tuples, the context always, and nothing for a model it was given nothing.
     run = {"cnn_enabled": True, "top_ks": [1, 2, 3], "gknn": {"n_runs": 5}, "features": {"context_um": 4.0},
            "cnn": {**CNN_DEFAULTS, "filters": [8, 30]}, "svm": None, "segment": {}}
     assert run_setting_differences(run, training) == []
+    # A setting left out counts as the estimator's default: an old run without max_shift had none (0).
+    old = {**run, "cnn": {k: v for k, v in run["cnn"].items() if k != "max_shift"}}
+    assert run_setting_differences(old, {**training, "cnn": {**training["cnn"], "max_shift": 0}}) == []
+    assert run_setting_differences(old, training) == ["cnn.max_shift: 0 in the run, 3 here"]
     run.update(top_ks=[3], inner_search=True, cnn_enabled=False)
     assert run_setting_differences(run, training) == [
         "cnn_enabled: false in the run, true here", "inner_search: true in the run, false here",
