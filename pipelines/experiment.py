@@ -478,6 +478,9 @@ def run_experiment(
     # AUC of each fold's inner out-of-fold training-cell scores: a figure that a choice among settings may
     # look at without touching the fold's test images (binary tasks).
     inner_auc = {m: np.full((repeats, n_folds), np.nan) for m in models}
+    # The inner out-of-fold scores of each fold's training cells (NaN for its test cells), written to
+    # scores.npz: the image rule and thresholds can then be studied again without refitting a model.
+    inner_p = {m: np.full((repeats, n_folds, len(cell_label), K), np.nan) for m in models}
     top_ks = (1,) if mode == "crop" else ((top_k,) if isinstance(top_k, int) else tuple(top_k))
     run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
     bar = tqdm(total=repeats * n_folds, unit="fold", desc="classify", file=sys.stderr,
@@ -513,6 +516,7 @@ def run_experiment(
                                                                     timer, run_info, inner_folds=inner_folds)
                 for m in models:
                     cell_p[m][r, test_cells] = p_test[m]
+                    inner_p[m][r, k, train_cells] = p_inner[m]
                     if binary:
                         auc = roc_auc(y_train, p_inner[m][:, 1])
                         inner_auc[m][r, k] = np.nan if auc is None else auc
@@ -632,6 +636,7 @@ def run_experiment(
         names_written = [p.name for p in _write_outputs(tmp, names, classes, binary, image_label, folds, cells,
                                                         cell_p, img_p, img_pred, thresholds, models, primary, fab,
                                                         entries)]  # fmt: skip
+        names_written.append(_write_scores(tmp / "scores.npz", names, cells, cell_p, inner_p).name)
         timer.add("write", time.perf_counter() - t)
         timer["total"] = time.perf_counter() - t0
         metrics["timings_s"] = {k: round(v, 3) for k, v in timer.items()}
@@ -1221,6 +1226,25 @@ def _write_outputs(out_dir, names, classes, binary, image_label, folds, cells: _
             rows.append([*row, _fmt(entries[i].um_per_px), entries[i].scale_source])
     write_text(out_dir / "images.csv", _csv(header, rows))
     return [out_dir / "folds.csv", out_dir / "cells.csv", out_dir / "images.csv"]
+
+
+def _write_scores(path: Path, names, cells: _Cells, cell_p, inner_p) -> Path:
+    """Every cell score of the run at full precision, as plain arrays (no pickle), for later study.
+
+    ``image`` and ``cell_id`` name the cells (the rows of ``cells.csv`` in another order); ``test_<model>``
+    (repeats, cells, classes) holds the out-of-fold scores of ``cells.csv``; ``inner_<model>`` (repeats,
+    folds, cells, classes) the inner out-of-fold scores of each fold's training cells, from which the fold's
+    image rule was chosen, NaN for the fold's test cells.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "image": np.array([names[i] for i in cells.image], dtype=str),
+        "cell_id": np.array([int(row["cell_id"]) for row in cells.rows], dtype=np.int64),
+    }
+    for m in cell_p:
+        arrays[f"test_{m}"] = cell_p[m]
+        arrays[f"inner_{m}"] = inner_p[m]
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    return path
 
 
 def _fab_value(name: str, v) -> str:

@@ -361,3 +361,22 @@ def test_compare_runs_pairs_the_decisions_of_two_runs_on_the_same_folds(tmp_path
     assert "different folds" in out and "only a" not in out
     assert compare.main([str(a), str(tmp_path / "missing")]) == 2
     assert "missing: not a finished run" in capsys.readouterr().err
+
+
+def test_image_rules_gives_back_the_run_s_decisions_and_others(fast, fake_all_idb1, fake_cache, tmp_path, capsys):
+    from leukoseg.datasets import load_dataset
+    from leukoseg.pipelines.experiment import run_experiment
+
+    rules = _load("image_rules")
+    run = tmp_path / "run"
+    run_experiment(load_dataset("all-idb1", fake_all_idb1), run, n_folds=3, repeats=2, cnn=False, seed=3,
+                   cache_dir=fake_cache, **fast)  # fmt: skip
+    assert rules.main([str(run), "--models", "baseline,svm", "--rules", "1", "3", "1,2,3"]) == 0
+    out = capsys.readouterr().out
+    assert "candidate sets of k: 1,2,3; 1; 3" in out  # the run's own set first, each set once
+    assert out.count("the run's own candidates: its decisions given back, every one") == 2
+    assert out.count("top_k among ") == 6 and out.count("    wrong: ") == 6
+    # A run folder without scores.npz (made before it was written): one line, exit status 1 via SystemExit.
+    (run / "scores.npz").unlink()
+    with pytest.raises(SystemExit, match="scores.npz: not found"):
+        rules.main([str(run)])

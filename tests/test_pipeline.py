@@ -221,6 +221,33 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert sum(c["label"] == "1" for c in cells) > 0
     metrics = json.loads((a.out_dir / "metrics.json").read_text())
     assert set(metrics["models"]) == set(ALL_MODELS)
+    # scores.npz: the scores of cells.csv at full precision, and each fold's inner scores of its training
+    # cells (NaN exactly on its test cells), from which the fold's image rule was chosen.
+    from leukoseg.pipelines.metrics import choose_image_rule
+
+    with np.load(a.out_dir / "scores.npz", allow_pickle=False) as z:
+        saved = {name: z[name] for name in z.files}
+    n_cells = len(saved["cell_id"])
+    assert n_cells == len(cells) // 2 and saved["image"].shape == (n_cells,)
+    fold_of_cell = np.array([[int(fold_of[(img, str(r))]) for img in saved["image"]] for r in range(2)])
+    csv_p = {(c["image"], int(c["cell_id"]), int(c["repeat"])): float(c["p_blast_fused"]) for c in cells}
+    for m in ALL_MODELS:
+        assert saved[f"test_{m}"].shape == (2, n_cells, 2) and saved[f"inner_{m}"].shape == (2, 3, n_cells, 2)
+        for r in range(2):
+            for k in range(3):
+                assert np.array_equal(np.isnan(saved[f"inner_{m}"][r, k, :, 1]), fold_of_cell[r] == k)
+    for j in range(n_cells):
+        for r in range(2):
+            key = (str(saved["image"][j]), int(saved["cell_id"][j]), r)
+            assert saved["test_fused"][r, j, 1] == pytest.approx(csv_p[key], abs=5e-7)
+    for r in range(2):
+        for k in range(3):
+            train = sorted({img for img in label_of if fold_of[(img, str(r))] != str(k)})
+            inner = saved["inner_fused"][r, k, :, 1]
+            rule = choose_image_rule([inner[saved["image"] == img] for img in train],
+                                     [int(label_of[img]) for img in train])  # fmt: skip
+            entry = metrics["models"]["fused"]["repeats"][r]
+            assert rule == (entry["image_rule_top_k"][k], entry["thresholds"][k])
     assert metrics["primary_model"] == "fused" and metrics["task"] == "binary"
     assert metrics["device"] == {"cnn": "cpu", "fusion": "cpu", "backend": metrics["device"]["backend"]}
     assert metrics["cnn"]["train_patches_per_s"] > 0
@@ -368,8 +395,9 @@ def test_a_failed_experiment_leaves_the_earlier_run_whole(fast, fake_all_idb1, f
     monkeypatch.undo()
     result = run_experiment(dataset, run, n_folds=3, cnn=False, cache_dir=fake_cache, seed=2, **fast)
     # A finished run replaces the whole folder: no stale report of the earlier run beside the new tables.
-    assert sorted(p.name for p in run.iterdir()) == ["cells.csv", "folds.csv", "images.csv", "metrics.json"]
-    assert [p.name for p in result.files] == ["folds.csv", "cells.csv", "images.csv", "metrics.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["cells.csv", "folds.csv", "images.csv", "metrics.json",
+                                                     "scores.npz"]  # fmt: skip
+    assert [p.name for p in result.files] == ["folds.csv", "cells.csv", "images.csv", "scores.npz", "metrics.json"]
 
 
 def test_experiment_without_cnn(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
