@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle (default: the one shipped with leukoseg) and call the image ALL or normal, with the FAB subtype. "
         "With --dataset: the cross-validated experiment (plain kNN, GkNN, SVM, their baseline mean, the CNN of "
         "Thanh et al. and the fusion over image folds), writing RUN/ with folds.csv, cells.csv, images.csv, "
-        "metrics.json and report.html. Research use only.",
+        "scores.npz, metrics.json and report.html. Research use only.",
     )
     cls.add_argument("paths", nargs="*", type=_nonempty, metavar="PATH",
                      help="image files, folders or globs to classify")

@@ -97,7 +97,11 @@ reported for research only.
 Outputs (under the run folder, written atomically; the CSVs are byte-identical for the same seed, data,
 device, library versions and segmentation cache: features computed afresh agree to about 1e-7, float32 sums
 depending on threads and memory alignment, which can move SVM probabilities by about 1e-4): ``folds.csv``,
-``cells.csv``, ``images.csv``, ``metrics.json``. Each row of
+``cells.csv``, ``images.csv``, ``scores.npz`` (every cell's out-of-fold scores at full precision and each
+fold's inner out-of-fold scores of its training cells, plain arrays that ``numpy.load`` reads without
+pickle: ``image``, ``cell_id``, ``test_<model>`` (repeats, cells, classes), ``inner_<model>`` (repeats,
+folds, cells, classes), NaN where a cell was not scored),
+``metrics.json``. Each row of
 ``images.csv`` ends with the image's pixel size (``um_per_px``) and where it came from (``scale_source``):
 ``fallback`` marks an image with too few whole red cells for the ruler, measured as if its median nucleus
 were 9 um across (every crop of ALL-IDB2, whose 257-pixel crops hold few whole red cells); the run logs a
