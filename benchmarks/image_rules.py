@@ -9,8 +9,8 @@ threshold, on the inner out-of-fold scores of its training images
 cell's out-of-fold score and, per fold, the inner scores of the training cells; runs made before it was
 written lack it), ``images.csv`` and ``metrics.json``, and for each model and each candidate set given
 (``--rules``, each a comma-separated list of k) learns the rule of every fold again, exactly as the run did,
-and prints per repeat the images right, then accuracy, sensitivity and specificity over repeats, and the
-images the rule calls wrong. The run's own candidate set comes first and must give the run's decisions
+and prints per repeat the images right, then accuracy, sensitivity and specificity over repeats, how many
+folds chose each k, and the images the rule calls wrong, with their score, threshold and k. The run's own candidate set comes first and must give the run's decisions
 (``images.csv``) back: the script says whether it does. Every choice is made on training images only, so
 each row is an honest out-of-fold figure for its candidate set; choosing *among* the rows by their test
 figures is not.
@@ -43,14 +43,15 @@ def load_run(run: Path) -> dict:
     return {"metrics": metrics, "rows": rows, "scores": scores}
 
 
-def decide(run: dict, model: str, top_ks: tuple[int, ...]) -> dict[tuple[int, str], int]:
-    """Every (repeat, image)'s decision when each fold learns its rule among `top_ks` on its training images."""
+def decide(run: dict, model: str, top_ks: tuple[int, ...]) -> dict[tuple[int, str], tuple[int, float, float, int]]:
+    """Every (repeat, image)'s decision, image score, threshold and k when each fold learns its rule among
+    `top_ks` on its training images."""
     from leukoseg.pipelines.metrics import choose_image_rule, image_score
 
     scores, rows = run["scores"], run["rows"]
     cell_image = scores["image"]
     test, inner = scores[f"test_{model}"][..., 1], scores[f"inner_{model}"][..., 1]
-    out: dict[tuple[int, str], int] = {}
+    out: dict[tuple[int, str], tuple[int, float, float, int]] = {}
     repeats = sorted({int(r["repeat"]) for r in rows})
     for r in repeats:
         table = [row for row in rows if int(row["repeat"]) == r]
@@ -62,7 +63,7 @@ def decide(run: dict, model: str, top_ks: tuple[int, ...]) -> dict[tuple[int, st
             for row in table:
                 if int(row["fold"]) == k:
                     s = image_score(test[r, cells_of[row["image"]]], top_k=top_k)
-                    out[(r, row["image"])] = int(s >= threshold)
+                    out[(r, row["image"])] = (int(s >= threshold), s, threshold, top_k)
     return out
 
 
@@ -73,7 +74,8 @@ def rule_lines(run: dict, model: str, rule_sets: list[tuple[int, ...]]) -> list[
     repeats = sorted({r for r, _ in label})
     lines = [f"{model}:"]
     for n, top_ks in enumerate(rule_sets):
-        pred = decide(run, model, top_ks)
+        decided = decide(run, model, top_ks)
+        pred = {key: v[0] for key, v in decided.items()}
         right = [sum(pred[key] == label[key] for key in label if key[0] == r) for r in repeats]
         acc, sens, spec = [], [], []
         for r in repeats:
@@ -87,8 +89,13 @@ def rule_lines(run: dict, model: str, rule_sets: list[tuple[int, ...]]) -> list[
         lines.append(f"  top_k among {name:9} images right {', '.join(map(str, right))}; accuracy "
                      f"{np.mean(acc):.3f} +- {np.std(acc, ddof=1) if len(acc) > 1 else 0.0:.3f}, sensitivity "
                      f"{np.mean(sens):.3f}, specificity {np.mean(spec):.3f}")  # fmt: skip
-        wrong = sorted(f"{Path(img).stem} (repeat {r})" for (r, img) in label if pred[(r, img)] != label[(r, img)])
-        lines.append(f"    wrong: {', '.join(wrong) if wrong else 'none'}")
+        # k of each fold: one decision per fold carries it.
+        ks = {(r, row["fold"]): decided[(r, row["image"])][3] for row in rows for r in [int(row["repeat"])]}
+        counts = np.bincount(list(ks.values()))
+        lines.append("    k chosen: " + ", ".join(f"{k} in {c} folds" for k, c in enumerate(counts) if c))
+        wrong = sorted(f"{Path(img).stem} (repeat {r}: {decided[(r, img)][1]:.3f} against {decided[(r, img)][2]:.3f},"
+                       f" k {decided[(r, img)][3]})" for (r, img) in label if pred[(r, img)] != label[(r, img)])
+        lines.append(f"    wrong: {'; '.join(wrong) if wrong else 'none'}")
         if n == 0:
             run_pred = {(int(row["repeat"]), row["image"]): int(row[f"pred_{model}"]) for row in rows}
             differ = sum(pred[key] != run_pred[key] for key in label)

@@ -376,6 +376,7 @@ def test_image_rules_gives_back_the_run_s_decisions_and_others(fast, fake_all_id
     assert "candidate sets of k: 1,2,3; 1; 3" in out  # the run's own set first, each set once
     assert out.count("the run's own candidates: its decisions given back, every one") == 2
     assert out.count("top_k among ") == 6 and out.count("    wrong: ") == 6
+    assert "    k chosen: 1 in 6 folds" in out and "    k chosen: 3 in 6 folds" in out  # one candidate: every fold
     # A run folder without scores.npz (made before it was written): one line, exit status 1 via SystemExit.
     (run / "scores.npz").unlink()
     with pytest.raises(SystemExit, match="scores.npz: not found"):
