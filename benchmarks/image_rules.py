@@ -10,10 +10,10 @@ cell's out-of-fold score and, per fold, the inner scores of the training cells; 
 written lack it), ``images.csv`` and ``metrics.json``, and for each model and each candidate set given
 (``--rules``, each a comma-separated list of k) learns the rule of every fold again, exactly as the run did,
 and prints per repeat the images right, then accuracy, sensitivity and specificity over repeats, how many
-folds chose each k, and the images the rule calls wrong, with their score, threshold and k. The run's own candidate set comes first and must give the run's decisions
-(``images.csv``) back: the script says whether it does. Every choice is made on training images only, so
-each row is an honest out-of-fold figure for its candidate set; choosing *among* the rows by their test
-figures is not.
+folds chose each k, and the images the rule calls wrong, with their score, threshold and k. The run's own
+candidate set comes first and must give the run's decisions (``images.csv``) back: the script says whether
+it does. Every choice is made on training images only, so each row is an honest out-of-fold figure for its
+candidate set; choosing *among* the rows by their test figures is not.
 """
 
 from __future__ import annotations
