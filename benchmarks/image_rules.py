@@ -22,24 +22,32 @@ import argparse
 import csv
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 
+class RunError(Exception):
+    """A folder that is not a finished binary run with saved scores (one line, exit status 2)."""
+
+
 def load_run(run: Path) -> dict:
-    """The run's image table, fold assignment and saved scores; a one-line SystemExit when one is missing."""
-    need = [run / name for name in ("metrics.json", "images.csv", "scores.npz")]
-    for path in need:
-        if not path.is_file():
-            raise SystemExit(f"image_rules: {path}: not found (a binary run of this release writes it)")
-    metrics = json.loads((run / "metrics.json").read_text())
-    if metrics.get("task") != "binary":
-        raise SystemExit(f"image_rules: {run}: not a binary run (task {metrics.get('task')!r})")
-    with open(run / "images.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    with np.load(run / "scores.npz", allow_pickle=False) as z:
-        scores = {name: z[name] for name in z.files}
+    """The run's image table, settings and saved scores; RunError, in one line, when one is missing or unreadable."""
+    for name in ("metrics.json", "images.csv", "scores.npz"):
+        if not (run / name).is_file():
+            raise RunError(f"{run / name}: not found (a binary run of this release writes it)")
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+        with open(run / "images.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        # Our own handle: np.load leaves the file open when the zip is corrupt.
+        with open(run / "scores.npz", "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            scores = {name: z[name] for name in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # JSON and a cut npz: ValueError, EOFError
+        raise RunError(f"{run}: unreadable run files ({type(exc).__name__}: {exc})") from None
+    if not isinstance(metrics, dict) or metrics.get("task") != "binary":
+        raise RunError(f"{run}: not a binary run (task {metrics.get('task') if isinstance(metrics, dict) else None!r})")
     return {"metrics": metrics, "rows": rows, "scores": scores}
 
 
@@ -52,12 +60,11 @@ def decide(run: dict, model: str, top_ks: tuple[int, ...]) -> dict[tuple[int, st
     cell_image = scores["image"]
     test, inner = scores[f"test_{model}"][..., 1], scores[f"inner_{model}"][..., 1]
     out: dict[tuple[int, str], tuple[int, float, float, int]] = {}
-    repeats = sorted({int(r["repeat"]) for r in rows})
-    for r in repeats:
+    cells_of = {row["image"]: cell_image == row["image"] for row in rows}
+    for r in sorted({int(row["repeat"]) for row in rows}):
         table = [row for row in rows if int(row["repeat"]) == r]
         for k in sorted({int(row["fold"]) for row in table}):
             train = [row for row in table if int(row["fold"]) != k]
-            cells_of = {row["image"]: cell_image == row["image"] for row in table}
             top_k, threshold = choose_image_rule([inner[r, k, cells_of[row["image"]]] for row in train],
                                                  [int(row["label"]) for row in train], top_ks=top_ks)  # fmt: skip
             for row in table:
@@ -69,6 +76,8 @@ def decide(run: dict, model: str, top_ks: tuple[int, ...]) -> dict[tuple[int, st
 
 def rule_lines(run: dict, model: str, rule_sets: list[tuple[int, ...]]) -> list[str]:
     """Per candidate set: images right per repeat, accuracy / sensitivity / specificity, the images called wrong."""
+    from leukoseg.pipelines.metrics import binary_metrics
+
     rows = run["rows"]
     label = {(int(row["repeat"]), row["image"]): int(row["label"]) for row in rows}
     repeats = sorted({r for r, _ in label})
@@ -77,14 +86,10 @@ def rule_lines(run: dict, model: str, rule_sets: list[tuple[int, ...]]) -> list[
         decided = decide(run, model, top_ks)
         pred = {key: v[0] for key, v in decided.items()}
         right = [sum(pred[key] == label[key] for key in label if key[0] == r) for r in repeats]
-        acc, sens, spec = [], [], []
-        for r in repeats:
-            keys = [key for key in label if key[0] == r]
-            y = np.array([label[key] for key in keys])
-            p = np.array([pred[key] for key in keys])
-            acc.append(float((p == y).mean()))
-            sens.append(float(p[y == 1].mean()) if (y == 1).any() else float("nan"))
-            spec.append(float((1 - p[y == 0]).mean()) if (y == 0).any() else float("nan"))
+        per_repeat = [binary_metrics([label[key] for key in label if key[0] == r],
+                                     [pred[key] for key in label if key[0] == r]) for r in repeats]  # fmt: skip
+        acc, sens, spec = ([np.nan if m[name] is None else m[name] for m in per_repeat]
+                           for name in ("accuracy", "sensitivity", "specificity"))  # fmt: skip
         name = ",".join(map(str, top_ks))
         lines.append(f"  top_k among {name:9} images right {', '.join(map(str, right))}; accuracy "
                      f"{np.mean(acc):.3f} +- {np.std(acc, ddof=1) if len(acc) > 1 else 0.0:.3f}, sensitivity "
@@ -118,13 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rules: each set is integers separated by commas; got {args.rules}")
     if any(k < 1 for s in extra for k in s) or any(not s for s in extra):
         parser.error("--rules: every k is at least 1")
-    run = load_run(args.run)
+    try:
+        run = load_run(args.run)
+    except RunError as exc:
+        print(f"image_rules: {exc}", file=sys.stderr)
+        return 2
     own = tuple(run["metrics"]["settings"]["top_ks"])
     rule_sets = [own, *(s for s in dict.fromkeys(extra) if s != own)]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     missing = [m for m in models if f"test_{m}" not in run["scores"]]
     if missing:
-        raise SystemExit(f"image_rules: {args.run}: no scores of {', '.join(missing)} in scores.npz")
+        print(f"image_rules: {args.run}: no scores of {', '.join(missing)} in scores.npz", file=sys.stderr)
+        return 2
     print(f"run {args.run}: {len(run['rows'])} image decisions; candidate sets of k: "
           + "; ".join(",".join(map(str, s)) for s in rule_sets))
     for m in models:

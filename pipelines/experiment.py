@@ -100,7 +100,8 @@ depending on threads and memory alignment, which can move SVM probabilities by a
 ``cells.csv``, ``images.csv``, ``scores.npz`` (every cell's out-of-fold scores at full precision and each
 fold's inner out-of-fold scores of its training cells, plain arrays that ``numpy.load`` reads without
 pickle: ``image``, ``cell_id``, ``test_<model>`` (repeats, cells, classes), ``inner_<model>`` (repeats,
-folds, cells, classes), NaN where a cell was not scored),
+folds, cells, classes), NaN on each fold's test cells, 1/K on training cells that no inner split scored;
+``inner_<model>`` is as large as ``test_<model>`` times the number of folds),
 ``metrics.json``. Each row of
 ``images.csv`` ends with the image's pixel size (``um_per_px``) and where it came from (``scale_source``):
 ``fallback`` marks an image with too few whole red cells for the ruler, measured as if its median nucleus
@@ -1238,7 +1239,8 @@ def _write_scores(path: Path, names, cells: _Cells, cell_p, inner_p) -> Path:
     ``image`` and ``cell_id`` name the cells (the rows of ``cells.csv`` in another order); ``test_<model>``
     (repeats, cells, classes) holds the out-of-fold scores of ``cells.csv``; ``inner_<model>`` (repeats,
     folds, cells, classes) the inner out-of-fold scores of each fold's training cells, from which the fold's
-    image rule was chosen, NaN for the fold's test cells.
+    image rule was chosen, NaN for the fold's test cells (1/K, as in the fit, for training cells that no inner
+    split scored, when a fold has too few training images to split).
     """
     arrays: dict[str, np.ndarray] = {
         "image": np.array([names[i] for i in cells.image], dtype=str),

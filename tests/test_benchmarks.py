@@ -377,7 +377,18 @@ def test_image_rules_gives_back_the_run_s_decisions_and_others(fast, fake_all_id
     assert out.count("the run's own candidates: its decisions given back, every one") == 2
     assert out.count("top_k among ") == 6 and out.count("    wrong: ") == 6
     assert "    k chosen: 1 in 6 folds" in out and "    k chosen: 3 in 6 folds" in out  # one candidate: every fold
-    # A run folder without scores.npz (made before it was written): one line, exit status 1 via SystemExit.
+    # Refusals: one line on stderr, exit status 2. A model the run did not have; a run of another task;
+    # a corrupt scores.npz; a run made before scores.npz was written.
+    assert rules.main([str(run), "--models", "cnn"]) == 2
+    assert "no scores of cnn in scores.npz" in capsys.readouterr().err
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "task": "multiclass"}))
+    assert rules.main([str(run)]) == 2
+    assert "not a binary run (task 'multiclass')" in capsys.readouterr().err
+    (run / "scores.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert rules.main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable run files" in err and len(err.strip().splitlines()) == 1
     (run / "scores.npz").unlink()
-    with pytest.raises(SystemExit, match="scores.npz: not found"):
-        rules.main([str(run)])
+    assert rules.main([str(run)]) == 2
+    assert "scores.npz: not found" in capsys.readouterr().err
