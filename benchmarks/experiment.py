@@ -74,6 +74,9 @@ def main() -> int:
     parser.add_argument("--no-cnn", dest="cnn", action="store_false", help="baseline models only")
     parser.add_argument("--feature-params", type=json.loads, default=None,
                         help="CellFeatures settings as JSON, e.g. '{\"context_um\": 4}'")
+    parser.add_argument("--segment-params", type=json.loads, default=None,
+                        help="segment() settings as JSON, e.g. '{\"cytoplasm_open_um\": 0.7}' (the outlines of runs "
+                        "before r37)")
     parser.add_argument("--cnn-params", type=json.loads, default=None,
                         help="CNNClassifier settings over the experiment's as JSON, e.g. '{\"epochs\": 10}'")
     parser.add_argument("--inner-search", action="store_true",
@@ -99,13 +102,14 @@ def main() -> int:
         result = run_experiment(dataset, out, repeats=args.repeats, seed=args.seed, cache_dir=cache,
                                 workers=args.workers, cnn=args.cnn, device=args.device,
                                 inner_search=args.inner_search, feature_params=args.feature_params,
-                                cnn_params=args.cnn_params)  # fmt: skip
+                                segment_params=args.segment_params, cnn_params=args.cnn_params)  # fmt: skip
         wall = time.perf_counter() - start
         m = result.metrics
         count_lines = cell_count_reference(out)
         speed = []
         if args.cnn and args.throughput:
-            entries, _ = load_or_compute([r.path for r in dataset.records], cache or Path.home() / ".cache/leukoseg")
+            entries, _ = load_or_compute([r.path for r in dataset.records], cache or Path.home() / ".cache/leukoseg",
+                                         segment_kw=args.segment_params, feature_kw=args.feature_params)
             patches = np.concatenate([e.patches for e in entries])[:1024]
             np.savez(Path(tmp) / "patches.npz", patches=patches, labels=np.arange(len(patches)) % 2)
             speed = _throughput(Path(tmp) / "patches.npz", args.device)
@@ -115,6 +119,7 @@ def main() -> int:
           f"{d['n_blast_cells']} blast cells ({d['n_points_matched']} of {d['n_annotated_points']} annotated "
           f"points matched); {m['settings']['n_folds']} folds x {args.repeats} repeat(s), seed {args.seed}"
           + ("; GkNN and SVM tuned afresh on each inner split" if args.inner_search else "")
+          + (f"; segmentation {json.dumps(args.segment_params)}" if args.segment_params else "")
           + (f"; features {json.dumps(args.feature_params)}" if args.feature_params else "")
           + (f"; CNN {json.dumps(args.cnn_params)}" if args.cnn_params else ""))
     for stratum, title in (("all", "all 108 images"), ("one_camera", "one-camera stratum Im034-Im108")):

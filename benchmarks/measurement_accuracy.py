@@ -3,12 +3,14 @@
 Synthetic smears (:func:`leukoseg.synthetic.make_smear`) know every white cell's kind, diameters, nucleoli
 and vacuoles. Each is matched to the nearest detected cell; the script prints, per kind, the true and the
 measured vacuole and nucleoli counts, the share of cells measured "vacuolated" (2 or more vacuoles, the FAB
-L3 cut-off), the mean relative error of the cell diameter and the mean absolute error of the N:C area ratio
-(truth: the squared ratio of the drawn nucleus and cell diameters). With ALL-IDB1 present it also prints the vacuole
+L3 cut-off), the mean relative error of the cell diameter, the mean absolute error of the N:C area ratio
+(truth: the squared ratio of the drawn nucleus and cell diameters) and the mean intersection over union of
+the detected cell with the drawn one (its outline). With ALL-IDB1 present it also prints the vacuole
 counts of the cells of its healthy images (lymphocytes and neutrophils, which have no vacuoles: every
 vacuole found there is spurious).
 
     python benchmarks/measurement_accuracy.py [--smears 12] [--data-dir DIR] [--every K] [--no-purple-nuclei]
+        [--cytoplasm-open-um UM]
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=1, help="use every K-th healthy ALL-IDB1 image")
     parser.add_argument("--no-purple-nuclei", action="store_true",
                         help="segment without the purple-chromatin rule (segment(purple_nuclei=False)), to compare")
+    parser.add_argument("--cytoplasm-open-um", type=float, default=None,
+                        help="segment(cytoplasm_open_um=...), to compare (0.7: the outlines of earlier releases)")
     args = parser.parse_args()
+    kw = {"purple_nuclei": not args.no_purple_nuclei}
+    if args.cytoplasm_open_um is not None:
+        kw["cytoplasm_open_um"] = args.cytoplasm_open_um
 
     from leukoseg.segmentation import segment
     from leukoseg.synthetic import make_smear
@@ -42,8 +49,9 @@ def main() -> int:
     missed: defaultdict[str, int] = defaultdict(int)
     for seed in range(args.smears):
         smear = make_smear(shape=(512, 640), kinds=KINDS, n_touching_pairs=0, seed=seed)
-        m = segment(smear.image, purple_nuclei=not args.no_purple_nuclei).measurements
-        for cell in smear.white_cells:
+        seg = segment(smear.image, **kw)
+        m = seg.measurements
+        for cell_id, cell in enumerate(smear.white_cells, start=1):  # ids follow the records' order
             d = np.hypot(m["x"] - cell.x, m["y"] - cell.y)
             if d.size == 0 or d.min() > MATCH_RADIUS_PX:
                 missed[cell.kind] += 1
@@ -53,16 +61,17 @@ def main() -> int:
                 cell.n_vacuoles, m["vacuole_count"][i], cell.n_nucleoli, m["nucleoli_count"][i],
                 m["cell_diameter_um"][i] / cell.cell_diameter_um - 1.0,
                 m["nc_ratio"][i] - (cell.nucleus_diameter_um / cell.cell_diameter_um) ** 2,
+                _iou(seg.cells == m["cell_id"][i], smear.cells == cell_id),
             ))  # fmt: skip
 
     print(f"Synthetic smears: {args.smears} (seeds 0-{args.smears - 1}), cells matched within {MATCH_RADIUS_PX:g} px")
     print(f"{'kind':<11}{'cells':>6}{'missed':>7}{'vac true':>9}{'vac meas':>9}{'>=2 meas':>9}"
-          f"{'nucl true':>10}{'nucl meas':>10}{'diam err':>9}{'N:C err':>8}")  # fmt: skip
+          f"{'nucl true':>10}{'nucl meas':>10}{'diam err':>9}{'N:C err':>8}{'IoU':>6}")  # fmt: skip
     for kind in sorted(rows):
         a = np.array(rows[kind], dtype=np.float64)
         print(f"{kind:<11}{len(a):>6}{missed[kind]:>7}{a[:, 0].mean():>9.2f}{a[:, 1].mean():>9.2f}"
               f"{(a[:, 1] >= 2).mean():>9.2f}{a[:, 2].mean():>10.2f}{a[:, 3].mean():>10.2f}"
-              f"{np.abs(a[:, 4]).mean():>9.3f}{np.abs(a[:, 5]).mean():>8.3f}")  # fmt: skip
+              f"{np.abs(a[:, 4]).mean():>9.3f}{np.abs(a[:, 5]).mean():>8.3f}{a[:, 6].mean():>6.3f}")  # fmt: skip
 
     if args.data_dir.is_dir():
         from leukoseg.datasets import load_dataset
@@ -70,13 +79,16 @@ def main() -> int:
 
         ds = load_dataset("all-idb1", args.data_dir)
         healthy = [r for r in ds.records if r.label == "0"][:: args.every]
-        counts = np.concatenate([segment(read_image(r.path), purple_nuclei=not args.no_purple_nuclei)
-                                 .measurements["vacuole_count"] for r in healthy])  # fmt: skip
+        counts = np.concatenate([segment(read_image(r.path), **kw).measurements["vacuole_count"] for r in healthy])
         print(f"\nALL-IDB1 healthy images: {len(healthy)}, {len(counts)} cells; vacuoles per cell "
               f"{counts.mean():.3f}; cells with >= 1: {(counts >= 1).mean():.3f}, >= 2: {(counts >= 2).mean():.3f}")  # fmt: skip
     else:
         print(f"\nALL-IDB1 not found at {args.data_dir}: healthy-cell vacuole counts skipped")
     return 0
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 if __name__ == "__main__":

@@ -1486,6 +1486,15 @@ def _check_config(
             raise bad(f"features give column {i} {_short(columns[i])}; features.npz names {_short(feature_names[i])}")
         if n_features is not None and len(columns) != n_features:
             raise bad(f"features give {len(columns)} columns; the models take {n_features}")
+    if "segment" in config:
+        from leukoseg.segmentation._segment import check_settings
+
+        if not isinstance(config["segment"], dict):
+            raise bad(f"segment must be an object of segment() settings; got {_short(config['segment'])}")
+        try:
+            check_settings(config["segment"])
+        except ValueError as exc:
+            raise bad(f"segment: {_one_line(exc)}") from None
 
 
 def _feature_columns(features: Any) -> list[str]:

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cell-feature settings over the defaults, as a JSON object (see "
                      "leukoseg.features.CellFeatures), e.g. '{\"context_um\": 4}': crops that hold 4 um of the "
                      "smear around each cell's box")
+    cls.add_argument("--segment-params", type=_json_object, default=None, metavar="JSON",
+                     help="segmentation settings over the defaults, as a JSON object of leukoseg.segmentation."
+                     "segment keywords, e.g. '{\"cytoplasm_open_um\": 0.7}': the cell outlines of earlier "
+                     "releases (the pixel size is --pixel-size)")
     cls.add_argument("--inner-search", action="store_true",
                      help="tune GkNN and SVM afresh on each inner split of the training images, so that the scores "
                      "choosing thresholds and fusion weights come from models tuned without them (about three "
@@ -609,7 +613,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 _IMAGES_ONLY = {"model": "--model", "json": "--json", "crops": "--no-crops", "max_pixels": "--max-pixels"}
 _EXPERIMENT_ONLY = {"data_dir": "--data-dir", "folds": "--folds", "repeats": "--repeats", "seed": "--seed",
                     "cache": "--cache", "device": "--device", "cnn": "--no-cnn", "cnn_params": "--cnn-params",
-                    "inner_search": "--inner-search", "feature_params": "--feature-params"}
+                    "inner_search": "--inner-search", "feature_params": "--feature-params",
+                    "segment_params": "--segment-params"}
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -649,6 +654,11 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         raise LeukosegError(None, "--cnn-params applies to the CNN, which --no-cnn leaves out")
     if args.dataset.strip().lower().startswith("folder:") and args.data_dir is not None:  # as load_dataset reads it
         raise LeukosegError(None, "--data-dir applies to all-idb1 and all-idb2; folder:PATH names its folder itself")
+    if "pixel_size" in (args.segment_params or {}):
+        raise LeukosegError(None, "give the pixel size as --pixel-size, not in --segment-params")
+    segment_params = dict(args.segment_params or {})
+    if args.pixel_size is not None:  # single-cell crops (ALL-IDB2) hold too few red cells for the ruler
+        segment_params["pixel_size"] = args.pixel_size
     out = args.out or Path("leukoseg-classify")
     dataset = load_dataset(args.dataset, args.data_dir)
     folds, repeats = _PROTOCOLS.get(dataset.name, (5, 1))
@@ -660,8 +670,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         cache_dir=args.cache, workers=args.workers or os.cpu_count() or 1, cnn=args.cnn, device=args.device,
         progress=not args.quiet, cnn_params=args.cnn_params, inner_search=args.inner_search,
         feature_params=args.feature_params,
-        # A known pixel size for every image: single-cell crops (ALL-IDB2) hold too few red cells for the ruler.
-        segment_params=None if args.pixel_size is None else {"pixel_size": args.pixel_size},
+        segment_params=segment_params or None,
     )  # fmt: skip
     report = write_report(out, data_dir=dataset.root)
     if not args.quiet:

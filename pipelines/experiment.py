@@ -230,13 +230,18 @@ def _one_camera(name: str) -> bool:
     return m is not None and int(m.group(1)) >= _ONE_CAMERA_FIRST
 
 
-def _fallback_diameter(segment_params: Mapping | None) -> float:
-    """The nucleus diameter (um) that the segmentation assumes for an image without a red-cell ruler."""
+def _segment_default(name: str) -> Any:
+    """The default of one :func:`~leukoseg.segmentation.segment` setting."""
     import inspect
 
     from leukoseg.segmentation import segment
 
-    default = inspect.signature(segment).parameters["fallback_nucleus_diameter_um"].default
+    return inspect.signature(segment).parameters[name].default
+
+
+def _fallback_diameter(segment_params: Mapping | None) -> float:
+    """The nucleus diameter (um) that the segmentation assumes for an image without a red-cell ruler."""
+    default = _segment_default("fallback_nucleus_diameter_um")
     return float(dict(segment_params or {}).get("fallback_nucleus_diameter_um", default))
 
 
@@ -424,6 +429,7 @@ def run_experiment(
     if cnn:
         check_cnn_params(cnn_params)
     check_feature_params(feature_params)
+    _check_segment_params(segment_params)
     models = MODELS if cnn else _BASELINE_MODELS
     primary = "fused" if cnn else "baseline"
     out_dir = Path(out_dir)
@@ -571,7 +577,8 @@ def run_experiment(
              "inner_search": bool(inner_search)},
             {"gknn": {**GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": svm_params, "knn": knn_params,
              "cnn": {**CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else cnn_params, "fusion": fusion_params,
-             "segment": segment_params,
+             # The cytoplasm opening always (its default changed: a run must say which outlines it had).
+             "segment": {"cytoplasm_open_um": _segment_default("cytoplasm_open_um"), **dict(segment_params or {})},
              # Every CellFeatures setting that is not its default, and the crop context always (its default
              # changed: a run must say which crops it had).
              "features": {"context_um": CellFeatures(**dict(feature_params or {})).context_um,
@@ -874,6 +881,16 @@ def check_feature_params(feature_params: Mapping | None) -> None:
         _feature_names_without_cells(params)
     except (TypeError, ValueError) as exc:
         raise LeukosegError(None, f"invalid feature settings: {exc}") from None
+
+
+def _check_segment_params(segment_params: Mapping | None) -> None:
+    """Refuse segmentation settings before any image is segmented (one-line LeukosegError)."""
+    from leukoseg.segmentation._segment import check_settings
+
+    try:
+        check_settings(dict(segment_params or {}))
+    except ValueError as exc:
+        raise LeukosegError(None, f"invalid segmentation settings: {exc}") from None
 
 
 def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info,

@@ -38,6 +38,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _segment_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`~leukoseg.segmentation.segment` settings a bundle's models were trained on.
+
+    A bundle from before they were recorded was trained on the segmentation of its release, which differs
+    from today's defaults where :data:`~leukoseg.segmentation._segment.UNRECORDED_SETTINGS` says so.
+    """
+    from leukoseg.segmentation._segment import UNRECORDED_SETTINGS
+
+    settings = {**UNRECORDED_SETTINGS, **dict(config.get("segment") or {})}
+    if isinstance(settings.get("nucleus_excess_range"), list):
+        settings["nucleus_excess_range"] = tuple(settings["nucleus_excess_range"])
+    return settings
+
+
 def default_model_dir() -> Path:
     """Return the folder of the bundled default model.
 
@@ -188,7 +202,8 @@ def classify_image(
     model : ModelBundle
         From :func:`load_model`.
     seg : Segmentation, optional
-        A segmentation of `image` already made (it is made otherwise).
+        A segmentation of `image` already made (otherwise it is made with the segmentation settings the
+        bundle was trained on, ``bundle.json``'s ``config.segment``).
     pixel_size : float, optional
         Micrometres per pixel, if known (default: measured from the red cells).
 
@@ -208,7 +223,7 @@ def classify_image(
 
     config = model.config
     if seg is None:
-        seg = segment(image, pixel_size=pixel_size)
+        seg = segment(image, pixel_size=pixel_size, **_segment_settings(config))
     m = seg.measurements
     feats = config["features"]
     patch = config["patch"]

@@ -132,6 +132,7 @@ def train_bundle(
     from leukoseg.classify import FABSettings
     from leukoseg.classify.bundle import save_bundle
     from leukoseg.features.rows import check_lbp_radii
+    from leukoseg.segmentation._segment import default_settings
 
     t0 = time.perf_counter()
     why = _seed_refusal(seed)
@@ -210,6 +211,8 @@ def train_bundle(
             "angles_deg": [float(a) for a in extractor.angles_deg], "context_um": float(extractor.context_um),
         },
         "patch": {"size": int(cells.patches.shape[1]), "um_per_px": 0.5},
+        # classify segments as the training images were (a later release may change a default).
+        "segment": default_settings(),
         "fab": (fab_settings if fab_settings is not None else FABSettings()).to_dict(),
         "blast_cell_threshold": 0.5,
     }  # fmt: skip
@@ -338,8 +341,11 @@ def run_setting_differences(run: Mapping, training: Mapping) -> list[str]:
     :class:`~leukoseg.classify.CNNClassifier`), so a run that records only what differs from them and a
     bundle that records more agree; a setting that the run does not record is read as this release's
     default, except the crop context (``features.context_um``): runs made before it existed do not record
-    it and had bare boxes, 0. A run without settings cannot be vouched for: it differs in everything.
+    it and had bare boxes, 0; and the cytoplasm opening (``segment.cytoplasm_open_um``), 0.7 in runs that
+    do not record it. A run without settings cannot be vouched for: it differs in everything.
     """
+    from leukoseg.segmentation._segment import UNRECORDED_SETTINGS
+
     if not run:
         return ["the run records no settings"]
     defaults = _setting_defaults()
@@ -355,6 +361,8 @@ def run_setting_differences(run: Mapping, training: Mapping) -> list[str]:
         run_kw = dict(run.get(group) or {})
         if group == "features":
             run_kw.setdefault("context_um", 0.0)  # recorded since the setting exists; bare boxes before
+        if group == "segment":
+            run_kw = {**UNRECORDED_SETTINGS, **run_kw}  # recorded since the setting exists; the former value before
         a = _jsonable({**defaults[group], **run_kw})
         b = _jsonable({**defaults[group], **dict(training.get(group) or {})})
         out += [f"{group}.{k}: {_show(a, k)} in the run, {_show(b, k)} here"

@@ -74,6 +74,37 @@ def test_train_keeps_the_feature_context_and_classify_cuts_the_same_crops(fast, 
     assert not (tmp_path / "no-cache").exists()
 
 
+def test_a_bundle_segments_as_its_training_images_were(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
+    """classify segments with the settings the bundle records (a later default must not change its input);
+    a bundle from before they were recorded gets the segmentation of its release (0.7 um opening)."""
+    import shutil
+
+    import leukoseg.segmentation as segmentation
+    from leukoseg.segmentation._segment import default_settings
+
+    path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", cnn=False)
+    manifest = json.loads((path / "bundle.json").read_text())
+    assert manifest["config"]["segment"] == default_settings()
+    assert manifest["config"]["segment"]["cytoplasm_open_um"] == 1.3 and "pixel_size" not in default_settings()
+    calls = []
+    real = segmentation.segment
+
+    def recording(image, **kwargs):
+        calls.append(kwargs)
+        return real(image, **kwargs)
+
+    monkeypatch.setattr(segmentation, "segment", recording)
+    image = make_smear(shape=(360, 480), kinds=("blast_L1", "lymphocyte"), n_touching_pairs=0, seed=4242).image
+    classify_image(image, load_model(path), pixel_size=0.2)
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    del manifest["config"]["segment"]
+    (old / "bundle.json").write_text(json.dumps(manifest))
+    classify_image(image, load_model(old))
+    assert [c["cytoplasm_open_um"] for c in calls] == [1.3, 0.7]
+    assert calls[0]["pixel_size"] == 0.2 and calls[1]["pixel_size"] is None
+    assert calls[0]["nucleus_excess_range"] == (35.0, 70.0)  # JSON's list given back as the tuple it was
+
 def test_train_checks_its_export_on_imputed_rows(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
     """A missing feature among the first cells (a cell without cytoplasm has no cytoplasm density) is imputed
     before the exported models are checked against scikit-learn, as the models and inference see it; the raw
@@ -137,7 +168,7 @@ def _run_settings(fast: dict) -> dict:
             "match_radius_px": 50.0, "inner_search": False, "top_ks": [1, 2, 3], "features": {"context_um": 4.0},
             "gknn": {**GKNN_DEFAULTS, **fast["gknn_params"]}, "svm": fast["svm_params"], "knn": None,
             "cnn": {**CNN_DEFAULTS, **fast["cnn_params"]} if cnn else None, "fusion": fast.get("fusion_params"),
-            "segment": None}  # fmt: skip
+            "segment": {"cytoplasm_open_um": 1.3}}  # fmt: skip
 
 
 def test_train_refuses_a_run_of_other_settings_before_reading_the_data(fast, fake_all_idb1, tmp_path, monkeypatch):
@@ -147,6 +178,7 @@ def test_train_refuses_a_run_of_other_settings_before_reading_the_data(fast, fak
     settings = _run_settings(fast)
     settings["cnn"] = {**settings["cnn"], "max_shift": 0}
     settings["features"] = {}  # a run made before the crop context was recorded: bare boxes
+    settings["segment"] = None  # and before the cytoplasm opening was: 0.7 um
     (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": "0" * 64}, "settings": settings,
                                                   "models": {"fused": {"summary": {"all": {}}}}}))
     dataset = load_dataset("all-idb1", fake_all_idb1)
@@ -155,7 +187,8 @@ def test_train_refuses_a_run_of_other_settings_before_reading_the_data(fast, fak
         train_bundle(dataset, tmp_path / "m", cache_dir=tmp_path / "cache", seed=3, run_dir=run, **fast)
     assert info.value.path == str(run / "metrics.json")
     assert "this run's models were trained with other settings than this bundle's (features.context_um: 0.0 in " \
-           "the run, 4.0 here; cnn.max_shift: 0 in the run, 3 here)" in str(info.value)
+           "the run, 4.0 here; segment.cytoplasm_open_um: 0.7 in the run, 1.3 here; cnn.max_shift: 0 in the run, " \
+           "3 here)" in str(info.value)
     assert not (tmp_path / "m").exists() and not (tmp_path / "cache").exists()
 
 
@@ -167,8 +200,11 @@ def test_run_setting_differences_fill_in_defaults_and_compare_as_recorded():
                 "cnn": {**CNN_DEFAULTS, "filters": (8, 30)}}
     # What a run records: lists for tuples, the context always, and nothing for a model it was given nothing.
     run = {"cnn_enabled": True, "top_ks": [1, 2, 3], "gknn": {"n_runs": 5}, "features": {"context_um": 4.0},
-           "cnn": {**CNN_DEFAULTS, "filters": [8, 30]}, "svm": None, "segment": {}}
+           "cnn": {**CNN_DEFAULTS, "filters": [8, 30]}, "svm": None, "segment": {"cytoplasm_open_um": 1.3}}
     assert run_setting_differences(run, training) == []
+    # A run that does not record the cytoplasm opening was made before it was 1.3 um: 0.7.
+    assert run_setting_differences({**run, "segment": {}}, training) == [
+        "segment.cytoplasm_open_um: 0.7 in the run, 1.3 here"]
     # A setting left out counts as the estimator's default: an old run without max_shift had none (0).
     old = {**run, "cnn": {k: v for k, v in run["cnn"].items() if k != "max_shift"}}
     assert run_setting_differences(old, {**training, "cnn": {**training["cnn"], "max_shift": 0}}) == []
@@ -314,7 +350,8 @@ def test_default_model_was_trained_with_this_release_s_settings():
 
     model = load_model()
     recorded = {**model.provenance["settings"], "cnn_enabled": True,
-                "features": {"context_um": model.config["features"]["context_um"]}}  # fmt: skip
+                "features": {"context_um": model.config["features"]["context_um"]},
+                "segment": model.config.get("segment", {})}  # fmt: skip
     now = {"cnn_enabled": True, "features": {}, "gknn": dict(GKNN_DEFAULTS), "cnn": dict(CNN_DEFAULTS)}
     assert run_setting_differences(recorded, now) == []
     assert model.provenance["cross_validated_metrics"]["run"]
@@ -462,6 +499,9 @@ def _damaged_copy(tmp_path: Path, change) -> Path:
         (lambda m: m["config"]["features"].update(context_um=60.0), "context_um must be at most 50 um"),
         (lambda m: m["config"]["patch"].update(size=0), "patch"),
         (lambda m: m["config"].update(blast_cell_threshold=2), "blast_cell_threshold"),
+        (lambda m: m["config"].update(segment={"cytoplasm_open_um": -1.0}), "segment: cytoplasm_open_um must be"),
+        (lambda m: m["config"].update(segment={"opening": 1.3}), "segment: segment.. has no setting 'opening'"),
+        (lambda m: m["config"].update(segment=[1.3]), "segment must be an object"),
     ],
 )
 def test_damaged_bundle_settings_are_one_error_at_load(tmp_path, capsys, change, message):

@@ -483,6 +483,43 @@ def test_experiment_refuses_bad_cnn_settings_before_any_work(fake_all_idb1, tmp_
     assert not (tmp_path / "cache").exists()  # nothing was segmented
 
 
+@pytest.mark.parametrize(
+    ("segment_params", "message"),
+    [
+        ({"opening": 1.3}, "invalid segmentation settings: segment() has no setting 'opening'"),
+        ({"cytoplasm_open_um": 0}, "invalid segmentation settings: cytoplasm_open_um must be a finite positive"),
+    ],
+)
+def test_experiment_refuses_bad_segmentation_settings_before_any_work(fake_all_idb1, tmp_path, segment_params,
+                                                                       message):
+    with pytest.raises(LeukosegError) as info:
+        run_experiment(load_dataset("all-idb1", fake_all_idb1), tmp_path / "run", cache_dir=tmp_path / "cache",
+                       segment_params=segment_params)  # fmt: skip
+    assert message in str(info.value)
+    assert not (tmp_path / "cache").exists()  # nothing was segmented
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--segment-params", '{"opening": 1.3}'], "invalid segmentation settings: segment() has no setting 'opening'"),
+        (["--segment-params", '{"pixel_size": 0.1}'], "give the pixel size as --pixel-size, not in --segment-params"),
+        (["--segment-params", '{"cytoplasm_open_um": -1}', "--pixel-size", "0.1"], "cytoplasm_open_um must be"),
+    ],
+)
+def test_cli_experiment_refuses_bad_segmentation_settings_before_any_work(fake_all_idb1, tmp_path, capsys, argv,
+                                                                           message):
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", str(tmp_path / "run"),
+               "--cache", str(tmp_path / "cache"), *argv])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "cache").exists()
+    # With image PATHs the bundle's own segmentation settings apply: the option is refused, not ignored.
+    image = tmp_path / "smear.png"
+    Image.fromarray(make_smear(shape=(64, 64), seed=0).image).save(image)
+    assert main(["classify", str(image), "--segment-params", '{"cytoplasm_open_um": 0.7}', "--out",
+                 str(tmp_path / "o")]) != 0  # fmt: skip
+    assert "--segment-params applies to --dataset, not to image PATHs" in capsys.readouterr().err
+
 @pytest.mark.parametrize(("folds", "message"), [
     ("5", "class '1' (ALL) has 1 distinct image(s) (identical copies count once), fewer than the 5 folds; add "),
     ("2", "class '1' (ALL) has 1 distinct image(s) (identical copies count once), fewer than the 2 folds; add "),

@@ -412,6 +412,7 @@ def test_stages_refuse_bad_labels_masks_and_numbers():
         {"min_stain_excess": float("nan")}, {"min_nucleus_area_um2": -14.0}, {"max_cytoplasm_um": float("inf")},
         {"split_distance_um": "3"}, {"nucleus_excess_range": (70.0, 35.0)}, {"nucleus_excess_range": (35.0,)},
         {"purple_nuclei": "no"},  # a true string: it would have kept the purple test on
+        {"cytoplasm_open_um": 0.0}, {"cytoplasm_open_um": float("nan")},
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused(kwargs):
@@ -605,6 +606,36 @@ def test_deep_blue_cytoplasm_stays_out_of_the_nucleus():
     assert np.all(a[:, 2] >= 2)  # the FAB L3 "vacuolated" cut-off is reached (true vacuoles: 2-12)
     without = _l3_measurements(purple_nuclei=False)
     assert np.mean(np.abs(without[:, 1] - without[:, 0])) > 0.06  # the cytoplasm swelled the nucleus
+
+
+def _cell_with_a_strip(width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A white cell (purple nucleus, pale blue cytoplasm, 0.35 um/px) with a cytoplasm-coloured strip
+    `width` pixels wide running 8 pixels (2.8 um) out of its right edge, as along a neighbouring red cell's rim."""
+    yy, xx = np.mgrid[:80, :120]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 <= 16**2
+    strip = (np.abs(yy - 40) < width / 2) & (xx > 50) & (xx <= 50 + 16 + 8) & ~disc
+    image = np.empty((80, 120, 3), np.uint8)
+    image[...] = (225, 215, 200)
+    image[disc | strip] = (170, 175, 215)  # more green than red: cytoplasm, not chromatin
+    image[(yy - 40) ** 2 + (xx - 50) ** 2 <= 9**2] = (110, 50, 150)
+    return image, disc, strip
+
+
+def test_cells_leave_out_thin_stained_strips_along_their_edge():
+    # A 6-pixel (2.1 um) strip: opened away by the default 1.3 um disc, kept by the 0.7 um one of earlier
+    # releases (the strip is wider than that disc), which is how cells took in a neighbouring red cell's rim.
+    image, disc, strip = _cell_with_a_strip(6)
+    seg = segment(image, pixel_size=0.35)
+    assert seg.n_cells == 1
+    cell = seg.cells == 1
+    far = strip & (np.arange(120)[None, :] > 50 + 16 + 3)  # the strip beyond its first 3 pixels
+    assert not (cell & far).any()
+    assert abs(cell.sum() / disc.sum() - 1) < 0.03  # the disc itself is kept, within 3 % of its area
+    before = segment(image, pixel_size=0.35, cytoplasm_open_um=0.7).cells == 1
+    assert (before & far).sum() > 0.75 * far.sum()  # all but its end's corners, which the 0.7 um disc rounds
+    assert seg.measurements["cell_area_um2"][0] < segment(
+        image, pixel_size=0.35, cytoplasm_open_um=0.7
+    ).measurements["cell_area_um2"][0]
 
 
 def test_output_contract(tmp_path):

@@ -23,16 +23,21 @@ The pipeline (all sizes in micrometres, converted per image; no pixel size is fi
    their neighbour (so a lobed neutrophil nucleus stays one cell).
 7. Each cell is its nucleus plus the stained cytoplasm around it, shared between touching cells by a
    second watershed seeded with the nuclei, and never further than ``max_cytoplasm_um`` from its nucleus.
+   Before that, the stained region is opened with a disc of radius ``cytoplasm_open_um``: where a cell's
+   edge runs along a neighbouring red cell, a thin stained strip follows the red cell's rim, and without
+   the opening the cell's outline (and its area, diameter and N:C ratio) took it in.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +51,9 @@ __all__ = ["Segmentation", "segment"]
 
 log = logging.getLogger(__name__)
 
+#: How earlier releases segmented where a setting did not exist yet: a run or model bundle that does not
+#: record one of these settings was made with this value (not with today's default).
+UNRECORDED_SETTINGS: Mapping[str, Any] = types.MappingProxyType({"cytoplasm_open_um": 0.7})
 #: Images with a side shorter than this cannot hold a white cell: refused as bad input.
 MIN_IMAGE_SIDE = 16
 #: The coarse copy used for the red-cell ruler has at most this many pixels along its longer side.
@@ -240,6 +248,7 @@ def segment(
     min_nucleus_area_um2: float = 14.0,
     split_distance_um: float = 3.0,
     max_cytoplasm_um: float = 6.0,
+    cytoplasm_open_um: float = 1.3,
     purple_nuclei: bool = True,
 ) -> Segmentation:
     """Find and measure the white cells of a stained blood smear.
@@ -270,6 +279,10 @@ def segment(
         Touching nuclei whose centres are at least this far apart are split.
     max_cytoplasm_um : float, optional
         Cytoplasm is looked for at most this far from its nucleus.
+    cytoplasm_open_um : float, optional
+        Radius of the opening of the stained region around the nuclei: stained strips narrower than about
+        twice this (the rim of a red cell that a white cell's edge runs along) are not cytoplasm. Nuclei are
+        never cut. Earlier releases opened with 0.7 um, which left those strips in; 0.7 gives their outlines.
     purple_nuclei : bool, optional
         A nucleus pixel must also absorb more green than red light (purple chromatin): deeply basophilic
         (deep blue) cytoplasm, as in L3 blasts, is stained past the nucleus threshold but absorbs more red,
@@ -294,27 +307,12 @@ def segment(
     >>> segment(image, pixel_size=0.35).n_cells
     2
     """
+    settings = {name: value for name, value in locals().items() if name != "image"}  # the parameters only
     check_image(image)
     too_small = _size_problem(image)
     if too_small:
         raise ValueError(too_small)
-    if pixel_size is not None:
-        check_positive("pixel_size", pixel_size)
-    for name, value in (
-        ("red_cell_diameter_um", red_cell_diameter_um), ("fallback_nucleus_diameter_um", fallback_nucleus_diameter_um),
-        ("working_um_per_px", working_um_per_px), ("median_um", median_um), ("stain_sigmas", stain_sigmas),
-        ("min_nucleus_area_um2", min_nucleus_area_um2), ("split_distance_um", split_distance_um),
-        ("max_cytoplasm_um", max_cytoplasm_um),
-    ):  # fmt: skip
-        check_positive(name, value)
-    check_positive("min_stain_excess", min_stain_excess, allow_zero=True)
-    check_bool("purple_nuclei", purple_nuclei)
-    if (
-        len(nucleus_excess_range) != 2
-        or not all(is_real(v) and np.isfinite(v) for v in nucleus_excess_range)
-        or nucleus_excess_range[0] > nucleus_excess_range[1]
-    ):
-        raise ValueError(f"nucleus_excess_range must be two finite numbers (low, high), got {nucleus_excess_range!r}")
+    check_settings(settings)
     height, width = image.shape[:2]
     background = background_level(image)
     pyramid = _Pyramid(image)
@@ -355,7 +353,7 @@ def segment(
 
     assert um is not None  # set with the scale
     nuclei = _split_nuclei(nuclear, um, min_nucleus_area_um2, split_distance_um)
-    cells = _grow_cells(nuclei, stained | (nuclei > 0), um, max_cytoplasm_um)
+    cells = _grow_cells(nuclei, stained | (nuclei > 0), um, max_cytoplasm_um, cytoplasm_open_um)
     nuclei, cells = _relabel(nuclei, cells)
 
     del pyramid  # its halvings and float copies are not needed for measuring
@@ -566,8 +564,62 @@ def _merge_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
     return labels
 
 
-def _grow_cells(nuclei: np.ndarray, stained: np.ndarray, um: float, max_cytoplasm_um: float) -> np.ndarray:
-    """Cells: each nucleus plus the stained cytoplasm nearest to it, within `max_cytoplasm_um`."""
+def default_settings() -> dict[str, Any]:
+    """Every :func:`segment` setting but ``pixel_size`` (a fact about one image), at its default.
+
+    Returns
+    -------
+    dict
+        JSON-able: a model bundle records it, so that classifying segments as its training images were.
+    """
+    params = inspect.signature(segment).parameters
+    return {
+        name: list(p.default) if isinstance(p.default, tuple) else p.default
+        for name, p in params.items()
+        if p.default is not p.empty and name != "pixel_size"
+    }
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse keyword arguments of :func:`segment` that it does not take or would refuse.
+
+    Parameters
+    ----------
+    settings : mapping
+        Keyword arguments of :func:`segment` (any subset; a model bundle records some).
+
+    Raises
+    ------
+    ValueError
+        Naming the first unknown or out-of-range setting.
+    """
+    known = set(inspect.signature(segment).parameters) - {"image"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"segment() has no setting {unknown[0]!r}")
+    for name, value in settings.items():
+        if name == "pixel_size":
+            if value is not None:
+                check_positive(name, value)
+        elif name == "min_stain_excess":
+            check_positive(name, value, allow_zero=True)
+        elif name == "purple_nuclei":
+            check_bool(name, value)
+        elif name == "nucleus_excess_range":
+            if (
+                isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2
+                or not all(is_real(v) and np.isfinite(v) for v in value) or value[0] > value[1]
+            ):  # fmt: skip
+                raise ValueError(f"nucleus_excess_range must be two finite numbers (low, high), got {value!r}")
+        else:
+            check_positive(name, value)
+
+
+def _grow_cells(
+    nuclei: np.ndarray, stained: np.ndarray, um: float, max_cytoplasm_um: float, open_um: float
+) -> np.ndarray:
+    """Cells: each nucleus plus the stained cytoplasm nearest to it, within `max_cytoplasm_um`; stained
+    strips narrower than about ``2 * open_um`` (a neighbouring red cell's rim) are left out."""
     import cv2
 
     from ._scale import _fill_holes
@@ -575,7 +627,7 @@ def _grow_cells(nuclei: np.ndarray, stained: np.ndarray, um: float, max_cytoplas
     if not nuclei.any():
         return nuclei.copy()
     region: np.ndarray = cv2.morphologyEx(stained.astype(np.uint8), cv2.MORPH_CLOSE, _disk(0.5 / um))
-    region = cv2.morphologyEx(region, cv2.MORPH_OPEN, _disk(0.7 / um))
+    region = cv2.morphologyEx(region, cv2.MORPH_OPEN, _disk(open_um / um))
     region = _fill_holes(region, max_area_px=20 / um**2).astype(bool) | (nuclei > 0)
     dist_to_nucleus = cv2.distanceTransform((nuclei == 0).astype(np.uint8), cv2.DIST_L2, 5)
     region &= dist_to_nucleus <= max_cytoplasm_um / um
