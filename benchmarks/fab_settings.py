@@ -74,7 +74,12 @@ def _called(run: Path, data_dir: Path, cache: Path | None, repeat: int):
     from leukoseg.pipelines.cache import default_cache_dir, load_or_compute
     from leukoseg.pipelines.report import load_metrics
 
-    primary = load_metrics(run).get("primary_model", "fused")
+    from leukoseg.segmentation import recorded_segment_settings
+
+    metrics = load_metrics(run)
+    primary = metrics.get("primary_model", "fused")
+    # The run's own cells: its outlines (a run made before cytoplasm_open_um was recorded had 0.7 um).
+    segment_kw = recorded_segment_settings((metrics.get("settings") or {}).get("segment"))
     with open(run / "images.csv", newline="", encoding="utf-8") as f:
         images = [r["image"] for r in csv.DictReader(f) if r["repeat"] == str(repeat) and r["pred"] == "1"]
     p: dict[str, dict[int, float]] = {}
@@ -83,7 +88,7 @@ def _called(run: Path, data_dir: Path, cache: Path | None, repeat: int):
             if r["repeat"] == str(repeat) and r["image"] in images:
                 p.setdefault(r["image"], {})[int(r["cell_id"])] = float(r[f"p_blast_{primary}"])
     entries, _ = load_or_compute([data_dir / i for i in images], cache if cache is not None else default_cache_dir(),
-                                 workers=2)  # fmt: skip
+                                 segment_kw=segment_kw, workers=2)  # fmt: skip
     called = []
     for name, entry in zip(images, entries):
         m = entry.measurements

@@ -51,7 +51,7 @@ def main() -> int:
         smear = make_smear(shape=(512, 640), kinds=KINDS, n_touching_pairs=0, seed=seed)
         seg = segment(smear.image, **kw)
         m = seg.measurements
-        for cell_id, cell in enumerate(smear.white_cells, start=1):  # ids follow the records' order
+        for cell in smear.white_cells:
             d = np.hypot(m["x"] - cell.x, m["y"] - cell.y)
             if d.size == 0 or d.min() > MATCH_RADIUS_PX:
                 missed[cell.kind] += 1
@@ -61,7 +61,7 @@ def main() -> int:
                 cell.n_vacuoles, m["vacuole_count"][i], cell.n_nucleoli, m["nucleoli_count"][i],
                 m["cell_diameter_um"][i] / cell.cell_diameter_um - 1.0,
                 m["nc_ratio"][i] - (cell.nucleus_diameter_um / cell.cell_diameter_um) ** 2,
-                _iou(seg.cells == m["cell_id"][i], smear.cells == cell_id),
+                _iou(seg.cells == m["cell_id"][i], smear.cells == cell.cell_id),
             ))  # fmt: skip
 
     print(f"Synthetic smears: {args.smears} (seeds 0-{args.smears - 1}), cells matched within {MATCH_RADIUS_PX:g} px")

@@ -1487,12 +1487,14 @@ def _check_config(
         if n_features is not None and len(columns) != n_features:
             raise bad(f"features give {len(columns)} columns; the models take {n_features}")
     if "segment" in config:
-        from leukoseg.segmentation._segment import check_settings
+        from leukoseg.segmentation import check_segment_settings
 
         if not isinstance(config["segment"], dict):
             raise bad(f"segment must be an object of segment() settings; got {_short(config['segment'])}")
+        if "pixel_size" in config["segment"]:  # a fact about each image, given at classification
+            raise bad("segment must not hold pixel_size (classify measures it, or takes --pixel-size)")
         try:
-            check_settings(config["segment"])
+            check_segment_settings(config["segment"])
         except ValueError as exc:
             raise bad(f"segment: {_one_line(exc)}") from None
 

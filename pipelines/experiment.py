@@ -397,7 +397,8 @@ def run_experiment(
     Raises
     ------
     LeukosegError
-        If the data set is too small for the folds or a fold has training cells of one class only.
+        If the data set is too small for the folds or a fold has training cells of one class only, or a
+        CNN, feature or segmentation setting is unknown or out of range (before any image is segmented).
     """
     from tqdm import tqdm
 
@@ -885,10 +886,10 @@ def check_feature_params(feature_params: Mapping | None) -> None:
 
 def _check_segment_params(segment_params: Mapping | None) -> None:
     """Refuse segmentation settings before any image is segmented (one-line LeukosegError)."""
-    from leukoseg.segmentation._segment import check_settings
+    from leukoseg.segmentation import check_segment_settings
 
     try:
-        check_settings(dict(segment_params or {}))
+        check_segment_settings(segment_params if segment_params is not None else {})
     except ValueError as exc:
         raise LeukosegError(None, f"invalid segmentation settings: {exc}") from None
 

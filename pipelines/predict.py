@@ -38,20 +38,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _segment_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The :func:`~leukoseg.segmentation.segment` settings a bundle's models were trained on.
-
-    A bundle from before they were recorded was trained on the segmentation of its release, which differs
-    from today's defaults where :data:`~leukoseg.segmentation._segment.UNRECORDED_SETTINGS` says so.
-    """
-    from leukoseg.segmentation._segment import UNRECORDED_SETTINGS
-
-    settings = {**UNRECORDED_SETTINGS, **dict(config.get("segment") or {})}
-    if isinstance(settings.get("nucleus_excess_range"), list):
-        settings["nucleus_excess_range"] = tuple(settings["nucleus_excess_range"])
-    return settings
-
-
 def default_model_dir() -> Path:
     """Return the folder of the bundled default model.
 
@@ -216,14 +202,15 @@ def classify_image(
     """
     from leukoseg.classify.fab import FABSettings, blast_mask, fab_classify
     from leukoseg.features.rows import feature_matrix
-    from leukoseg.segmentation import extract_patches, segment
+    from leukoseg.segmentation import extract_patches, recorded_segment_settings, segment
 
     from .cache import _cells_for_features
     from .metrics import image_score
 
     config = model.config
     if seg is None:
-        seg = segment(image, pixel_size=pixel_size, **_segment_settings(config))
+        # As the bundle's training images were segmented (an older bundle: as its release did).
+        seg = segment(image, pixel_size=pixel_size, **recorded_segment_settings(config.get("segment")))
     m = seg.measurements
     feats = config["features"]
     patch = config["patch"]

@@ -132,7 +132,7 @@ def train_bundle(
     from leukoseg.classify import FABSettings
     from leukoseg.classify.bundle import save_bundle
     from leukoseg.features.rows import check_lbp_radii
-    from leukoseg.segmentation._segment import default_settings
+    from leukoseg.segmentation import default_segment_settings
 
     t0 = time.perf_counter()
     why = _seed_refusal(seed)
@@ -212,7 +212,7 @@ def train_bundle(
         },
         "patch": {"size": int(cells.patches.shape[1]), "um_per_px": 0.5},
         # classify segments as the training images were (a later release may change a default).
-        "segment": default_settings(),
+        "segment": default_segment_settings(),
         "fab": (fab_settings if fab_settings is not None else FABSettings()).to_dict(),
         "blast_cell_threshold": 0.5,
     }  # fmt: skip
@@ -344,7 +344,7 @@ def run_setting_differences(run: Mapping, training: Mapping) -> list[str]:
     it and had bare boxes, 0; and the cytoplasm opening (``segment.cytoplasm_open_um``), 0.7 in runs that
     do not record it. A run without settings cannot be vouched for: it differs in everything.
     """
-    from leukoseg.segmentation._segment import UNRECORDED_SETTINGS
+    from leukoseg.segmentation import recorded_segment_settings
 
     if not run:
         return ["the run records no settings"]
@@ -362,7 +362,7 @@ def run_setting_differences(run: Mapping, training: Mapping) -> list[str]:
         if group == "features":
             run_kw.setdefault("context_um", 0.0)  # recorded since the setting exists; bare boxes before
         if group == "segment":
-            run_kw = {**UNRECORDED_SETTINGS, **run_kw}  # recorded since the setting exists; the former value before
+            run_kw = recorded_segment_settings(run_kw)  # a setting recorded only since it exists: its former value
         a = _jsonable({**defaults[group], **run_kw})
         b = _jsonable({**defaults[group], **dict(training.get(group) or {})})
         out += [f"{group}.{k}: {_show(a, k)} in the run, {_show(b, k)} here"

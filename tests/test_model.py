@@ -80,12 +80,12 @@ def test_a_bundle_segments_as_its_training_images_were(fast, fake_all_idb1, fake
     import shutil
 
     import leukoseg.segmentation as segmentation
-    from leukoseg.segmentation._segment import default_settings
+    from leukoseg.segmentation import default_segment_settings
 
     path = _train(fast, fake_all_idb1, fake_cache, tmp_path / "model", cnn=False)
     manifest = json.loads((path / "bundle.json").read_text())
-    assert manifest["config"]["segment"] == default_settings()
-    assert manifest["config"]["segment"]["cytoplasm_open_um"] == 1.3 and "pixel_size" not in default_settings()
+    assert manifest["config"]["segment"] == default_segment_settings()
+    assert manifest["config"]["segment"]["cytoplasm_open_um"] == 1.3 and "pixel_size" not in default_segment_settings()
     calls = []
     real = segmentation.segment
 
@@ -104,6 +104,7 @@ def test_a_bundle_segments_as_its_training_images_were(fast, fake_all_idb1, fake
     assert [c["cytoplasm_open_um"] for c in calls] == [1.3, 0.7]
     assert calls[0]["pixel_size"] == 0.2 and calls[1]["pixel_size"] is None
     assert calls[0]["nucleus_excess_range"] == (35.0, 70.0)  # JSON's list given back as the tuple it was
+
 
 def test_train_checks_its_export_on_imputed_rows(fast, fake_all_idb1, fake_cache, tmp_path, monkeypatch):
     """A missing feature among the first cells (a cell without cytoplasm has no cytoplasm density) is imputed
@@ -502,6 +503,8 @@ def _damaged_copy(tmp_path: Path, change) -> Path:
         (lambda m: m["config"].update(segment={"cytoplasm_open_um": -1.0}), "segment: cytoplasm_open_um must be"),
         (lambda m: m["config"].update(segment={"opening": 1.3}), "segment: segment.. has no setting 'opening'"),
         (lambda m: m["config"].update(segment=[1.3]), "segment must be an object"),
+        # classify passes the pixel size itself: a recorded one would clash with it, image by image.
+        (lambda m: m["config"].update(segment={"pixel_size": 0.1}), "segment must not hold pixel_size"),
     ],
 )
 def test_damaged_bundle_settings_are_one_error_at_load(tmp_path, capsys, change, message):

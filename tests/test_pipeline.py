@@ -488,6 +488,9 @@ def test_experiment_refuses_bad_cnn_settings_before_any_work(fake_all_idb1, tmp_
     [
         ({"opening": 1.3}, "invalid segmentation settings: segment() has no setting 'opening'"),
         ({"cytoplasm_open_um": 0}, "invalid segmentation settings: cytoplasm_open_um must be a finite positive"),
+        ({"cytoplasm_open_um": 1e6}, "invalid segmentation settings: cytoplasm_open_um must be at most 10 um"),
+        ({"nucleus_excess_range": {0: 35, 1: 70}}, "nucleus_excess_range must be two finite numbers"),
+        ([1.3], "invalid segmentation settings: segmentation settings must be a mapping"),
     ],
 )
 def test_experiment_refuses_bad_segmentation_settings_before_any_work(fake_all_idb1, tmp_path, segment_params,
@@ -497,6 +500,7 @@ def test_experiment_refuses_bad_segmentation_settings_before_any_work(fake_all_i
                        segment_params=segment_params)  # fmt: skip
     assert message in str(info.value)
     assert not (tmp_path / "cache").exists()  # nothing was segmented
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),

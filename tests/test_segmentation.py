@@ -412,7 +412,8 @@ def test_stages_refuse_bad_labels_masks_and_numbers():
         {"min_stain_excess": float("nan")}, {"min_nucleus_area_um2": -14.0}, {"max_cytoplasm_um": float("inf")},
         {"split_distance_um": "3"}, {"nucleus_excess_range": (70.0, 35.0)}, {"nucleus_excess_range": (35.0,)},
         {"purple_nuclei": "no"},  # a true string: it would have kept the purple test on
-        {"cytoplasm_open_um": 0.0}, {"cytoplasm_open_um": float("nan")},
+        {"cytoplasm_open_um": 0.0}, {"cytoplasm_open_um": float("nan")}, {"cytoplasm_open_um": 11.0},
+        {"nucleus_excess_range": {35.0, 70.0}},  # a set: no order, refused as a ValueError like the others
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused(kwargs):

@@ -9,22 +9,35 @@ from ._crops import extract_patch, extract_patches
 from ._measure import MEASUREMENT_COLUMNS, measure_cells
 from ._outputs import cells_geojson, draw_overlay, write_segmentation
 from ._scale import SCALE_FALLBACK, SCALE_GIVEN, SCALE_RED_CELLS, Scale, estimate_scale
-from ._segment import Segmentation, segment
+from ._segment import (
+    MAX_CYTOPLASM_OPEN_UM,
+    UNRECORDED_SEGMENT_SETTINGS,
+    Segmentation,
+    check_segment_settings,
+    default_segment_settings,
+    recorded_segment_settings,
+    segment,
+)
 
 __all__ = [
+    "MAX_CYTOPLASM_OPEN_UM",
     "MEASUREMENT_COLUMNS",
     "SCALE_FALLBACK",
     "SCALE_GIVEN",
     "SCALE_RED_CELLS",
     "Scale",
     "Segmentation",
+    "UNRECORDED_SEGMENT_SETTINGS",
     "background_level",
     "cells_geojson",
+    "check_segment_settings",
+    "default_segment_settings",
     "draw_overlay",
     "estimate_scale",
     "extract_patch",
     "extract_patches",
     "measure_cells",
+    "recorded_segment_settings",
     "segment",
     "stain_excess",
     "write_segmentation",

@@ -47,13 +47,24 @@ from ._measure import _dilate, _index_map, measure_cells
 from ._ndimage import find_objects, peak_local_max, threshold_otsu, watershed
 from ._scale import SCALE_FALLBACK, SCALE_GIVEN, Scale, estimate_scale
 
-__all__ = ["Segmentation", "segment"]
+__all__ = [
+    "MAX_CYTOPLASM_OPEN_UM",
+    "UNRECORDED_SEGMENT_SETTINGS",
+    "Segmentation",
+    "check_segment_settings",
+    "default_segment_settings",
+    "recorded_segment_settings",
+    "segment",
+]
 
 log = logging.getLogger(__name__)
 
 #: How earlier releases segmented where a setting did not exist yet: a run or model bundle that does not
 #: record one of these settings was made with this value (not with today's default).
-UNRECORDED_SETTINGS: Mapping[str, Any] = types.MappingProxyType({"cytoplasm_open_um": 0.7})
+UNRECORDED_SEGMENT_SETTINGS: Mapping[str, Any] = types.MappingProxyType({"cytoplasm_open_um": 0.7})
+#: The largest cytoplasm opening taken (um): a wider disc removes all the cytoplasm of a white cell, and its
+#: kernel grows with the square of the radius.
+MAX_CYTOPLASM_OPEN_UM = 10.0
 #: Images with a side shorter than this cannot hold a white cell: refused as bad input.
 MIN_IMAGE_SIDE = 16
 #: The coarse copy used for the red-cell ruler has at most this many pixels along its longer side.
@@ -282,7 +293,8 @@ def segment(
     cytoplasm_open_um : float, optional
         Radius of the opening of the stained region around the nuclei: stained strips narrower than about
         twice this (the rim of a red cell that a white cell's edge runs along) are not cytoplasm. Nuclei are
-        never cut. Earlier releases opened with 0.7 um, which left those strips in; 0.7 gives their outlines.
+        never cut; at most 10 um, and at least one working pixel (0.35 um). Earlier releases opened with 0.7
+        um, which left those strips in; 0.7 gives their outlines.
     purple_nuclei : bool, optional
         A nucleus pixel must also absorb more green than red light (purple chromatin): deeply basophilic
         (deep blue) cytoplasm, as in L3 blasts, is stained past the nucleus threshold but absorbs more red,
@@ -307,12 +319,13 @@ def segment(
     >>> segment(image, pixel_size=0.35).n_cells
     2
     """
-    settings = {name: value for name, value in locals().items() if name != "image"}  # the parameters only
+    # The first statement on purpose: locals() holds the parameters only here.
+    settings = {name: value for name, value in locals().items() if name != "image"}
     check_image(image)
     too_small = _size_problem(image)
     if too_small:
         raise ValueError(too_small)
-    check_settings(settings)
+    check_segment_settings(settings)
     height, width = image.shape[:2]
     background = background_level(image)
     pyramid = _Pyramid(image)
@@ -564,13 +577,18 @@ def _merge_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
     return labels
 
 
-def default_settings() -> dict[str, Any]:
+def default_segment_settings() -> dict[str, Any]:
     """Every :func:`segment` setting but ``pixel_size`` (a fact about one image), at its default.
 
     Returns
     -------
     dict
         JSON-able: a model bundle records it, so that classifying segments as its training images were.
+
+    Examples
+    --------
+    >>> default_segment_settings()["cytoplasm_open_um"]
+    1.3
     """
     params = inspect.signature(segment).parameters
     return {
@@ -580,7 +598,34 @@ def default_settings() -> dict[str, Any]:
     }
 
 
-def check_settings(settings: Mapping[str, Any]) -> None:
+def recorded_segment_settings(recorded: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The :func:`segment` keywords that a run or model bundle recording `recorded` was made with.
+
+    Parameters
+    ----------
+    recorded : mapping or None
+        The settings as recorded (``settings.segment`` of a run's ``metrics.json``, ``config.segment`` of a
+        bundle's ``bundle.json``); None or empty for one made before they were recorded.
+
+    Returns
+    -------
+    dict
+        `recorded`, plus the former value of each setting in :data:`UNRECORDED_SEGMENT_SETTINGS` that it
+        lacks (those runs and bundles were made with it, not with today's default), with JSON's lists given
+        back as tuples.
+
+    Examples
+    --------
+    >>> recorded_segment_settings(None)
+    {'cytoplasm_open_um': 0.7}
+    >>> recorded_segment_settings({"cytoplasm_open_um": 1.3, "nucleus_excess_range": [35.0, 70.0]})
+    {'cytoplasm_open_um': 1.3, 'nucleus_excess_range': (35.0, 70.0)}
+    """
+    settings = {**UNRECORDED_SEGMENT_SETTINGS, **dict(recorded or {})}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+
+
+def check_segment_settings(settings: Mapping[str, Any]) -> None:
     """Refuse keyword arguments of :func:`segment` that it does not take or would refuse.
 
     Parameters
@@ -592,7 +637,17 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     ------
     ValueError
         Naming the first unknown or out-of-range setting.
+
+    Examples
+    --------
+    >>> check_segment_settings({"cytoplasm_open_um": 0.7})
+    >>> check_segment_settings({"opening": 0.7})
+    Traceback (most recent call last):
+    ...
+    ValueError: segment() has no setting 'opening'
     """
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"segmentation settings must be a mapping of segment() keywords, got {settings!r}")
     known = set(inspect.signature(segment).parameters) - {"image"}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -607,12 +662,14 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             check_bool(name, value)
         elif name == "nucleus_excess_range":
             if (
-                isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2
+                not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 2
                 or not all(is_real(v) and np.isfinite(v) for v in value) or value[0] > value[1]
             ):  # fmt: skip
                 raise ValueError(f"nucleus_excess_range must be two finite numbers (low, high), got {value!r}")
         else:
             check_positive(name, value)
+            if name == "cytoplasm_open_um" and value > MAX_CYTOPLASM_OPEN_UM:
+                raise ValueError(f"cytoplasm_open_um must be at most {MAX_CYTOPLASM_OPEN_UM:g} um, got {value!r}")
 
 
 def _grow_cells(
