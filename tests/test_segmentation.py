@@ -18,6 +18,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+import leukoseg
 from leukoseg.features import cell_stain_features
 from leukoseg.features.rows import feature_matrix
 from leukoseg.features.stain import nucleus_lbp_features
@@ -28,6 +29,7 @@ from leukoseg.segmentation import (
     Segmentation,
     background_level,
     cells_geojson,
+    default_segment_settings,
     draw_overlay,
     estimate_scale,
     extract_patch,
@@ -667,6 +669,9 @@ def test_output_contract(tmp_path):
         assert set(feat["properties"]["measurements"]) == set(MEASUREMENT_COLUMNS)
     info = json.loads((out / "segmentation.json").read_text())
     assert info["n_cells"] == seg.n_cells and info["scale_source"] == "red cells"
+    # The settings that made these outlines, every default included, and the release.
+    assert info["settings"] == {"pixel_size": None, **default_segment_settings()}
+    assert info["leukoseg_version"] == leukoseg.__version__
     crops = sorted(p.name for p in (out / "crops").iterdir())
     assert len(crops) == 2 * seg.n_cells
     patch = cv2.imread(str(out / "crops" / "cell_0001_patch.png"))

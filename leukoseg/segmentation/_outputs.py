@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_image, check_positive_int
+from .._version import __version__
 from ..errors import LeukosegError
 from ..io import _RESULT_MARKER, _own_folder_refusal, _refusal_to_replace, _staged_folder, _swap_folder, encode_image
 from ._crops import extract_patch
@@ -390,6 +391,9 @@ def write_segmentation(
                 "thresholds": dict(seg.thresholds),
                 "image_shape": list(image.shape),
                 "patch": {"size": patch_size, "um_per_px": patch_um_per_px},
+                # Which outlines these are: a later release may segment otherwise by default.
+                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in seg.settings.items()},
+                "leukoseg_version": __version__,
             }
             info.update(summary or {})
             _write_text(tmp / _RESULT_MARKER, json.dumps(info, indent=2, sort_keys=False, allow_nan=False) + "\n")

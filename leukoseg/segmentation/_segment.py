@@ -158,6 +158,9 @@ class Segmentation:
         The per-image stain thresholds (``stained``, ``nucleus``), in units of :func:`stain_excess`.
     measurements : Mapping[str, ndarray]
         One array per measurement, one row per cell in id order (see :func:`measure_cells`).
+    settings : Mapping[str, Any]
+        The keyword arguments of :func:`segment` that made it, defaults included (empty for one built
+        by hand), so that its outputs say which outlines they hold.
 
     Notes
     -----
@@ -175,6 +178,7 @@ class Segmentation:
     working_um_per_px: float
     thresholds: Mapping[str, float]
     measurements: Mapping[str, np.ndarray] = field(repr=False)
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # Views, so that the caller's own arrays stay writable; frozen, so set through object.
@@ -183,6 +187,7 @@ class Segmentation:
         columns = {name: _read_only(values) for name, values in self.measurements.items()}
         object.__setattr__(self, "measurements", types.MappingProxyType(columns))
         object.__setattr__(self, "thresholds", types.MappingProxyType(dict(self.thresholds)))
+        object.__setattr__(self, "settings", types.MappingProxyType(dict(self.settings)))
 
     @cached_property
     def nuclei(self) -> np.ndarray:
@@ -387,6 +392,7 @@ def segment(
         working_um_per_px=float(um),
         thresholds={"stained": float(t_stain), "nucleus": float(t_nucleus)},
         measurements=measurements,  # both made read-only by __post_init__
+        settings=settings,
     )
 
 
