@@ -75,8 +75,8 @@ def main() -> int:
     parser.add_argument("--feature-params", type=json.loads, default=None,
                         help="CellFeatures settings as JSON, e.g. '{\"context_um\": 4}'")
     parser.add_argument("--segment-params", type=json.loads, default=None,
-                        help="segment() settings as JSON, e.g. '{\"cytoplasm_open_um\": 0.7}' (the outlines of runs "
-                        "before r37)")
+                        help="segment() settings as JSON, e.g. '{\"stain_above_red_cells\": false}' (the outlines "
+                        "of runs r37 and r38; with '\"cytoplasm_open_um\": 0.7' too, of the runs before)")
     parser.add_argument("--cnn-params", type=json.loads, default=None,
                         help="CNNClassifier settings over the experiment's as JSON, e.g. '{\"epochs\": 10}'")
     parser.add_argument("--inner-search", action="store_true",

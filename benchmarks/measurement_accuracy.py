@@ -11,7 +11,7 @@ ALL-IDB1 present it also prints the vacuole counts of the cells of its healthy i
 neutrophils, which have no vacuoles: every vacuole found there is spurious).
 
     python benchmarks/measurement_accuracy.py [--smears 12] [--data-dir DIR] [--every K] [--no-purple-nuclei]
-        [--cytoplasm-open-um UM]
+        [--cytoplasm-open-um UM] [--no-stain-above-red-cells]
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ def main() -> int:
                         help="segment without the purple-chromatin rule (segment(purple_nuclei=False)), to compare")
     parser.add_argument("--cytoplasm-open-um", type=float, default=None,
                         help="segment(cytoplasm_open_um=...), to compare (0.7: the outlines of earlier releases)")
+    parser.add_argument("--no-stain-above-red-cells", action="store_true",
+                        help="the stain threshold from the glass alone (segment(stain_above_red_cells=False)), as "
+                             "in earlier releases, to compare")
     args = parser.parse_args()
-    kw = {"purple_nuclei": not args.no_purple_nuclei}
+    kw = {"purple_nuclei": not args.no_purple_nuclei, "stain_above_red_cells": not args.no_stain_above_red_cells}
     if args.cytoplasm_open_um is not None:
         kw["cytoplasm_open_um"] = args.cytoplasm_open_um
 

@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "smear around each cell's box")
     cls.add_argument("--segment-params", type=_json_object, default=None, metavar="JSON",
                      help="segmentation settings over the defaults, as a JSON object of leukoseg.segmentation."
-                     "segment keywords, e.g. '{\"cytoplasm_open_um\": 0.7}': the cell outlines of earlier "
-                     "releases (the pixel size is --pixel-size)")
+                     "segment keywords, e.g. '{\"stain_above_red_cells\": false}': the cell outlines of the "
+                     "release before (the pixel size is --pixel-size)")
     cls.add_argument("--inner-search", action="store_true",
                      help="tune GkNN and SVM afresh on each inner split of the training images, so that the scores "
                      "choosing thresholds and fusion weights come from models tuned without them (about three "

@@ -449,7 +449,7 @@ def run_experiment(
     )  # fmt: skip
     timer.add("segment_and_features", time.perf_counter() - t)
     timer["segment_and_features_compute_cpu"] = cache_info["compute_seconds"]
-    from leukoseg.segmentation import SCALE_FALLBACK
+    from leukoseg.segmentation import SCALE_FALLBACK, UNRECORDED_SEGMENT_SETTINGS
 
     scale_sources = dict(sorted(Counter(e.scale_source for e in entries).items()))
     n_fallback = scale_sources.get(SCALE_FALLBACK, 0)
@@ -578,8 +578,9 @@ def run_experiment(
              "inner_search": bool(inner_search)},
             {"gknn": {**GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": svm_params, "knn": knn_params,
              "cnn": {**CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else cnn_params, "fusion": fusion_params,
-             # The cytoplasm opening always (its default changed: a run must say which outlines it had).
-             "segment": {"cytoplasm_open_um": _segment_default("cytoplasm_open_um"), **dict(segment_params or {})},
+             # The settings whose defaults changed always: a run must say which outlines it had.
+             "segment": {**{k: _segment_default(k) for k in UNRECORDED_SEGMENT_SETTINGS},
+                         **dict(segment_params or {})},
              # Every CellFeatures setting that is not its default, and the crop context always (its default
              # changed: a run must say which crops it had).
              "features": {"context_um": CellFeatures(**dict(feature_params or {})).context_um,

@@ -341,8 +341,10 @@ def run_setting_differences(run: Mapping, training: Mapping) -> list[str]:
     :class:`~leukoseg.classify.CNNClassifier`), so a run that records only what differs from them and a
     bundle that records more agree; a setting that the run does not record is read as this release's
     default, except the crop context (``features.context_um``): runs made before it existed do not record
-    it and had bare boxes, 0; and the cytoplasm opening (``segment.cytoplasm_open_um``), 0.7 in runs that
-    do not record it. A run without settings cannot be vouched for: it differs in everything.
+    it and had bare boxes, 0; and the segmentation settings of
+    :data:`~leukoseg.segmentation.UNRECORDED_SEGMENT_SETTINGS` (the cytoplasm opening, 0.7, and
+    ``stain_above_red_cells``, false, in runs that do not record them). A run without settings cannot be
+    vouched for: it differs in everything.
     """
     from leukoseg.segmentation import recorded_segment_settings
 

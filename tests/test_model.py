@@ -101,7 +101,7 @@ def test_a_bundle_segments_as_its_training_images_were(fast, fake_all_idb1, fake
     del manifest["config"]["segment"]
     (old / "bundle.json").write_text(json.dumps(manifest))
     classify_image(image, load_model(old))
-    assert [c["cytoplasm_open_um"] for c in calls] == [1.3, 0.7]
+    assert [(c["cytoplasm_open_um"], c["stain_above_red_cells"]) for c in calls] == [(1.3, True), (0.7, False)]
     assert calls[0]["pixel_size"] == 0.2 and calls[1]["pixel_size"] is None
     assert calls[0]["nucleus_excess_range"] == (35.0, 70.0)  # JSON's list given back as the tuple it was
 
@@ -169,7 +169,7 @@ def _run_settings(fast: dict) -> dict:
             "match_radius_px": 50.0, "inner_search": False, "top_ks": [1, 2, 3], "features": {"context_um": 4.0},
             "gknn": {**GKNN_DEFAULTS, **fast["gknn_params"]}, "svm": fast["svm_params"], "knn": None,
             "cnn": {**CNN_DEFAULTS, **fast["cnn_params"]} if cnn else None, "fusion": fast.get("fusion_params"),
-            "segment": {"cytoplasm_open_um": 1.3}}  # fmt: skip
+            "segment": {"cytoplasm_open_um": 1.3, "stain_above_red_cells": True}}  # fmt: skip
 
 
 def test_train_refuses_a_run_of_other_settings_before_reading_the_data(fast, fake_all_idb1, tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_train_refuses_a_run_of_other_settings_before_reading_the_data(fast, fak
     settings = _run_settings(fast)
     settings["cnn"] = {**settings["cnn"], "max_shift": 0}
     settings["features"] = {}  # a run made before the crop context was recorded: bare boxes
-    settings["segment"] = None  # and before the cytoplasm opening was: 0.7 um
+    settings["segment"] = None  # and before the segmentation settings were: 0.7 um, the glass's threshold
     (run / "metrics.json").write_text(json.dumps({"dataset": {"fingerprint": "0" * 64}, "settings": settings,
                                                   "models": {"fused": {"summary": {"all": {}}}}}))
     dataset = load_dataset("all-idb1", fake_all_idb1)
@@ -188,8 +188,8 @@ def test_train_refuses_a_run_of_other_settings_before_reading_the_data(fast, fak
         train_bundle(dataset, tmp_path / "m", cache_dir=tmp_path / "cache", seed=3, run_dir=run, **fast)
     assert info.value.path == str(run / "metrics.json")
     assert "this run's models were trained with other settings than this bundle's (features.context_um: 0.0 in " \
-           "the run, 4.0 here; segment.cytoplasm_open_um: 0.7 in the run, 1.3 here; cnn.max_shift: 0 in the run, " \
-           "3 here)" in str(info.value)
+           "the run, 4.0 here; segment.cytoplasm_open_um: 0.7 in the run, 1.3 here; segment.stain_above_red_cells: " \
+           "false in the run, true here; and 1 more)" in str(info.value)
     assert not (tmp_path / "m").exists() and not (tmp_path / "cache").exists()
 
 
@@ -201,11 +201,16 @@ def test_run_setting_differences_fill_in_defaults_and_compare_as_recorded():
                 "cnn": {**CNN_DEFAULTS, "filters": (8, 30)}}
     # What a run records: lists for tuples, the context always, and nothing for a model it was given nothing.
     run = {"cnn_enabled": True, "top_ks": [1, 2, 3], "gknn": {"n_runs": 5}, "features": {"context_um": 4.0},
-           "cnn": {**CNN_DEFAULTS, "filters": [8, 30]}, "svm": None, "segment": {"cytoplasm_open_um": 1.3}}
+           "cnn": {**CNN_DEFAULTS, "filters": [8, 30]}, "svm": None,
+           "segment": {"cytoplasm_open_um": 1.3, "stain_above_red_cells": True}}
     assert run_setting_differences(run, training) == []
-    # A run that does not record the cytoplasm opening was made before it was 1.3 um: 0.7.
+    # A run that does not record the cytoplasm opening was made before it was 1.3 um: 0.7; one that does not
+    # record stain_above_red_cells, before the threshold was kept above the red cells (r37's, for one).
     assert run_setting_differences({**run, "segment": {}}, training) == [
-        "segment.cytoplasm_open_um: 0.7 in the run, 1.3 here"]
+        "segment.cytoplasm_open_um: 0.7 in the run, 1.3 here",
+        "segment.stain_above_red_cells: false in the run, true here"]
+    assert run_setting_differences({**run, "segment": {"cytoplasm_open_um": 1.3}}, training) == [
+        "segment.stain_above_red_cells: false in the run, true here"]
     # A setting left out counts as the estimator's default: an old run without max_shift had none (0).
     old = {**run, "cnn": {k: v for k, v in run["cnn"].items() if k != "max_shift"}}
     assert run_setting_differences(old, {**training, "cnn": {**training["cnn"], "max_shift": 0}}) == []

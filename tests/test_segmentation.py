@@ -416,6 +416,7 @@ def test_stages_refuse_bad_labels_masks_and_numbers():
         {"purple_nuclei": "no"},  # a true string: it would have kept the purple test on
         {"cytoplasm_open_um": 0.0}, {"cytoplasm_open_um": float("nan")}, {"cytoplasm_open_um": 11.0},
         {"nucleus_excess_range": {35.0, 70.0}},  # a set: no order, refused as a ValueError like the others
+        {"stain_above_red_cells": 1},
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused(kwargs):
@@ -799,9 +800,11 @@ def test_the_white_cells_of_the_bundled_samples_are_found_as_the_readme_says(nam
 
 
 def test_the_outlines_of_the_bundled_samples_follow_the_drawn_cells():
-    """Mean IoU of each detected cell with its drawn cell, over the three samples (15 cells): 0.879 with the
-    1.3 um cytoplasm opening, 0.865 with the 0.7 um one of earlier releases, whose outlines ran out along the
-    rims of touching red cells (benchmarks/measurement_accuracy.py prints both). Tolerance: 0.005 below."""
+    """Mean IoU of each detected cell with its drawn cell, over the three samples (15 cells): 0.906 by default;
+    0.879 with the stain threshold measured from the glass alone (``stain_above_red_cells=False``, earlier
+    releases), which on smear_03 (bluish glass) fell among the red cells, so that cells took in the red cells
+    beside them; 0.865 with that and the 0.7 um opening too (benchmarks/measurement_accuracy.py prints them).
+    Tolerance: 0.005 below each."""
     from leukoseg.io import read_image
 
     def mean_iou(**kw) -> float:
@@ -820,8 +823,54 @@ def test_the_outlines_of_the_bundled_samples_follow_the_drawn_cells():
         assert len(ious) == 15
         return float(np.mean(ious))
 
-    assert mean_iou() > 0.874
-    assert mean_iou(cytoplasm_open_um=0.7) < 0.87
+    assert mean_iou() > 0.901
+    assert mean_iou(stain_above_red_cells=False) < 0.885
+    assert mean_iou(stain_above_red_cells=False, cytoplasm_open_um=0.7) < 0.87
+
+
+def _glass_red_cells_and_a_white_cell() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bluish glass, red cells bluer than it but still warm (blue-green excess 0 against the glass's -17; the
+    glass noise-free, so a threshold measured from the glass alone lands at the 12-unit minimum above it,
+    below the red cells), and a white cell with pale blue cytoplasm that overlaps one of them. Returns the
+    image, the drawn white cell and the part of the red cell beside it."""
+    yy, xx = np.mgrid[:160, :200]
+    image = np.empty((160, 200, 3), np.uint8)
+    image[...] = (200, 214, 200)  # glass: blue 14 below green
+    red_cells = np.zeros((160, 200), bool)
+    for cy, cx in [(y, x) for y in (14, 48, 82, 116, 150) for x in (14, 48, 82, 116, 150, 184)]:
+        red_cells |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 13**2
+    cell = (yy - 80) ** 2 + (xx - 100) ** 2 <= 18**2
+    touched = ((yy - 80) ** 2 + (xx - 129) ** 2 <= 13**2) & ~cell
+    red_cells &= ~((yy - 80) ** 2 + (xx - 100) ** 2 <= 22**2) | touched  # room for the cell, one red cell left
+    image[red_cells] = (215, 160, 160)  # blue = green: 14 above the glass; absorbs green (haemoglobin)
+    image[cell] = (170, 175, 215)  # pale blue cytoplasm
+    image[(yy - 80) ** 2 + (xx - 100) ** 2 <= 11**2] = (110, 50, 150)  # purple nucleus
+    return image, cell, touched
+
+
+def test_a_red_cell_beside_a_white_cell_is_not_its_cytoplasm_where_the_glass_is_bluer():
+    image, cell, touched = _glass_red_cells_and_a_white_cell()
+    seg = segment(image, pixel_size=0.35)
+    assert seg.n_cells == 1
+    found = seg.cells == 1
+    assert not (found & touched).any()
+    assert abs(found.sum() / cell.sum() - 1) < 0.03  # the drawn cell itself, within 3 % of its area
+    # Measured from the glass alone, the threshold falls below the red cells: the cell takes the red cell in.
+    before = segment(image, pixel_size=0.35, stain_above_red_cells=False)
+    assert before.thresholds["stained"] < 0 < seg.thresholds["stained"]
+    assert ((before.cells == 1) & touched).sum() > 0.3 * touched.sum()
+
+
+def test_the_red_cell_floor_leaves_a_smear_without_red_cells_alone():
+    # Glass and a white cell only: no warm pixels, no red-cell mode, the glass's threshold stands.
+    image = np.empty((120, 120, 3), np.uint8)
+    image[...] = (225, 215, 200)
+    yy, xx = np.mgrid[:120, :120]
+    image[(yy - 60) ** 2 + (xx - 60) ** 2 <= 18**2] = (170, 175, 215)
+    image[(yy - 60) ** 2 + (xx - 60) ** 2 <= 11**2] = (110, 50, 150)
+    a, b = segment(image, pixel_size=0.35), segment(image, pixel_size=0.35, stain_above_red_cells=False)
+    assert a.thresholds == b.thresholds and a.n_cells == 1
+
 
 def test_more_cells_than_a_16_bit_label_image_numbers_are_refused(tmp_path):
     # Cell ids above 65,535 would wrap around in nuclei.png / cells.png: refused, before anything is written.

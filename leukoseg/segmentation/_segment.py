@@ -12,7 +12,10 @@ The pipeline (all sizes in micrometres, converted per image; no pixel size is fi
 4. Stain threshold, chosen per image on the blue-green excess (:func:`._color.stain_excess`): background
    and red cells form the dominant mode of that feature; pixels above the mode by ``stain_sigmas`` robust
    standard deviations (and at least ``min_stain_excess``) are *stained* (nuclei, basophilic cytoplasm,
-   platelets). Nuclei are the stained pixels above a second threshold, Otsu's split of the stained
+   platelets). Where the red cells form a mode of their own above the glass (a strongly stained smear
+   photographed on a bluish background), the threshold is also kept ``min_stain_excess`` above the red cells'
+   mode (``stain_above_red_cells``), so that the red cells beside a white cell do not become its
+   cytoplasm. Nuclei are the stained pixels above a second threshold, Otsu's split of the stained
    pixels, kept between ``nucleus_excess_range`` (so an image made only of nuclei, or only of cytoplasm,
    still gets a sensible split), that also absorb more green than red light (purple chromatin, not deep
    blue cytoplasm; ``purple_nuclei``).
@@ -61,7 +64,9 @@ log = logging.getLogger(__name__)
 
 #: How earlier releases segmented where a setting did not exist yet: a run or model bundle that does not
 #: record one of these settings was made with this value (not with today's default).
-UNRECORDED_SEGMENT_SETTINGS: Mapping[str, Any] = types.MappingProxyType({"cytoplasm_open_um": 0.7})
+UNRECORDED_SEGMENT_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
+    {"cytoplasm_open_um": 0.7, "stain_above_red_cells": False}
+)
 #: The largest cytoplasm opening taken (um): a wider disc removes all the cytoplasm of a white cell, and its
 #: kernel grows with the square of the radius.
 MAX_CYTOPLASM_OPEN_UM = 10.0
@@ -266,6 +271,7 @@ def segment(
     max_cytoplasm_um: float = 6.0,
     cytoplasm_open_um: float = 1.3,
     purple_nuclei: bool = True,
+    stain_above_red_cells: bool = True,
 ) -> Segmentation:
     """Find and measure the white cells of a stained blood smear.
 
@@ -304,6 +310,14 @@ def segment(
         A nucleus pixel must also absorb more green than red light (purple chromatin): deeply basophilic
         (deep blue) cytoplasm, as in L3 blasts, is stained past the nucleus threshold but absorbs more red,
         and stays cytoplasm instead of swelling the nucleus.
+    stain_above_red_cells : bool, optional
+        Keep the stain threshold at least ``min_stain_excess`` above the mode of the red cells (the pixels
+        whose red exceeds their green by ``min_stain_excess``, short of the nuclei), not only above the
+        background's mode.
+        Where the glass is bluer than the red cells, a threshold measured from the glass alone falls among
+        the red cells, and those touching a white cell were taken into its cytoplasm. The threshold never
+        rises above ``nucleus_excess_range[0] - min_stain_excess`` this way. Earlier releases measured
+        from the background's mode alone; False gives their outlines.
 
     Returns
     -------
@@ -354,8 +368,9 @@ def segment(
         factor, work, um = coarse, small, None
 
     backgrounds = (background_level(image, channel=0), background) if purple_nuclei else None
-    excess, blue = _median_excess(work, background, median_um / um if um else 1.0, backgrounds)
-    t_stain, t_nucleus = _thresholds(excess, stain_sigmas, min_stain_excess, nucleus_excess_range)
+    excess, blue, warmth = _median_excess(work, background, median_um / um if um else 1.0, backgrounds)
+    t_stain, t_nucleus = _thresholds(excess, stain_sigmas, min_stain_excess, nucleus_excess_range,
+                                     warmth=warmth if stain_above_red_cells else None)  # fmt: skip
     stained, nuclear = excess > t_stain, _nuclear(excess, blue, t_nucleus)
 
     if scale is None:
@@ -364,7 +379,7 @@ def segment(
         factor = min(1.0, scale.um_per_px / working_um_per_px)
         if abs(factor - coarse) > 1e-9:
             work = pyramid.resize(factor) if factor < 1 else image
-            excess, blue = _median_excess(work, background, median_um * factor / scale.um_per_px, backgrounds)
+            excess, blue, _ = _median_excess(work, background, median_um * factor / scale.um_per_px, backgrounds)
             stained, nuclear = excess > t_stain, _nuclear(excess, blue, t_nucleus)
         um = scale.um_per_px / factor
         log.info("too few red cells for a ruler; fallback scale %.4f um/px from nucleus size", scale.um_per_px)
@@ -398,9 +413,10 @@ def segment(
 
 def _median_excess(
     work: np.ndarray, background: float, median_px: float, backgrounds: tuple[float, float] | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Blue-green excess of the median-filtered image and, given the red and green background levels, its
-    blue-dominant pixels: those that absorb more red than green light (optical densities)."""
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Blue-green excess of the median-filtered image; given the red and green background levels, its
+    blue-dominant pixels: those that absorb more red than green light (optical densities); and its red-green
+    excess, in the same units (red cells are warm)."""
     import cv2
 
     k = max(3, int(round(median_px)) | 1)
@@ -411,7 +427,8 @@ def _median_excess(
         # -log(R / bg_r) > -log(G / bg_g)  <=>  R * bg_g < G * bg_r (no logarithm needed)
         bg_r, bg_g = backgrounds
         blue = filtered[..., 0].astype(np.float32) * np.float32(bg_g) < filtered[..., 1].astype(np.float32) * np.float32(bg_r)
-    return stain_excess(filtered, background=background), blue
+    warmth = (filtered[..., 0].astype(np.float32) - filtered[..., 1]) * np.float32(255.0 / background)
+    return stain_excess(filtered, background=background), blue, warmth
 
 
 def _nuclear(excess: np.ndarray, blue: np.ndarray | None, t_nucleus: float) -> np.ndarray:
@@ -421,9 +438,11 @@ def _nuclear(excess: np.ndarray, blue: np.ndarray | None, t_nucleus: float) -> n
 
 
 def _thresholds(
-    excess: np.ndarray, sigmas: float, min_excess: float, nucleus_range: tuple[float, float]
+    excess: np.ndarray, sigmas: float, min_excess: float, nucleus_range: tuple[float, float], *,
+    warmth: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """Per-image stain and nucleus thresholds on the blue-green excess."""
+    """Per-image stain and nucleus thresholds on the blue-green excess; with `warmth` (the same pixels'
+    red-green excess), the stain threshold is also kept `min_excess` above the red cells' mode."""
     sample = excess[::2, ::2].ravel()
     # Clipped into the range: a near-black background (255 / background up to 255) can exceed any range.
     hist, edges = np.histogram(np.clip(sample, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
@@ -447,7 +466,24 @@ def _thresholds(
         t_nucleus = float(np.clip(threshold_otsu(stained), lo, max(hi, lo)))
     else:
         t_nucleus = lo
+    if warmth is not None:
+        # Kept out of the nuclei's split above, which the red cells' pixels hardly move; only ever raised,
+        # and never so far that no excess is left between cytoplasm and nuclei.
+        red_cells = _red_cell_mode(sample, warmth[::2, ::2].ravel(), min_excess, lo)
+        if red_cells is not None:
+            t_stain = max(t_stain, min(red_cells + min_excess, nucleus_range[0] - min_excess))
     return float(t_stain), t_nucleus
+
+
+def _red_cell_mode(excess: np.ndarray, warmth: np.ndarray, min_excess: float, below: float) -> float | None:
+    """Mode of the blue-green excess of the red cells: pixels whose red-green excess `warmth` is above
+    `min_excess` (haemoglobin absorbs green; glass is about neutral, cytoplasm blue) and whose blue-green excess
+    is below `below` (not nuclei); None where they are too few to form a mode (under 1 % of the pixels)."""
+    red = excess[(warmth > min_excess) & (excess < below)]
+    if red.size < max(50, 0.01 * excess.size):
+        return None
+    hist, edges = np.histogram(np.clip(red, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
+    return float(0.5 * (edges[:-1] + edges[1:])[int(np.argmax(hist))])
 
 
 def _red_cell_ruler(
@@ -623,9 +659,9 @@ def recorded_segment_settings(recorded: Mapping[str, Any] | None) -> dict[str, A
     Examples
     --------
     >>> recorded_segment_settings(None)
-    {'cytoplasm_open_um': 0.7}
+    {'cytoplasm_open_um': 0.7, 'stain_above_red_cells': False}
     >>> recorded_segment_settings({"cytoplasm_open_um": 1.3, "nucleus_excess_range": [35.0, 70.0]})
-    {'cytoplasm_open_um': 1.3, 'nucleus_excess_range': (35.0, 70.0)}
+    {'cytoplasm_open_um': 1.3, 'stain_above_red_cells': False, 'nucleus_excess_range': (35.0, 70.0)}
     """
     settings = {**UNRECORDED_SEGMENT_SETTINGS, **dict(recorded or {})}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
@@ -664,7 +700,7 @@ def check_segment_settings(settings: Mapping[str, Any]) -> None:
                 check_positive(name, value)
         elif name == "min_stain_excess":
             check_positive(name, value, allow_zero=True)
-        elif name == "purple_nuclei":
+        elif name in ("purple_nuclei", "stain_above_red_cells"):
             check_bool(name, value)
         elif name == "nucleus_excess_range":
             if (
