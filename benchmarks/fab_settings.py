@@ -78,7 +78,8 @@ def _called(run: Path, data_dir: Path, cache: Path | None, repeat: int):
 
     metrics = load_metrics(run)
     primary = metrics.get("primary_model", "fused")
-    # The run's own cells: its outlines (a run made before cytoplasm_open_um was recorded had 0.7 um).
+    # The run's own cells: its outlines (a run made before a segmentation setting was recorded had its former
+    # value: UNRECORDED_SEGMENT_SETTINGS).
     segment_kw = recorded_segment_settings((metrics.get("settings") or {}).get("segment"))
     with open(run / "images.csv", newline="", encoding="utf-8") as f:
         images = [r["image"] for r in csv.DictReader(f) if r["repeat"] == str(repeat) and r["pred"] == "1"]

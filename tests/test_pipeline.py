@@ -258,6 +258,8 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert metrics["settings"]["cnn"] == json.loads(json.dumps({**CNN_DEFAULTS, **fast["cnn_params"]}))
     assert metrics["settings"]["gknn"] == json.loads(json.dumps({**GKNN_DEFAULTS, **fast["gknn_params"]}))
     assert metrics["settings"]["cnn_enabled"] is True
+    # The segmentation settings whose defaults changed, always: a run must say which outlines it had.
+    assert metrics["settings"]["segment"] == {"cytoplasm_open_um": 1.3, "stain_above_red_cells": True}
     assert len(metrics["fusion"]) == 2 * 3  # one fitted fusion per fold and repeat
     # images.csv: every model's score and decision; pred is the fused one; FAB only for images called ALL.
     for i in images:

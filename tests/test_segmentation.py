@@ -416,7 +416,7 @@ def test_stages_refuse_bad_labels_masks_and_numbers():
         {"purple_nuclei": "no"},  # a true string: it would have kept the purple test on
         {"cytoplasm_open_um": 0.0}, {"cytoplasm_open_um": float("nan")}, {"cytoplasm_open_um": 11.0},
         {"nucleus_excess_range": {35.0, 70.0}},  # a set: no order, refused as a ValueError like the others
-        {"stain_above_red_cells": 1},
+        {"stain_above_red_cells": 1},  # an int: refused, not read as true
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused(kwargs):
@@ -800,11 +800,11 @@ def test_the_white_cells_of_the_bundled_samples_are_found_as_the_readme_says(nam
 
 
 def test_the_outlines_of_the_bundled_samples_follow_the_drawn_cells():
-    """Mean IoU of each detected cell with its drawn cell, over the three samples (15 cells): 0.906 by default;
+    """Mean IoU of each detected cell with its drawn cell, over the three samples (15 cells): 0.904 by default;
     0.879 with the stain threshold measured from the glass alone (``stain_above_red_cells=False``, earlier
-    releases), which on smear_03 (bluish glass) fell among the red cells, so that cells took in the red cells
-    beside them; 0.865 with that and the 0.7 um opening too (benchmarks/measurement_accuracy.py prints them).
-    Tolerance: 0.005 below each."""
+    releases), which on smear_03 (glass yellower than its red cells) fell among the red cells, so that cells
+    took in the red cells beside them; 0.865 with that and the 0.7 um opening too
+    (benchmarks/measurement_accuracy.py prints them). Tolerance: 0.005 on the side each bound checks."""
     from leukoseg.io import read_image
 
     def mean_iou(**kw) -> float:
@@ -823,32 +823,35 @@ def test_the_outlines_of_the_bundled_samples_follow_the_drawn_cells():
         assert len(ious) == 15
         return float(np.mean(ious))
 
-    assert mean_iou() > 0.901
-    assert mean_iou(stain_above_red_cells=False) < 0.885
+    assert mean_iou() > 0.899
+    assert mean_iou(stain_above_red_cells=False) < 0.884
     assert mean_iou(stain_above_red_cells=False, cytoplasm_open_um=0.7) < 0.87
 
 
-def _glass_red_cells_and_a_white_cell() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bluish glass, red cells bluer than it but still warm (blue-green excess 0 against the glass's -17; the
-    glass noise-free, so a threshold measured from the glass alone lands at the 12-unit minimum above it,
-    below the red cells), and a white cell with pale blue cytoplasm that overlaps one of them. Returns the
-    image, the drawn white cell and the part of the red cell beside it."""
+def _glass_red_cells_and_a_white_cell(
+    *, glass=(200, 214, 200), red_cell=(215, 160, 160), n_red_cells: int = 29
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Glass yellower than the red cells (blue-green excess -17 against their 0, noise-free, so a threshold
+    measured from the glass alone lands at the 12-unit minimum above it, below the red cells), red cells, and
+    a white cell with pale blue cytoplasm that overlaps one of them. Returns the image, the drawn white cell
+    and the part of the red cell beside it."""
     yy, xx = np.mgrid[:160, :200]
     image = np.empty((160, 200, 3), np.uint8)
-    image[...] = (200, 214, 200)  # glass: blue 14 below green
+    image[...] = glass
     red_cells = np.zeros((160, 200), bool)
-    for cy, cx in [(y, x) for y in (14, 48, 82, 116, 150) for x in (14, 48, 82, 116, 150, 184)]:
+    for cy, cx in [(y, x) for y in (14, 48, 82, 116, 150) for x in (14, 48, 82, 116, 150, 184)][:n_red_cells]:
+        # Grid discs near the white cell are cleared below.
         red_cells |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 13**2
     cell = (yy - 80) ** 2 + (xx - 100) ** 2 <= 18**2
-    touched = ((yy - 80) ** 2 + (xx - 129) ** 2 <= 13**2) & ~cell
-    red_cells &= ~((yy - 80) ** 2 + (xx - 100) ** 2 <= 22**2) | touched  # room for the cell, one red cell left
-    image[red_cells] = (215, 160, 160)  # blue = green: 14 above the glass; absorbs green (haemoglobin)
+    touched = ((yy - 80) ** 2 + (xx - 129) ** 2 <= 13**2) & ~cell  # overlaps the cell's edge by 2 pixels
+    red_cells &= (yy - 80) ** 2 + (xx - 129) ** 2 > 28**2  # room for the cell and the red cell beside it
+    image[red_cells | touched] = red_cell  # warm: absorbs green and blue (haemoglobin)
     image[cell] = (170, 175, 215)  # pale blue cytoplasm
     image[(yy - 80) ** 2 + (xx - 100) ** 2 <= 11**2] = (110, 50, 150)  # purple nucleus
     return image, cell, touched
 
 
-def test_a_red_cell_beside_a_white_cell_is_not_its_cytoplasm_where_the_glass_is_bluer():
+def test_a_red_cell_beside_a_white_cell_is_not_its_cytoplasm_where_the_glass_is_yellower():
     image, cell, touched = _glass_red_cells_and_a_white_cell()
     seg = segment(image, pixel_size=0.35)
     assert seg.n_cells == 1
@@ -858,18 +861,48 @@ def test_a_red_cell_beside_a_white_cell_is_not_its_cytoplasm_where_the_glass_is_
     # Measured from the glass alone, the threshold falls below the red cells: the cell takes the red cell in.
     before = segment(image, pixel_size=0.35, stain_above_red_cells=False)
     assert before.thresholds["stained"] < 0 < seg.thresholds["stained"]
-    assert ((before.cells == 1) & touched).sum() > 0.3 * touched.sum()
+    assert ((before.cells == 1) & touched).sum() > 0.25 * touched.sum()  # 0.36 measured (within 6 um)
+    # The nuclei's threshold is the glass's in both: only the cytoplasm changes.
+    assert seg.thresholds["nucleus"] == before.thresholds["nucleus"]
+    assert np.array_equal(seg.nuclei, before.nuclei)
 
 
-def test_the_red_cell_floor_leaves_a_smear_without_red_cells_alone():
-    # Glass and a white cell only: no warm pixels, no red-cell mode, the glass's threshold stands.
+def test_the_red_cells_are_found_against_the_glass_whatever_its_tint():
+    # A warmer light or slide: every pixel's red up by 20, which leaves the blue-green excess as it was. The
+    # glass is now as warm as the red cells were, and must not be taken for them.
+    image, _, touched = _glass_red_cells_and_a_white_cell()
+    warm = image.copy()
+    warm[..., 0] = np.minimum(warm[..., 0].astype(int) + 20, 255)
+    a, b = segment(image, pixel_size=0.35), segment(warm, pixel_size=0.35)
+    assert a.thresholds["stained"] == b.thresholds["stained"]
+    assert not ((b.cells == 1) & touched).any()
+
+
+def test_the_red_cell_floor_leaves_smears_without_enough_red_cells_alone():
+    # Glass and a white cell with pink-lilac cytoplasm (as red as it is blue: not a red cell), no red cells.
     image = np.empty((120, 120, 3), np.uint8)
     image[...] = (225, 215, 200)
     yy, xx = np.mgrid[:120, :120]
-    image[(yy - 60) ** 2 + (xx - 60) ** 2 <= 18**2] = (170, 175, 215)
+    image[(yy - 60) ** 2 + (xx - 60) ** 2 <= 18**2] = (215, 195, 211)
     image[(yy - 60) ** 2 + (xx - 60) ** 2 <= 11**2] = (110, 50, 150)
     a, b = segment(image, pixel_size=0.35), segment(image, pixel_size=0.35, stain_above_red_cells=False)
     assert a.thresholds == b.thresholds and a.n_cells == 1
+    assert a.measurements["cell_area_um2"][0] == b.measurements["cell_area_um2"][0]
+    # One red cell, under 1 % of a large field: too few to measure their mode.
+    image, _, _ = _glass_red_cells_and_a_white_cell(n_red_cells=0)  # only the one beside the white cell
+    image = np.pad(image, ((0, 240), (0, 200), (0, 0)), mode="edge")
+    assert segment(image, pixel_size=0.35).thresholds == segment(
+        image, pixel_size=0.35, stain_above_red_cells=False).thresholds
+
+
+def test_the_red_cell_floor_stays_below_the_nuclei():
+    # Red cells far bluer than usual (blue-green excess 24 above the glass's): their mode + 12 would be 36,
+    # above the lowest nucleus threshold (35); the stain threshold stops at 35 - 12 = 23.
+    image, _, _ = _glass_red_cells_and_a_white_cell(red_cell=(215, 160, 180))
+    seg = segment(image, pixel_size=0.35)
+    assert seg.thresholds["stained"] == pytest.approx(23.0)
+    assert seg.thresholds["stained"] < seg.thresholds["nucleus"]
+    assert seg.n_cells == 1
 
 
 def test_more_cells_than_a_16_bit_label_image_numbers_are_refused(tmp_path):

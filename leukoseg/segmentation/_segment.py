@@ -12,13 +12,13 @@ The pipeline (all sizes in micrometres, converted per image; no pixel size is fi
 4. Stain threshold, chosen per image on the blue-green excess (:func:`._color.stain_excess`): background
    and red cells form the dominant mode of that feature; pixels above the mode by ``stain_sigmas`` robust
    standard deviations (and at least ``min_stain_excess``) are *stained* (nuclei, basophilic cytoplasm,
-   platelets). Where the red cells form a mode of their own above the glass (a strongly stained smear
-   photographed on a bluish background), the threshold is also kept ``min_stain_excess`` above the red cells'
-   mode (``stain_above_red_cells``), so that the red cells beside a white cell do not become its
-   cytoplasm. Nuclei are the stained pixels above a second threshold, Otsu's split of the stained
-   pixels, kept between ``nucleus_excess_range`` (so an image made only of nuclei, or only of cytoplasm,
-   still gets a sensible split), that also absorb more green than red light (purple chromatin, not deep
-   blue cytoplasm; ``purple_nuclei``).
+   platelets). Where the red cells form a mode of their own above the glass's (a glass yellower than the
+   red cells, as on the bundled ``smear_03.jpg``), the threshold is also kept ``min_stain_excess`` above the
+   red cells' mode (``stain_above_red_cells``), so that the red cells beside a white cell do not become its
+   cytoplasm. Nuclei are the stained pixels above a second threshold, Otsu's split of the pixels above the
+   glass's threshold, kept between ``nucleus_excess_range`` (so an image made only of nuclei, or only of
+   cytoplasm, still gets a sensible split), that also absorb more green than red light (purple chromatin,
+   not deep blue cytoplasm; ``purple_nuclei``).
 5. Nuclear lobes closer than about 1 um are joined; nuclei smaller than ``min_nucleus_area_um2``
    (platelets, debris) are dropped.
 6. Touching nuclei are split by a watershed on the distance transform from markers at its maxima that are
@@ -311,13 +311,16 @@ def segment(
         (deep blue) cytoplasm, as in L3 blasts, is stained past the nucleus threshold but absorbs more red,
         and stays cytoplasm instead of swelling the nucleus.
     stain_above_red_cells : bool, optional
-        Keep the stain threshold at least ``min_stain_excess`` above the mode of the red cells (the pixels
-        whose red exceeds their green by ``min_stain_excess``, short of the nuclei), not only above the
-        background's mode.
-        Where the glass is bluer than the red cells, a threshold measured from the glass alone falls among
-        the red cells, and those touching a white cell were taken into its cytoplasm. The threshold never
-        rises above ``nucleus_excess_range[0] - min_stain_excess`` this way. Earlier releases measured
-        from the background's mode alone; False gives their outlines.
+        Keep the stain threshold at least ``min_stain_excess`` above the mode of the red cells, not only
+        above the background's mode. Red cells are the pixels whose red exceeds both their green and their
+        blue by ``min_stain_excess`` more than the glass's does (haemoglobin absorbs green and blue;
+        pink-lilac cytoplasm is as blue as it is red), short of the nuclei, when they cover at least 1 % of
+        the image. Where the glass is yellower than the red cells, a threshold measured from the glass alone
+        falls among them, and those touching a white cell were taken into its cytoplasm. The threshold
+        never rises above ``nucleus_excess_range[0] - min_stain_excess`` this way, and the nucleus
+        threshold does not change. Cytoplasm less than ``min_stain_excess`` bluer than the red cells is
+        left out with them (no threshold tells them apart). Earlier releases measured from the
+        background's mode alone; False gives their outlines.
 
     Returns
     -------
@@ -368,9 +371,10 @@ def segment(
         factor, work, um = coarse, small, None
 
     backgrounds = (background_level(image, channel=0), background) if purple_nuclei else None
-    excess, blue, warmth = _median_excess(work, background, median_um / um if um else 1.0, backgrounds)
+    excess, blue, filtered = _median_excess(work, background, median_um / um if um else 1.0, backgrounds)
     t_stain, t_nucleus = _thresholds(excess, stain_sigmas, min_stain_excess, nucleus_excess_range,
-                                     warmth=warmth if stain_above_red_cells else None)  # fmt: skip
+                                     rgb=filtered if stain_above_red_cells else None,
+                                     background=background)  # fmt: skip
     stained, nuclear = excess > t_stain, _nuclear(excess, blue, t_nucleus)
 
     if scale is None:
@@ -415,8 +419,8 @@ def _median_excess(
     work: np.ndarray, background: float, median_px: float, backgrounds: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Blue-green excess of the median-filtered image; given the red and green background levels, its
-    blue-dominant pixels: those that absorb more red than green light (optical densities); and its red-green
-    excess, in the same units (red cells are warm)."""
+    blue-dominant pixels: those that absorb more red than green light (optical densities); and the filtered
+    image itself."""
     import cv2
 
     k = max(3, int(round(median_px)) | 1)
@@ -427,8 +431,7 @@ def _median_excess(
         # -log(R / bg_r) > -log(G / bg_g)  <=>  R * bg_g < G * bg_r (no logarithm needed)
         bg_r, bg_g = backgrounds
         blue = filtered[..., 0].astype(np.float32) * np.float32(bg_g) < filtered[..., 1].astype(np.float32) * np.float32(bg_r)
-    warmth = (filtered[..., 0].astype(np.float32) - filtered[..., 1]) * np.float32(255.0 / background)
-    return stain_excess(filtered, background=background), blue, warmth
+    return stain_excess(filtered, background=background), blue, filtered
 
 
 def _nuclear(excess: np.ndarray, blue: np.ndarray | None, t_nucleus: float) -> np.ndarray:
@@ -439,10 +442,11 @@ def _nuclear(excess: np.ndarray, blue: np.ndarray | None, t_nucleus: float) -> n
 
 def _thresholds(
     excess: np.ndarray, sigmas: float, min_excess: float, nucleus_range: tuple[float, float], *,
-    warmth: np.ndarray | None = None,
+    rgb: np.ndarray | None = None, background: float = 255.0,
 ) -> tuple[float, float]:
-    """Per-image stain and nucleus thresholds on the blue-green excess; with `warmth` (the same pixels'
-    red-green excess), the stain threshold is also kept `min_excess` above the red cells' mode."""
+    """Per-image stain and nucleus thresholds on the blue-green excess; with `rgb` (the image `excess` was
+    computed from, with `background`), the stain threshold is also kept `min_excess` above the red cells'
+    mode."""
     sample = excess[::2, ::2].ravel()
     # Clipped into the range: a near-black background (255 / background up to 255) can exceed any range.
     hist, edges = np.histogram(np.clip(sample, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
@@ -455,31 +459,50 @@ def _thresholds(
         # No unstained pixel at all: no background to measure stain against, so nothing is called stained.
         top = float(sample.max()) + 1.0
         return top, top
-    mode = centres[int(np.argmax(np.where(low, hist, -1)))]  # a float64 scalar: float64 arithmetic below
+    k = int(np.argmax(np.where(low, hist, -1)))
+    mode = centres[k]  # a float64 scalar: float64 arithmetic below
     below = sample[sample <= mode] - mode
     sigma = float(np.sqrt(np.mean(below**2))) if below.size > 10 else 1.0
     t_stain = mode + max(sigmas * sigma, min_excess)
     lo, hi = nucleus_range
     lo = max(lo, t_stain)
+    # Otsu's split of the pixels above the glass's threshold, red cells' pixels included where they pass it:
+    # the nuclei stay those of earlier releases whether or not the threshold is then raised.
     stained = sample[sample > t_stain]
     if stained.size > 50 and stained.max() > stained.min():
         t_nucleus = float(np.clip(threshold_otsu(stained), lo, max(hi, lo)))
     else:
         t_nucleus = lo
-    if warmth is not None:
-        # Kept out of the nuclei's split above, which the red cells' pixels hardly move; only ever raised,
-        # and never so far that no excess is left between cytoplasm and nuclei.
-        red_cells = _red_cell_mode(sample, warmth[::2, ::2].ravel(), min_excess, lo)
+    if rgb is not None:
+        glass = (sample >= edges[k]) & (sample <= edges[k + 1])  # the mode's own bin
+        red_cells = _red_cell_mode(sample, rgb[::2, ::2].reshape(-1, 3), glass, min_excess, nucleus_range[0],
+                                   background=background)  # fmt: skip
         if red_cells is not None:
+            # Only ever raised, and never so far that no excess is left between cytoplasm and nuclei.
             t_stain = max(t_stain, min(red_cells + min_excess, nucleus_range[0] - min_excess))
     return float(t_stain), t_nucleus
 
 
-def _red_cell_mode(excess: np.ndarray, warmth: np.ndarray, min_excess: float, below: float) -> float | None:
-    """Mode of the blue-green excess of the red cells: pixels whose red-green excess `warmth` is above
-    `min_excess` (haemoglobin absorbs green; glass is about neutral, cytoplasm blue) and whose blue-green excess
-    is below `below` (not nuclei); None where they are too few to form a mode (under 1 % of the pixels)."""
-    red = excess[(warmth > min_excess) & (excess < below)]
+def _red_cell_mode(
+    excess: np.ndarray, rgb: np.ndarray, glass: np.ndarray, min_excess: float, below: float, *, background: float
+) -> float | None:
+    """Mode of the blue-green excess of the red cells, or None where they are too few to form one.
+
+    Red cells are the pixels whose red exceeds both their green and their blue by `min_excess` more than the
+    glass's (the `glass` pixels') do, in the units of the excess, and whose blue-green excess is below
+    `below` (not nuclei). Haemoglobin absorbs green and blue; measured against the glass, a warm light or
+    a yellowish slide does not make the glass count, and pink-lilac cytoplasm, as blue as it is red, does
+    not either. Too few: under 1 % of the pixels (a wide field with a red cell or two keeps the glass's
+    threshold).
+    """
+    scale = np.float32(255.0 / background)  # the units of the excess
+    r, g, b = (rgb[:, c].astype(np.float32) * scale for c in range(3))
+    red_green, red_blue = r - g, r - b
+    if not glass.any():
+        return None
+    warm = ((red_green - np.median(red_green[glass]) > min_excess)
+            & (red_blue - np.median(red_blue[glass]) > min_excess) & (excess < below))  # fmt: skip
+    red = excess[warm]
     if red.size < max(50, 0.01 * excess.size):
         return None
     hist, edges = np.histogram(np.clip(red, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
