@@ -230,18 +230,11 @@ def _one_camera(name: str) -> bool:
     return m is not None and int(m.group(1)) >= _ONE_CAMERA_FIRST
 
 
-def _segment_default(name: str) -> Any:
-    """The default of one :func:`~leukoseg.segmentation.segment` setting."""
-    import inspect
-
-    from leukoseg.segmentation import segment
-
-    return inspect.signature(segment).parameters[name].default
-
-
 def _fallback_diameter(segment_params: Mapping | None) -> float:
     """The nucleus diameter (um) that the segmentation assumes for an image without a red-cell ruler."""
-    default = _segment_default("fallback_nucleus_diameter_um")
+    from leukoseg.segmentation import default_segment_settings
+
+    default = default_segment_settings()["fallback_nucleus_diameter_um"]
     return float(dict(segment_params or {}).get("fallback_nucleus_diameter_um", default))
 
 
@@ -449,7 +442,7 @@ def run_experiment(
     )  # fmt: skip
     timer.add("segment_and_features", time.perf_counter() - t)
     timer["segment_and_features_compute_cpu"] = cache_info["compute_seconds"]
-    from leukoseg.segmentation import SCALE_FALLBACK, UNRECORDED_SEGMENT_SETTINGS
+    from leukoseg.segmentation import SCALE_FALLBACK, UNRECORDED_SEGMENT_SETTINGS, default_segment_settings
 
     scale_sources = dict(sorted(Counter(e.scale_source for e in entries).items()))
     n_fallback = scale_sources.get(SCALE_FALLBACK, 0)
@@ -579,7 +572,7 @@ def run_experiment(
             {"gknn": {**GKNN_DEFAULTS, **dict(gknn_params or {})}, "svm": svm_params, "knn": knn_params,
              "cnn": {**CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else cnn_params, "fusion": fusion_params,
              # The settings whose defaults changed always: a run must say which outlines it had.
-             "segment": {**{k: _segment_default(k) for k in UNRECORDED_SEGMENT_SETTINGS},
+             "segment": {**{k: v for k, v in default_segment_settings().items() if k in UNRECORDED_SEGMENT_SETTINGS},
                          **dict(segment_params or {})},
              # Every CellFeatures setting that is not its default, and the crop context always (its default
              # changed: a run must say which crops it had).

@@ -448,8 +448,7 @@ def _thresholds(
     computed from, with `background`), the stain threshold is also kept `min_excess` above the red cells'
     mode."""
     sample = excess[::2, ::2].ravel()
-    # Clipped into the range: a near-black background (255 / background up to 255) can exceed any range.
-    hist, edges = np.histogram(np.clip(sample, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
+    hist, edges = _excess_histogram(sample)
     centres = 0.5 * (edges[:-1] + edges[1:])
     # The background mode (glass and red cells) is looked for among unstained values only: where nuclei
     # cover most of the image (a tight crop around one cell), the tallest bin overall is theirs, and the
@@ -505,8 +504,16 @@ def _red_cell_mode(
     red = excess[warm]
     if red.size < max(50, 0.01 * excess.size):
         return None
-    hist, edges = np.histogram(np.clip(red, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
+    hist, edges = _excess_histogram(red)
     return float(0.5 * (edges[:-1] + edges[1:])[int(np.argmax(hist))])
+
+
+def _excess_histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and bin edges of blue-green excess values, in the 3-unit bins whose modes the thresholds use.
+
+    Clipped into the range: a near-black background (255 / background up to 255) can exceed any range.
+    """
+    return np.histogram(np.clip(values, -768.0, 768.0), bins=512, range=(-768.0, 768.0))
 
 
 def _red_cell_ruler(
