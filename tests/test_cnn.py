@@ -421,12 +421,95 @@ def test_fit_rejects_bad_input(X, y, groups, match):
         ({"patience": False}, "patience must be an int >= 0, got False"),
         ({"max_shift": -1}, "max_shift must be an int >= 0, got -1"),
         ({"max_shift": 8}, r"max_shift must be less than the patch's shorter side \(8\); got 8"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine; got 'step'"),
+        ({"ema_momentum": 1.0, "validation_fraction": 0.0}, r"ema_momentum must be None or in \(0, 1\); got 1.0"),
+        ({"ema_momentum": 0.9}, "ema_momentum needs validation_fraction=0: early stopping keeps"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\); got 1.0"),
     ],
 )
 def test_fit_rejects_bad_training_parameters(kwargs, match):
     X, y = np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1]
     with pytest.raises(ValueError, match=match):
         cnn.CNNClassifier(**TINY, **kwargs).fit(X, y)
+
+
+class _WeightsPerStep:
+    """Stands in for the per-epoch logging callback and records the weights after every training step."""
+
+    def __init__(self):
+        self.steps: list[list[np.ndarray]] = []
+
+    def __call__(self):
+        steps = self.steps
+
+        class Recorder(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                steps.append([np.array(w) for w in self.model.get_weights()])
+
+        return Recorder()
+
+
+def test_ema_momentum_gives_the_moving_average_of_the_step_weights(discs, monkeypatch):
+    # The average does not steer the steps, so a fit without it walks the same weights: the averaged
+    # network's weights are the exponential moving average of those, the first step's taken as they are.
+    X, y, _ = discs
+    settings = dict(**TINY, epochs=2, batch_size=16, validation_fraction=0.0, augment=False, random_state=0,
+                    device="cpu")  # fmt: skip
+    recorder = _WeightsPerStep()
+    monkeypatch.setattr(cnn, "_logging_callback", recorder)
+    plain = cnn.CNNClassifier(**settings).fit(X, y)
+    assert len(recorder.steps) == 2 * int(np.ceil(len(X) / 16))
+    momentum = 0.8
+    expected = recorder.steps[0]
+    for weights in recorder.steps[1:]:
+        expected = [momentum * a + (1 - momentum) * w for a, w in zip(expected, weights)]
+    averaged = cnn.CNNClassifier(**settings, ema_momentum=momentum).fit(X, y)
+    for got, want, last, walked in zip(averaged.model_.get_weights(), expected, plain.model_.get_weights(),
+                                       recorder.steps[-1]):  # fmt: skip
+        assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert_array_equal(last, walked)  # without the average: the last step's weights
+    assert any(not np.allclose(a, b, rtol=0, atol=1e-6)
+               for a, b in zip(averaged.model_.get_weights(), plain.model_.get_weights()))  # fmt: skip
+
+
+def test_cosine_schedule_ends_at_a_step_size_of_zero(discs):
+    X, y, _ = discs
+    settings = dict(**TINY, epochs=3, batch_size=16, learning_rate=1e-2, validation_fraction=0.0, random_state=0)
+    steps = 3 * int(np.ceil(len(X) / 16))
+    for schedule, last in (("constant", 1e-2), ("cosine", 0.0)):
+        optimizer = cnn.CNNClassifier(**settings, lr_schedule=schedule).fit(X, y).model_.optimizer
+        assert int(optimizer.iterations) == steps
+        assert_allclose(float(optimizer.learning_rate), last, rtol=0, atol=1e-9)  # the rate at the last step
+    rate = optimizer.get_config()["learning_rate"]  # the cosine schedule, serialised: it decays over every step
+    assert rate["class_name"] == "CosineDecay"
+    assert rate["config"]["decay_steps"] == steps and rate["config"]["initial_learning_rate"] == 1e-2
+
+
+def test_label_smoothing_trains_on_smoothed_one_hot_targets(discs):
+    y = np.array([0, 1, 1])
+    assert_array_equal(cnn._targets(y, 2, 0.0), y)
+    assert cnn._targets(y, 2, 0.0).dtype == np.int32
+    assert_array_equal(cnn._targets(y, 2, 0.1), [[1, 0], [0, 1], [0, 1]])
+    # Keras smooths the one-hot rows: with 0.2 over 2 classes the targets are 0.9 / 0.1.
+    probs = np.array([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]], np.float32)
+    smoothed = np.where(cnn._targets(y, 2, 0.2) == 1, 0.9, 0.1)
+    expected = -np.mean(np.sum(smoothed * np.log(probs), axis=1))
+    assert_allclose(float(cnn._loss(0.2)(cnn._targets(y, 2, 0.2), probs)), expected, rtol=1e-6)
+    X, labels, _ = discs
+    clf = cnn.CNNClassifier(**TINY, epochs=1, label_smoothing=0.1, validation_fraction=0.2, random_state=0)
+    proba = clf.fit(X, labels).predict_proba(X[:4])
+    assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-6)
+
+
+@KERAS_SAVE_WARNING
+def test_training_settings_survive_save_load_and_numpy_export(discs, tmp_path):
+    X, y, _ = discs
+    settings = {"lr_schedule": "cosine", "ema_momentum": 0.9, "label_smoothing": 0.1}
+    clf = cnn.CNNClassifier(**TINY, epochs=2, validation_fraction=0.0, random_state=0, **settings).fit(X, y)
+    loaded = cnn.CNNClassifier.load(clf.save(tmp_path / "model"))
+    assert {k: loaded.get_params()[k] for k in settings} == settings
+    assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=0, atol=1e-5)
+    assert_allclose(cnn.numpy_predict_proba(cnn.export_numpy(clf), X), clf.predict_proba(X), rtol=0, atol=1e-5)
 
 
 def test_estimator_clones_and_checks_fitted():

@@ -215,6 +215,9 @@ def test_run_setting_differences_fill_in_defaults_and_compare_as_recorded():
     old = {**run, "cnn": {k: v for k, v in run["cnn"].items() if k != "max_shift"}}
     assert run_setting_differences(old, {**training, "cnn": {**training["cnn"], "max_shift": 0}}) == []
     assert run_setting_differences(old, training) == ["cnn.max_shift: 0 in the run, 3 here"]
+    # Runs before the weight averaging (r40's, for one) do not record it: their CNNs kept the last step's weights.
+    before = {**run, "cnn": {k: v for k, v in run["cnn"].items() if k != "ema_momentum"}}
+    assert run_setting_differences(before, training) == ["cnn.ema_momentum: null in the run, 0.98 here"]
     run.update(top_ks=[3], inner_search=True, cnn_enabled=False)
     assert run_setting_differences(run, training) == [
         "cnn_enabled: false in the run, true here", "inner_search: true in the run, false here",

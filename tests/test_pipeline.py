@@ -473,6 +473,8 @@ def test_inner_search_tunes_each_inner_split_and_leaves_the_test_scores_alone(fa
         ('{"refit": "yes"}', "invalid CNN settings: refit must be true or false"),
         ('{"max_shift": 50}', "invalid CNN settings: max_shift must be less than the patch's shorter side (50); got 50"),
         ('{"random_state": 3}', "the experiment's own"),
+        ('{"validation_fraction": 0.15}', "invalid CNN settings: ema_momentum needs validation_fraction=0"),
+        ('{"lr_schedule": "step"}', "invalid CNN settings: lr_schedule must be one of constant, cosine"),
         ('{"architecture": "densenet121", "backbone_weights": "imagenet"}', "never downloads"),
     ],
 )
