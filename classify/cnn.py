@@ -75,7 +75,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from leukoseg._checks import check_positive_int
+from leukoseg._checks import check_positive_int, is_real
 from leukoseg._stderr import import_keras
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
@@ -585,8 +585,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         With a value in ``(0, 1)``, the trained network gets the exponential moving average of the weights
         over the training steps (Adam's ``use_ema``) instead of the last step's: the average of the last
         ``1 / (1 - ema_momentum)`` steps or so. None, the default, keeps the last step's weights. Needs
-        ``validation_fraction=0`` (early stopping keeps its best epoch's weights). The experiment and
-        ``leukoseg train`` use 0.98 (``CNN_DEFAULTS``).
+        ``validation_fraction=0`` (early stopping keeps its best epoch's weights). The average starts at the
+        first step's weights, whose share at the end is ``ema_momentum ** (steps - 1)``: a warning is logged
+        when that is above 5 %, so a short training wants a lower value or none. Only trainable weights are
+        averaged (a DenseNet121's batch-normalisation statistics stay the last step's). The experiment and
+        ``leukoseg train`` use 0.98 (``CNN_DEFAULTS``), about 1.5 % of the first step's weights after its
+        210 steps.
     label_smoothing : float, optional
         Share of each training label spread over all classes, in ``[0, 1)`` (categorical cross-entropy with
         label smoothing); 0 trains on the labels as they are.
@@ -794,6 +798,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             random.seed(seed)
             model = _build(arch, seed=seed, weights=self.backbone_weights)
             steps = self.epochs * math.ceil(len(train_idx) / self.batch_size)
+            if self.ema_momentum is not None and self.ema_momentum ** (steps - 1) > 0.05:
+                # Keras's average starts at the first step's weights, with no warm-up: a short training keeps them
+                logger.warning("ema_momentum %g over %d training steps: the average keeps %.0f %% of the first "
+                               "step's weights; train longer or lower it", self.ema_momentum, steps,
+                               100 * self.ema_momentum ** (steps - 1))  # fmt: skip
             model.compile(
                 optimizer=_optimizer(self.learning_rate, self.lr_schedule, self.ema_momentum, steps),
                 loss=_loss(self.label_smoothing),
@@ -856,23 +865,22 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("patience", self.patience, expected="an int >= 0", allow_zero=True)
-        if not float(self.learning_rate) > 0:
+        # is_real first: a string or a list would otherwise reach float() or a comparison, and a bool count as 0/1
+        if not (is_real(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
         if self.lr_schedule not in _LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(_LR_SCHEDULES)}; got {self.lr_schedule!r}")
-        if self.ema_momentum is not None and not 0.0 < float(self.ema_momentum) < 1.0:
-            raise ValueError(f"ema_momentum must be None or in (0, 1); got {self.ema_momentum!r}")
-        if self.ema_momentum is not None and float(self.validation_fraction) > 0:
+        for name in ("validation_fraction", "label_smoothing", "stain_jitter", "brightness_jitter"):
+            value = getattr(self, name)
+            if not (is_real(value) and 0.0 <= value < 1.0):
+                raise ValueError(f"{name} must be in [0, 1); got {value!r}")
+        m = self.ema_momentum
+        if m is not None and not (is_real(m) and 0.0 < m < 1.0):
+            raise ValueError(f"ema_momentum must be None or in (0, 1); got {m!r}")
+        if m is not None and self.validation_fraction > 0:
             # early stopping would put back the last-step weights of its best epoch over the average
             raise ValueError("ema_momentum needs validation_fraction=0: early stopping keeps the weights of its "
                              "best epoch, not their average")
-        if not 0.0 <= float(self.label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing!r}")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
-        for name in ("stain_jitter", "brightness_jitter"):
-            if not 0.0 <= float(getattr(self, name)) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
         _check_max_shift(self.max_shift, input_shape)  # with the shape: before Keras's loop, not at its first batch
         if self.device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}; got {self.device!r}")

@@ -425,6 +425,10 @@ def test_fit_rejects_bad_input(X, y, groups, match):
         ({"ema_momentum": 1.0, "validation_fraction": 0.0}, r"ema_momentum must be None or in \(0, 1\); got 1.0"),
         ({"ema_momentum": 0.9}, "ema_momentum needs validation_fraction=0: early stopping keeps"),
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\); got 1.0"),
+        ({"label_smoothing": None}, r"label_smoothing must be in \[0, 1\); got None"),
+        ({"ema_momentum": "0.5", "validation_fraction": 0.0}, r"ema_momentum must be None or in \(0, 1\); got '0.5'"),
+        ({"ema_momentum": 0.9, "validation_fraction": 1.5}, r"validation_fraction must be in \[0, 1\); got 1.5"),
+        ({"learning_rate": "1e-3"}, "learning_rate must be > 0; got '1e-3'"),
     ],
 )
 def test_fit_rejects_bad_training_parameters(kwargs, match):
@@ -449,40 +453,60 @@ class _WeightsPerStep:
         return Recorder()
 
 
-def test_ema_momentum_gives_the_moving_average_of_the_step_weights(discs, monkeypatch):
-    # The average does not steer the steps, so a fit without it walks the same weights: the averaged
-    # network's weights are the exponential moving average of those, the first step's taken as they are.
+def test_ema_momentum_gives_the_moving_average_of_the_step_weights(discs, monkeypatch, caplog):
+    # The network keeps the exponential moving average of the weights its own steps walked (the first step's
+    # taken as they are); without the setting, the last step's.
     X, y, _ = discs
     settings = dict(**TINY, epochs=2, batch_size=16, validation_fraction=0.0, augment=False, random_state=0,
                     device="cpu")  # fmt: skip
     recorder = _WeightsPerStep()
     monkeypatch.setattr(cnn, "_logging_callback", recorder)
     plain = cnn.CNNClassifier(**settings).fit(X, y)
-    assert len(recorder.steps) == 2 * int(np.ceil(len(X) / 16))
+    n_steps = 2 * int(np.ceil(len(X) / 16))
+    assert len(recorder.steps) == n_steps
+    for last, walked in zip(plain.model_.get_weights(), recorder.steps[-1]):
+        assert_array_equal(last, walked)
     momentum = 0.8
-    expected = recorder.steps[0]
-    for weights in recorder.steps[1:]:
+    with caplog.at_level("WARNING", logger=cnn.logger.name):
+        averaged = cnn.CNNClassifier(**settings, ema_momentum=momentum).fit(X, y)
+    assert "over 10 training steps: the average keeps 13 % of the first step's weights" in caplog.text  # 0.8 ** 9
+    own = recorder.steps[n_steps:]
+    assert len(own) == n_steps
+    expected = own[0]
+    for weights in own[1:]:
         expected = [momentum * a + (1 - momentum) * w for a, w in zip(expected, weights)]
-    averaged = cnn.CNNClassifier(**settings, ema_momentum=momentum).fit(X, y)
-    for got, want, last, walked in zip(averaged.model_.get_weights(), expected, plain.model_.get_weights(),
-                                       recorder.steps[-1]):  # fmt: skip
+    for got, want in zip(averaged.model_.get_weights(), expected):
         assert_allclose(got, want, rtol=0, atol=1e-6)
-        assert_array_equal(last, walked)  # without the average: the last step's weights
-    assert any(not np.allclose(a, b, rtol=0, atol=1e-6)
-               for a, b in zip(averaged.model_.get_weights(), plain.model_.get_weights()))  # fmt: skip
+    assert any(not np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(averaged.model_.get_weights(), own[-1]))
 
 
-def test_cosine_schedule_ends_at_a_step_size_of_zero(discs):
+def test_ema_momentum_warns_only_when_training_is_too_short_to_forget_the_first_step(discs, caplog):
     X, y, _ = discs
+    for epochs, warned in ((1, True), (8, False)):  # 5 steps an epoch: 0.5 ** 4 = 6 %, 0.5 ** 39 = 2e-12
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=cnn.logger.name):
+            cnn.CNNClassifier(**TINY, epochs=epochs, batch_size=16, validation_fraction=0.0, ema_momentum=0.5,
+                              random_state=0).fit(X, y)  # fmt: skip
+        assert ("ema_momentum 0.5 over 5 training steps: the average keeps 6 %" in caplog.text) is warned
+        assert ("the average keeps" in caplog.text) is warned
+
+
+def test_cosine_schedule_decays_over_every_training_step(discs):
+    X, y, groups = discs
     settings = dict(**TINY, epochs=3, batch_size=16, learning_rate=1e-2, validation_fraction=0.0, random_state=0)
     steps = 3 * int(np.ceil(len(X) / 16))
     for schedule, last in (("constant", 1e-2), ("cosine", 0.0)):
         optimizer = cnn.CNNClassifier(**settings, lr_schedule=schedule).fit(X, y).model_.optimizer
         assert int(optimizer.iterations) == steps
-        assert_allclose(float(optimizer.learning_rate), last, rtol=0, atol=1e-9)  # the rate at the last step
-    rate = optimizer.get_config()["learning_rate"]  # the cosine schedule, serialised: it decays over every step
+        assert_allclose(float(optimizer.learning_rate), last, rtol=0, atol=1e-9)  # the rate after the last step
+    rate = optimizer.get_config()["learning_rate"]  # the cosine schedule, serialised
     assert rate["class_name"] == "CosineDecay"
     assert rate["config"]["decay_steps"] == steps and rate["config"]["initial_learning_rate"] == 1e-2
+    # With an early-stopping split, the steps are those of the training part alone.
+    clf = cnn.CNNClassifier(**{**settings, "validation_fraction": 0.3}, lr_schedule="cosine").fit(X, y, groups=groups)
+    assert 0 < len(clf.train_indices_) < len(X)
+    rate = clf.model_.optimizer.get_config()["learning_rate"]
+    assert rate["config"]["decay_steps"] == 3 * int(np.ceil(len(clf.train_indices_) / 16))
 
 
 def test_label_smoothing_trains_on_smoothed_one_hot_targets(discs):
