@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from leukoseg._checks import check_positive_int
+from leukoseg._checks import check_fraction, check_positive_int
 
 __all__ = ["DIHEDRAL_SQUARE", "DIHEDRAL_RECT", "augment_batch", "dihedral", "dihedral_mean"]
 
@@ -151,8 +151,7 @@ def augment_batch(
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, e.g. np.random.default_rng(0); got {type(rng)}")
     for name, value in (("stain_jitter", stain_jitter), ("brightness_jitter", brightness_jitter)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1); got {value}")
+        check_fraction(name, value)
     n, height, width, channels = patches.shape
     _check_max_shift(max_shift, (height, width))
     ops = DIHEDRAL_SQUARE if height == width else DIHEDRAL_RECT

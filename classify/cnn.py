@@ -75,7 +75,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from leukoseg._checks import check_positive_int, is_real
+from leukoseg._checks import check_fraction, check_positive_int, is_real
 from leukoseg._stderr import import_keras
 from leukoseg.datasets import file_sha256
 from leukoseg.errors import LeukosegError
@@ -355,8 +355,7 @@ def _input_shape(input_shape: Any) -> tuple[int, ...]:
 
 def _check_head(*, dropout: float, n_classes: int) -> None:
     """The checks of the output layer, the same for every network."""
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+    check_fraction("dropout", dropout)
     if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
         raise ValueError(f"n_classes must be an int >= 2; got {n_classes!r}")
 
@@ -798,11 +797,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             random.seed(seed)
             model = _build(arch, seed=seed, weights=self.backbone_weights)
             steps = self.epochs * math.ceil(len(train_idx) / self.batch_size)
-            if self.ema_momentum is not None and self.ema_momentum ** (steps - 1) > 0.05:
-                # Keras's average starts at the first step's weights, with no warm-up: a short training keeps them
+            # Keras's average starts at the first step's weights, with no warm-up: a short training keeps them
+            first_share = 0.0 if self.ema_momentum is None else self.ema_momentum ** (steps - 1)
+            if first_share > 0.05:
                 logger.warning("ema_momentum %g over %d training steps: the average keeps %.0f %% of the first "
                                "step's weights; train longer or lower it", self.ema_momentum, steps,
-                               100 * self.ema_momentum ** (steps - 1))  # fmt: skip
+                               100 * first_share)  # fmt: skip
             model.compile(
                 optimizer=_optimizer(self.learning_rate, self.lr_schedule, self.ema_momentum, steps),
                 loss=_loss(self.label_smoothing),
@@ -871,9 +871,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.lr_schedule not in _LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(_LR_SCHEDULES)}; got {self.lr_schedule!r}")
         for name in ("validation_fraction", "label_smoothing", "stain_jitter", "brightness_jitter"):
-            value = getattr(self, name)
-            if not (is_real(value) and 0.0 <= value < 1.0):
-                raise ValueError(f"{name} must be in [0, 1); got {value!r}")
+            check_fraction(name, getattr(self, name))
         m = self.ema_momentum
         if m is not None and not (is_real(m) and 0.0 < m < 1.0):
             raise ValueError(f"ema_momentum must be None or in (0, 1); got {m!r}")

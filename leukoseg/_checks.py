@@ -13,7 +13,8 @@ from typing import TypeGuard
 import numpy as np
 
 __all__ = [
-    "check_bool", "check_image", "check_labels", "check_mask", "check_positive", "check_positive_int", "is_real",
+    "check_bool", "check_fraction", "check_image", "check_labels", "check_mask", "check_positive",
+    "check_positive_int", "is_real",
 ]
 
 
@@ -27,6 +28,12 @@ def check_positive(name: str, value: object, *, allow_zero: bool = False) -> Non
     if not (is_real(value) and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
         sign = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be a finite {sign} number, got {value!r}")
+
+
+def check_fraction(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is a real number in ``[0, 1)`` (a rate, share or jitter strength)."""
+    if not (is_real(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in [0, 1); got {value!r}")
 
 
 def check_positive_int(name: str, value: object, *, expected: str = "a positive int", allow_zero: bool = False) -> None:

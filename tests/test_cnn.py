@@ -224,6 +224,8 @@ def test_same_seed_same_weights():
         ({"pool_size": True}, "pool_size must be a positive int, got True"),  # a bool is not a size
         ({"kernel_size": True}, r"kernel_size must be a positive odd int \(zero padding kernel_size // 2\), got True"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"dropout": "0.5"}, r"dropout must be in \[0, 1\); got '0.5'"),  # refused in words, not by Keras later
+        ({"dropout": True}, r"dropout must be in \[0, 1\); got True"),
         ({"n_classes": 1}, "n_classes must be an int >= 2"),
         ({"input_shape": (50, 50)}, r"input_shape must be \(height, width, channels\)"),
         ({"input_shape": (1, 1, 3)}, "smaller than the pooling window"),
@@ -759,6 +761,7 @@ def test_augment_batch_without_shift_draws_nothing_more():
         (np.zeros((1, 4, 4, 3)), {"max_shift": -1}, r"max_shift must be an int >= 0, got -1"),
         (np.zeros((1, 4, 4, 3)), {"stain_jitter": 1.5}, r"stain_jitter must be in \[0, 1\); got 1.5"),
         (np.zeros((1, 4, 4, 3)), {"brightness_jitter": -0.1}, r"brightness_jitter must be in \[0, 1\); got -0.1"),
+        (np.zeros((1, 4, 4, 3)), {"stain_jitter": None}, r"stain_jitter must be in \[0, 1\); got None"),
     ],
 )
 def test_augment_batch_rejects_bad_input(patches, kwargs, match):

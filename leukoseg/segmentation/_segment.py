@@ -494,11 +494,11 @@ def _red_cell_mode(
     not either. Too few: under 1 % of the pixels (a wide field with a red cell or two keeps the glass's
     threshold).
     """
+    if not glass.any():
+        return None
     scale = np.float32(255.0 / background)  # the units of the excess
     r, g, b = (rgb[:, c].astype(np.float32) * scale for c in range(3))
     red_green, red_blue = r - g, r - b
-    if not glass.any():
-        return None
     warm = ((red_green - np.median(red_green[glass]) > min_excess)
             & (red_blue - np.median(red_blue[glass]) > min_excess) & (excess < below))  # fmt: skip
     red = excess[warm]
