@@ -7,11 +7,33 @@ import logging
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["inner_cv_splits"]
+__all__ = ["inner_cv_splits", "own_random_state"]
 
 log = logging.getLogger(__name__)
 
 _REDRAWS = 10  # draws of grouped folds tried per fold count before fewer folds are tried
+
+
+def own_random_state(random_state: int | np.random.RandomState | None) -> np.random.RandomState:
+    """scikit-learn's ``check_random_state``, except that None gives a generator seeded from fresh entropy.
+
+    scikit-learn's None means NumPy's global generator, which a fit would then move on: another part of
+    the program seeded with ``np.random.seed`` would draw other numbers because a model was fitted.
+
+    Parameters
+    ----------
+    random_state : int, RandomState instance or None
+        An int seeds a new generator; a RandomState instance is used (and advanced) as it is.
+
+    Returns
+    -------
+    numpy.random.RandomState
+    """
+    from sklearn.utils import check_random_state
+
+    if random_state is None:
+        return np.random.RandomState(np.random.SeedSequence().generate_state(1)[0])
+    return check_random_state(random_state)
 
 
 def inner_cv_splits(

@@ -87,6 +87,9 @@ _EXPORT_ATOL = 1e-9  # exporters check the NumPy predictor against the estimator
 _CNN_EXPORT_ATOL = 1e-4  # float32 network
 _DIST_BLOCK = 1 << 20  # float64 values per block of the distance matrices (8 MiB)
 _DBL_MAX = float(np.finfo(np.float64).max)
+# A fusion fitted here weighs logits of at most 14 in size (probabilities clipped to 1e-6) by a few units; one
+# of 1000 calls every cell by one input alone (or overflows): the bundle is damaged.
+_FUSION_MAX_WEIGHT = 1000.0
 # Bounds of the classification settings that load_bundle checks: beyond them a bundle is damaged, and would
 # fail on, or exhaust the memory of, every image.
 _MAX_TOP_K = 100  # image_rule.top_k, cells averaged into the image score (training picks 1 to 3)
@@ -1141,6 +1144,8 @@ def _check_fusion(fusion: Mapping[str, Any], *, available: set[str]) -> dict[str
     numbers = [*coef, fusion["intercept"], fusion.get("eps", 1e-6)]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
         raise ValueError("fusion coef, intercept and eps must be finite numbers")
+    if any(abs(v) > _FUSION_MAX_WEIGHT for v in [*coef, fusion["intercept"]]):
+        raise ValueError(f"fusion coef and intercept must be at most {_FUSION_MAX_WEIGHT:g} in size")
     eps = float(fusion.get("eps", 1e-6))
     if not 0.0 < eps < 0.5:
         raise ValueError(f"fusion eps must be in (0, 0.5); got {eps}")

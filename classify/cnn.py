@@ -1411,6 +1411,8 @@ def export_numpy(model_or_estimator: Any) -> dict[str, np.ndarray]:
 
     Raises
     ------
+    TypeError
+        If `model_or_estimator` is neither a ``keras.Model`` nor a fitted :class:`CNNClassifier`.
     NotImplementedError
         If the network has a layer or setting the NumPy forward pass does not reproduce.
 

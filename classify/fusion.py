@@ -114,6 +114,12 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         -------
         self : StackingFusion
             The fitted fusion.
+
+        Raises
+        ------
+        ValueError
+            If `y` holds fewer than two classes, `X` has not ``n_inputs * n_classes`` finite columns, or a
+            setting is out of range.
         """
         keras = import_keras()
         from keras import ops
@@ -224,6 +230,11 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_inputs,)
             ``coef_[:, 1] - coef_[:, 0]``: the weight of each model's logit in the fused log-odds of
             ``classes_[1]``.
+
+        Raises
+        ------
+        ValueError
+            If the fusion was fitted on more than two classes.
         """
         check_is_fitted(self, "coef_")  # not classes_ or n_features_in_: a refused fit may leave them
         if len(self.classes_) != 2:
@@ -244,6 +255,11 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
             For two classes ``{"inputs", "coef", "intercept", "eps"}`` meaning
             ``p = sigmoid(intercept + sum_i coef_i * logit(clip(p_i, eps, 1 - eps)))``; for more classes also
             ``"classes"`` and a ``coef`` matrix over the log-probabilities, with a softmax.
+
+        Raises
+        ------
+        ValueError
+            If `inputs` does not name ``n_inputs`` models.
         """
         check_is_fitted(self, "coef_")  # not classes_ or n_features_in_: a refused fit may leave them
         if len(inputs) != self.n_inputs:

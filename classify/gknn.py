@@ -15,11 +15,10 @@ import numpy as np
 from deap import base, tools
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._cv import inner_cv_splits
+from ._cv import inner_cv_splits, own_random_state
 from ._votes import gaussian_vote
 
 __all__ = ["GeneticKNNClassifier", "gaussian_vote"]
@@ -237,27 +236,33 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : GeneticKNNClassifier
             The fitted classifier.
+
+        Raises
+        ------
+        ValueError
+            If a setting is out of range, `X` is not finite, or `y` holds fewer than two classes.
         """
         from sklearn.neighbors import KNeighborsClassifier
         from sklearn.preprocessing import StandardScaler
 
+        # Settings and labels are checked before anything is stored: a refused fit leaves no half-fitted state.
+        self._check_params()
         X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
         check_classification_targets(y)
-        self._check_params()
-        self.classes_, y_codes = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class ({self.classes_[0]!r})")
-        random_state = check_random_state(self.random_state)
+        classes, y_codes = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class ({classes[0]!r})")
+        random_state = own_random_state(self.random_state)
         # The first search draws its seeds as a single search always has: n_runs=1 fits are unchanged.
         seeds = random_state.randint(np.iinfo(np.int32).max, size=(self.n_runs, 2))
 
-        self.scaler_ = StandardScaler().fit(X)
-        standardised = self.scaler_.transform(X)
+        scaler = StandardScaler().fit(X)
+        standardised = scaler.transform(X)
         k_values = np.arange(1, min(self.k_max, len(y)) + 1, 2)
         runs, n_evaluations = [], 0
         for cv_seed, ga_seed in seeds.tolist():
             folds = inner_cv_splits(y_codes, groups, self.inner_cv, cv_seed)
-            score = _InnerCVScore(standardised, y_codes, folds, len(self.classes_), self.vote, self.fitness)
+            score = _InnerCVScore(standardised, y_codes, folds, len(classes), self.vote, self.fitness)
             best, history, n_scored = self._evolve(score, X.shape[1], k_values, np.random.default_rng(ga_seed))
             weights = _effective_weights(np.asarray(best[:-1]), self.min_weight)
             support, k = weights > 0, int(best[-1])
@@ -271,6 +276,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
                 len(runs), self.n_runs, k, int(support.sum()), X.shape[1], runs[-1]["best_fitness"], n_scored,
             )  # fmt: skip
         first = runs[0]
+        self.classes_, self.scaler_ = classes, scaler
         self.weights_, self.support_, self.k_ = first["weights"], first["support"], first["k"]
         self.best_fitness_, self.fitness_history_ = first["best_fitness"], first["fitness_history"]
         self.knn_ = first["knn"]
@@ -293,7 +299,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
             `n_runs` > 1, the mean share over the searches), columns in the order of `classes_`; rows sum
             to 1.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, "runs_")
         X = cast(np.ndarray, validate_data(self, X, dtype=np.float64, reset=False))
         standardised = self.scaler_.transform(X)
         proba = None

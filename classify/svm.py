@@ -9,11 +9,10 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._cv import inner_cv_splits
+from ._cv import inner_cv_splits, own_random_state
 
 __all__ = ["SVMClassifier", "make_svm"]
 
@@ -123,30 +122,36 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : SVMClassifier
             The fitted classifier.
+
+        Raises
+        ------
+        ValueError
+            If `calibration` or a grid is invalid, `X` is not finite, or `y` holds fewer than two classes.
         """
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.model_selection import GridSearchCV
 
-        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class ({self.classes_[0]!r})")
+        # Settings and labels are checked before anything is stored: a refused fit leaves no half-fitted state.
         if self.calibration not in ("sigmoid", "isotonic"):
             raise ValueError(f"calibration must be 'sigmoid' or 'isotonic'; got {self.calibration!r}")
         grid = {"svc__C": list(self.C_grid), "svc__gamma": list(self.gamma_grid)}
         if not grid["svc__C"] or not grid["svc__gamma"]:
             raise ValueError("C_grid and gamma_grid must each hold at least one value")
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class ({classes[0]!r})")
+        seed = int(own_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         folds = inner_cv_splits(y, groups, self.inner_cv, seed)
 
-        self.search_ = GridSearchCV(
+        search = GridSearchCV(
             _svm_pipeline(), grid, scoring=self.scoring, cv=folds, refit=False, n_jobs=self.n_jobs
         ).fit(X, y)
-        self.best_params_ = dict(self.search_.best_params_)
-        best = _svm_pipeline().set_params(**self.best_params_)
-        self.calibrated_ = CalibratedClassifierCV(best, method=self.calibration, cv=folds, ensemble=True)
-        self.calibrated_.fit(X, y)
+        best = _svm_pipeline().set_params(**search.best_params_)
+        calibrated = CalibratedClassifierCV(best, method=self.calibration, cv=folds, ensemble=True).fit(X, y)
+        self.classes_, self.search_, self.best_params_ = classes, search, dict(search.best_params_)
+        self.calibrated_ = calibrated
         log.info(
             "SVM: C=%s gamma=%s, inner %s %.3f",
             self.best_params_["svc__C"], self.best_params_["svc__gamma"], self.scoring, self.search_.best_score_,
@@ -166,7 +171,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples, n_classes)
             Columns in the order of `classes_`; rows sum to 1.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, "calibrated_")
         X = cast(np.ndarray, validate_data(self, X, dtype=np.float64, reset=False))
         return self.calibrated_.predict_proba(X)
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from leukoseg._checks import check_image
+from leukoseg._frozen import read_only
 
 __all__ = [
     "STAIN_FEATURE_NAMES", "cell_stain_features", "lbp_feature_names", "nucleus_lbp_features", "stain_feature_names",
@@ -171,7 +172,7 @@ def cell_stain_features(
 
 # OpenCV forms of the scipy.ndimage operations these features were first written with (same results, see
 # the tests): importing scipy.ndimage would add a third of a second to every one-image `leukoseg classify`.
-_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)  # scipy's default structuring element
+_CROSS = read_only(np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8))  # scipy's default structuring element
 
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:

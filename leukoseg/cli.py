@@ -672,7 +672,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         feature_params=args.feature_params,
         segment_params=segment_params or None,
     )  # fmt: skip
-    report = write_report(out, data_dir=dataset.root)
+    try:
+        report = write_report(out, data_dir=dataset.root)
+    except LeukosegError as exc:  # the results are whole: say how to get the report without running again
+        raise LeukosegError(exc.path, f"{exc.reason}; the results are written, and `leukoseg report {out}` "
+                                      "writes the report from them") from None
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror}; the results are written, and `leukoseg report {out}` writes "
+                                 "the report from them", exc.filename) from None
     if not args.quiet:
         m = result.metrics
         lines = []
@@ -712,11 +719,7 @@ def _cmd_classify_images(args: argparse.Namespace) -> int:
                 sys.stderr.write(result["traceback"])
             _error(f"{result['image']}: {result['error']}", 0)
         elif not args.json and not args.quiet:
-            fab = f", FAB {result['fab_subtype']} (score {result['fab_score']})" if result.get("fab_subtype") else ""
-            # A smear without white cells scores 0 by the image rule: say so, lest 'normal' read as evidence.
-            empty = "; no white cells found: 'normal' by default, not a healthy smear" if not result["n_cells"] else ""
-            sys.stderr.write(f"{_one_line(result['image'])}: {result['decision']} (p_all {result['p_all']:.3f}), "
-                             f"{result['n_blasts']} of {result['n_cells']} cells blasts{fab}{empty}\n")  # fmt: skip
+            sys.stderr.write(_classification_line(result) + "\n")
         if args.json:
             result.pop("traceback", None)
             _emit(_json_line(result))
@@ -747,6 +750,20 @@ def _load_model(path: str, stamp: tuple) -> Any:
     from .pipelines.predict import load_model
 
     return load_model(path)
+
+
+def _classification_line(result: Mapping[str, Any]) -> str:
+    """The verdict on one smear as `classify` prints it."""
+    line = (f"{_one_line(result['image'])}: {result['decision']} (p_all {result['p_all']:.3f}), "
+            f"{result['n_blasts']} of {result['n_cells']} cells blasts")  # fmt: skip
+    if result.get("fab_subtype"):
+        line += f", FAB {result['fab_subtype']} (score {result['fab_score']})"
+        if not result["n_blasts"]:  # else the two would read as a contradiction
+            line += (" from its most probable cell: no cell is called a blast, the image score adds up "
+                     "doubtful ones")
+    if not result["n_cells"]:  # it scores 0 by the image rule: say so, lest 'normal' read as evidence
+        line += "; no white cells found: 'normal' by default, not a healthy smear"
+    return line
 
 
 def _classify_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     Returns
     -------
     image : (H, W, 3) ndarray of uint8
-        RGB, EXIF orientation applied, alpha dropped, 16-bit samples scaled to 8 bits.
+        RGB, EXIF orientation applied, alpha dropped, 16-bit samples scaled to 8 bits (from the bit depth
+        they use, with a logged warning, when that is less than 16: the data of a 10-, 12- or 14-bit camera).
 
     Raises
     ------
@@ -125,6 +126,10 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
             if fast is not None:
                 _refuse_neutral(path, fast)
                 return fast
+        narrow = _narrow_16bit(path, pil, data)
+        if narrow is not None:
+            _refuse_neutral(path, narrow)
+            return narrow
         from PIL import ImageOps
 
         try:
@@ -278,6 +283,11 @@ def _decode_jpeg(data: bytes, orientation: int) -> np.ndarray | None:
         return None
     if direct is None:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
+    return _oriented(rgb, orientation)
+
+
+def _oriented(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """`rgb` as EXIF `orientation` says it is to be shown (decoders asked to ignore the tag)."""
     if orientation in _ORIENT:
         turns, flip = _ORIENT[orientation]
         rgb = np.rot90(rgb, turns)
@@ -285,6 +295,35 @@ def _decode_jpeg(data: bytes, orientation: int) -> np.ndarray | None:
             rgb = rgb[:, ::-1]
         rgb = np.ascontiguousarray(rgb)
     return rgb
+
+
+def _narrow_16bit(path: Path, pil: Any, data: bytes) -> np.ndarray | None:
+    """A 16-bit PNG or TIFF whose samples use fewer bits (a 10-, 12- or 14-bit camera), scaled from its bit
+    depth to 8 bits; None for any other image (decoded by Pillow, which keeps the top byte of 16 bits).
+
+    Taking the top byte of 12-bit data would give an image 16 times too dark, and the stain thresholds would
+    find other cells, without a word.
+    """
+    if pil.format == "PNG":
+        wide = len(data) > 24 and data[24] == 16  # IHDR bit depth
+    elif pil.format == "TIFF":
+        wide = set(getattr(pil, "tag_v2", {}).get(258, ())) == {16}  # BitsPerSample
+    else:
+        wide = False
+    if not wide:
+        return None
+    import cv2
+
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if raw is None or raw.dtype != np.uint16 or raw.ndim != 3 or raw.shape[2] not in (3, 4):
+        return None
+    top = int(raw[..., :3].max())
+    if top >= 1 << 15:  # the whole range is used: Pillow's top byte is right
+        return None
+    bits = max(8, top.bit_length())
+    log.warning("%s: 16-bit samples reach only %d: read as %d-bit data, scaled to 8 bits", path, top, bits)
+    scaled = np.rint(raw[..., 2::-1] * (255.0 / ((1 << bits) - 1))).astype(np.uint8)  # BGR(A) -> RGB
+    return _oriented(scaled, _exif_orientation(pil))
 
 
 def _palette_is_gray(pil: Any) -> bool:
@@ -419,7 +458,9 @@ def _refusal_to_replace(folder: Path, is_ours: Callable[[Path], bool], marker: s
     """
     if not (folder.exists() or folder.is_symlink()):
         return None
-    if folder.is_symlink() or not folder.is_dir():
+    if folder.is_symlink():  # replacing it would replace the link, not write where it points
+        return "a symbolic link, not a folder"
+    if not folder.is_dir():
         return "not a folder"
     if not any(folder.iterdir()) or is_ours(folder):
         return None
@@ -663,6 +704,13 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, *, quality: int
         (H, W) or (H, W, 3); RGB channel order.
     quality : int, optional
         JPEG quality.
+
+    Raises
+    ------
+    LeukosegError
+        Naming `path`, if the array cannot be encoded in that format.
+    OSError
+        If the file cannot be written (the CLI words it in one line).
     """
     try:
         data = encode_image(array, Path(path).suffix, quality=quality)

@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from ._frozen import read_only, read_only_mapping
+
 __all__ = [
     "KINDS",
     "SyntheticCell",
@@ -81,10 +83,10 @@ KINDS = ("blast_L1", "blast_L2", "blast_L3", "lymphocyte", "neutrophil")
 _BLASTS = frozenset({"blast_L1", "blast_L2", "blast_L3"})
 
 # Lamp colour: the RGB of an empty field (before the faint plasma density).
-_LIGHT = np.array([222.0, 214.0, 200.0])
+_LIGHT = read_only(np.array([222.0, 214.0, 200.0]))  # module constants: read-only, never changed in place
 
 # Optical density (OD, natural log) vectors of the stained structures, per unit of stain.
-_OD = {
+_OD = read_only_mapping({
     "plasma": np.array([0.006, 0.010, 0.012]),
     "rbc": np.array([0.10, 0.30, 0.28]),  # through one red cell (outside its pallor)
     "nucleus": np.array([0.70, 1.55, 0.26]),  # purple: azure-eosin complex on DNA
@@ -94,7 +96,7 @@ _OD = {
     "cyto_neutrophil": np.array([0.08, 0.21, 0.09]),  # pinkish lilac
     "granule": np.array([0.22, 0.45, 0.12]),
     "platelet": np.array([0.45, 0.95, 0.20]),
-}
+})
 
 _JPEG_QUALITY = 90  # of the round trip inside make_smear (the JPEG-like noise)
 
@@ -163,6 +165,11 @@ class SyntheticSmear:
     platelets: np.ndarray
     white_cells: tuple[SyntheticCell, ...]
     touching_pairs: tuple[tuple[int, int], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
+        for name in ("image", "nuclei", "cells", "red_cells", "platelets"):
+            object.__setattr__(self, name, read_only(getattr(self, name)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1166,6 +1173,11 @@ def touching_discs(
         Background RGB (225, 215, 200), discs (110, 50, 150).
     labels : (H, W) ndarray of int32
         0 background, 1 left disc, 2 right disc.
+
+    Raises
+    ------
+    ValueError
+        If `radius` or `overlap` is out of range, or `shape` too small for the two discs.
 
     Examples
     --------

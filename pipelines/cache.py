@@ -36,6 +36,7 @@ from typing import cast
 
 import numpy as np
 
+from .._frozen import read_only, read_only_mapping
 from ..datasets import file_sha256
 from ..errors import LeukosegError
 from ..io import _check_writable_folder, _python_scalar
@@ -87,6 +88,12 @@ class CachedImage:
     features: np.ndarray = field(repr=False)
     feature_names: tuple[str, ...]
     patches: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
+        object.__setattr__(self, "measurements", read_only_mapping(self.measurements))
+        object.__setattr__(self, "features", read_only(self.features))
+        object.__setattr__(self, "patches", read_only(self.patches))
 
     @property
     def n_cells(self) -> int:

@@ -394,8 +394,9 @@ def run_experiment(
     Raises
     ------
     LeukosegError
-        If the data set is too small for the folds or a fold has training cells of one class only, or a
-        CNN, feature or segmentation setting is unknown or out of range (before any image is segmented).
+        If the data set is too small for the folds or a fold has training cells of one class only, or
+        `top_k`, a CNN, feature or segmentation setting is unknown or out of range (before any image is
+        segmented).
     """
     from tqdm import tqdm
 
@@ -424,6 +425,7 @@ def run_experiment(
                                                    "images of every fold, for its inner splits)")  # fmt: skip
     if cnn_inner_folds < 2:
         raise LeukosegError(None, f"cnn_inner_folds must be at least 2; got {cnn_inner_folds}")
+    top_ks = (1,) if mode == "crop" else check_top_ks(top_k)  # a crop holds one cell
     if cnn:
         check_cnn_params(cnn_params)
     check_feature_params(feature_params)
@@ -490,7 +492,6 @@ def run_experiment(
     # The inner out-of-fold scores of each fold's training cells (NaN for its test cells), written to
     # scores.npz: the image rule and thresholds can then be studied again without refitting a model.
     inner_p = {m: np.full((repeats, n_folds, len(cell_label), K), np.nan) for m in models}
-    top_ks = (1,) if mode == "crop" else ((top_k,) if isinstance(top_k, int) else tuple(top_k))
     run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
     bar = tqdm(total=repeats * n_folds, unit="fold", desc="classify", file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()))
@@ -781,6 +782,29 @@ def _images_for_inner_splits(n_folds: int) -> int:
     return n
 
 
+def check_top_ks(top_k: int | Sequence[int]) -> tuple[int, ...]:
+    """The candidate k of the image rule as a tuple of int, or a one-line LeukosegError before any work.
+
+    Parameters
+    ----------
+    top_k : int or sequence of int
+        One k, or the candidates among which each fold chooses (:func:`.metrics.choose_image_rule`).
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    LeukosegError
+        If `top_k` is empty, or one of its values is not an integer of at least 1.
+    """
+    values: list[Any] = [top_k] if np.ndim(top_k) == 0 else np.ravel(np.asarray(top_k, dtype=object)).tolist()
+    if not values or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in values):
+        raise LeukosegError(None, f"top_k must be an integer >= 1 or a non-empty sequence of them; got {top_k!r}")
+    return tuple(int(k) for k in values)
+
+
 def check_class_images(dataset, minimum: int, *, what: str, fewer: str | None = None) -> None:
     """Refuse, before any image is segmented, a class in fewer than `minimum` distinct images (one-line error).
 
@@ -834,7 +858,8 @@ def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> 
     LeukosegError
         If a key is neither a CNNClassifier parameter nor ``refit`` (a boolean: score the test cells with one
         CNN fitted on all training cells, and ship that one with ``train``, instead of the mean of the
-        cross-fitted CNNs), is set by the experiment, or a value is out of range.
+        cross-fitted CNNs), is set by the experiment, or a value is out of range, or the DenseNet121 weights
+        file given does not fit the network.
     """
     from leukoseg.classify import CNNClassifier
 
@@ -851,6 +876,11 @@ def check_cnn_params(cnn_params: Mapping | None, *, patch_shape=(50, 50, 3)) -> 
         est = CNNClassifier(**{**CNN_DEFAULTS, **params})
         est._check_training_params(patch_shape)
         est._architecture(patch_shape, 2)
+        if est.architecture == "densenet121" and est.backbone_weights is not None:
+            from leukoseg.classify.cnn import build_densenet121
+
+            # Seconds to read the file now, rather than a refusal after the segmentation and the baseline.
+            build_densenet121(input_shape=patch_shape, weights=est.backbone_weights)
     except (TypeError, ValueError) as exc:
         raise LeukosegError(None, f"invalid CNN settings: {exc}") from None
 

@@ -40,6 +40,11 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, 
     (low, high) : tuple of float
         The interval's bounds, in [0, 1].
 
+    Raises
+    ------
+    ValueError
+        Unless ``0 <= successes <= n``.
+
     Examples
     --------
     >>> [round(v, 4) for v in wilson_interval(8, 10)]
@@ -190,6 +195,12 @@ def choose_image_rule(
         The number of highest cell scores averaged into the image score.
     threshold : float
         The threshold on that score.
+
+    Raises
+    ------
+    ValueError
+        If `top_ks` is empty or holds a k below 1, a cell score is NaN, or `labels` and `cell_scores`
+        differ in length.
 
     Examples
     --------

@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from leukoseg._checks import check_image
+from leukoseg._frozen import read_only, read_only_mapping
+
 if TYPE_CHECKING:
     from leukoseg.classify.bundle import ModelBundle
     from leukoseg.segmentation import Segmentation
@@ -156,6 +159,12 @@ class Classification:
     fab: Mapping[str, Any] = field(repr=False)
     model: str
 
+    def __post_init__(self) -> None:
+        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
+        object.__setattr__(self, "p_blast", read_only(self.p_blast))
+        object.__setattr__(self, "p_blast_models", read_only_mapping(self.p_blast_models))
+        object.__setattr__(self, "fab", read_only_mapping(self.fab))
+
     def to_dict(self) -> dict[str, Any]:
         """Return the image-level fields as plain JSON-able data.
 
@@ -191,7 +200,8 @@ def classify_image(
         A segmentation of `image` already made (otherwise it is made with the segmentation settings the
         bundle was trained on, ``bundle.json``'s ``config.segment``).
     pixel_size : float, optional
-        Micrometres per pixel, if known (default: measured from the red cells).
+        Micrometres per pixel, if known (default: measured from the red cells); with `seg`, give it to
+        ``segment`` instead.
 
     Returns
     -------
@@ -199,6 +209,12 @@ def classify_image(
         The segmentation (`seg` itself when given).
     result : Classification
         Cell blast probabilities, the image verdict and, for an image called ALL, its FAB subtype.
+
+    Raises
+    ------
+    ValueError
+        If `image` is not an RGB uint8 image, `seg` was made from an image of another size, or both `seg`
+        and `pixel_size` are given.
     """
     from leukoseg.classify.fab import FABSettings, blast_mask, fab_classify
     from leukoseg.features.rows import feature_matrix
@@ -207,6 +223,12 @@ def classify_image(
     from .cache import _cells_for_features
     from .metrics import image_score
 
+    check_image(image)
+    if seg is not None and pixel_size is not None:
+        raise ValueError("give pixel_size to segment(), not with a segmentation already made (seg)")
+    if seg is not None and tuple(seg.input_shape) != image.shape[:2]:
+        raise ValueError(f"seg was made from an image of {seg.input_shape[1]}x{seg.input_shape[0]} pixels; "
+                         f"this one has {image.shape[1]}x{image.shape[0]}")  # fmt: skip
     config = model.config
     if seg is None:
         # As the bundle's training images were segmented (an older bundle: as its release did).

@@ -127,7 +127,8 @@ def train_bundle(
     LeukosegError
         For a data set other than ALL-IDB1-like smears, a run folder without metrics, of other data or whose
         models were trained with other settings (its figures would not be this bundle's), an existing bundle
-        without `overwrite`, or an existing folder that is not a bundle.
+        without `overwrite`, an existing folder that is not a bundle, or `top_k`, a CNN or feature setting
+        out of range (these before any image is segmented).
     """
     from leukoseg.classify import FABSettings
     from leukoseg.classify.bundle import save_bundle
@@ -141,6 +142,9 @@ def train_bundle(
     if exp._mode(dataset) != "points":
         raise LeukosegError(dataset.root, "train needs smears with annotated blast centroids (all-idb1)")
     exp.check_feature_params(feature_params)
+    if cnn:
+        exp.check_cnn_params(cnn_params)
+    top_ks = exp.check_top_ks(top_k)
     # The inner cross-validations (thresholds, fusion, CNN cross-fitting) split images: two per class at least.
     exp.check_class_images(dataset, 2, what="that the inner cross-validation of train needs")
     out_dir = check_bundle_target(out_dir, overwrite=overwrite)
@@ -151,7 +155,6 @@ def train_bundle(
                 "cnn": {**exp.CNN_DEFAULTS, **dict(cnn_params or {})} if cnn else None,
                 "fusion": dict(fusion_params or {})}  # fmt: skip
     # The run folder is read before the data set is hashed (seconds): a mistyped --run fails at once.
-    top_ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
     run_metrics = None
     if run_dir is not None:
         run_metrics = _run_metrics(run_dir, {**settings, "cnn_enabled": bool(cnn), "top_ks": top_ks,

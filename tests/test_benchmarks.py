@@ -392,3 +392,34 @@ def test_image_rules_gives_back_the_run_s_decisions_and_others(fast, fake_all_id
     (run / "scores.npz").unlink()
     assert rules.main([str(run)]) == 2
     assert "scores.npz: not found" in capsys.readouterr().err
+
+
+def test_cnn_speed_prints_each_mode_and_its_ratio_to_plain_keras(monkeypatch, capsys):
+    speed = _load("cnn_speed")
+    fake = {"experiment": iter([300.0, 320.0, 310.0]), "keras": iter([400.0, 400.0, 420.0]),
+            "xla": iter([100.0, 120.0, 105.0])}
+
+    def measure(mode, device, patches, epochs):
+        assert (device, patches, epochs) == ("cpu", 64, 2)
+        if mode == "bf16":
+            return {"error": "RuntimeError: no bfloat16 here"}
+        return {"backend": "tensorflow", "device": "cpu", "patches_per_s": next(fake[mode])}
+
+    monkeypatch.setattr(speed, "measure", measure)
+    speed.main(["--device", "cpu", "--patches", "64", "--epochs", "2", "--rounds", "3",
+                "--modes", "experiment", "keras", "xla", "bf16"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Keras backend tensorflow, device cpu" in out
+    # median patches/s, then the median of the per-round ratios to keras (experiment 0.75, 0.80, 0.738;
+    # xla 0.25, 0.30, 0.25)
+    assert re.search(r"experiment\s+310\s+0\.75\s+300, 320, 310", out), out
+    assert re.search(r"keras\s+400\s+1\.00", out), out
+    assert re.search(r"xla\s+105\s+0\.25", out), out
+    assert "bf16       failed: RuntimeError: no bfloat16 here" in out
+
+
+def test_cnn_speed_times_the_experiment_s_training_and_plain_keras_in_fresh_processes():
+    speed = _load("cnn_speed")
+    for mode in ("experiment", "keras"):
+        r = speed.measure(mode, "cpu", 8, 1)
+        assert r.get("patches_per_s", 0) > 0 and r["device"] == "cpu", r

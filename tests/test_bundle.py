@@ -848,6 +848,11 @@ def test_valid_classification_settings_load(saved_features_only, tmp_path):
         (lambda c: c["features"].update(stain="yes"), "texture and stain must be true or false"),
         (lambda c: c["features"].pop("angles_deg"), "lacks angles_deg"),
         (lambda c: c.update(features=[]), "features: must be an object"),
+        # Values a segmentation can take that describe no smear: all cells dropped, or the memory exhausted.
+        (lambda c: c.update(segment={"split_distance_um": 1e9}), "split_distance_um must be at most 30 um"),
+        (lambda c: c.update(segment={"working_um_per_px": 100}), "working_um_per_px must be at most 2 um/px"),
+        (lambda c: c.update(segment={"min_nucleus_area_um2": 1e9}), "min_nucleus_area_um2 must be at most 1000 um^2"),
+        (lambda c: c.update(segment={"red_cell_diameter_um": 1e6}), "red_cell_diameter_um must be at most 30 um"),
     ],
 )
 def test_unusable_classification_settings_are_refused_at_load(saved_features_only, tmp_path, edit, reason):
@@ -855,6 +860,22 @@ def test_unusable_classification_settings_are_refused_at_load(saved_features_onl
     err = _refusal(path)
     assert err.path == str(path / "bundle.json")
     assert err.reason.startswith("invalid classification settings: ")
+    assert reason in err.reason
+
+
+@pytest.mark.parametrize(
+    ("fusion", "reason"),
+    [
+        ({"intercept": 1e300}, "fusion coef and intercept must be at most 1000 in size"),  # every smear ALL
+        ({"coef": [1e308, -1e308]}, "fusion coef and intercept must be at most 1000 in size"),  # overflows
+        ({"coef": [float("nan"), 0.5]}, "fusion coef, intercept and eps must be finite numbers"),
+    ],
+)
+def test_damaged_fusion_weights_are_refused_at_load(saved, tmp_path, fusion, reason):
+    path = _copy(saved, tmp_path)
+    _rewrite_manifest(path, lambda m: m["fusion"].update(fusion))
+    err = _refusal(path)
+    assert err.path == str(path / "bundle.json")
     assert reason in err.reason
 
 

@@ -261,14 +261,45 @@ def test_svm_probabilities_are_calibrated_ensemble():
     assert_array_equal(clf.predict_proba(X), again.predict_proba(X))
 
 
-def test_svm_fit_leaves_numpys_global_generator_alone():
+def _small_gknn(**kw):
+    return GeneticKNNClassifier(**{**SMALL_GA, **kw})
+
+
+def _small_svm(**kw):
+    return SVMClassifier(**{"C_grid": (1.0,), "gamma_grid": ("scale",), **kw})
+
+
+@pytest.mark.parametrize("random_state", [0, None])
+@pytest.mark.parametrize("make", [_small_svm, _small_gknn], ids=["svm", "gknn"])
+def test_fit_leaves_numpys_global_generator_alone(make, random_state):
+    # Unseeded too: scikit-learn's None would draw from (and move) NumPy's global generator.
     X, y = _informative_problem(n_samples=120, seed=7)
     np.random.seed(5)
     before = np.random.get_state()
-    SVMClassifier(C_grid=(1.0,), gamma_grid=("scale",), random_state=0).fit(X, y)
+    make(random_state=random_state).fit(X, y)
     after = np.random.get_state()
     assert_array_equal(after[1], before[1])
     assert after[2] == before[2]
+
+
+@pytest.mark.parametrize(("make", "bad"), [(_small_svm, {"calibration": "bad"}), (_small_svm, {"C_grid": ()}),
+                                           (_small_gknn, {"population_size": 1})], ids=["svm", "svm-grid", "gknn"])
+def test_a_refused_fit_leaves_the_estimator_as_it_was(make, bad):
+    from sklearn.exceptions import NotFittedError
+
+    X, y = _informative_problem(n_samples=120, seed=7)
+    with pytest.raises(ValueError):
+        make(**bad).fit(X, y)
+    fresh = make(**bad)
+    with pytest.raises(ValueError):
+        fresh.fit(X, y)
+    with pytest.raises(NotFittedError):  # not an AttributeError of a half-fitted estimator
+        fresh.predict_proba(X)
+    fitted = make(random_state=0).fit(X, y)
+    expected = fitted.predict_proba(X)
+    with pytest.raises(ValueError):
+        fitted.set_params(**bad).fit(X[:, :5], y[::-1])
+    assert_array_equal(fitted.predict_proba(X), expected)  # the earlier fit, whole
 
 
 def test_gaussian_vote_and_callable_votes_match_sklearn():

@@ -225,6 +225,14 @@ def test_other_files_are_never_replaced(tmp_path, capsys):
     assert (out / "other" / "cells.csv").is_file()  # the rest of the batch went on
     # An earlier result is replaced as before.
     assert main(["segment", str(other), "--out", str(out), "--workers", "1", "--no-crops", "-q"]) == 0
+    # A link where the result folder goes is left alone, and said to be one (even to an empty folder).
+    (tmp_path / "empty").mkdir()
+    (out / "smear").rename(tmp_path / "kept")
+    (out / "smear").symlink_to(tmp_path / "empty")
+    assert main(["segment", str(image), "--out", str(out), "--workers", "1", "--no-crops"]) == 1
+    err = capsys.readouterr().err
+    assert "(a symbolic link, not a folder)" in err and "Traceback" not in err, err
+    assert (out / "smear").is_symlink() and not any((tmp_path / "empty").iterdir())
 
 
 def test_output_folder_inputs(tmp_path, capsys):
@@ -459,6 +467,31 @@ def test_classify_dataset_pixel_size_and_protocol(elsewhere, monkeypatch, capsys
     assert "stop here" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("full_disk", "exit_code"), [(False, 2), (True, 1)])
+def test_a_report_that_fails_after_the_experiment_says_how_to_write_it_again(elsewhere, monkeypatch, capsys,
+                                                                            full_disk, exit_code):
+    from types import SimpleNamespace
+
+    from leukoseg import datasets
+    from leukoseg.errors import LeukosegError
+    from leukoseg.pipelines import experiment, report
+
+    why = "No space left on device" if full_disk else "Read-only file system"
+
+    def failing(*args, **kwargs):  # as write_report words each: a full disk fails the run, a folder not ours is usage
+        if full_disk:
+            raise OSError(28, f"cannot write the report ({why})", "run")
+        raise LeukosegError("run", f"cannot write the report ({why})")
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, data_dir: SimpleNamespace(name=name, root=Path(".")))
+    monkeypatch.setattr(experiment, "run_experiment", lambda *args, **kwargs: None)
+    monkeypatch.setattr(report, "write_report", failing)
+    assert main(["classify", "--dataset", "all-idb1", "--out", "run"]) == exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"leukoseg: error: run: cannot write the report ({why}); the results are written, and "
+                   "`leukoseg report run` writes the report from them"]
+
+
 def test_an_interrupted_pool_stops_its_workers_at_once():
     """Ctrl-C in a parallel batch: pending images are cancelled and running ones stopped, not finished."""
     import time
@@ -524,3 +557,16 @@ def test_opencv_out_of_memory_is_said_as_such():
     assert _out_of_memory(oom) and not _out_of_memory(ValueError("Insufficient memory"))
     assert _guarded("big.jpg", {}, decode) == {"image": "big.jpg",
                                                "error": "out of memory (try --max-pixels or a smaller image)"}
+
+
+def test_the_verdict_line_explains_an_all_call_without_a_blast_cell():
+    from leukoseg.cli import _classification_line
+
+    verdict = {"image": "a.jpg", "decision": "ALL", "p_all": 0.238, "n_cells": 7, "n_blasts": 2,
+               "fab_subtype": "L1", "fab_score": 0}  # fmt: skip
+    assert _classification_line(verdict) == "a.jpg: ALL (p_all 0.238), 2 of 7 cells blasts, FAB L1 (score 0)"
+    assert _classification_line({**verdict, "n_blasts": 0}) == (
+        "a.jpg: ALL (p_all 0.238), 0 of 7 cells blasts, FAB L1 (score 0) from its most probable cell: no cell is "
+        "called a blast, the image score adds up doubtful ones")
+    normal = {**verdict, "decision": "normal", "p_all": 0.01, "n_blasts": 0, "fab_subtype": None}
+    assert _classification_line(normal) == "a.jpg: normal (p_all 0.010), 0 of 7 cells blasts"

@@ -65,6 +65,40 @@ def test_sixteen_bit_rgb_is_scaled(tmp_path):
     np.testing.assert_array_equal(out[0, 0], [255, 100, 0])
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize(("bits", "orientation"), [(12, 1), (10, 6), (14, 3)])
+def test_sixteen_bit_files_of_a_narrower_camera_are_scaled_from_their_bit_depth(tmp_path, rgb_image, caplog, suffix,
+                                                                                 bits, orientation):
+    """12-bit data in a 16-bit file: its top byte would be 16 times too dark."""
+    top = (1 << bits) - 1
+    image = rgb_image.copy()
+    image[0, 0] = 255  # white somewhere, as the glass of a smear
+    raw = np.rint(image * (top / 255.0)).astype(np.uint16)
+    path = tmp_path / f"narrow{suffix}"
+    if orientation == 1:
+        cv2.imwrite(str(path), raw[..., ::-1])
+    else:  # a camera that wrote its orientation: the scaled pixels turn as Pillow turns the image
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(image).save(tmp_path / "8bit.png", exif=exif.tobytes())
+        ok, png = cv2.imencode(".png", raw[..., ::-1])
+        assert ok
+        # The 16-bit data with the eXIf chunk of the 8-bit file, placed before its first IDAT chunk.
+        eight = (tmp_path / "8bit.png").read_bytes()
+        start = eight.index(b"eXIf") - 4
+        chunk = eight[start : start + 12 + int.from_bytes(eight[start : start + 4], "big")]
+        png = png.tobytes()
+        idat = png.index(b"IDAT") - 4
+        path = path.with_suffix(".png")
+        path.write_bytes(png[:idat] + chunk + png[idat:])
+    with caplog.at_level("WARNING", logger="leukoseg"):
+        out = read_image(path)
+    expected = read_image(tmp_path / "8bit.png") if orientation != 1 else image
+    assert out.dtype == np.uint8 and out.shape == expected.shape
+    assert np.abs(out.astype(int) - expected).max() <= 1  # one rounding each way
+    assert f"16-bit samples reach only {top}: read as {bits}-bit data" in caplog.text
+
+
 def test_alpha_is_dropped(tmp_path, rgb_image):
     rgba = np.dstack([rgb_image, np.full(rgb_image.shape[:2], 7, np.uint8)])
     out = read_image(_save(tmp_path / "a.png", rgba))

@@ -526,3 +526,26 @@ def test_damaged_bundle_settings_are_one_error_at_load(tmp_path, capsys, change,
     assert main(["classify", sample, "--model", str(model), "--out", str(tmp_path / "o")]) == 2
     assert "bundle.json: invalid classification settings" in _one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
+
+
+def test_classify_image_checks_the_segmentation_it_is_given_and_returns_read_only_results():
+    from leukoseg.segmentation import segment
+
+    model = load_model()  # the bundled default model
+    image = make_smear(shape=(300, 400), kinds=("blast_L1", "lymphocyte"), n_touching_pairs=0, seed=7).image
+    seg = segment(image)
+    assert seg.n_cells > 0
+    _, result = classify_image(image, model, seg=seg)
+    assert np.array_equal(result.p_blast, classify_image(image, model)[1].p_blast)
+    with pytest.raises(ValueError, match="read-only"):
+        result.p_blast[0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        result.p_blast_models["fused"][0] = 1.0
+    with pytest.raises(TypeError):
+        result.p_blast_models["fused"] = np.zeros(1)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        result.fab["fab_subtype"] = "L1"  # type: ignore[index]
+    with pytest.raises(ValueError, match=r"seg was made from an image of 400x300 pixels; this one has 400x290"):
+        classify_image(image[:290], model, seg=seg)
+    with pytest.raises(ValueError, match="give pixel_size to segment"):
+        classify_image(image, model, seg=seg, pixel_size=0.2)

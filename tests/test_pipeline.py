@@ -715,6 +715,10 @@ def test_cache_recomputes_a_damaged_entry_and_refuses_an_unusable_folder(tmp_pat
         (again,), info = load_or_compute([tmp_path / "s.png"], cache)
     assert info["computed"] == 1 and "unreadable" in caplog.text
     np.testing.assert_array_equal(again.features, first.features)  # the same computation, bit for bit
+    for entry_read in (first, again):  # computed, and read back: frozen all the way down
+        for array in (entry_read.features, entry_read.patches, entry_read.measurements["x"]):
+            with pytest.raises(ValueError, match="read-only"):
+                array[0] = 0
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
     with pytest.raises(LeukosegError, match="cache folder cannot be created: a parent of it is a file"):
@@ -763,3 +767,40 @@ def test_cache_key_changes_with_every_setting_and_only_then(monkeypatch):
     monkeypatch.setattr(cache, "CACHE_FORMAT", cache.CACHE_FORMAT + 1)
     keys.add(cache_key(h))
     assert len(keys) == 8
+
+
+@pytest.mark.parametrize("top_k", [0, (), (1, 0), 2.0, True, "3"])
+def test_experiment_and_train_refuse_a_bad_top_k_before_any_work(fake_all_idb1, tmp_path, top_k):
+    from leukoseg.pipelines.train import train_bundle
+
+    dataset = load_dataset("all-idb1", fake_all_idb1)
+    for run in (lambda: run_experiment(dataset, tmp_path / "run", cache_dir=tmp_path / "cache", top_k=top_k),
+                lambda: train_bundle(dataset, tmp_path / "model", cache_dir=tmp_path / "cache", top_k=top_k)):
+        with pytest.raises(LeukosegError, match="top_k must be an integer >= 1 or a non-empty sequence"):
+            run()
+        assert not (tmp_path / "cache").exists()  # nothing was segmented
+
+
+def test_top_k_takes_any_integer_type():
+    from leukoseg.pipelines.experiment import check_top_ks
+
+    assert check_top_ks(np.int64(2)) == (2,)
+    assert check_top_ks(np.array([1, 3])) == (1, 3)
+    assert check_top_ks([1, 2, 3]) == (1, 2, 3)
+
+
+def test_a_file_that_is_not_densenet_weights_is_refused_before_any_work(fake_all_idb1, tmp_path, capsys):
+    from leukoseg.pipelines.train import train_bundle
+
+    junk = tmp_path / "notop.h5"
+    junk.write_bytes(b"not an HDF5 file")
+    params = {"architecture": "densenet121", "backbone_weights": str(junk)}
+    rc = main(["classify", "--dataset", "all-idb1", "--data-dir", str(fake_all_idb1), "--out", str(tmp_path / "run"),
+               "--cache", str(tmp_path / "cache"), "--cnn-params", json.dumps(params)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"invalid CNN settings: {junk}: not DenseNet121 weights without the top" in err[0]
+    with pytest.raises(LeukosegError, match="not DenseNet121 weights without the top"):
+        train_bundle(load_dataset("all-idb1", fake_all_idb1), tmp_path / "model", cache_dir=tmp_path / "cache",
+                     cnn_params=params)  # fmt: skip
+    assert not (tmp_path / "cache").exists()  # nothing was segmented

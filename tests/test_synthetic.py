@@ -76,6 +76,12 @@ def test_types_and_shapes(smear):
     assert [c.is_blast for c in smear.white_cells] == [c.kind.startswith("blast") for c in smear.white_cells]
 
 
+def test_the_ground_truth_is_read_only(smear):
+    for name in ("image", "nuclei", "cells", "red_cells", "platelets"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(smear, name)[0, 0] = 1
+
+
 def test_label_ids_match_records(smear):
     ids = {c.cell_id for c in smear.white_cells}
     assert set(np.unique(smear.nuclei)) - {0} == ids

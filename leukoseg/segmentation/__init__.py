@@ -11,6 +11,7 @@ from ._outputs import cells_geojson, draw_overlay, write_segmentation
 from ._scale import SCALE_FALLBACK, SCALE_GIVEN, SCALE_RED_CELLS, Scale, estimate_scale
 from ._segment import (
     MAX_CYTOPLASM_OPEN_UM,
+    SEGMENT_SETTING_MAX,
     UNRECORDED_SEGMENT_SETTINGS,
     Segmentation,
     check_segment_settings,
@@ -21,6 +22,7 @@ from ._segment import (
 
 __all__ = [
     "MAX_CYTOPLASM_OPEN_UM",
+    "SEGMENT_SETTING_MAX",
     "MEASUREMENT_COLUMNS",
     "SCALE_FALLBACK",
     "SCALE_GIVEN",

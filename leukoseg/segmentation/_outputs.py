@@ -307,8 +307,10 @@ def write_segmentation(
         Its segmentation.
     crops : bool, optional
         Write ``crops/`` too.
-    patch_size, patch_um_per_px : optional
-        Size and pixel size of the scale-normalised patches.
+    patch_size : int, optional
+        Side of the scale-normalised patches, in pixels.
+    patch_um_per_px : float, optional
+        Their pixel size, in micrometres.
     summary : mapping, optional
         Extra entries for ``segmentation.json`` (e.g. the input path and timings).
     threads : int, optional

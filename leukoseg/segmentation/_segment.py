@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_bool, check_image, check_positive, is_real
+from .._frozen import read_only
 from ._color import background_level, stain_excess
 from ._measure import _dilate, _index_map, measure_cells
 from ._ndimage import find_objects, peak_local_max, threshold_otsu, watershed
@@ -52,6 +53,7 @@ from ._scale import SCALE_FALLBACK, SCALE_GIVEN, Scale, estimate_scale
 
 __all__ = [
     "MAX_CYTOPLASM_OPEN_UM",
+    "SEGMENT_SETTING_MAX",
     "UNRECORDED_SEGMENT_SETTINGS",
     "Segmentation",
     "check_segment_settings",
@@ -70,6 +72,15 @@ UNRECORDED_SEGMENT_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
 #: The largest cytoplasm opening taken (um): a wider disc removes all the cytoplasm of a white cell, and its
 #: kernel grows with the square of the radius.
 MAX_CYTOPLASM_OPEN_UM = 10.0
+#: Upper bounds of segment()'s settings. Beyond them a setting describes no blood smear (a red cell of 30 um,
+#: a nucleus of 1000 um^2, a working pixel of 2 um, wider than a nucleolus), so a model bundle that holds
+#: one is damaged; and the filters of the um settings grow with the square of their size, so a huge value
+#: exhausts the memory instead of failing.
+SEGMENT_SETTING_MAX: Mapping[str, float] = types.MappingProxyType({
+    "red_cell_diameter_um": 30.0, "fallback_nucleus_diameter_um": 30.0, "working_um_per_px": 2.0,
+    "median_um": 5.0, "stain_sigmas": 100.0, "min_stain_excess": 255.0, "min_nucleus_area_um2": 1000.0,
+    "split_distance_um": 30.0, "max_cytoplasm_um": 30.0, "cytoplasm_open_um": MAX_CYTOPLASM_OPEN_UM,
+})  # fmt: skip
 #: Images with a side shorter than this cannot hold a white cell: refused as bad input.
 MIN_IMAGE_SIDE = 16
 #: The coarse copy used for the red-cell ruler has at most this many pixels along its longer side.
@@ -187,9 +198,9 @@ class Segmentation:
 
     def __post_init__(self) -> None:
         # Views, so that the caller's own arrays stay writable; frozen, so set through object.
-        object.__setattr__(self, "working_nuclei", _read_only(self.working_nuclei))
-        object.__setattr__(self, "working_cells", _read_only(self.working_cells))
-        columns = {name: _read_only(values) for name, values in self.measurements.items()}
+        object.__setattr__(self, "working_nuclei", read_only(self.working_nuclei))
+        object.__setattr__(self, "working_cells", read_only(self.working_cells))
+        columns = {name: read_only(values) for name, values in self.measurements.items()}
         object.__setattr__(self, "measurements", types.MappingProxyType(columns))
         object.__setattr__(self, "thresholds", types.MappingProxyType(dict(self.thresholds)))
         object.__setattr__(self, "settings", types.MappingProxyType(dict(self.settings)))
@@ -197,12 +208,12 @@ class Segmentation:
     @cached_property
     def nuclei(self) -> np.ndarray:
         """(H, W) ndarray of int32: nucleus labels at the input's size (nearest-neighbour upscaling)."""
-        return _read_only(self._upscaled(self.working_nuclei, np.int32))
+        return read_only(self._upscaled(self.working_nuclei, np.int32))
 
     @cached_property
     def cells(self) -> np.ndarray:
         """(H, W) ndarray of int32: whole-cell labels at the input's size, same ids as :attr:`nuclei`."""
-        return _read_only(self._upscaled(self.working_cells, np.int32))
+        return read_only(self._upscaled(self.working_cells, np.int32))
 
     @property
     def n_cells(self) -> int:
@@ -246,13 +257,6 @@ class Segmentation:
         # The maps are non-decreasing: repeat each source row and column as often as it is used.
         sub = labels[rr[0] : rr[-1] + 1, cc[0] : cc[-1] + 1]
         return np.repeat(np.repeat(sub, np.bincount(rr - rr[0]), axis=0), np.bincount(cc - cc[0]), axis=1)
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    """A read-only view of `array` (the array itself stays as it was)."""
-    view = np.asarray(array).view()
-    view.flags.writeable = False
-    return view
 
 
 def segment(
@@ -730,6 +734,7 @@ def check_segment_settings(settings: Mapping[str, Any]) -> None:
                 check_positive(name, value)
         elif name == "min_stain_excess":
             check_positive(name, value, allow_zero=True)
+            _check_at_most(name, value)
         elif name in ("purple_nuclei", "stain_above_red_cells"):
             check_bool(name, value)
         elif name == "nucleus_excess_range":
@@ -740,8 +745,15 @@ def check_segment_settings(settings: Mapping[str, Any]) -> None:
                 raise ValueError(f"nucleus_excess_range must be two finite numbers (low, high), got {value!r}")
         else:
             check_positive(name, value)
-            if name == "cytoplasm_open_um" and value > MAX_CYTOPLASM_OPEN_UM:
-                raise ValueError(f"cytoplasm_open_um must be at most {MAX_CYTOPLASM_OPEN_UM:g} um, got {value!r}")
+            _check_at_most(name, value)
+
+
+def _check_at_most(name: str, value: float) -> None:
+    high = SEGMENT_SETTING_MAX[name]
+    if value > high:
+        unit = " um^2" if name.endswith("_um2") else " um" if name.endswith("_um") else " um/px" if name.endswith(
+            "_um_per_px") else ""
+        raise ValueError(f"{name} must be at most {high:g}{unit}, got {value!r}")
 
 
 def _grow_cells(
