@@ -417,6 +417,9 @@ def test_stages_refuse_bad_labels_masks_and_numbers():
         {"cytoplasm_open_um": 0.0}, {"cytoplasm_open_um": float("nan")}, {"cytoplasm_open_um": 11.0},
         {"nucleus_excess_range": {35.0, 70.0}},  # a set: no order, refused as a ValueError like the others
         {"stain_above_red_cells": 1},  # an int: refused, not read as true
+        # Beyond SEGMENT_SETTING_MAX: no smear has them, and the filters of the um settings would exhaust memory.
+        {"split_distance_um": 31.0}, {"working_um_per_px": 2.5}, {"min_nucleus_area_um2": 1001.0},
+        {"red_cell_diameter_um": 31.0}, {"min_stain_excess": 256.0}, {"median_um": 6.0},
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused(kwargs):

@@ -748,11 +748,13 @@ def check_segment_settings(settings: Mapping[str, Any]) -> None:
             _check_at_most(name, value)
 
 
+_UNITS = (("_um_per_px", " um/px"), ("_um2", " um^2"), ("_um", " um"))  # by the setting's name
+
+
 def _check_at_most(name: str, value: float) -> None:
-    high = SEGMENT_SETTING_MAX[name]
+    high = SEGMENT_SETTING_MAX[name]  # every numeric setting has a bound: a new one without fails every call
     if value > high:
-        unit = " um^2" if name.endswith("_um2") else " um" if name.endswith("_um") else " um/px" if name.endswith(
-            "_um_per_px") else ""
+        unit = next((u for suffix, u in _UNITS if name.endswith(suffix)), "")
         raise ValueError(f"{name} must be at most {high:g}{unit}, got {value!r}")
 
 
