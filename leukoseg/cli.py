@@ -672,14 +672,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         feature_params=args.feature_params,
         segment_params=segment_params or None,
     )  # fmt: skip
+    # The results are whole if the report fails: say how to get it without running the experiment again.
+    rerun = f"the results are written, and `leukoseg report {out}` writes the report from them"
     try:
         report = write_report(out, data_dir=dataset.root)
-    except LeukosegError as exc:  # the results are whole: say how to get the report without running again
-        raise LeukosegError(exc.path, f"{exc.reason}; the results are written, and `leukoseg report {out}` "
-                                      "writes the report from them") from None
+    except LeukosegError as exc:
+        raise LeukosegError(exc.path, f"{exc.reason}; {rerun}") from None
     except OSError as exc:
-        raise OSError(exc.errno, f"{exc.strerror}; the results are written, and `leukoseg report {out}` writes "
-                                 "the report from them", exc.filename) from None
+        raise OSError(exc.errno, f"{exc.strerror}; {rerun}", exc.filename) from None
     if not args.quiet:
         m = result.metrics
         lines = []

@@ -66,8 +66,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     Returns
     -------
     image : (H, W, 3) ndarray of uint8
-        RGB, EXIF orientation applied, alpha dropped, 16-bit samples scaled to 8 bits (from the bit depth
-        they use, with a logged warning, when that is less than 16: the data of a 10-, 12- or 14-bit camera).
+        RGB, EXIF orientation applied, alpha dropped, 16-bit samples scaled to 8 bits (their top byte; the
+        top 8 of the bits they use, with a logged warning, when that is less than 16: the data of a 10-, 12- or
+        14-bit camera).
 
     Raises
     ------
@@ -126,16 +127,16 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
             if fast is not None:
                 _refuse_neutral(path, fast)
                 return fast
-        narrow = _narrow_16bit(path, pil, data)
-        if narrow is not None:
-            _refuse_neutral(path, narrow)
-            return narrow
+        wide = _decode_16bit(path, pil, data)
+        if wide is not None:
+            _refuse_neutral(path, wide)
+            return wide
         from PIL import ImageOps
 
         try:
             pil.load()
             pil = ImageOps.exif_transpose(pil)
-            rgb = pil.convert("RGB")  # drops alpha, expands palettes, scales 16-bit to 8-bit
+            rgb = pil.convert("RGB")  # drops alpha, expands palettes, the top byte of 16-bit colour OpenCV refused
         except (OSError, ValueError, SyntaxError) as exc:
             reason = str(exc)
             if "truncated" in reason or "broken data stream" in reason:
@@ -297,12 +298,13 @@ def _oriented(rgb: np.ndarray, orientation: int) -> np.ndarray:
     return rgb
 
 
-def _narrow_16bit(path: Path, pil: Any, data: bytes) -> np.ndarray | None:
-    """A 16-bit PNG or TIFF whose samples use fewer bits (a 10-, 12- or 14-bit camera), scaled from its bit
-    depth to 8 bits; None for any other image (decoded by Pillow, which keeps the top byte of 16 bits).
+def _decode_16bit(path: Path, pil: Any, data: bytes) -> np.ndarray | None:
+    """A colour PNG or TIFF of 16-bit samples, as 8 bits: the top 8 of the bits its samples use; None for any
+    other image, and for one OpenCV cannot decode (Pillow decodes those).
 
-    Taking the top byte of 12-bit data would give an image 16 times too dark, and the stain thresholds would
-    find other cells, without a word.
+    Data that fill the 16 bits keep their top byte, as Pillow would take it. Those of a 10-, 12- or 14-bit
+    camera keep the top 8 of their bits, with a warning: their top byte would make 12-bit data 16 times too
+    dark, and the stain thresholds would find other cells, without a word.
     """
     if pil.format == "PNG":
         wide = len(data) > 24 and data[24] == 16  # IHDR bit depth
@@ -317,13 +319,12 @@ def _narrow_16bit(path: Path, pil: Any, data: bytes) -> np.ndarray | None:
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if raw is None or raw.dtype != np.uint16 or raw.ndim != 3 or raw.shape[2] not in (3, 4):
         return None
-    top = int(raw[..., :3].max())
-    if top >= 1 << 15:  # the whole range is used: Pillow's top byte is right
-        return None
-    bits = max(8, top.bit_length())
-    log.warning("%s: 16-bit samples reach only %d: read as %d-bit data, scaled to 8 bits", path, top, bits)
-    scaled = np.rint(raw[..., 2::-1] * (255.0 / ((1 << bits) - 1))).astype(np.uint8)  # BGR(A) -> RGB
-    return _oriented(scaled, _exif_orientation(pil))
+    rgb: np.ndarray = raw[..., 2::-1]  # BGR(A) -> RGB
+    bits = max(8, int(rgb.max()).bit_length())
+    if bits < 16:
+        log.warning("%s: 16-bit samples reach only %d: read as %d-bit data, scaled to 8 bits", path, rgb.max(),
+                    bits)  # fmt: skip
+    return _oriented((rgb >> (bits - 8)).astype(np.uint8), _exif_orientation(pil))
 
 
 def _palette_is_gray(pil: Any) -> bool:
