@@ -853,6 +853,7 @@ def test_valid_classification_settings_load(saved_features_only, tmp_path):
         (lambda c: c.update(segment={"working_um_per_px": 100}), "working_um_per_px must be at most 2 um/px"),
         (lambda c: c.update(segment={"min_nucleus_area_um2": 1e9}), "min_nucleus_area_um2 must be at most 1000 um^2"),
         (lambda c: c.update(segment={"red_cell_diameter_um": 1e6}), "red_cell_diameter_um must be at most 30 um"),
+        (lambda c: c.update(segment={"nucleus_excess_range": [9000, 9999]}), "nucleus_excess_range must end at most"),
     ],
 )
 def test_unusable_classification_settings_are_refused_at_load(saved_features_only, tmp_path, edit, reason):

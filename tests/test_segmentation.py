@@ -420,6 +420,7 @@ def test_stages_refuse_bad_labels_masks_and_numbers():
         # Beyond SEGMENT_SETTING_MAX: no smear has them, and the filters of the um settings would exhaust memory.
         {"split_distance_um": 31.0}, {"working_um_per_px": 2.5}, {"min_nucleus_area_um2": 1001.0},
         {"red_cell_diameter_um": 31.0}, {"min_stain_excess": 256.0}, {"median_um": 6.0},
+        {"nucleus_excess_range": (9000.0, 9999.0)},  # was accepted, and found no cell in any smear
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused(kwargs):

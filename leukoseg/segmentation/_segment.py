@@ -73,13 +73,15 @@ UNRECORDED_SEGMENT_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
 #: kernel grows with the square of the radius.
 MAX_CYTOPLASM_OPEN_UM = 10.0
 #: Upper bounds of segment()'s settings. Beyond them a setting describes no blood smear (a red cell of 30 um,
-#: a nucleus of 1000 um^2, a working pixel of 2 um, wider than a nucleolus), so a model bundle that holds
-#: one is damaged; and the filters of the um settings grow with the square of their size, so a huge value
-#: exhausts the memory instead of failing.
+#: a smallest nucleus of 1000 um^2, a working pixel of 2 um, wider than a nucleolus, a nucleus threshold
+#: beyond the 255 of a pure blue pixel on white glass), so a model bundle that holds one is damaged; and the
+#: filters of the um settings grow with the square of their size, so a huge value exhausts the memory
+#: instead of failing. ``nucleus_excess_range`` is bounded by its higher end.
 SEGMENT_SETTING_MAX: Mapping[str, float] = types.MappingProxyType({
     "red_cell_diameter_um": 30.0, "fallback_nucleus_diameter_um": 30.0, "working_um_per_px": 2.0,
-    "median_um": 5.0, "stain_sigmas": 100.0, "min_stain_excess": 255.0, "min_nucleus_area_um2": 1000.0,
-    "split_distance_um": 30.0, "max_cytoplasm_um": 30.0, "cytoplasm_open_um": MAX_CYTOPLASM_OPEN_UM,
+    "median_um": 5.0, "stain_sigmas": 100.0, "min_stain_excess": 255.0, "nucleus_excess_range": 255.0,
+    "min_nucleus_area_um2": 1000.0, "split_distance_um": 30.0, "max_cytoplasm_um": 30.0,
+    "cytoplasm_open_um": MAX_CYTOPLASM_OPEN_UM,
 })  # fmt: skip
 #: Images with a side shorter than this cannot hold a white cell: refused as bad input.
 MIN_IMAGE_SIDE = 16
@@ -743,6 +745,8 @@ def check_segment_settings(settings: Mapping[str, Any]) -> None:
                 or not all(is_real(v) and np.isfinite(v) for v in value) or value[0] > value[1]
             ):  # fmt: skip
                 raise ValueError(f"nucleus_excess_range must be two finite numbers (low, high), got {value!r}")
+            if value[1] > SEGMENT_SETTING_MAX[name]:  # a threshold no stained pixel reaches: no cell, silently
+                raise ValueError(f"nucleus_excess_range must end at most {SEGMENT_SETTING_MAX[name]:g}, got {value!r}")
         else:
             check_positive(name, value)
             _check_at_most(name, value)
