@@ -585,11 +585,19 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         over the training steps (Adam's ``use_ema``) instead of the last step's: the average of the last
         ``1 / (1 - ema_momentum)`` steps or so. None, the default, keeps the last step's weights. Needs
         ``validation_fraction=0`` (early stopping keeps its best epoch's weights). The average starts at the
-        first step's weights, whose share at the end is ``ema_momentum ** (steps - 1)``: a warning is logged
-        when that is above 5 %, so a short training wants a lower value or none. Only trainable weights are
+        first step's weights, whose share at the end is ``momentum ** (steps - 1)``; it is held to at most
+        `ema_max_start_share` by lowering the momentum for a short training. Only trainable weights are
         averaged (a DenseNet121's batch-normalisation statistics stay the last step's). The experiment and
         ``leukoseg train`` use 0.98 (``CNN_DEFAULTS``), about 1.5 % of the first step's weights after its
-        210 steps.
+        210 steps. The momentum used is ``ema_momentum_``.
+    ema_max_start_share : float or None, optional
+        Largest share of the first step's weights (close to the random initial ones) in the averaged
+        network, in ``(0, 1)``: over a training of ``steps`` steps, the momentum used is
+        ``min(ema_momentum, ema_max_start_share ** (1 / (steps - 1)))``. The default, 0.05, leaves 0.98 as
+        it is from 150 steps on (every CNN of the ALL-IDB1 experiment) and lowers it where data are few: a
+        CNN of the ALL-IDB2 protocol trains for about 30 steps, over which 0.98 would keep 56 % of the
+        first step's weights. None takes `ema_momentum` as given, and a warning is logged when that share
+        is above 5 %.
     label_smoothing : float, optional
         Share of each training label spread over all classes, in ``[0, 1)`` (categorical cross-entropy with
         label smoothing); 0 trains on the labels as they are.
@@ -650,6 +658,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Device used: 'cpu' or 'gpu'.
     backend_ : str
         Keras backend used.
+    ema_momentum_ : float or None
+        Momentum of the weight average used (``ema_momentum``, lowered for a short training; see
+        `ema_max_start_share`), None without averaging.
     training_data_hash_ : str or None
         SHA-256 of the patches (shape, dtype, pixels) and labels given to fit, recorded by :meth:`save` as the
         training-data hash (a caller's own hash may replace it there); after :meth:`load`, the saved one.
@@ -691,6 +702,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         learning_rate: float = 1e-3,
         lr_schedule: str = "constant",
         ema_momentum: float | None = None,
+        ema_max_start_share: float | None = 0.05,
         label_smoothing: float = 0.0,
         validation_fraction: float = 0.15,
         patience: int = 5,
@@ -718,6 +730,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.ema_momentum = ema_momentum
+        self.ema_max_start_share = ema_max_start_share
         self.label_smoothing = label_smoothing
         self.validation_fraction = validation_fraction
         self.patience = patience
@@ -798,13 +811,18 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             model = _build(arch, seed=seed, weights=self.backbone_weights)
             steps = self.epochs * math.ceil(len(train_idx) / self.batch_size)
             # Keras's average starts at the first step's weights, with no warm-up: a short training keeps them
-            first_share = 0.0 if self.ema_momentum is None else self.ema_momentum ** (steps - 1)
-            if first_share > 0.05:
+            momentum = _ema_momentum(self.ema_momentum, self.ema_max_start_share, steps)
+            first_share = 0.0 if momentum is None else momentum ** (steps - 1)
+            if momentum is not None and self.ema_momentum is not None and momentum < self.ema_momentum:
+                logger.info("ema_momentum %g lowered to %.4f over %d training steps, so that the average keeps "
+                            "%.0f %% of the first step's weights", self.ema_momentum, momentum, steps,
+                            100 * first_share)  # fmt: skip
+            elif first_share > 0.05:
                 logger.warning("ema_momentum %g over %d training steps: the average keeps %.0f %% of the first "
                                "step's weights; train longer or lower it", self.ema_momentum, steps,
                                100 * first_share)  # fmt: skip
             model.compile(
-                optimizer=_optimizer(self.learning_rate, self.lr_schedule, self.ema_momentum, steps),
+                optimizer=_optimizer(self.learning_rate, self.lr_schedule, momentum, steps),
                 loss=_loss(self.label_smoothing),
                 metrics=["accuracy"],
             )
@@ -857,6 +875,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.validation_indices_ = val_idx
         self.device_ = device
         self.backend_ = backend
+        self.ema_momentum_ = momentum
         self.training_data_hash_ = _training_data_hash(X, y)
         return self
 
@@ -875,6 +894,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         m = self.ema_momentum
         if m is not None and not (is_real(m) and 0.0 < m < 1.0):
             raise ValueError(f"ema_momentum must be None or in (0, 1); got {m!r}")
+        share = self.ema_max_start_share
+        if share is not None and not (is_real(share) and 0.0 < share < 1.0):
+            raise ValueError(f"ema_max_start_share must be None or in (0, 1); got {share!r}")
         if m is not None and self.validation_fraction > 0:
             # early stopping would put back the last-step weights of its best epoch over the average
             raise ValueError("ema_momentum needs validation_fraction=0: early stopping keeps the weights of its "
@@ -1058,6 +1080,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             "metrics": metrics,
             "history": self.history_,
             "best_epoch": self.best_epoch_,
+            "ema_momentum_used": self.ema_momentum_,
             "keras_version": keras.__version__,
             "backend": self.backend_,
             "leukoseg_version": __version__,
@@ -1142,6 +1165,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         est.history_ = {k: list(v) for k, v in config.get("history", {}).items()}
         est.n_iter_ = len(est.history_.get("loss", []))
         est.best_epoch_ = config.get("best_epoch")
+        est.ema_momentum_ = config.get("ema_momentum_used")
         est.train_indices_ = np.empty(0, np.intp)  # not saved: they index the original training array
         est.validation_indices_ = np.empty(0, np.intp)
         est.device_ = resolved
@@ -1277,6 +1301,14 @@ def _channel_stats(X: np.ndarray, idx: np.ndarray, chunk: int = 1024) -> tuple[n
 
 
 _LR_SCHEDULES = ("constant", "cosine")
+
+
+def _ema_momentum(momentum: float | None, max_start_share: float | None, steps: int) -> float | None:
+    """The averaging momentum over `steps` steps: `momentum`, lowered so that the first step's weights keep at
+    most `max_start_share` of the average (their share at the end is ``momentum ** (steps - 1)``)."""
+    if momentum is None or max_start_share is None or steps <= 1:
+        return momentum
+    return min(float(momentum), float(max_start_share) ** (1.0 / (steps - 1)))
 
 
 def _optimizer(learning_rate: float, schedule: str, ema_momentum: float | None, steps: int):

@@ -163,7 +163,9 @@ _IMAGE_NUMBER = re.compile(r"Im(\d+)_")
 #: cross-fitted scores better in every repeat too. The trained weights are the moving average of the last 50
 #: steps or so (``ema_momentum``; a CNN of a cross-fitting takes about 7 steps an epoch): the last step's weights
 #: of a small network on a few hundred noisy labels depend on its last few batches, and the average ranked the
-#: training cells' cross-fitted scores better in every repeat.
+#: training cells' cross-fitted scores better in every repeat. Where a CNN trains for fewer than 150 steps
+#: (ALL-IDB2's CNNs, about 30), CNNClassifier lowers the momentum (``ema_max_start_share``, default 0.05):
+#: 0.98 would leave them half their random first step's weights.
 CNN_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
     {"epochs": 30, "validation_fraction": 0.0, "batch_size": 64, "learning_rate": 1e-3, "max_shift": 3,
      "ema_momentum": 0.98})  # fmt: skip
@@ -492,7 +494,7 @@ def run_experiment(
     # The inner out-of-fold scores of each fold's training cells (NaN for its test cells), written to
     # scores.npz: the image rule and thresholds can then be studied again without refitting a model.
     inner_p = {m: np.full((repeats, n_folds, len(cell_label), K), np.nan) for m in models}
-    run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
+    run_info: dict[str, Any] = {"device": {}, "cnn_patch_epochs": 0, "cnn_ema_momentum": [], "fusion": []}
     bar = tqdm(total=repeats * n_folds, unit="fold", desc="classify", file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()))
     try:
@@ -635,6 +637,9 @@ def run_experiment(
             "architecture": run_info.get("cnn_architecture"),
             "train_patches_per_s": round(run_info["cnn_patch_epochs"] / timer["fit_cnn"], 1),
             "patch_epochs": run_info["cnn_patch_epochs"],
+            # the weight average's momentum the CNNs used, lowest and highest; null without averaging
+            "ema_momentum_used": ([round(min(used), 6), round(max(used), 6)]
+                                  if (used := run_info["cnn_ema_momentum"]) else None),
         }
         metrics["fusion"] = run_info["fusion"]
     if fab is not None:
@@ -949,6 +954,8 @@ def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info,
         model = CNNClassifier(**params).fit(X_train[mask], y_train[mask], groups=g_train[mask])
         timer.add("fit_cnn", time.perf_counter() - t)
         run_info["cnn_patch_epochs"] += len(model.train_indices_) * model.n_iter_
+        if model.ema_momentum_ is not None:  # lowered for a short training (CNNClassifier's ema_max_start_share)
+            run_info["cnn_ema_momentum"].append(model.ema_momentum_)
         run_info["device"].update({"cnn": model.device_, "backend": model.backend_})
         run_info["cnn_architecture"] = model.architecture_  # with the SHA-256 of a DenseNet121 weights file
         return model

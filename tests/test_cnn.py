@@ -426,6 +426,8 @@ def test_fit_rejects_bad_input(X, y, groups, match):
         ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine; got 'step'"),
         ({"ema_momentum": 1.0, "validation_fraction": 0.0}, r"ema_momentum must be None or in \(0, 1\); got 1.0"),
         ({"ema_momentum": 0.9}, "ema_momentum needs validation_fraction=0: early stopping keeps"),
+        ({"ema_max_start_share": 0.0}, r"ema_max_start_share must be None or in \(0, 1\); got 0.0"),
+        ({"ema_max_start_share": True}, r"ema_max_start_share must be None or in \(0, 1\); got True"),
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\); got 1.0"),
         ({"label_smoothing": None}, r"label_smoothing must be in \[0, 1\); got None"),
         ({"ema_momentum": "0.5", "validation_fraction": 0.0}, r"ema_momentum must be None or in \(0, 1\); got '0.5'"),
@@ -468,18 +470,44 @@ def test_ema_momentum_gives_the_moving_average_of_the_step_weights(discs, monkey
     assert len(recorder.steps) == n_steps
     for last, walked in zip(plain.model_.get_weights(), recorder.steps[-1]):
         assert_array_equal(last, walked)
-    momentum = 0.8
-    with caplog.at_level("WARNING", logger=cnn.logger.name):
-        averaged = cnn.CNNClassifier(**settings, ema_momentum=momentum).fit(X, y)
-    assert "over 10 training steps: the average keeps 13 % of the first step's weights" in caplog.text  # 0.8 ** 9
-    own = recorder.steps[n_steps:]
-    assert len(own) == n_steps
-    expected = own[0]
-    for weights in own[1:]:
-        expected = [momentum * a + (1 - momentum) * w for a, w in zip(expected, weights)]
-    for got, want in zip(averaged.model_.get_weights(), expected):
-        assert_allclose(got, want, rtol=0, atol=1e-6)
-    assert any(not np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(averaged.model_.get_weights(), own[-1]))
+    # As given (no cap): 0.8 ** 9 = 13 % of the first step's weights, with a warning; with the default cap of
+    # 5 %, the momentum is lowered to 0.05 ** (1 / 9) = 0.7169 and the same recurrence holds with it.
+    for cap, momentum in ((None, 0.8), (0.05, 0.05 ** (1 / 9))):
+        caplog.clear()
+        with caplog.at_level("INFO", logger=cnn.logger.name):
+            averaged = cnn.CNNClassifier(**settings, ema_momentum=0.8, ema_max_start_share=cap).fit(X, y)
+        warned = "over 10 training steps: the average keeps 13 % of the first step's weights" in caplog.text
+        assert warned is (cap is None)
+        assert ("ema_momentum 0.8 lowered to 0.7169 over 10 training steps" in caplog.text) is (cap is not None)
+        assert averaged.ema_momentum_ == pytest.approx(momentum, rel=1e-12)
+        own = recorder.steps[-n_steps:]
+        assert len(recorder.steps) % n_steps == 0
+        expected = own[0]
+        for weights in own[1:]:
+            expected = [momentum * a + (1 - momentum) * w for a, w in zip(expected, weights)]
+        for got, want in zip(averaged.model_.get_weights(), expected):
+            assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert any(not np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(averaged.model_.get_weights(), own[-1]))
+    assert plain.ema_momentum_ is None
+
+
+@pytest.mark.parametrize(
+    ("momentum", "cap", "steps", "used"),
+    [
+        (0.98, 0.05, 210, 0.98),  # an ALL-IDB1 CNN: 0.98 ** 209 = 1.5 %, as given
+        (0.98, 0.05, 150, 0.98),  # 0.98 ** 149 = 4.9 %: the fewest steps that keep 0.98
+        (0.98, 0.05, 149, 0.05 ** (1 / 148)),
+        (0.98, 0.05, 30, 0.05 ** (1 / 29)),  # an ALL-IDB2 CNN: 0.98 would keep 56 % of the first step
+        (0.98, None, 30, 0.98),
+        (0.98, 0.05, 1, 0.98),  # one step: the average is that step's weights whatever the momentum
+        (None, 0.05, 30, None),
+    ],
+)
+def test_ema_momentum_is_lowered_only_where_the_first_step_would_keep_too_large_a_share(momentum, cap, steps, used):
+    got = cnn._ema_momentum(momentum, cap, steps)
+    assert got == (None if used is None else pytest.approx(used, rel=1e-12))
+    if got is not None and cap is not None and steps > 1:
+        assert got ** (steps - 1) <= cap * (1 + 1e-9)
 
 
 def test_ema_momentum_warns_only_when_training_is_too_short_to_forget_the_first_step(discs, caplog):
@@ -488,7 +516,7 @@ def test_ema_momentum_warns_only_when_training_is_too_short_to_forget_the_first_
         caplog.clear()
         with caplog.at_level("WARNING", logger=cnn.logger.name):
             cnn.CNNClassifier(**TINY, epochs=epochs, batch_size=16, validation_fraction=0.0, ema_momentum=0.5,
-                              random_state=0).fit(X, y)  # fmt: skip
+                              ema_max_start_share=None, random_state=0).fit(X, y)  # fmt: skip
         assert ("ema_momentum 0.5 over 5 training steps: the average keeps 6 %" in caplog.text) is warned
         assert ("the average keeps" in caplog.text) is warned
 
@@ -530,10 +558,12 @@ def test_label_smoothing_trains_on_smoothed_one_hot_targets(discs):
 @KERAS_SAVE_WARNING
 def test_training_settings_survive_save_load_and_numpy_export(discs, tmp_path):
     X, y, _ = discs
-    settings = {"lr_schedule": "cosine", "ema_momentum": 0.9, "label_smoothing": 0.1}
+    settings = {"lr_schedule": "cosine", "ema_momentum": 0.9, "ema_max_start_share": 0.1, "label_smoothing": 0.1}
     clf = cnn.CNNClassifier(**TINY, epochs=2, validation_fraction=0.0, random_state=0, **settings).fit(X, y)
     loaded = cnn.CNNClassifier.load(clf.save(tmp_path / "model"))
     assert {k: loaded.get_params()[k] for k in settings} == settings
+    steps = 2 * int(np.ceil(len(X) / 64))  # so few that the momentum is lowered
+    assert loaded.ema_momentum_ == clf.ema_momentum_ == pytest.approx(0.1 ** (1 / (steps - 1)), rel=1e-12)
     assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=0, atol=1e-5)
     assert_allclose(cnn.numpy_predict_proba(cnn.export_numpy(clf), X), clf.predict_proba(X), rtol=0, atol=1e-5)
 

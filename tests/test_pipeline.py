@@ -252,8 +252,12 @@ def test_experiment_outputs_reproducible_and_leak_free(fast, fake_all_idb1, fake
     assert metrics["device"] == {"cnn": "cpu", "fusion": "cpu", "backend": metrics["device"]["backend"]}
     assert metrics["cnn"]["train_patches_per_s"] > 0
     assert metrics["cnn"]["architecture"]["filters"] == [4, 4]  # the network that ran, as its saved config says
-    # The settings record what ran: the defaults updated by the keyword arguments.
     from leukoseg.pipelines.experiment import CNN_DEFAULTS, GKNN_DEFAULTS
+
+    # Two epochs of a few steps: the weight average's 0.98 is lowered, so the first step keeps at most 5 %.
+    low, high = metrics["cnn"]["ema_momentum_used"]
+    assert 0 < low <= high < CNN_DEFAULTS["ema_momentum"]
+    # The settings record what ran: the defaults updated by the keyword arguments.
 
     assert metrics["settings"]["cnn"] == json.loads(json.dumps({**CNN_DEFAULTS, **fast["cnn_params"]}))
     assert metrics["settings"]["gknn"] == json.loads(json.dumps({**GKNN_DEFAULTS, **fast["gknn_params"]}))
@@ -318,7 +322,7 @@ def test_test_cells_are_scored_by_the_cnns_that_train_ships(fast, refit):
                      train_img=np.flatnonzero(~test_image), image_label=image_label,
                      image_group=np.arange(n_images), K=2, seed=0)  # fmt: skip
     fitted: dict = {}
-    info = {"device": {}, "cnn_patch_epochs": 0}
+    info = {"device": {}, "cnn_patch_epochs": 0, "cnn_ema_momentum": []}
     p_test, p_inner = exp._fit_cnn(fold, 2, {**fast["cnn_params"], "refit": refit}, "cpu", exp._Timer(), info,
                                    fitted_out=fitted)  # fmt: skip
     models = fitted["cnn"]
