@@ -137,7 +137,7 @@ def run(args) -> int:
     correct = np.zeros((len(variants), len(image_label)), dtype=bool)
     inner_auc = np.zeros((len(variants), n_folds))
     timers = [exp._Timer() for _ in variants]
-    infos = [{"device": {}, "cnn_patch_epochs": 0, "fusion": []} for _ in variants]
+    infos = [exp._new_run_info() for _ in variants]
     walls = np.zeros(len(variants))
     for k in range(n_folds):
         test_img = folds == k

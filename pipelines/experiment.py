@@ -494,7 +494,7 @@ def run_experiment(
     # The inner out-of-fold scores of each fold's training cells (NaN for its test cells), written to
     # scores.npz: the image rule and thresholds can then be studied again without refitting a model.
     inner_p = {m: np.full((repeats, n_folds, len(cell_label), K), np.nan) for m in models}
-    run_info: dict[str, Any] = {"device": {}, "cnn_patch_epochs": 0, "cnn_ema_momentum": [], "fusion": []}
+    run_info = _new_run_info()
     bar = tqdm(total=repeats * n_folds, unit="fold", desc="classify", file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()))
     try:
@@ -925,6 +925,11 @@ def _check_segment_params(segment_params: Mapping | None) -> None:
         check_segment_settings(segment_params if segment_params is not None else {})
     except ValueError as exc:
         raise LeukosegError(None, f"invalid segmentation settings: {exc}") from None
+
+
+def _new_run_info() -> dict[str, Any]:
+    """What the model fits of a run record as they go: devices, CNN patch-epochs and momenta, fusion weights."""
+    return {"device": {}, "cnn_patch_epochs": 0, "cnn_ema_momentum": [], "fusion": []}
 
 
 def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info,

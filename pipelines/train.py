@@ -178,7 +178,7 @@ def train_bundle(
         K=2, seed=exp._seed(seed),
     )  # fmt: skip
     timer = exp._Timer()
-    run_info = {"device": {}, "cnn_patch_epochs": 0, "fusion": []}
+    run_info = exp._new_run_info()
     fitted: dict = {}
     _, p_inner = exp._fit_baseline(fold, feature_names, feature_params, inner_folds, gknn_params, svm_params,
                                    knn_params, timer, fitted_out=fitted, inner_search=inner_search)  # fmt: skip

@@ -322,7 +322,7 @@ def test_test_cells_are_scored_by_the_cnns_that_train_ships(fast, refit):
                      train_img=np.flatnonzero(~test_image), image_label=image_label,
                      image_group=np.arange(n_images), K=2, seed=0)  # fmt: skip
     fitted: dict = {}
-    info = {"device": {}, "cnn_patch_epochs": 0, "cnn_ema_momentum": []}
+    info = exp._new_run_info()
     p_test, p_inner = exp._fit_cnn(fold, 2, {**fast["cnn_params"], "refit": refit}, "cpu", exp._Timer(), info,
                                    fitted_out=fitted)  # fmt: skip
     models = fitted["cnn"]
