@@ -891,13 +891,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"lr_schedule must be one of {', '.join(_LR_SCHEDULES)}; got {self.lr_schedule!r}")
         for name in ("validation_fraction", "label_smoothing", "stain_jitter", "brightness_jitter"):
             check_fraction(name, getattr(self, name))
-        m = self.ema_momentum
-        if m is not None and not (is_real(m) and 0.0 < m < 1.0):
-            raise ValueError(f"ema_momentum must be None or in (0, 1); got {m!r}")
-        share = self.ema_max_start_share
-        if share is not None and not (is_real(share) and 0.0 < share < 1.0):
-            raise ValueError(f"ema_max_start_share must be None or in (0, 1); got {share!r}")
-        if m is not None and self.validation_fraction > 0:
+        for name in ("ema_momentum", "ema_max_start_share"):
+            value = getattr(self, name)
+            if value is not None and not (is_real(value) and 0.0 < value < 1.0):
+                raise ValueError(f"{name} must be None or in (0, 1); got {value!r}")
+        if self.ema_momentum is not None and self.validation_fraction > 0:
             # early stopping would put back the last-step weights of its best epoch over the average
             raise ValueError("ema_momentum needs validation_fraction=0: early stopping keeps the weights of its "
                              "best epoch, not their average")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_only", "read_only_mapping"]
+__all__ = ["freeze_fields", "read_only", "read_only_mapping"]
 
 
 def read_only(array: Any) -> np.ndarray:
@@ -29,3 +29,13 @@ def read_only_mapping(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
         else read_only_mapping(value) if isinstance(value, Mapping) else value
         for key, value in mapping.items()
     })  # fmt: skip
+
+
+def freeze_fields(result: Any, *names: str) -> None:
+    """Make the named fields of a frozen dataclass read-only, in its ``__post_init__``: a mapping as
+    :func:`read_only_mapping`, anything else as an array, :func:`read_only` (views, so that the caller's own
+    arrays stay writable)."""
+    for name in names:
+        value = getattr(result, name)
+        frozen = read_only_mapping(value) if isinstance(value, Mapping) else read_only(value)
+        object.__setattr__(result, name, frozen)  # the dataclass is frozen: set through object

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from ._frozen import read_only, read_only_mapping
+from ._frozen import freeze_fields, read_only, read_only_mapping
 
 __all__ = [
     "KINDS",
@@ -167,9 +167,7 @@ class SyntheticSmear:
     touching_pairs: tuple[tuple[int, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
-        for name in ("image", "nuclei", "cells", "red_cells", "platelets"):
-            object.__setattr__(self, name, read_only(getattr(self, name)))
+        freeze_fields(self, "image", "nuclei", "cells", "red_cells", "platelets")
 
 
 # --------------------------------------------------------------------------------------------------

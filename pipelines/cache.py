@@ -36,7 +36,7 @@ from typing import cast
 
 import numpy as np
 
-from .._frozen import read_only, read_only_mapping
+from .._frozen import freeze_fields
 from ..datasets import file_sha256
 from ..errors import LeukosegError
 from ..io import _check_writable_folder, _python_scalar
@@ -90,10 +90,7 @@ class CachedImage:
     patches: np.ndarray = field(repr=False)
 
     def __post_init__(self) -> None:
-        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
-        object.__setattr__(self, "measurements", read_only_mapping(self.measurements))
-        object.__setattr__(self, "features", read_only(self.features))
-        object.__setattr__(self, "patches", read_only(self.patches))
+        freeze_fields(self, "measurements", "features", "patches")
 
     @property
     def n_cells(self) -> int:

@@ -959,7 +959,7 @@ def _fit_cnn(fold: _Fold, n_parts, cnn_params, device, timer, run_info,
         model = CNNClassifier(**params).fit(X_train[mask], y_train[mask], groups=g_train[mask])
         timer.add("fit_cnn", time.perf_counter() - t)
         run_info["cnn_patch_epochs"] += len(model.train_indices_) * model.n_iter_
-        if model.ema_momentum_ is not None:  # lowered for a short training (CNNClassifier's ema_max_start_share)
+        if model.ema_momentum_ is not None:  # as used: lowered for a short training (ema_max_start_share)
             run_info["cnn_ema_momentum"].append(model.ema_momentum_)
         run_info["device"].update({"cnn": model.device_, "backend": model.backend_})
         run_info["cnn_architecture"] = model.architecture_  # with the SHA-256 of a DenseNet121 weights file

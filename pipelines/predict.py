@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from leukoseg._checks import check_image
-from leukoseg._frozen import read_only, read_only_mapping
+from leukoseg._frozen import freeze_fields
 
 if TYPE_CHECKING:
     from leukoseg.classify.bundle import ModelBundle
@@ -160,10 +160,7 @@ class Classification:
     model: str
 
     def __post_init__(self) -> None:
-        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
-        object.__setattr__(self, "p_blast", read_only(self.p_blast))
-        object.__setattr__(self, "p_blast_models", read_only_mapping(self.p_blast_models))
-        object.__setattr__(self, "fab", read_only_mapping(self.fab))
+        freeze_fields(self, "p_blast", "p_blast_models", "fab")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the image-level fields as plain JSON-able data.

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_bool, check_image, check_positive, is_real
-from .._frozen import read_only
+from .._frozen import freeze_fields, read_only
 from ._color import background_level, stain_excess
 from ._measure import _dilate, _index_map, measure_cells
 from ._ndimage import find_objects, peak_local_max, threshold_otsu, watershed
@@ -199,13 +199,7 @@ class Segmentation:
     settings: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        # Views, so that the caller's own arrays stay writable; frozen, so set through object.
-        object.__setattr__(self, "working_nuclei", read_only(self.working_nuclei))
-        object.__setattr__(self, "working_cells", read_only(self.working_cells))
-        columns = {name: read_only(values) for name, values in self.measurements.items()}
-        object.__setattr__(self, "measurements", types.MappingProxyType(columns))
-        object.__setattr__(self, "thresholds", types.MappingProxyType(dict(self.thresholds)))
-        object.__setattr__(self, "settings", types.MappingProxyType(dict(self.settings)))
+        freeze_fields(self, "working_nuclei", "working_cells", "measurements", "thresholds", "settings")
 
     @cached_property
     def nuclei(self) -> np.ndarray:
