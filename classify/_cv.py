@@ -1,4 +1,4 @@
-"""Inner cross-validation splits shared by the tuned classifiers (private)."""
+"""Training-data checks and inner cross-validation splits shared by the trained classifiers (private)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,50 @@ import logging
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["inner_cv_splits", "own_random_state"]
+__all__ = ["checked_training_data", "inner_cv_splits", "own_random_state"]
 
 log = logging.getLogger(__name__)
 
 _REDRAWS = 10  # draws of grouped folds tried per fold count before fewer folds are tried
+
+
+def checked_training_data(
+    estimator: object, X: ArrayLike, y: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a classifier's training data, as every ``fit`` here does before it stores anything.
+
+    Parameters
+    ----------
+    estimator : scikit-learn estimator
+        The estimator being fitted (``validate_data`` records ``n_features_in_`` on it).
+    X : array-like of shape (n_samples, n_features)
+        Training features; must be finite.
+    y : array-like of shape (n_samples,)
+        Class labels.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features), float64
+    y : ndarray of shape (n_samples,)
+    classes : ndarray
+        The sorted distinct labels.
+    codes : ndarray of shape (n_samples,)
+        Index of each sample's label in `classes`.
+
+    Raises
+    ------
+    ValueError
+        If `X` is not finite, `y` is not a classification target or holds fewer than two classes.
+    """
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import validate_data
+
+    X_checked, y_checked = validate_data(estimator, X, y, dtype=np.float64)
+    check_classification_targets(y_checked)
+    classes, codes = np.unique(y_checked, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"{type(estimator).__name__} needs at least 2 classes; got 1 class ({classes[0]!r})")
+    return np.asarray(X_checked), np.asarray(y_checked), classes, codes
 
 
 def own_random_state(random_state: int | np.random.RandomState | None) -> np.random.RandomState:

@@ -20,11 +20,11 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from leukoseg._stderr import import_keras
 
+from ._cv import checked_training_data
 from ._fusion_numpy import fuse_numpy
 from ._fusion_numpy import stack_inputs as _stack_inputs
 
@@ -126,12 +126,8 @@ class StackingFusion(ClassifierMixin, BaseEstimator):
 
         from .cnn import device_scope, resolve_device
 
-        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
-        check_classification_targets(y)
-        classes, codes = np.unique(y, return_inverse=True)  # classes_ is set with the weights, after the checks
+        X, y, classes, codes = checked_training_data(self, X, y)  # classes_ is set with the weights, after the checks
         n_classes = len(classes)
-        if n_classes < 2:
-            raise ValueError(f"StackingFusion needs at least 2 classes; got {classes.tolist()}")
         if self.n_inputs < 1 or X.shape[1] != self.n_inputs * n_classes:
             raise ValueError(
                 f"X must have n_inputs * n_classes = {self.n_inputs} * {n_classes} columns; got {X.shape[1]}"

@@ -15,10 +15,9 @@ import numpy as np
 from deap import base, tools
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._cv import inner_cv_splits, own_random_state
+from ._cv import checked_training_data, inner_cv_splits, own_random_state
 from ._votes import gaussian_vote
 
 __all__ = ["GeneticKNNClassifier", "gaussian_vote"]
@@ -247,11 +246,7 @@ class GeneticKNNClassifier(ClassifierMixin, BaseEstimator):
 
         # Settings and labels are checked before anything is stored: a refused fit leaves no half-fitted state.
         self._check_params()
-        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
-        check_classification_targets(y)
-        classes, y_codes = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class ({classes[0]!r})")
+        X, y, classes, y_codes = checked_training_data(self, X, y)
         random_state = own_random_state(self.random_state)
         # The first search draws its seeds as a single search always has: n_runs=1 fits are unchanged.
         seeds = random_state.randint(np.iinfo(np.int32).max, size=(self.n_runs, 2))

@@ -9,10 +9,9 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._cv import inner_cv_splits, own_random_state
+from ._cv import checked_training_data, inner_cv_splits, own_random_state
 
 __all__ = ["SVMClassifier", "make_svm"]
 
@@ -137,11 +136,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         grid = {"svc__C": list(self.C_grid), "svc__gamma": list(self.gamma_grid)}
         if not grid["svc__C"] or not grid["svc__gamma"]:
             raise ValueError("C_grid and gamma_grid must each hold at least one value")
-        X, y = cast("tuple[np.ndarray, np.ndarray]", validate_data(self, X, y, dtype=np.float64))
-        check_classification_targets(y)
-        classes = np.unique(y)
-        if len(classes) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class ({classes[0]!r})")
+        X, y, classes, _ = checked_training_data(self, X, y)
         seed = int(own_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         folds = inner_cv_splits(y, groups, self.inner_cv, seed)
 

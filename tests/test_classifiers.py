@@ -31,7 +31,6 @@ _FUSION_EXPECTED_FAILURES = {
         "check_classifiers_classes", "check_classifiers_train", "check_fit2d_1feature",
     ], _FUSION_LAYOUT),  # fmt: skip
     "check_class_weight_classifiers": "class_weight is 'balanced' or None, never a dict",
-    "check_fit2d_1sample": "one sample is refused as one class, in words the check does not look for",
 }
 
 
