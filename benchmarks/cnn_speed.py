@@ -42,7 +42,7 @@ import numpy as np
 mode, device, n, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 import keras
 from leukoseg.classify import CNNClassifier
-from leukoseg.classify.cnn import _loss, _optimizer, build_thanh_cnn, device_scope, resolve_device
+from leukoseg.classify.cnn import _ema_momentum, _loss, _optimizer, build_thanh_cnn, device_scope, resolve_device
 from leukoseg.pipelines.experiment import CNN_DEFAULTS
 rng = np.random.default_rng(0)
 X = rng.integers(0, 256, (n, 50, 50, 3), dtype=np.uint8)
@@ -60,7 +60,9 @@ def fit(e):  # a fresh network each time, as each CNN of the experiment: buildin
     with device_scope(dev):
         model = build_thanh_cnn(seed=0)
         steps = e * -(-n // s["batch_size"])
-        model.compile(optimizer=_optimizer(s["learning_rate"], "constant", s["ema_momentum"], steps),
+        # the momentum CNNClassifier uses: lowered for a short training, as the "experiment" mode's is
+        momentum = _ema_momentum(s["ema_momentum"], CNNClassifier().ema_max_start_share, steps)
+        model.compile(optimizer=_optimizer(s["learning_rate"], "constant", momentum, steps),
                       loss=_loss(0.0), jit_compile=mode == "xla")
         model.fit(Xf, y, batch_size=s["batch_size"], epochs=e, verbose=0, shuffle=True)
 
